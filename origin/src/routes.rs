@@ -1,0 +1,242 @@
+//! HTTP routes of the origin and the caller extraction they share.
+//!
+//! Owns the URL layout, who may call what, and response shapes. Storage is
+//! `users.rs`, hashing `password.rs`, tokens `token.rs`, input rules
+//! `validate.rs`.
+
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::password::Passwords;
+use crate::token::Tokens;
+use crate::users::{NewUser, User, UserChanges, UserDoc, UserStore, ROLE_ADMIN, ROLE_USER};
+use crate::validate::{self, BodyLimit, JsonObject, LoginIdentity};
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub users: UserStore,
+    pub passwords: Passwords,
+    pub tokens: Tokens,
+    pub body_limit: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = BodyLimit(state.body_limit);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/register", post(register))
+        .route("/login", post(login))
+        .route("/users", get(list_users))
+        .route("/users/{id}", get(get_user).put(update_user).delete(delete_user))
+        .route("/me", get(me))
+        .route("/admin", get(admin))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({"error": "method not allowed"})),
+            )
+        })
+        .layer(axum::middleware::from_fn(log_request))
+        .layer(axum::Extension(limit))
+        .with_state(state)
+}
+
+/// One line per request: method, path (never the query, which may carry
+/// personal data), status and latency.
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    tracing::info!(%method, %path, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    response
+}
+
+// === Caller ===
+
+/// The authenticated user making the request, loaded fresh from MongoDB so
+/// that a role change or deletion takes effect before the token expires.
+pub struct Caller(pub UserDoc);
+
+impl Caller {
+    fn is_admin(&self) -> bool {
+        self.0.role == ROLE_ADMIN
+    }
+
+    fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("admin role required"))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(parts)?;
+        let claims = state.tokens.verify(token)?;
+        let user = state
+            .users
+            .find_by_id(&claims.sub)
+            .await?
+            .ok_or(ApiError::Unauthorized("invalid or expired token"))?;
+        Ok(Caller(user))
+    }
+}
+
+/// The token from the single `Authorization: Bearer` header. Never from the
+/// query string, where it would end up in logs and caches.
+fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(ApiError::Unauthorized("missing bearer token"))?;
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest("more than one Authorization header".into()));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
+        _ => Err(ApiError::Unauthorized("malformed Authorization header")),
+    }
+}
+
+// === Handlers ===
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn register(State(state): State<AppState>, JsonObject(body): JsonObject) -> Result<Response, ApiError> {
+    let request = validate::register(&body)?;
+    let password_hash = state.passwords.hash(request.password).await?;
+    let user = state
+        .users
+        .insert(NewUser {
+            username: request.username,
+            email: request.email,
+            role: ROLE_USER,
+            password_hash,
+        })
+        .await?;
+    tracing::info!(user_id = %user.id, "user registered");
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+async fn login(State(state): State<AppState>, JsonObject(body): JsonObject) -> Result<Response, ApiError> {
+    let request = validate::login(&body)?;
+    let user = match &request.identity {
+        LoginIdentity::Email(email) => state.users.find_by_email(email).await?,
+        LoginIdentity::Username(username) => state.users.find_by_username(username).await?,
+    };
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    // Unknown user and wrong password share one message and one bcrypt cost.
+    let user = match (state.passwords.verify(request.password, hash).await?, user) {
+        (true, Some(user)) => user,
+        _ => return Err(ApiError::Unauthorized("invalid credentials")),
+    };
+    let token = state.tokens.issue(&user.id.to_hex(), &user.role)?;
+    Ok(Json(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": state.tokens.ttl().as_secs(),
+    }))
+    .into_response())
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+    _caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (page, per_page) = validate::pagination(query.as_deref())?;
+    let listed = state.users.list(page, per_page).await?;
+    Ok(Json(json!({
+        "users": listed.users,
+        "page": page,
+        "per_page": per_page,
+        "total": listed.total,
+    })))
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    let user = state.users.find_by_id(&id).await?.ok_or(ApiError::NotFound)?;
+    Ok(Json(user.into()))
+}
+
+async fn update_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<User>, ApiError> {
+    let is_self = caller.0.id.to_hex() == id;
+    if !is_self && !caller.is_admin() {
+        // Checked before the lookup so a user cannot probe which ids exist.
+        return Err(ApiError::Forbidden("you may only change your own account"));
+    }
+    let request = validate::update(&body)?;
+    let target = state.users.find_by_id(&id).await?.ok_or(ApiError::NotFound)?;
+    if request.role.as_ref().is_some_and(|r| *r != target.role) {
+        caller
+            .require_admin()
+            .map_err(|_| ApiError::Forbidden("only an admin can change roles"))?;
+    }
+    let password_hash = match request.password {
+        Some(password) => Some(state.passwords.hash(password).await?),
+        None => None,
+    };
+    let changes = UserChanges {
+        username: request.username,
+        email: request.email,
+        role: request.role,
+        password_hash,
+    };
+    let updated = state.users.update(&id, changes).await?.ok_or(ApiError::NotFound)?;
+    tracing::info!(user_id = %updated.id, by = %caller.0.id, "user updated");
+    Ok(Json(updated))
+}
+
+async fn delete_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    if !state.users.delete(&id).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(user_id = %id, by = %caller.0.id, "user deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(caller: Caller) -> Response {
+    let mut response = Json(User::from(caller.0)).into_response();
+    // The answer depends on who asks: no shared cache may keep it.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    response
+}
+
+async fn admin(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(json!({
+        "message": "welcome, admin",
+        "users": state.users.count().await?,
+    })))
+}
