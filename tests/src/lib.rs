@@ -1,0 +1,30 @@
+//! Integration harness shared by every end-to-end test and by the benches.
+//!
+//! Starts real servers (Redis, FerretDB) as child processes on free ports
+//! and the project's own binaries in-process on pre-bound listeners, so each
+//! test gets its own isolated stack and can run in parallel with the others.
+//!
+//! # Layout
+//! - [`process`]: children that die with the test binary, free ports, waits.
+//! - [`servers`]: [`RedisServer`] and [`MongoServer`] (FerretDB).
+//! - [`origin`]: [`spawn_origin`], the real origin in-process.
+//! - [`client`]: a small JSON client for the origin's API.
+
+pub mod client;
+pub mod origin;
+pub mod process;
+pub mod servers;
+
+pub use crate::client::ApiClient;
+pub use crate::origin::{spawn_origin, spawn_origin_with, OriginHandle};
+pub use crate::servers::{MongoServer, RedisServer};
+
+/// Sends the servers' logs to the test's captured output; `LOG=debug` shows
+/// more. Safe to call from every test.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,115 @@
+//! The real origin, run in-process on a pre-bound ephemeral port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::servers::MongoServer;
+
+/// HS256 secret shared by the harness origin and proxy.
+pub const TEST_JWT_SECRET: &str = "e2e-test-secret-that-is-at-least-32-bytes";
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "admin-password";
+
+/// A running origin; shut down on drop, or explicitly with [`join`](Self::join).
+pub struct OriginHandle {
+    pub addr: SocketAddr,
+    pub database: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl OriginHandle {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the origin and waits for it, re-raising a panic from its task.
+    pub async fn join(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take().expect("joined once").await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+impl Drop for OriginHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The settings the harness gives the origin: bcrypt cost 4 so the suite
+/// stays fast, its own database, and a bootstrapped admin.
+pub fn origin_env(mongo: &MongoServer) -> HashMap<String, String> {
+    [
+        ("MONGO_URI", mongo.uri()),
+        ("MONGO_DB", MongoServer::unique_database("origin")),
+        ("JWT_SECRET_KEY", TEST_JWT_SECRET.to_owned()),
+        ("BCRYPT_COST", "4".to_owned()),
+        ("ADMIN_EMAIL", ADMIN_EMAIL.to_owned()),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Starts the origin with the harness defaults.
+pub async fn spawn_origin(mongo: &MongoServer) -> OriginHandle {
+    spawn_origin_with(origin_env(mongo)).await
+}
+
+/// Starts the origin with the given environment; returns once it listens
+/// and has prepared its database.
+pub async fn spawn_origin_with(env: HashMap<String, String>) -> OriginHandle {
+    crate::init_logging();
+    let config = origin::config::Config::from_env(&env).expect("valid origin test config");
+    let database = config.mongo_database.clone().unwrap_or_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    let addr = listener.local_addr().expect("origin addr");
+    let (shutdown, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(origin::run(listener, Arc::new(config), async move {
+        let _ = rx.await;
+    }));
+    let mut handle = OriginHandle {
+        addr,
+        database,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    };
+    wait_for_health(&mut handle).await;
+    handle
+}
+
+/// The listener accepts before `run` has created indexes; `/healthz`
+/// answering means preparation is done (or failed, which the task reports).
+async fn wait_for_health(handle: &mut OriginHandle) {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = client.get(handle.url("/healthz")).send().await {
+            if resp.status().is_success() {
+                return;
+            }
+        }
+        if handle.task.as_ref().is_some_and(|t| t.is_finished()) {
+            let result = handle.task.take().expect("task present").await;
+            panic!("origin exited during start-up: {result:?}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "origin did not become healthy in 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
