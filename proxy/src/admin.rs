@@ -1,0 +1,70 @@
+//! The admin listener: liveness, readiness and metrics.
+//!
+//! Served on its own address (`admin_listen`, never the client listener),
+//! so operators can firewall it separately.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::body;
+use crate::handler::Proxy;
+use crate::upstream::ProxyBody;
+
+/// Answers one admin request.
+pub async fn handle<B>(proxy: Arc<Proxy>, request: Request<B>) -> Response<ProxyBody> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readiness(&proxy).await,
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(body::full(Bytes::from(proxy.metrics.encode())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            response
+        }
+        (_, "/healthz" | "/readyz" | "/metrics") => {
+            json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"}))
+        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+    }
+}
+
+/// Ready when the upstream accepts a connection and the cache store
+/// answers; 503 naming what is not.
+async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
+    let upstream = &proxy.config.upstream;
+    let authority = upstream
+        .base
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let upstream_ok = matches!(
+        tokio::time::timeout(upstream.connect_timeout, tokio::net::TcpStream::connect(&authority)).await,
+        Ok(Ok(_))
+    );
+    let store_ok = proxy.store.ping().await.is_ok();
+    let status = if upstream_ok && store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    json_response(
+        status,
+        json!({"upstream": word(upstream_ok), "cache": word(store_ok), "cache_store": proxy.store.kind()}),
+    )
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

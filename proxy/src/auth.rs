@@ -1,0 +1,383 @@
+//! Authentication: bearer-token extraction and JWT verification
+//! (DESIGN.md step 2).
+//!
+//! Owns the accepted algorithm (pinned by config, never taken from the
+//! token), the keys, and the claim checks: `exp` required, `nbf` checked,
+//! `iss`/`aud` when configured, leeway. Produces [`Claims`]; what they may do
+//! is `rbac`'s business.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+/// The verified identity of a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The token's `sub`: keys `user`-scoped cache entries.
+    pub subject: String,
+    /// From the configured role claim (a string or an array of strings).
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Two `Authorization` headers: which one a back end reads is anyone's
+    /// guess, so the request is refused as malformed (400).
+    #[error("more than one Authorization header")]
+    MultipleAuthorization,
+    #[error("malformed Authorization header")]
+    MalformedHeader,
+    /// Signature, algorithm, expiry, issuer, audience or shape was wrong.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+}
+
+/// Where verification keys come from; resolved once at start-up.
+pub enum KeySource {
+    /// HMAC secret, from `JWT_SECRET_KEY`.
+    Secret(Vec<u8>),
+    /// A PEM public key (RSA, EC or Ed25519, by algorithm).
+    Pem(Vec<u8>),
+    /// A JWKS document; tokens select a key by `kid`.
+    Jwks(Vec<u8>),
+}
+
+/// A key-loading problem, naming the config field at fault.
+#[derive(Debug)]
+pub struct KeyError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+enum Keys {
+    Single(DecodingKey),
+    ByKid(HashMap<String, DecodingKey>),
+}
+
+/// Verifies tokens against the configured algorithm and keys.
+pub struct JwtVerifier {
+    keys: Keys,
+    validation: Validation,
+    role_claim: String,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .field("role_claim", &self.role_claim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtVerifier {
+    pub fn new(
+        algorithm: Algorithm,
+        source: KeySource,
+        issuer: Option<String>,
+        audience: Option<String>,
+        leeway: Duration,
+        role_claim: String,
+    ) -> Result<JwtVerifier, KeyError> {
+        let keys = match source {
+            KeySource::Secret(secret) => {
+                if secret.is_empty() {
+                    return Err(KeyError {
+                        field: "JWT_SECRET_KEY",
+                        message: "must not be empty".into(),
+                    });
+                }
+                Keys::Single(DecodingKey::from_secret(&secret))
+            }
+            KeySource::Pem(pem) => Keys::Single(pem_key(algorithm, &pem).map_err(|message| KeyError {
+                field: "jwt.public_key_file",
+                message,
+            })?),
+            KeySource::Jwks(json) => Keys::ByKid(jwks_keys(algorithm, &json).map_err(|message| KeyError {
+                field: "jwt.jwks_file",
+                message,
+            })?),
+        };
+        let mut validation = Validation::new(algorithm);
+        let mut required = vec!["exp", "sub"];
+        validation.validate_nbf = true;
+        validation.leeway = leeway.as_secs();
+        if let Some(iss) = &issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(JwtVerifier {
+            keys,
+            validation,
+            role_claim,
+        })
+    }
+
+    /// Verifies a compact JWT and extracts subject and roles.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let invalid = |e: jsonwebtoken::errors::Error| AuthError::InvalidToken(e.to_string());
+        let key = match &self.keys {
+            Keys::Single(key) => key,
+            Keys::ByKid(keys) => {
+                let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+                let kid = header
+                    .kid
+                    .ok_or_else(|| AuthError::InvalidToken("token has no kid".into()))?;
+                keys.get(&kid)
+                    .ok_or_else(|| AuthError::InvalidToken("unknown kid".into()))?
+            }
+        };
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation).map_err(invalid)?;
+        let mut claims = data.claims;
+        let subject = match claims.remove("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            _ => return Err(AuthError::InvalidToken("sub must be a non-empty string".into())),
+        };
+        let roles = match claims.remove(&self.role_claim) {
+            Some(Value::String(role)) => vec![role],
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Claims { subject, roles })
+    }
+}
+
+fn pem_key(algorithm: Algorithm, pem: &[u8]) -> Result<DecodingKey, String> {
+    use Algorithm::*;
+    let key = match algorithm {
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_pem(pem),
+        ES256 | ES384 => DecodingKey::from_ec_pem(pem),
+        EdDSA => DecodingKey::from_ed_pem(pem),
+        HS256 | HS384 | HS512 => return Err("HMAC algorithms take JWT_SECRET_KEY, not a key file".into()),
+    };
+    key.map_err(|e| format!("not a {algorithm:?} public key in PEM form: {e}"))
+}
+
+fn jwks_keys(algorithm: Algorithm, json: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
+    let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = HashMap::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| format!("keys[{i}] has no kid"))?;
+        if let Some(alg) = jwk.common.key_algorithm {
+            if alg.to_string() != format!("{algorithm:?}") {
+                // A key meant for another algorithm must never verify ours.
+                continue;
+            }
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("keys[{i}] ({kid}): {e}"))?;
+        keys.insert(kid, key);
+    }
+    if keys.is_empty() {
+        return Err(format!("no key usable with {algorithm:?}"));
+    }
+    Ok(keys)
+}
+
+/// Extracts and verifies the bearer token, if any. Only the
+/// `Authorization: Bearer` header is read — never the query string, where
+/// tokens leak into logs and caches.
+pub fn authenticate(headers: &HeaderMap, verifier: &JwtVerifier) -> Result<Option<Claims>, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::MultipleAuthorization);
+    }
+    let value = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
+        _ => return Err(AuthError::MalformedHeader),
+    };
+    verifier.verify(token).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"unit-test-secret";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(
+            Algorithm::HS256,
+            KeySource::Secret(SECRET.to_vec()),
+            Some("origin".into()),
+            Some("api".into()),
+            Duration::from_secs(30),
+            "role".into(),
+        )
+        .unwrap()
+    }
+
+    fn sign(claims: Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn good_claims() -> Value {
+        json!({"sub": "u1", "role": "user", "exp": now() + 600, "iss": "origin", "aud": "api"})
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_valid_token_yields_subject_and_roles() {
+        let token = sign(good_claims());
+        let claims = authenticate(&headers(&[&format!("Bearer {token}")]), &verifier())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            claims,
+            Claims {
+                subject: "u1".into(),
+                roles: vec!["user".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn role_claims_may_be_arrays() {
+        let mut c = good_claims();
+        c["role"] = json!(["user", "admin", 7]);
+        assert_eq!(verifier().verify(&sign(c)).unwrap().roles, ["user", "admin"]);
+    }
+
+    #[test]
+    fn no_header_is_no_claims_and_two_headers_are_refused() {
+        assert_eq!(authenticate(&HeaderMap::new(), &verifier()), Ok(None));
+        let token = sign(good_claims());
+        let two = headers(&[&format!("Bearer {token}"), &format!("Bearer {token}")]);
+        assert_eq!(authenticate(&two, &verifier()), Err(AuthError::MultipleAuthorization));
+    }
+
+    #[test]
+    fn other_schemes_and_empty_tokens_are_malformed() {
+        for value in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", "token"] {
+            assert_eq!(
+                authenticate(&headers(&[value]), &verifier()),
+                Err(AuthError::MalformedHeader),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_claims_are_rejected() {
+        let v = verifier();
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut c = good_claims();
+            f(&mut c);
+            v.verify(&sign(c))
+        };
+        assert!(
+            with(&|c| c["exp"] = json!(now() - 120)).is_err(),
+            "expired beyond leeway"
+        );
+        assert!(with(&|c| c["exp"] = json!(now() - 10)).is_ok(), "expired within leeway");
+        assert!(with(&|c| c["nbf"] = json!(now() + 120)).is_err(), "not yet valid");
+        assert!(with(&|c| c["iss"] = json!("elsewhere")).is_err(), "issuer");
+        assert!(with(&|c| c["aud"] = json!("other")).is_err(), "audience");
+        assert!(
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            })
+            .is_err(),
+            "exp required"
+        );
+        assert!(
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            })
+            .is_err(),
+            "sub required"
+        );
+        assert!(with(&|c| c["sub"] = json!(5)).is_err(), "sub must be a string");
+    }
+
+    #[test]
+    fn unsigned_and_wrongly_signed_tokens_are_rejected() {
+        let v = verifier();
+        let token = sign(good_claims());
+        let (head_payload, _) = token.rsplit_once('.').unwrap();
+        assert!(v.verify(&format!("{head_payload}.")).is_err(), "stripped signature");
+        let none_header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = head_payload.split_once('.').unwrap().1;
+        assert!(v.verify(&format!("{none_header}.{payload}.")).is_err(), "alg none");
+        let other = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &good_claims(),
+            &EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
+        assert!(v.verify(&other).is_err(), "wrong secret");
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &good_claims(),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(v.verify(&hs512).is_err(), "algorithm is pinned");
+    }
+
+    #[test]
+    fn audience_is_only_checked_when_configured() {
+        let v = JwtVerifier::new(
+            Algorithm::HS256,
+            KeySource::Secret(SECRET.to_vec()),
+            None,
+            None,
+            Duration::ZERO,
+            "role".into(),
+        )
+        .unwrap();
+        let mut c = good_claims();
+        c["aud"] = json!("anything");
+        c["iss"] = json!("anyone");
+        assert!(v.verify(&sign(c)).is_ok());
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+}

@@ -1,0 +1,131 @@
+//! Body helpers: buffering a response up to a limit for storage without
+//! losing what was read when it turns out larger.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::upstream::{BoxError, ProxyBody};
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+pub fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|e| match e {}).boxed()
+}
+
+/// What [`buffer_up_to`] found.
+pub enum Buffered<B> {
+    /// The whole body, at most `limit` bytes.
+    Complete(Bytes),
+    /// Larger than `limit`: what was read, then the unread rest. Streamed
+    /// to the client, never stored.
+    TooLarge(Prefixed<B>),
+}
+
+/// Reads `body` whole if it is at most `limit` bytes.
+pub async fn buffer_up_to<B>(mut body: B, limit: u64) -> Result<Buffered<B>, BoxError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let mut size: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Into::into)?;
+        // Trailers are dropped: JSON APIs do not use them, and stored
+        // entries have no place for them.
+        let Ok(data) = frame.into_data() else { continue };
+        size += data.len() as u64;
+        chunks.push_back(data);
+        if size > limit {
+            return Ok(Buffered::TooLarge(Prefixed {
+                prefix: chunks,
+                rest: body,
+            }));
+        }
+    }
+    Ok(Buffered::Complete(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().expect("one chunk"),
+        _ => {
+            let mut joined = BytesMut::with_capacity(size as usize);
+            for chunk in chunks {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.freeze()
+        }
+    }))
+}
+
+/// Already-read chunks followed by the rest of a body.
+pub struct Prefixed<B> {
+    prefix: VecDeque<Bytes>,
+    rest: B,
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self.prefix.iter().map(|c| c.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + buffered);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + buffered);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+
+    fn chunked(parts: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = BoxError> + Unpin {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            parts.iter().map(|p| Ok(Frame::data(Bytes::from_static(p)))).collect();
+        StreamBody::new(stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_buffered_whole() {
+        let Buffered::Complete(bytes) = buffer_up_to(chunked(&[b"ab", b"cd"]), 4).await.unwrap() else {
+            panic!("expected complete")
+        };
+        assert_eq!(&bytes[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn large_bodies_lose_nothing() {
+        let Buffered::TooLarge(rest) = buffer_up_to(chunked(&[b"ab", b"cd", b"ef"]), 3).await.unwrap() else {
+            panic!("expected too large")
+        };
+        let all = rest.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], b"abcdef");
+    }
+}

@@ -1,0 +1,108 @@
+//! A circuit breaker for the cache store.
+//!
+//! After `threshold` consecutive failures the breaker opens for `open_for`:
+//! cache operations fail at once instead of each waiting out its time
+//! budget, so an outage costs requests nothing. Once `open_for` has passed,
+//! operations are let through again; the first success closes the breaker,
+//! a failure reopens it.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Breaker {
+    threshold: u32,
+    open_for: Duration,
+    epoch: Instant,
+    consecutive_failures: AtomicU32,
+    /// Nanoseconds since `epoch` until which the breaker is open.
+    open_until: AtomicU64,
+}
+
+/// What a recorded outcome changed, so the caller can log transitions once
+/// instead of every failure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Opened,
+    Closed,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, open_for: Duration) -> Breaker {
+        Breaker {
+            threshold: threshold.max(1),
+            open_for,
+            epoch: Instant::now(),
+            consecutive_failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// False while open: the caller should not even try.
+    pub fn allows(&self) -> bool {
+        self.now() >= self.open_until.load(Ordering::Acquire)
+    }
+
+    pub fn record_success(&self) -> Transition {
+        if self.consecutive_failures.swap(0, Ordering::AcqRel) >= self.threshold {
+            Transition::Closed
+        } else {
+            Transition::None
+        }
+    }
+
+    pub fn record_failure(&self) -> Transition {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= self.threshold {
+            self.open_until
+                .store(self.now() + self.open_for.as_nanos() as u64, Ordering::Release);
+            if failures == self.threshold {
+                return Transition::Opened;
+            }
+        }
+        Transition::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_failures_and_closes_on_success() {
+        let b = Breaker::new(3, Duration::from_secs(3600));
+        assert!(b.allows());
+        assert_eq!(b.record_failure(), Transition::None);
+        assert_eq!(b.record_failure(), Transition::None);
+        assert!(b.allows());
+        assert_eq!(b.record_failure(), Transition::Opened);
+        assert!(!b.allows());
+        assert_eq!(b.record_success(), Transition::Closed);
+        assert_eq!(b.record_success(), Transition::None);
+    }
+
+    #[test]
+    fn lets_a_probe_through_once_the_open_period_is_over() {
+        let b = Breaker::new(1, Duration::ZERO);
+        assert_eq!(b.record_failure(), Transition::Opened);
+        assert!(b.allows(), "open_for elapsed");
+        assert_eq!(
+            b.record_failure(),
+            Transition::None,
+            "still failing: reopened, not re-announced"
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let b = Breaker::new(2, Duration::from_secs(3600));
+        b.record_failure();
+        b.record_success();
+        b.record_failure();
+        assert!(b.allows());
+    }
+}

@@ -1,0 +1,222 @@
+//! A stored response and its compact binary encoding.
+//!
+//! Hand-written rather than serde-based so decoding borrows the body from
+//! the buffer the store returned (`Bytes::slice`, no copy): on a hit the
+//! body goes from Redis to the client without being copied again.
+//!
+//! Layout (all integers big-endian):
+//! `"CG" version:u8 status:u16 stored_at_ms:u64 expires_at_ms:u64`
+//! `ngen:u16 { tag_len:u16 tag gen_len:u16 gen }`
+//! `nhdr:u16 { name_len:u16 name value_len:u32 value }`
+//! `body_len:u32 body`
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+const MAGIC: &[u8; 2] = b"CG";
+const VERSION: u8 = 1;
+
+/// The tag generations an entry was fetched under, in the rule's tag order.
+/// The entry is valid only while every generation is still current.
+pub type Generations = Vec<(String, String)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// End-to-end response headers; hop-by-hop, `Set-Cookie` and the
+    /// proxy's own headers are never stored.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Milliseconds since the Unix epoch; `Age` is computed from it.
+    pub stored_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub generations: Generations,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("corrupt cache entry: {0}")]
+pub struct DecodeError(&'static str);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Entry {
+    /// Seconds since the entry was stored (the `Age` header).
+    pub fn age_secs(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.stored_at_ms) / 1000
+    }
+
+    /// Time left before expiry.
+    pub fn ttl_left(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(self.expires_at_ms.saturating_sub(now_ms))
+    }
+
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+
+    /// Bytes the encoding takes; also the memory store's weight.
+    pub fn encoded_len(&self) -> usize {
+        let gens: usize = self.generations.iter().map(|(t, g)| 4 + t.len() + g.len()).sum();
+        let headers: usize = self.headers.iter().map(|(n, v)| 6 + n.as_str().len() + v.len()).sum();
+        2 + 1 + 2 + 8 + 8 + 2 + gens + 2 + headers + 4 + self.body.len()
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        out.put_slice(MAGIC);
+        out.put_u8(VERSION);
+        out.put_u16(self.status.as_u16());
+        out.put_u64(self.stored_at_ms);
+        out.put_u64(self.expires_at_ms);
+        out.put_u16(self.generations.len() as u16);
+        for (tag, generation) in &self.generations {
+            put_str16(&mut out, tag.as_bytes());
+            put_str16(&mut out, generation.as_bytes());
+        }
+        out.put_u16(self.headers.len() as u16);
+        for (name, value) in &self.headers {
+            put_str16(&mut out, name.as_str().as_bytes());
+            out.put_u32(value.len() as u32);
+            out.put_slice(value.as_bytes());
+        }
+        out.put_u32(self.body.len() as u32);
+        out.put_slice(&self.body);
+        out.freeze()
+    }
+
+    pub fn decode(mut buf: Bytes) -> Result<Entry, DecodeError> {
+        let original = buf.clone();
+        need(&buf, 3)?;
+        if &buf[..2] != MAGIC || buf[2] != VERSION {
+            return Err(DecodeError("unknown format or version"));
+        }
+        buf.advance(3);
+        need(&buf, 2 + 8 + 8 + 2)?;
+        let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| DecodeError("status"))?;
+        let stored_at_ms = buf.get_u64();
+        let expires_at_ms = buf.get_u64();
+        let ngen = buf.get_u16() as usize;
+        let mut generations = Vec::with_capacity(ngen);
+        for _ in 0..ngen {
+            let tag = take_str16(&mut buf)?;
+            let generation = take_str16(&mut buf)?;
+            generations.push((tag, generation));
+        }
+        need(&buf, 2)?;
+        let nhdr = buf.get_u16() as usize;
+        let mut headers = HeaderMap::with_capacity(nhdr);
+        for _ in 0..nhdr {
+            need(&buf, 2)?;
+            let len = buf.get_u16() as usize;
+            need(&buf, len)?;
+            let name = HeaderName::from_bytes(&buf[..len]).map_err(|_| DecodeError("header name"))?;
+            buf.advance(len);
+            need(&buf, 4)?;
+            let len = buf.get_u32() as usize;
+            need(&buf, len)?;
+            let value = HeaderValue::from_maybe_shared(buf.split_to(len)).map_err(|_| DecodeError("header value"))?;
+            headers.append(name, value);
+        }
+        need(&buf, 4)?;
+        let len = buf.get_u32() as usize;
+        if buf.len() != len {
+            return Err(DecodeError("body length"));
+        }
+        let start = original.len() - len;
+        Ok(Entry {
+            status,
+            headers,
+            body: original.slice(start..),
+            stored_at_ms,
+            expires_at_ms,
+            generations,
+        })
+    }
+}
+
+fn need(buf: &Bytes, n: usize) -> Result<(), DecodeError> {
+    if buf.len() < n {
+        Err(DecodeError("truncated"))
+    } else {
+        Ok(())
+    }
+}
+
+fn put_str16(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u16(bytes.len() as u16);
+    out.put_slice(bytes);
+}
+
+fn take_str16(buf: &mut Bytes) -> Result<String, DecodeError> {
+    need(buf, 2)?;
+    let len = buf.get_u16() as usize;
+    need(buf, len)?;
+    let s = std::str::from_utf8(&buf[..len])
+        .map_err(|_| DecodeError("utf-8"))?
+        .to_owned();
+    buf.advance(len);
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        Entry {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(br#"{"users":[]}"#),
+            stored_at_ms: 1_700_000_000_000,
+            expires_at_ms: 1_700_000_060_000,
+            generations: vec![("users".into(), "3f2a".into())],
+        }
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let entry = sample();
+        let encoded = entry.encode();
+        assert_eq!(encoded.len(), entry.encoded_len());
+        assert_eq!(Entry::decode(encoded).unwrap(), entry);
+    }
+
+    #[test]
+    fn the_body_is_borrowed_from_the_input_buffer() {
+        let encoded = sample().encode();
+        let decoded = Entry::decode(encoded.clone()).unwrap();
+        let tail = &encoded[encoded.len() - decoded.body.len()..];
+        assert_eq!(decoded.body.as_ptr(), tail.as_ptr());
+    }
+
+    #[test]
+    fn truncated_or_foreign_input_is_an_error_not_a_panic() {
+        let encoded = sample().encode();
+        for cut in 0..encoded.len() {
+            assert!(Entry::decode(encoded.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        assert!(Entry::decode(Bytes::from_static(b"{\"json\": true}")).is_err());
+        let mut longer = BytesMut::from(&encoded[..]);
+        longer.put_u8(0);
+        assert!(Entry::decode(longer.freeze()).is_err());
+    }
+
+    #[test]
+    fn age_and_ttl_follow_the_clock() {
+        let e = sample();
+        assert_eq!(e.age_secs(e.stored_at_ms + 2_500), 2);
+        assert_eq!(e.ttl_left(e.stored_at_ms + 10_000), Duration::from_secs(50));
+        assert!(e.is_fresh(e.expires_at_ms - 1));
+        assert!(!e.is_fresh(e.expires_at_ms));
+    }
+}

@@ -1,0 +1,173 @@
+//! Cache keys: structured parts, hashed only at the edge.
+//!
+//! A key is SHA-256 over an unambiguous, versioned encoding of the rule
+//! name, normalised path and query, the `vary` header values and the scope.
+//! Every part is length-prefixed, so no choice of path, query or subject can
+//! make two different requests encode alike, and the version prefix lets a
+//! future encoding never collide with this one.
+
+use sha2::{Digest, Sha256};
+
+/// Bumped whenever the encoding below changes.
+const KEY_VERSION: &[u8] = b"cgw-key-v1";
+
+/// Whose entry this is: the part of the key that keeps users apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeKey<'a> {
+    /// One entry per verified subject.
+    User(&'a str),
+    /// One entry per set of roles (order-insensitive).
+    Role(&'a [String]),
+    /// One entry for everyone the rule admits.
+    Shared,
+}
+
+/// A hashed cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 32]);
+
+/// The parts a key is built from.
+pub struct KeyParts<'a> {
+    pub rule: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// `(header name, value)` for each of the rule's `vary` headers, in the
+    /// rule's order; a missing header is an empty value, and repeated values
+    /// are joined by the caller.
+    pub vary: &'a [(&'a str, &'a [u8])],
+    pub scope: ScopeKey<'a>,
+}
+
+impl CacheKey {
+    pub fn build(parts: &KeyParts<'_>) -> CacheKey {
+        let mut h = Sha256::new();
+        field(&mut h, KEY_VERSION);
+        field(&mut h, parts.rule.as_bytes());
+        field(&mut h, parts.path.as_bytes());
+        match parts.query {
+            Some(q) => {
+                h.update([1]);
+                field(&mut h, q.as_bytes());
+            }
+            None => h.update([0]),
+        }
+        h.update((parts.vary.len() as u32).to_be_bytes());
+        for (name, value) in parts.vary {
+            field(&mut h, name.as_bytes());
+            field(&mut h, value);
+        }
+        match &parts.scope {
+            ScopeKey::User(subject) => {
+                h.update(b"u");
+                field(&mut h, subject.as_bytes());
+            }
+            ScopeKey::Role(roles) => {
+                h.update(b"r");
+                let mut sorted: Vec<&String> = roles.iter().collect();
+                sorted.sort();
+                sorted.dedup();
+                h.update((sorted.len() as u32).to_be_bytes());
+                for role in sorted {
+                    field(&mut h, role.as_bytes());
+                }
+            }
+            ScopeKey::Shared => h.update(b"s"),
+        }
+        CacheKey(h.finalize().into())
+    }
+
+    /// Lower-case hex, as used in store keys.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+fn field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(rule: &str, path: &str, query: Option<&str>, scope: ScopeKey<'_>) -> CacheKey {
+        CacheKey::build(&KeyParts {
+            rule,
+            path,
+            query,
+            vary: &[],
+            scope,
+        })
+    }
+
+    #[test]
+    fn same_parts_same_key() {
+        assert_eq!(
+            key("r", "/a", Some("x=1"), ScopeKey::Shared),
+            key("r", "/a", Some("x=1"), ScopeKey::Shared)
+        );
+    }
+
+    #[test]
+    fn every_part_changes_the_key() {
+        let base = key("r", "/a", Some("x=1"), ScopeKey::Shared);
+        assert_ne!(base, key("r2", "/a", Some("x=1"), ScopeKey::Shared));
+        assert_ne!(base, key("r", "/b", Some("x=1"), ScopeKey::Shared));
+        assert_ne!(base, key("r", "/a", Some("x=2"), ScopeKey::Shared));
+        assert_ne!(base, key("r", "/a", None, ScopeKey::Shared));
+        assert_ne!(base, key("r", "/a", Some("x=1"), ScopeKey::User("u1")));
+        let vary = CacheKey::build(&KeyParts {
+            rule: "r",
+            path: "/a",
+            query: Some("x=1"),
+            vary: &[("accept-language", b"fr")],
+            scope: ScopeKey::Shared,
+        });
+        assert_ne!(base, vary);
+    }
+
+    #[test]
+    fn users_and_roles_get_their_own_entries() {
+        assert_ne!(
+            key("r", "/me", None, ScopeKey::User("u1")),
+            key("r", "/me", None, ScopeKey::User("u2"))
+        );
+        let (a, b) = (vec!["admin".to_string()], vec!["user".to_string()]);
+        assert_ne!(
+            key("r", "/x", None, ScopeKey::Role(&a)),
+            key("r", "/x", None, ScopeKey::Role(&b))
+        );
+        let (ab, ba) = (
+            vec!["a".to_string(), "b".to_string()],
+            vec!["b".to_string(), "a".to_string()],
+        );
+        assert_eq!(
+            key("r", "/x", None, ScopeKey::Role(&ab)),
+            key("r", "/x", None, ScopeKey::Role(&ba))
+        );
+    }
+
+    #[test]
+    fn boundaries_between_parts_cannot_be_forged() {
+        // Without length prefixes these would concatenate to the same bytes.
+        assert_ne!(
+            key("ab", "/c", None, ScopeKey::Shared),
+            key("a", "b/c", None, ScopeKey::Shared)
+        );
+        assert_ne!(
+            key("r", "/a", None, ScopeKey::User("")),
+            key("r", "/a", None, ScopeKey::Shared)
+        );
+        assert_ne!(
+            key("r", "/a", Some(""), ScopeKey::Shared),
+            key("r", "/a", None, ScopeKey::Shared)
+        );
+        let r1 = vec!["a\u{0}b".to_string()];
+        let r2 = vec!["a".to_string(), "b".to_string()];
+        assert_ne!(
+            key("r", "/", None, ScopeKey::Role(&r1)),
+            key("r", "/", None, ScopeKey::Role(&r2))
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! The in-process store: bounded by bytes, one process only.
+//!
+//! The default when no Redis is configured. Entries live in a moka cache
+//! (a well-kept concurrent cache with size-aware eviction and per-entry
+//! expiry); tag generations in a map beside it. Never fails.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::entry::now_ms;
+use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lookup, StoreError};
+
+pub struct MemoryStore {
+    entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    generations: RwLock<HashMap<String, String>>,
+}
+
+/// Expires each entry at its own `expires_at_ms`.
+struct EntryExpiry;
+
+impl moka::Expiry<CacheKey, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(&self, _key: &CacheKey, entry: &Arc<Entry>, _now: Instant) -> Option<Duration> {
+        Some(entry.ttl_left(now_ms()))
+    }
+}
+
+impl MemoryStore {
+    pub fn new(max_bytes: u64) -> MemoryStore {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_key, entry: &Arc<Entry>| u32::try_from(entry.encoded_len()).unwrap_or(u32::MAX))
+            .expire_after(EntryExpiry)
+            .build();
+        MemoryStore {
+            entries,
+            generations: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Current generations of `tags`, creating any that do not exist yet.
+    fn current_generations(&self, tags: &[String]) -> Generations {
+        {
+            let map = self.generations.read().expect("generations lock");
+            if let Some(found) = tags
+                .iter()
+                .map(|t| map.get(t).map(|g| (t.clone(), g.clone())))
+                .collect()
+            {
+                return found;
+            }
+        }
+        let mut map = self.generations.write().expect("generations lock");
+        tags.iter()
+            .map(|t| (t.clone(), map.entry(t.clone()).or_insert_with(new_generation).clone()))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl CacheStore for MemoryStore {
+    async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError> {
+        let current = self.current_generations(tags);
+        match self.entries.get(key) {
+            Some(entry) if entry.is_fresh(now_ms()) && entry.generations == current => {
+                Ok(Lookup::Hit((*entry).clone()))
+            }
+            _ => Ok(Lookup::Miss(current)),
+        }
+    }
+
+    async fn store(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError> {
+        self.entries.insert(*key, Arc::new(entry.clone()));
+        Ok(())
+    }
+
+    async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError> {
+        let mut map = self.generations.write().expect("generations lock");
+        for tag in tags {
+            map.insert(tag.clone(), new_generation());
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{KeyParts, ScopeKey};
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    fn key(path: &str) -> CacheKey {
+        CacheKey::build(&KeyParts {
+            rule: "r",
+            path,
+            query: None,
+            vary: &[],
+            scope: ScopeKey::Shared,
+        })
+    }
+
+    fn entry(generations: Generations, ttl_ms: u64) -> Entry {
+        let now = now_ms();
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+            stored_at_ms: now,
+            expires_at_ms: now + ttl_ms,
+            generations,
+        }
+    }
+
+    fn tags() -> Vec<String> {
+        vec!["users".to_string()]
+    }
+
+    #[tokio::test]
+    async fn stores_then_hits_under_current_generations() {
+        let store = MemoryStore::new(1 << 20);
+        let Lookup::Miss(gens) = store.lookup(&key("/a"), &tags()).await.unwrap() else {
+            panic!("cold store hit")
+        };
+        store.store(&key("/a"), &entry(gens, 60_000)).await.unwrap();
+        assert!(matches!(
+            store.lookup(&key("/a"), &tags()).await.unwrap(),
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            store.lookup(&key("/b"), &tags()).await.unwrap(),
+            Lookup::Miss(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn invalidation_hides_entries_recorded_under_old_generations() {
+        let store = MemoryStore::new(1 << 20);
+        let Lookup::Miss(before) = store.lookup(&key("/a"), &tags()).await.unwrap() else {
+            panic!()
+        };
+        store.invalidate(&tags()).await.unwrap();
+        // A read that fetched generations before the write stores late:
+        store.store(&key("/a"), &entry(before, 60_000)).await.unwrap();
+        assert!(matches!(
+            store.lookup(&key("/a"), &tags()).await.unwrap(),
+            Lookup::Miss(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_not_served() {
+        let store = MemoryStore::new(1 << 20);
+        let Lookup::Miss(gens) = store.lookup(&key("/a"), &tags()).await.unwrap() else {
+            panic!()
+        };
+        store.store(&key("/a"), &entry(gens, 0)).await.unwrap();
+        assert!(matches!(
+            store.lookup(&key("/a"), &tags()).await.unwrap(),
+            Lookup::Miss(_)
+        ));
+    }
+}

@@ -1,0 +1,422 @@
+//! The response cache: policy, storability, status reporting and stores.
+//!
+//! This module decides *what* may be cached and how it is reported; the
+//! [`CacheStore`] implementations decide *where* (Redis or process memory).
+//!
+//! Correctness rests on tag generations. Every cacheable rule lists tags;
+//! each tag has a current generation, a random token. Before a miss is
+//! forwarded, the current generations of the rule's tags are read, and the
+//! stored entry records them. A write through the proxy replaces the
+//! generations of the tags it invalidates with fresh random tokens before
+//! its response is released. A lookup serves an entry only if every
+//! recorded generation is still current, so:
+//! - an entry cached before a write is never served after it;
+//! - a read that raced a write (read generations, write committed and
+//!   bumped, read stored) recorded the old generation and is never served;
+//! - a generation lost to a Redis restart or eviction reads as missing,
+//!   which is a miss, and the fresh random token that replaces it matches
+//!   no entry recorded before (a counter restarting at 0 could).
+
+pub mod breaker;
+pub mod entry;
+pub mod key;
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::header::{CACHE_CONTROL, SET_COOKIE, VARY};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+pub use self::entry::{Entry, Generations};
+pub use self::key::{CacheKey, KeyParts, ScopeKey};
+
+/// Whose responses an entry may be served to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Per verified subject; the default for authenticated rules.
+    User,
+    /// Per set of roles.
+    Role,
+    /// One entry for everyone the rule admits; must be declared on
+    /// authenticated rules (RFC 9111 §3.5: a shared cache may store a
+    /// response to an authenticated request only when told it may).
+    Shared,
+}
+
+/// A cacheable rule's settings.
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    pub scope: Scope,
+    /// Upper bound; the origin's `s-maxage`/`max-age` can only shorten it.
+    pub ttl: Duration,
+    pub statuses: Vec<u16>,
+    /// Request headers that are part of the key and forwarded upstream.
+    pub vary: Vec<HeaderName>,
+    /// Tags whose invalidation removes this rule's entries.
+    pub tags: Vec<String>,
+}
+
+/// Why a response was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStorable {
+    Status,
+    NoStore,
+    NoCache,
+    Private,
+    SetCookie,
+    VaryStar,
+    /// The origin varies on a header that is not in the key.
+    VaryUnkeyed,
+    ZeroTtl,
+}
+
+/// Decides whether a response may be stored under `policy`, and for how
+/// long. Pure: depends on nothing but its arguments.
+pub fn storability(policy: &CachePolicy, status: StatusCode, headers: &HeaderMap) -> Result<Duration, NotStorable> {
+    if !policy.statuses.contains(&status.as_u16()) {
+        return Err(NotStorable::Status);
+    }
+    if headers.contains_key(SET_COOKIE) {
+        return Err(NotStorable::SetCookie);
+    }
+    let cc = CacheControl::parse(headers);
+    if cc.no_store {
+        return Err(NotStorable::NoStore);
+    }
+    if cc.no_cache {
+        // Storing would require revalidating on every use; not supported,
+        // so the safe reading is "do not store".
+        return Err(NotStorable::NoCache);
+    }
+    if cc.private && policy.scope != Scope::User {
+        return Err(NotStorable::Private);
+    }
+    for value in headers.get_all(VARY) {
+        for name in value
+            .to_str()
+            .unwrap_or("*")
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            if name == "*" {
+                return Err(NotStorable::VaryStar);
+            }
+            if !policy.vary.iter().any(|v| v.as_str().eq_ignore_ascii_case(name)) {
+                return Err(NotStorable::VaryUnkeyed);
+            }
+        }
+    }
+    let ttl = match cc.s_maxage.or(cc.max_age) {
+        Some(origin_ttl) => policy.ttl.min(origin_ttl),
+        None => policy.ttl,
+    };
+    if ttl < Duration::from_secs(1) {
+        return Err(NotStorable::ZeroTtl);
+    }
+    Ok(ttl)
+}
+
+/// The response `Cache-Control` directives storability depends on.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CacheControl {
+    no_store: bool,
+    no_cache: bool,
+    private: bool,
+    max_age: Option<Duration>,
+    s_maxage: Option<Duration>,
+}
+
+impl CacheControl {
+    fn parse(headers: &HeaderMap) -> CacheControl {
+        let mut cc = CacheControl::default();
+        for value in headers.get_all(CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else {
+                // Unreadable directives could say anything; assume the worst.
+                cc.no_store = true;
+                continue;
+            };
+            for directive in value.split(',') {
+                let (name, arg) = match directive.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                    None => (directive.trim(), None),
+                };
+                let seconds = || arg.and_then(|a| a.parse::<u64>().ok()).map(Duration::from_secs);
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => cc.no_store = true,
+                    // `private="field"` and `no-cache="field"` restrict only some
+                    // fields in theory; treating them as whole-response is safe.
+                    "no-cache" => cc.no_cache = true,
+                    "private" => cc.private = true,
+                    // A malformed age is treated as 0: do not cache.
+                    "max-age" => cc.max_age = Some(seconds().unwrap_or(Duration::ZERO)),
+                    "s-maxage" => cc.s_maxage = Some(seconds().unwrap_or(Duration::ZERO)),
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+}
+
+// === Cache status reporting ===
+
+/// The name this cache reports in `Cache-Status` (RFC 9211).
+pub const CACHE_NAME: &str = "proxy";
+
+/// Why a request did not use the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// Writes and other non-GET/HEAD methods (`fwd=method`).
+    Method,
+    /// The rule has no cache policy (`fwd=bypass`).
+    Uncacheable,
+    /// No rule matched (`fwd=uri-miss`).
+    NoRule,
+    /// The store failed or its circuit breaker is open.
+    StoreUnavailable,
+    /// The proxy answered itself (an error) before any cache step.
+    Error,
+}
+
+/// How the cache took part in a request; becomes `X-Cache` and
+/// `Cache-Status` on the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit { ttl_left: Duration },
+    Miss { stored: bool },
+    Bypass(Bypass),
+}
+
+impl CacheStatus {
+    pub fn x_cache(&self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            CacheStatus::Hit { .. } => "HIT",
+            CacheStatus::Miss { .. } => "MISS",
+            CacheStatus::Bypass(_) => "BYPASS",
+        })
+    }
+
+    pub fn cache_status(&self) -> HeaderValue {
+        match self {
+            CacheStatus::Hit { ttl_left } => {
+                HeaderValue::from_str(&format!("{CACHE_NAME}; hit; ttl={}", ttl_left.as_secs())).expect("ascii")
+            }
+            CacheStatus::Miss { stored: true } => HeaderValue::from_static("proxy; fwd=miss; stored"),
+            CacheStatus::Miss { stored: false } => HeaderValue::from_static("proxy; fwd=miss"),
+            CacheStatus::Bypass(Bypass::Method) => HeaderValue::from_static("proxy; fwd=method"),
+            CacheStatus::Bypass(Bypass::Uncacheable) => HeaderValue::from_static("proxy; fwd=bypass"),
+            CacheStatus::Bypass(Bypass::NoRule) => HeaderValue::from_static("proxy; fwd=uri-miss"),
+            CacheStatus::Bypass(Bypass::StoreUnavailable) => {
+                HeaderValue::from_static("proxy; fwd=bypass; detail=store-unavailable")
+            }
+            CacheStatus::Bypass(Bypass::Error) => HeaderValue::from_static("proxy; fwd=bypass; detail=error"),
+        }
+    }
+
+    /// Label for the cache-outcome metric.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CacheStatus::Hit { .. } => "hit",
+            CacheStatus::Miss { .. } => "miss",
+            CacheStatus::Bypass(_) => "bypass",
+        }
+    }
+}
+
+// === Stores ===
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A fresh entry whose every tag generation is current.
+    Hit(Entry),
+    /// Nothing servable. Carries the current generations of the rule's
+    /// tags (created when missing), to be recorded in the entry stored for
+    /// this miss.
+    Miss(Generations),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The circuit breaker is open, or invalidations recorded during an
+    /// outage have not been applied yet: caching is paused.
+    #[error("cache store unavailable")]
+    Unavailable,
+    #[error("cache operation timed out")]
+    Timeout,
+    #[error("cache store error: {0}")]
+    Backend(String),
+}
+
+/// Where entries and tag generations live. Implementations must make a
+/// completed [`invalidate`](CacheStore::invalidate) visible to every later
+/// [`lookup`](CacheStore::lookup).
+#[async_trait]
+pub trait CacheStore: Send + Sync + 'static {
+    /// Finds a servable entry for `key`, checking its generations against
+    /// the current ones of `tags` in the same round trip.
+    async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError>;
+
+    /// Stores `entry` until its `expires_at_ms`.
+    async fn store(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError>;
+
+    /// Gives each tag a fresh generation, so no entry recorded under the
+    /// old one is served again. Returns only once the change is durable in
+    /// the store (for Redis: acknowledged).
+    async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError>;
+
+    /// Whether the store can serve right now (`/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// `"redis"` or `"memory"`, for logs and metrics.
+    fn kind(&self) -> &'static str;
+}
+
+/// A new random generation token: 128 bits, hex.
+pub fn new_generation() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// True when `entry` was recorded under exactly the current `generations`
+/// of the rule's tags.
+pub fn generations_match(entry: &Entry, current: &Generations) -> bool {
+    entry.generations == *current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(scope: Scope) -> CachePolicy {
+        CachePolicy {
+            scope,
+            ttl: Duration::from_secs(60),
+            statuses: vec![200],
+            vary: vec![HeaderName::from_static("accept-language")],
+            tags: vec![],
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn verdict(scope: Scope, status: u16, pairs: &[(&str, &str)]) -> Result<Duration, NotStorable> {
+        storability(&policy(scope), StatusCode::from_u16(status).unwrap(), &headers(pairs))
+    }
+
+    #[test]
+    fn a_plain_200_is_stored_for_the_rule_ttl() {
+        assert_eq!(verdict(Scope::Shared, 200, &[]), Ok(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn only_listed_statuses_are_stored() {
+        assert_eq!(verdict(Scope::Shared, 404, &[]), Err(NotStorable::Status));
+        assert_eq!(verdict(Scope::Shared, 500, &[]), Err(NotStorable::Status));
+    }
+
+    #[test]
+    fn origin_directives_forbid_or_shorten() {
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "no-store")]),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            verdict(Scope::User, 200, &[("cache-control", "public, No-Store")]),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "no-cache")]),
+            Err(NotStorable::NoCache)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("set-cookie", "a=b")]),
+            Err(NotStorable::SetCookie)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=10")]),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=10, s-maxage=20")]),
+            Ok(Duration::from_secs(20))
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=600")]),
+            Ok(Duration::from_secs(60)),
+            "capped by the rule"
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=0")]),
+            Err(NotStorable::ZeroTtl)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=soon")]),
+            Err(NotStorable::ZeroTtl)
+        );
+    }
+
+    #[test]
+    fn private_is_stored_only_per_user() {
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "private")]),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            verdict(Scope::Role, 200, &[("cache-control", "private")]),
+            Err(NotStorable::Private)
+        );
+        assert!(verdict(Scope::User, 200, &[("cache-control", "private")]).is_ok());
+    }
+
+    #[test]
+    fn vary_must_be_keyed() {
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("vary", "*")]),
+            Err(NotStorable::VaryStar)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("vary", "Cookie")]),
+            Err(NotStorable::VaryUnkeyed)
+        );
+        assert!(verdict(Scope::Shared, 200, &[("vary", "Accept-Language")]).is_ok());
+    }
+
+    #[test]
+    fn cache_status_headers_follow_rfc_9211() {
+        assert_eq!(
+            CacheStatus::Hit {
+                ttl_left: Duration::from_millis(42_900)
+            }
+            .cache_status(),
+            "proxy; hit; ttl=42"
+        );
+        assert_eq!(
+            CacheStatus::Miss { stored: true }.cache_status(),
+            "proxy; fwd=miss; stored"
+        );
+        assert_eq!(
+            CacheStatus::Bypass(Bypass::NoRule).cache_status(),
+            "proxy; fwd=uri-miss"
+        );
+        assert_eq!(CacheStatus::Bypass(Bypass::StoreUnavailable).x_cache(), "BYPASS");
+    }
+
+    #[test]
+    fn generations_are_random_and_distinct() {
+        let (a, b) = (new_generation(), new_generation());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}

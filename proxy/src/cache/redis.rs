@@ -1,0 +1,251 @@
+//! The Redis store: shared by every proxy instance pointed at one Redis.
+//!
+//! Redis is an optimisation, never a dependency of serving: the connection
+//! is made lazily (the proxy starts with Redis down), each operation has a
+//! small time budget, and a circuit breaker makes an outage cost nothing
+//! but cache hits. Callers treat every error as "serve from upstream".
+//!
+//! Invalidations that fail during an outage are remembered and applied
+//! before any other operation succeeds again: until they are, every
+//! operation fails, so no entry that a write replaced can be served when
+//! Redis comes back.
+//!
+//! Keys: entries at `<prefix>e:<sha256 hex>`, tag generations at
+//! `<prefix>g:<tag>` (no TTL: a lost generation would read as a miss, but
+//! letting them expire would only cause needless misses).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisResult;
+
+use super::breaker::{Breaker, Transition};
+use super::entry::now_ms;
+use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lookup, StoreError};
+use crate::config::CacheSettings;
+
+/// How long a background (re)connection attempt may take; requests never
+/// wait for it longer than their own operation budget.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    operation_timeout: Duration,
+    breaker: Breaker,
+    /// Tags whose invalidation has not reached Redis yet.
+    pending: Mutex<BTreeSet<String>>,
+    has_pending: AtomicBool,
+}
+
+impl RedisStore {
+    /// Creates the store without connecting, and starts the task that
+    /// retries pending invalidations while nothing else would.
+    pub fn new(url: &str, settings: &CacheSettings) -> Result<Arc<RedisStore>, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let store = Arc::new(RedisStore {
+            conn,
+            prefix: settings.key_prefix.clone(),
+            operation_timeout: settings.operation_timeout,
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
+            pending: Mutex::new(BTreeSet::new()),
+            has_pending: AtomicBool::new(false),
+        });
+        tokio::spawn(retry_pending(Arc::downgrade(&store), settings.breaker_open_for));
+        Ok(store)
+    }
+
+    fn entry_key(&self, key: &CacheKey) -> String {
+        format!("{}e:{}", self.prefix, key.to_hex())
+    }
+
+    fn generation_key(&self, tag: &str) -> String {
+        format!("{}g:{}", self.prefix, tag)
+    }
+
+    /// Runs `op` within the time budget and behind the breaker, applying
+    /// pending invalidations first.
+    async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if !self.breaker.allows() {
+            return Err(StoreError::Unavailable);
+        }
+        let attempt = async {
+            if self.has_pending.load(Ordering::Acquire) {
+                self.flush_pending().await?;
+            }
+            op(self.conn.clone()).await
+        };
+        let outcome = tokio::time::timeout(self.operation_timeout, attempt).await;
+        let result = match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Backend(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        };
+        let transition = match &result {
+            Ok(_) => self.breaker.record_success(),
+            Err(_) => self.breaker.record_failure(),
+        };
+        match (transition, &result) {
+            (Transition::Opened, Err(e)) => {
+                tracing::warn!(error = %e, "redis unavailable; serving from upstream until it recovers")
+            }
+            (Transition::Closed, _) => tracing::info!("redis available again; caching resumed"),
+            _ => {}
+        }
+        result
+    }
+
+    /// Applies invalidations recorded during an outage.
+    async fn flush_pending(&self) -> RedisResult<()> {
+        let tags: Vec<String> = self.pending.lock().expect("pending lock").iter().cloned().collect();
+        if tags.is_empty() {
+            return Ok(());
+        }
+        self.bump(self.conn.clone(), &tags).await?;
+        let mut pending = self.pending.lock().expect("pending lock");
+        for tag in &tags {
+            pending.remove(tag);
+        }
+        self.has_pending.store(!pending.is_empty(), Ordering::Release);
+        tracing::info!(tags = ?tags, "applied invalidations recorded while redis was unreachable");
+        Ok(())
+    }
+
+    async fn bump(&self, mut conn: ConnectionManager, tags: &[String]) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for tag in tags {
+            pipe.cmd("SET")
+                .arg(self.generation_key(tag))
+                .arg(new_generation())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await
+    }
+
+    fn remember_pending(&self, tags: &[String]) {
+        let mut pending = self.pending.lock().expect("pending lock");
+        pending.extend(tags.iter().cloned());
+        self.has_pending.store(true, Ordering::Release);
+    }
+}
+
+/// Retries pending invalidations in the background, so they reach Redis
+/// (and other instances) soon after it recovers even if no request comes.
+async fn retry_pending(store: Weak<RedisStore>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        if store.has_pending.load(Ordering::Acquire) {
+            let _ = store.guarded(|_| async { Ok(()) }).await;
+        }
+    }
+}
+
+#[async_trait]
+impl CacheStore for RedisStore {
+    async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError> {
+        let entry_key = self.entry_key(key);
+        let generation_keys: Vec<String> = tags.iter().map(|t| self.generation_key(t)).collect();
+        let (raw_entry, current) = self
+            .guarded(|mut conn| async move {
+                // One round trip: the entry and its tags' generations.
+                let mut mget = redis::cmd("MGET");
+                mget.arg(&entry_key).arg(&generation_keys);
+                let mut values: Vec<Option<Bytes>> = mget.query_async(&mut conn).await?;
+                let raw_entry = values.remove(0);
+                if values.iter().all(Option::is_some) {
+                    return Ok((raw_entry, values));
+                }
+                // Missing generations (first use, or lost): create them if
+                // still absent and read back whichever token won.
+                let mut pipe = redis::pipe();
+                for (k, v) in generation_keys.iter().zip(&values) {
+                    if v.is_none() {
+                        pipe.cmd("SET").arg(k).arg(new_generation()).arg("NX").ignore();
+                    }
+                    pipe.cmd("GET").arg(k);
+                }
+                let filled: Vec<Option<Bytes>> = pipe.query_async(&mut conn).await?;
+                // A missing generation is a miss, whatever the entry says.
+                Ok((None, filled))
+            })
+            .await?;
+        let generations: Generations = tags
+            .iter()
+            .zip(current)
+            .map(|(tag, g)| {
+                (
+                    tag.clone(),
+                    String::from_utf8_lossy(g.as_deref().unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        let Some(raw) = raw_entry else {
+            return Ok(Lookup::Miss(generations));
+        };
+        match Entry::decode(raw) {
+            Ok(entry) if entry.is_fresh(now_ms()) && entry.generations == generations => Ok(Lookup::Hit(entry)),
+            Ok(_) => Ok(Lookup::Miss(generations)),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring undecodable cache entry");
+                Ok(Lookup::Miss(generations))
+            }
+        }
+    }
+
+    async fn store(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError> {
+        let ttl_ms = entry.ttl_left(now_ms()).as_millis() as u64;
+        if ttl_ms == 0 {
+            return Ok(());
+        }
+        let (entry_key, value) = (self.entry_key(key), entry.encode());
+        self.guarded(|mut conn| async move {
+            redis::cmd("SET")
+                .arg(entry_key)
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let result = self.guarded(|conn| async move { self.bump(conn, tags).await }).await;
+        if result.is_err() {
+            // Whether or not Redis applied it, assume not: caching stays
+            // paused until a bump of these tags is acknowledged.
+            self.remember_pending(tags);
+        }
+        result
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.guarded(|mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}

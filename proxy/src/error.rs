@@ -1,0 +1,137 @@
+//! The proxy's error type and its one mapping to a response.
+//!
+//! Each step returns its own error; [`ProxyError`] wraps them and
+//! [`ProxyError::status`] maps by blame: the client's fault is a 4xx, the
+//! upstream's a 502/504. Responses are small synthetic JSON bodies with no
+//! internal detail. This module does not log: the handler logs each error
+//! once, with context.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::auth::AuthError;
+use crate::rbac::AuthzError;
+use crate::route::RouteError;
+use crate::upstream::{ProxyBody, UpstreamError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Authz(#[from] AuthzError),
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The upstream's response body failed while being read.
+    #[error("upstream response body failed: {0}")]
+    UpstreamBody(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Route(RouteError::BadPath(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Route(RouteError::NoRule) => StatusCode::NOT_FOUND,
+            ProxyError::Route(RouteError::MethodNotAllowed(_)) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Auth(AuthError::MultipleAuthorization) => StatusCode::BAD_REQUEST,
+            ProxyError::Auth(_) | ProxyError::Authz(AuthzError::Unauthenticated) => StatusCode::UNAUTHORIZED,
+            ProxyError::Authz(AuthzError::Forbidden) => StatusCode::FORBIDDEN,
+            ProxyError::BodyTooLarge | ProxyError::Upstream(UpstreamError::BodyTooLarge) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// What the client is told: short, stable, without internal detail.
+    fn client_message(&self) -> &'static str {
+        match self {
+            ProxyError::Route(RouteError::BadPath(why)) => why,
+            ProxyError::Route(RouteError::NoRule) => "not found",
+            ProxyError::Route(RouteError::MethodNotAllowed(_)) => "method not allowed",
+            ProxyError::Auth(AuthError::MultipleAuthorization) => "more than one Authorization header",
+            ProxyError::Auth(AuthError::MalformedHeader) => "malformed Authorization header",
+            ProxyError::Auth(AuthError::InvalidToken(_)) => "invalid token",
+            ProxyError::Authz(AuthzError::Unauthenticated) => "missing bearer token",
+            ProxyError::Authz(AuthzError::Forbidden) => "insufficient role",
+            ProxyError::BodyTooLarge | ProxyError::Upstream(UpstreamError::BodyTooLarge) => "request body too large",
+            ProxyError::Upstream(UpstreamError::Timeout) => "upstream timed out",
+            ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => "upstream unavailable",
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = serde_json::json!({ "error": self.client_message() }).to_string();
+        let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match &self {
+            ProxyError::Route(RouteError::MethodNotAllowed(allow)) => {
+                headers.insert(http::header::ALLOW, allow.clone());
+            }
+            // RFC 6750 §3: no error code when no credentials were sent.
+            ProxyError::Authz(AuthzError::Unauthenticated) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ProxyError::Auth(AuthError::MalformedHeader | AuthError::InvalidToken(_)) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blame_decides_the_status() {
+        let cases: Vec<(ProxyError, u16)> = vec![
+            (RouteError::BadPath("x").into(), 400),
+            (RouteError::NoRule.into(), 404),
+            (
+                RouteError::MethodNotAllowed(HeaderValue::from_static("GET")).into(),
+                405,
+            ),
+            (AuthError::MultipleAuthorization.into(), 400),
+            (AuthError::InvalidToken("exp".into()).into(), 401),
+            (AuthzError::Unauthenticated.into(), 401),
+            (AuthzError::Forbidden.into(), 403),
+            (ProxyError::BodyTooLarge, 413),
+            (UpstreamError::Connect("refused".into()).into(), 502),
+            (UpstreamError::Timeout.into(), 504),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_are_json_without_internal_detail() {
+        let resp = ProxyError::Auth(AuthError::InvalidToken("InvalidSignature at key 0x55".into())).into_response();
+        assert_eq!(resp.headers()[WWW_AUTHENTICATE], "Bearer error=\"invalid_token\"");
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"error":"invalid token"}"#);
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let resp =
+            ProxyError::Route(RouteError::MethodNotAllowed(HeaderValue::from_static("GET, HEAD"))).into_response();
+        assert_eq!(resp.headers()[http::header::ALLOW], "GET, HEAD");
+    }
+}

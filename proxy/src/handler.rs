@@ -1,0 +1,384 @@
+//! The request pipeline: each DESIGN.md step, in order.
+//!
+//! `handle` is the outer layer: it logs once, records metrics, turns errors
+//! into responses and stamps `X-Cache`/`Cache-Status`/`Age` on every answer.
+//! `handle_inner` runs the steps with early returns: normalise and match,
+//! authenticate, authorise, then either the cached read path or the
+//! pass-through path (with invalidation for writes). The steps themselves
+//! live in their own modules and take explicit inputs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, AGE, CONTENT_LENGTH};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Incoming};
+
+use crate::auth::{self, Claims};
+use crate::body::{self, Buffered};
+use crate::cache::entry::now_ms;
+use crate::cache::{
+    storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, KeyParts, Lookup, Scope, ScopeKey,
+};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::invalidate::should_invalidate;
+use crate::metrics::{Metrics, NO_RULE};
+use crate::rbac;
+use crate::route::{self, Rule, Target};
+use crate::upstream::{self, BoxError, HeaderPolicy, Outbound, ProxyBody, Upstream, UpstreamError};
+
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Everything a request needs, built once at start-up and shared.
+pub struct Proxy {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn CacheStore>,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What later steps and the outer handler need to know about a request.
+struct RequestCtx<'a> {
+    rule: Option<&'a Rule>,
+    cache_status: CacheStatus,
+}
+
+impl Proxy {
+    /// Answers one request; never fails (errors become responses).
+    pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let mut ctx = RequestCtx {
+            rule: None,
+            cache_status: CacheStatus::Bypass(Bypass::Error),
+        };
+        let result = self.handle_inner(request, peer, &mut ctx).await;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                let status = err.status();
+                let rule = ctx.rule.map(|r| r.name.as_str());
+                if status.is_server_error() {
+                    tracing::warn!(%method, rule, %status, error = %err, "request failed");
+                } else {
+                    tracing::debug!(%method, rule, %status, error = %err, "request refused");
+                }
+                if matches!(err, ProxyError::Route(route::RouteError::NoRule)) {
+                    ctx.cache_status = CacheStatus::Bypass(Bypass::NoRule);
+                }
+                err.into_response()
+            }
+        };
+        stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
+        let rule = ctx.rule.map_or(NO_RULE, |r| r.name.as_str());
+        self.metrics
+            .request(rule, response.status().as_u16(), ctx.cache_status.outcome());
+        tracing::debug!(%method, rule, status = response.status().as_u16(), cache = ctx.cache_status.outcome(), micros = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    async fn handle_inner<'a, B>(
+        &'a self,
+        request: Request<B>,
+        peer: SocketAddr,
+        ctx: &mut RequestCtx<'a>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        let target = route::normalise(parts.uri.path(), parts.uri.query())?;
+        let rule = self.config.routes.match_rule(&parts.method, &target)?;
+        ctx.rule = Some(rule);
+
+        // A token on a public rule is ignored, not verified: public routes
+        // must keep working for clients holding an expired token.
+        let claims = match (&self.config.jwt, rule.access.is_public()) {
+            (Some(verifier), false) => auth::authenticate(&parts.headers, verifier)?,
+            _ => None,
+        };
+        rbac::authorize(&rule.access, claims.as_ref())?;
+
+        let declared_length = content_length(&parts.headers);
+        if declared_length.is_some_and(|len| len > self.config.server.max_request_body_bytes) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+
+        let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+        match &rule.cache {
+            Some(policy) if is_read => {
+                self.cached_read(&parts, &target, rule, policy, claims.as_ref(), peer, ctx)
+                    .await
+            }
+            _ => {
+                ctx.cache_status = CacheStatus::Bypass(if is_read { Bypass::Uncacheable } else { Bypass::Method });
+                self.pass_through(parts, body, &target, rule, claims.as_ref(), peer)
+                    .await
+            }
+        }
+    }
+
+    /// GET/HEAD on a cacheable rule: lookup, else forward, store, answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn cached_read(
+        &self,
+        parts: &Parts,
+        target: &Target,
+        rule: &Rule,
+        policy: &CachePolicy,
+        claims: Option<&Claims>,
+        peer: SocketAddr,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let is_head = parts.method == Method::HEAD;
+        let key = cache_key(rule, policy, target, &parts.headers, claims);
+
+        let generations = match self.store.lookup(&key, &policy.tags).await {
+            Ok(Lookup::Hit(entry)) => {
+                let now = now_ms();
+                ctx.cache_status = CacheStatus::Hit {
+                    ttl_left: entry.ttl_left(now),
+                };
+                return Ok(response_from_entry(entry, now, is_head));
+            }
+            Ok(Lookup::Miss(generations)) => Some(generations),
+            Err(err) => {
+                self.metrics.store_error("lookup");
+                tracing::debug!(rule = %rule.name, error = %err, "cache lookup failed; bypassing");
+                None
+            }
+        };
+
+        let headers = upstream::upstream_headers(
+            &parts.headers,
+            HeaderPolicy::Only {
+                names: &rule.forward_headers,
+                vary: &policy.vary,
+                authorization: !rule.access.is_public(),
+            },
+            claims,
+            &self.config.identity,
+            peer.ip(),
+            self.upstream.host(),
+        )
+        .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()))?;
+        // HEAD is fetched as GET so its answer can fill the entry GET uses.
+        let outbound = Outbound {
+            method: Method::GET,
+            path_and_query: target.path_and_query(),
+            headers,
+            body: body::empty(),
+            replayable: true,
+        };
+        let response = self.forward(outbound, rule).await?;
+        let (mut head, upstream_body) = response.into_parts();
+        upstream::strip_hop_by_hop(&mut head.headers);
+
+        let Some(generations) = generations else {
+            ctx.cache_status = CacheStatus::Bypass(Bypass::StoreUnavailable);
+            return Ok(streamed(head, upstream_body, is_head));
+        };
+        ctx.cache_status = CacheStatus::Miss { stored: false };
+        let ttl = match storability(policy, head.status, &head.headers) {
+            Ok(ttl) => ttl,
+            Err(reason) => {
+                tracing::debug!(rule = %rule.name, ?reason, "response not stored");
+                return Ok(streamed(head, upstream_body, is_head));
+            }
+        };
+        let max_entry = self.config.cache.max_entry_bytes;
+        if content_length(&head.headers).is_some_and(|len| len > max_entry) {
+            return Ok(streamed(head, upstream_body, is_head));
+        }
+        let bytes = match body::buffer_up_to(upstream_body, max_entry).await {
+            Ok(Buffered::Complete(bytes)) => bytes,
+            Ok(Buffered::TooLarge(rest)) => {
+                let body = if is_head { body::empty() } else { rest.boxed() };
+                return Ok(Response::from_parts(head, body));
+            }
+            Err(err) => return Err(ProxyError::UpstreamBody(err.to_string())),
+        };
+
+        let now = now_ms();
+        let entry = Entry {
+            status: head.status,
+            headers: storable_headers(&head.headers),
+            body: bytes.clone(),
+            stored_at_ms: now,
+            expires_at_ms: now + ttl.as_millis() as u64,
+            generations,
+        };
+        match self.store.store(&key, &entry).await {
+            Ok(()) => ctx.cache_status = CacheStatus::Miss { stored: true },
+            Err(err) => {
+                self.metrics.store_error("store");
+                tracing::debug!(rule = %rule.name, error = %err, "cache store failed");
+            }
+        }
+        let body = if is_head { body::empty() } else { body::full(bytes) };
+        Ok(Response::from_parts(head, body))
+    }
+
+    /// Uncacheable rules and writes: stream both ways; writes invalidate
+    /// their tags before the response is released.
+    async fn pass_through<B>(
+        &self,
+        parts: Parts,
+        body: B,
+        target: &Target,
+        rule: &Rule,
+        claims: Option<&Claims>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let headers = upstream::upstream_headers(
+            &parts.headers,
+            HeaderPolicy::All,
+            claims,
+            &self.config.identity,
+            peer.ip(),
+            self.upstream.host(),
+        )
+        .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()))?;
+        let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+        let limited = Limited::new(body, self.config.server.max_request_body_bytes as usize);
+        let outbound = Outbound {
+            method: parts.method,
+            path_and_query: target.path_and_query(),
+            headers,
+            body: limited.boxed(),
+            replayable,
+        };
+        let result = self.forward(outbound, rule).await;
+
+        if !rule.invalidates.is_empty() && should_invalidate(result.as_ref().map(|r| r.status())) {
+            self.invalidate(rule).await;
+        }
+        let response = result?;
+        let (mut head, upstream_body) = response.into_parts();
+        upstream::strip_hop_by_hop(&mut head.headers);
+        Ok(streamed(head, upstream_body, false))
+    }
+
+    async fn forward(&self, outbound: Outbound, rule: &Rule) -> Result<Response<Incoming>, UpstreamError> {
+        let started = Instant::now();
+        let result = self.upstream.send(outbound).await;
+        self.metrics.upstream_latency(&rule.name, started.elapsed());
+        result
+    }
+
+    /// Bumps the rule's tags and waits for the store to acknowledge. On
+    /// failure the store has recorded them and pauses caching until they
+    /// are applied, so the write is still answered.
+    async fn invalidate(&self, rule: &Rule) {
+        match self.store.invalidate(&rule.invalidates).await {
+            Ok(()) => self.metrics.invalidation("applied"),
+            Err(err) => {
+                self.metrics.invalidation("deferred");
+                self.metrics.store_error("invalidate");
+                tracing::warn!(rule = %rule.name, tags = ?rule.invalidates, error = %err, "invalidation deferred until the cache store is reachable");
+            }
+        }
+    }
+}
+
+fn cache_key(
+    rule: &Rule,
+    policy: &CachePolicy,
+    target: &Target,
+    headers: &HeaderMap,
+    claims: Option<&Claims>,
+) -> CacheKey {
+    let joined: Vec<(&str, Vec<u8>)> = policy
+        .vary
+        .iter()
+        .map(|name| {
+            let mut value = Vec::new();
+            for (i, v) in headers.get_all(name).iter().enumerate() {
+                if i > 0 {
+                    value.extend_from_slice(b", ");
+                }
+                value.extend_from_slice(v.as_bytes());
+            }
+            (name.as_str(), value)
+        })
+        .collect();
+    let vary: Vec<(&str, &[u8])> = joined.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    // Config guarantees `user`/`role` scopes only on authenticated rules,
+    // so claims are present there; `Shared` is the only scope without them.
+    let scope = match (policy.scope, claims) {
+        (Scope::User, Some(c)) => ScopeKey::User(&c.subject),
+        (Scope::Role, Some(c)) => ScopeKey::Role(&c.roles),
+        _ => ScopeKey::Shared,
+    };
+    CacheKey::build(&KeyParts {
+        rule: &rule.name,
+        path: &target.path,
+        query: target.query.as_deref(),
+        vary: &vary,
+        scope,
+    })
+}
+
+fn response_from_entry(entry: Entry, now: u64, is_head: bool) -> Response<ProxyBody> {
+    let age = entry.age_secs(now);
+    let body = if is_head { body::empty() } else { body::full(entry.body) };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers;
+    response.headers_mut().insert(AGE, HeaderValue::from(age));
+    response
+}
+
+fn streamed(head: http::response::Parts, body: Incoming, is_head: bool) -> Response<ProxyBody> {
+    let body = if is_head {
+        body::empty()
+    } else {
+        body.map_err(Into::into).boxed()
+    };
+    Response::from_parts(head, body)
+}
+
+/// Response headers worth storing: not the proxy's own, and not `Age`,
+/// which is recomputed on every hit.
+fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = headers.clone();
+    kept.remove(X_CACHE);
+    kept.remove(AGE);
+    kept
+}
+
+/// Sets `X-Cache`, appends this cache's `Cache-Status` member (RFC 9211
+/// keeps upstream caches' members before ours) and keeps `Age` only on hits.
+fn stamp_cache_headers(headers: &mut HeaderMap, status: &CacheStatus) {
+    headers.insert(X_CACHE, status.x_cache());
+    headers.append(CACHE_STATUS, status.cache_status());
+    if !matches!(status, CacheStatus::Hit { .. }) {
+        headers.remove(AGE);
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}

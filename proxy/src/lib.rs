@@ -1,0 +1,114 @@
+//! A JWT-aware caching reverse proxy for HTTP JSON APIs.
+//!
+//! It verifies bearer tokens, enforces per-route role rules, caches GET/HEAD
+//! responses in Redis (or process memory) keyed by route, path, query,
+//! vary headers and identity scope, and invalidates cached entries when
+//! writes pass through it. It works in front of any backend: everything it
+//! knows about the backend is in `config.toml`.
+//!
+//! # Layout
+//! - [`config`]: `config.toml` + environment + CLI, validated once.
+//! - [`server`]: accept loop, connection limit, graceful shutdown.
+//! - [`handler`]: the request pipeline, step by step.
+//! - [`route`]: path normalisation and rule matching.
+//! - [`auth`]: bearer extraction and JWT verification.
+//! - [`rbac`]: rule access against claims.
+//! - [`cache`]: key, entry, storability, and the Redis and memory stores.
+//! - [`upstream`]: request shaping and the pooled client.
+//! - [`invalidate`]: which write outcomes invalidate.
+//! - [`admin`]: health, readiness, metrics listener.
+//! - [`metrics`], [`error`], [`body`]: support.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod invalidate;
+pub mod metrics;
+pub mod rbac;
+pub mod route;
+pub mod server;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::cache::memory::MemoryStore;
+use crate::cache::redis::RedisStore;
+use crate::cache::CacheStore;
+use crate::config::{Config, StoreSettings};
+use crate::handler::Proxy;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// Builds the store the config names. Redis is not contacted here: the
+/// proxy starts, and serves, with Redis down.
+pub fn build_store(config: &Config) -> anyhow::Result<Arc<dyn CacheStore>> {
+    Ok(match &config.cache.store {
+        StoreSettings::Memory { max_bytes } => Arc::new(MemoryStore::new(*max_bytes)),
+        StoreSettings::Redis { url } => RedisStore::new(&url.0, &config.cache)?,
+    })
+}
+
+/// Builds everything a request needs.
+pub fn build_proxy(config: Arc<Config>) -> anyhow::Result<Arc<Proxy>> {
+    Ok(Arc::new(Proxy {
+        store: build_store(&config)?,
+        upstream: Upstream::new(&config.upstream),
+        metrics: Arc::new(Metrics::new()),
+        config,
+    }))
+}
+
+/// Serves clients on `listener` and the admin endpoints on `admin`
+/// until `shutdown` resolves, then drains both.
+pub async fn run(
+    listener: TcpListener,
+    admin: TcpListener,
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let proxy = build_proxy(config.clone())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = %admin.local_addr()?,
+        upstream = %config.upstream.base,
+        store = proxy.store.kind(),
+        routes = config.routes.iter().count(),
+        "proxy listening"
+    );
+    let admin_proxy = proxy.clone();
+    let admin_task = tokio::spawn(server::serve(
+        admin,
+        config.server.clone(),
+        move |req, _peer| admin::handle(admin_proxy.clone(), req),
+        stopped(stop_rx.clone()),
+    ));
+    let client_proxy = proxy.clone();
+    server::serve(
+        listener,
+        config.server.clone(),
+        move |req, peer| {
+            let proxy = client_proxy.clone();
+            async move { proxy.handle(req, peer).await }
+        },
+        stopped(stop_rx),
+    )
+    .await;
+    admin_task.await?;
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Prometheus metrics, labelled by rule name, never by raw path (unbounded
+//! label values would grow memory without limit).
+//!
+//! Uses `prometheus-client`, the Prometheus project's own Rust client: a
+//! typed registry and the text exposition format without a global.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub rule: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub rule: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+/// Label for requests that matched no rule.
+pub const NO_RULE: &str = "none";
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
+    upstream_seconds: Family<RuleLabels, Histogram>,
+    store_errors: Family<OperationLabels, Counter>,
+    invalidations: Family<OperationLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~6.5 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("proxy");
+        let requests = Family::default();
+        registry.register("requests", "Requests answered, by rule and status", requests.clone());
+        let cache = Family::default();
+        registry.register("cache", "Cache outcomes (hit, miss, bypass), by rule", cache.clone());
+        let upstream_seconds = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Time to the upstream's response headers, by rule",
+            upstream_seconds.clone(),
+        );
+        let store_errors = Family::default();
+        registry.register(
+            "cache_store_errors",
+            "Failed or skipped cache store operations, by operation",
+            store_errors.clone(),
+        );
+        let invalidations = Family::default();
+        registry.register(
+            "invalidations",
+            "Tag invalidations, by outcome (applied, deferred)",
+            invalidations.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            cache,
+            upstream_seconds,
+            store_errors,
+            invalidations,
+        }
+    }
+
+    pub fn request(&self, rule: &str, status: u16, cache_outcome: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                rule: rule.to_owned(),
+                status,
+            })
+            .inc();
+        self.cache
+            .get_or_create(&CacheLabels {
+                rule: rule.to_owned(),
+                outcome: cache_outcome,
+            })
+            .inc();
+    }
+
+    pub fn upstream_latency(&self, rule: &str, elapsed: Duration) {
+        self.upstream_seconds
+            .get_or_create(&RuleLabels { rule: rule.to_owned() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn store_error(&self, operation: &'static str) {
+        self.store_errors.get_or_create(&OperationLabels { operation }).inc();
+    }
+
+    pub fn invalidation(&self, outcome: &'static str) {
+        self.invalidations
+            .get_or_create(&OperationLabels { operation: outcome })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_is_labelled_by_rule() {
+        let m = Metrics::new();
+        m.request("users-list", 200, "hit");
+        m.upstream_latency("users-list", Duration::from_millis(3));
+        m.store_error("lookup");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"proxy_requests_total{rule="users-list",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"proxy_cache_total{rule="users-list",outcome="hit"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("proxy_upstream_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains(r#"proxy_cache_store_errors_total{operation="lookup"} 1"#),
+            "{text}"
+        );
+    }
+}

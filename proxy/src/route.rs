@@ -1,0 +1,426 @@
+//! Path normalisation and rule matching (DESIGN.md step 1).
+//!
+//! Owns how a request target becomes the canonical path and query that are
+//! both matched, keyed and forwarded — so what the proxy authorises, caches
+//! and sends upstream is always the same string — and which [`Rule`] it
+//! selects. Does not authenticate or look at headers.
+
+use std::borrow::Cow;
+
+use http::{HeaderValue, Method};
+
+use crate::cache::CachePolicy;
+use crate::rbac::Access;
+
+/// Why a request target was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Not an origin-form path, bad percent-encoding, or an encoded
+    /// separator the matched rule does not allow.
+    #[error("malformed request path: {0}")]
+    BadPath(&'static str),
+    #[error("no route for this path")]
+    NoRule,
+    /// The path matched, not the method; carries the `Allow` value.
+    #[error("method not allowed")]
+    MethodNotAllowed(HeaderValue),
+}
+
+/// A request target in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Percent-decoded where unreserved, dot-segments resolved, no empty
+    /// segments. Always starts with `/`.
+    pub path: String,
+    /// Parameters stably sorted by name; `None` when empty.
+    pub query: Option<String>,
+    /// The path still holds `%2F`, `%5C`, `%00`, `\` or `;`: characters
+    /// that back ends split or truncate paths on differently from us.
+    pub has_ambiguous_chars: bool,
+}
+
+impl Target {
+    /// Path and query as sent upstream.
+    pub fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{}", self.path, q),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// Normalises an origin-form path and query.
+pub fn normalise(path: &str, query: Option<&str>) -> Result<Target, RouteError> {
+    if !path.starts_with('/') {
+        return Err(RouteError::BadPath("path must start with '/'"));
+    }
+    let decoded = decode_unreserved(path)?;
+    let has_ambiguous_chars = {
+        let upper = decoded.to_ascii_uppercase();
+        upper.contains("%2F") || upper.contains("%5C") || upper.contains("%00") || decoded.contains(['\\', ';'])
+    };
+    let path = resolve_segments(&decoded);
+    let query = match query {
+        Some(q) if !q.is_empty() => sort_query(q)?,
+        _ => None,
+    };
+    Ok(Target {
+        path,
+        query,
+        has_ambiguous_chars,
+    })
+}
+
+/// Decodes `%XX` that encode unreserved characters (RFC 3986 §2.3), which
+/// are equivalent to their literal form, and upper-cases the hex of the
+/// rest, which are not. Rejects malformed escapes.
+fn decode_unreserved(input: &str) -> Result<Cow<'_, str>, RouteError> {
+    if !input.contains('%') {
+        return Ok(Cow::Borrowed(input));
+    }
+    let bytes = input.as_bytes();
+    let mut out = String::with_capacity(input.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or(RouteError::BadPath("truncated percent-encoding"))?;
+            let value = std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(RouteError::BadPath("invalid percent-encoding"))?;
+            if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                out.push(value as char);
+            } else {
+                out.push('%');
+                out.push_str(&String::from_utf8_lossy(hex).to_ascii_uppercase());
+            }
+            i += 3;
+        } else {
+            // Safe: non-'%' bytes are copied through whole UTF-8 sequences.
+            let next = input[i..].find('%').map_or(input.len(), |n| i + n);
+            out.push_str(&input[i..next]);
+            i = next;
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Removes `.` and `..` segments (RFC 3986 §5.2.4) and empty segments from
+/// repeated slashes. `..` never climbs above the root. A trailing slash is
+/// kept: `/a/` and `/a` are different resources to many back ends.
+fn resolve_segments(path: &str) -> String {
+    let mut stack: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path.split('/').skip(1) {
+        trailing_slash = false;
+        match segment {
+            "" | "." => trailing_slash = true,
+            ".." => {
+                stack.pop();
+                trailing_slash = true;
+            }
+            s => stack.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &stack {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    out
+}
+
+/// Sorts `name=value` pairs by name, stably, so repeated names keep their
+/// order (`a=2&a=1` differs from `a=1&a=2`). Empty pairs are dropped.
+fn sort_query(query: &str) -> Result<Option<String>, RouteError> {
+    let decoded = decode_unreserved(query)?;
+    let mut pairs: Vec<&str> = decoded.split('&').filter(|p| !p.is_empty()).collect();
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+    Ok(Some(pairs.join("&")))
+}
+
+fn param_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(name, _)| name)
+}
+
+// === Pattern ===
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `{name}`: any one non-empty segment.
+    Param,
+}
+
+/// A route path pattern: literal segments, `{param}` segments and an
+/// optional trailing `*` matching any remainder (including none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    segments: Vec<Segment>,
+    wildcard: bool,
+    trailing_slash: bool,
+}
+
+impl Pattern {
+    pub fn parse(pattern: &str) -> Result<Pattern, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!("{pattern:?} must start with '/'"));
+        }
+        let mut parts: Vec<&str> = pattern[1..].split('/').collect();
+        let wildcard = parts.last() == Some(&"*");
+        if wildcard {
+            parts.pop();
+        }
+        let trailing_slash = !wildcard && parts.len() > 1 && parts.last() == Some(&"");
+        if trailing_slash || parts == [""] {
+            parts.pop();
+        }
+        let mut segments = Vec::with_capacity(parts.len());
+        for part in parts {
+            let segment = if part.starts_with('{') && part.ends_with('}') && part.len() > 2 {
+                Segment::Param
+            } else if part.is_empty() || part.contains(['{', '}', '*', '%', '?', '#']) || part == "." || part == ".." {
+                return Err(format!(
+                    "{pattern:?}: segment {part:?} must be a literal, a {{param}}, or a final *"
+                ));
+            } else {
+                Segment::Literal(part.to_owned())
+            };
+            segments.push(segment);
+        }
+        Ok(Pattern {
+            segments,
+            wildcard,
+            trailing_slash,
+        })
+    }
+
+    /// Matches a normalised path.
+    pub fn matches(&self, path: &str) -> bool {
+        let rest = &path[1..];
+        let trailing_slash = rest.ends_with('/');
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let mut parts = rest.split('/').filter(|p| !p.is_empty());
+        for segment in &self.segments {
+            match (segment, parts.next()) {
+                (Segment::Literal(lit), Some(part)) if lit == part => {}
+                (Segment::Param, Some(_)) => {}
+                _ => return false,
+            }
+        }
+        if self.wildcard {
+            return true;
+        }
+        parts.next().is_none() && trailing_slash == self.trailing_slash
+    }
+}
+
+// === Rule ===
+
+/// One `[[routes]]` entry, validated.
+#[derive(Debug)]
+pub struct Rule {
+    /// Labels metrics and is part of every cache key of this rule.
+    pub name: String,
+    pub pattern: Pattern,
+    pub methods: Vec<Method>,
+    pub access: Access,
+    /// `Some` on cacheable (GET/HEAD) rules.
+    pub cache: Option<CachePolicy>,
+    /// Tags whose cached entries a completed write through this rule
+    /// invalidates.
+    pub invalidates: Vec<String>,
+    /// On cacheable rules, the only client headers (besides `vary` ones)
+    /// that reach the upstream.
+    pub forward_headers: Vec<http::HeaderName>,
+    /// Lets `%2F`, `%5C`, `%00`, `\` and `;` through in this rule's paths.
+    pub allow_encoded_separators: bool,
+}
+
+/// Rules in config order; the first rule whose pattern and method match wins.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<Rule>) -> RuleSet {
+        RuleSet { rules }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// Selects the rule for `method` on `target`, or says why there is none.
+    pub fn match_rule(&self, method: &Method, target: &Target) -> Result<&Rule, RouteError> {
+        let mut path_matched = false;
+        for rule in self.rules.iter().filter(|r| r.pattern.matches(&target.path)) {
+            path_matched = true;
+            if rule.methods.contains(method) {
+                if target.has_ambiguous_chars && !rule.allow_encoded_separators {
+                    return Err(RouteError::BadPath("encoded separator, backslash or ';' in path"));
+                }
+                return Ok(rule);
+            }
+        }
+        if target.has_ambiguous_chars {
+            return Err(RouteError::BadPath("encoded separator, backslash or ';' in path"));
+        }
+        if !path_matched {
+            return Err(RouteError::NoRule);
+        }
+        Err(RouteError::MethodNotAllowed(self.allow(&target.path)))
+    }
+
+    fn allow(&self, path: &str) -> HeaderValue {
+        let mut methods: Vec<&str> = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.pattern.matches(path)) {
+            for m in &rule.methods {
+                if !methods.contains(&m.as_str()) {
+                    methods.push(m.as_str());
+                }
+            }
+        }
+        HeaderValue::from_str(&methods.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(path: &str) -> String {
+        normalise(path, None).unwrap().path
+    }
+
+    #[test]
+    fn dot_segments_and_duplicate_slashes_are_resolved() {
+        assert_eq!(norm("/a/./b/../c"), "/a/c");
+        assert_eq!(norm("//admin"), "/admin");
+        assert_eq!(norm("/./admin"), "/admin");
+        assert_eq!(norm("/users/../admin"), "/admin");
+        assert_eq!(norm("/../../etc/passwd"), "/etc/passwd");
+        assert_eq!(norm("/a/b/.."), "/a/");
+        assert_eq!(norm("/"), "/");
+        assert_eq!(norm("/admin/"), "/admin/");
+    }
+
+    #[test]
+    fn only_unreserved_characters_are_decoded() {
+        assert_eq!(norm("/%61dmin"), "/admin");
+        assert_eq!(norm("/users/%2e%2e/admin"), "/admin");
+        assert_eq!(norm("/a%7eb"), "/a~b");
+        assert_eq!(norm("/a%20b"), "/a%20b");
+        assert_eq!(norm("/a%c3%a9"), "/a%C3%A9");
+    }
+
+    #[test]
+    fn malformed_escapes_are_rejected() {
+        for bad in ["/a%", "/a%4", "/a%zz", "/a%%20"] {
+            assert!(normalise(bad, None).is_err(), "{bad}");
+        }
+        assert!(normalise("admin", None).is_err());
+        assert!(normalise("*", None).is_err());
+    }
+
+    #[test]
+    fn ambiguous_characters_are_flagged() {
+        for flagged in ["/admin%2f", "/admin%2Fx", "/a%5cb", "/a%00", "/a\\b", "/admin;x"] {
+            assert!(normalise(flagged, None).unwrap().has_ambiguous_chars, "{flagged}");
+        }
+        assert!(!normalise("/a%20b", None).unwrap().has_ambiguous_chars);
+    }
+
+    #[test]
+    fn query_parameters_are_sorted_stably_by_name() {
+        let q = |s: &str| normalise("/", Some(s)).unwrap().query;
+        assert_eq!(q("b=2&a=1"), Some("a=1&b=2".into()));
+        assert_eq!(q("a=2&b=1&a=1"), Some("a=2&a=1&b=1".into()));
+        assert_eq!(q("a=%7e&&b"), Some("a=~&b".into()));
+        assert_eq!(q(""), None);
+        assert_eq!(q("&&"), None);
+    }
+
+    fn rule(name: &str, pattern: &str, methods: &[Method]) -> Rule {
+        Rule {
+            name: name.into(),
+            pattern: Pattern::parse(pattern).unwrap(),
+            methods: methods.to_vec(),
+            access: Access::Public,
+            cache: None,
+            invalidates: vec![],
+            forward_headers: vec![],
+            allow_encoded_separators: false,
+        }
+    }
+
+    #[test]
+    fn patterns_match_literals_params_and_trailing_wildcards() {
+        let p = Pattern::parse("/users/{id}").unwrap();
+        assert!(p.matches("/users/42"));
+        assert!(!p.matches("/users"));
+        assert!(!p.matches("/users/"));
+        assert!(!p.matches("/users/42/x"));
+        let w = Pattern::parse("/static/*").unwrap();
+        assert!(w.matches("/static/"));
+        assert!(w.matches("/static/a/b"));
+        assert!(!w.matches("/statics"));
+        assert!(Pattern::parse("/").unwrap().matches("/"));
+        assert!(!Pattern::parse("/").unwrap().matches("/a"));
+        assert!(!Pattern::parse("/admin").unwrap().matches("/admin/"));
+        assert!(!Pattern::parse("/admin").unwrap().matches("/ADMIN"));
+        for bad in ["users", "/a/*/b", "/a/{", "/a//b", "/a/../b"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn match_gives_404_405_with_allow_and_first_rule_wins() {
+        let set = RuleSet::new(vec![
+            rule("list", "/users", &[Method::GET, Method::HEAD]),
+            rule("item", "/users/{id}", &[Method::GET]),
+            rule("item-write", "/users/{id}", &[Method::PUT, Method::DELETE]),
+        ]);
+        let t = |p: &str| normalise(p, None).unwrap();
+        assert_eq!(set.match_rule(&Method::GET, &t("/users")).unwrap().name, "list");
+        assert_eq!(set.match_rule(&Method::PUT, &t("/users/1")).unwrap().name, "item-write");
+        assert_eq!(
+            set.match_rule(&Method::GET, &t("/nope")).unwrap_err(),
+            RouteError::NoRule
+        );
+        assert_eq!(
+            set.match_rule(&Method::POST, &t("/users/1")).unwrap_err(),
+            RouteError::MethodNotAllowed(HeaderValue::from_static("GET, PUT, DELETE"))
+        );
+    }
+
+    #[test]
+    fn ambiguous_paths_are_400_unless_the_rule_allows_them() {
+        let mut open = rule("files", "/files/*", &[Method::GET]);
+        open.allow_encoded_separators = true;
+        let set = RuleSet::new(vec![rule("admin", "/admin", &[Method::GET]), open]);
+        let t = |p: &str| normalise(p, None).unwrap();
+        assert!(matches!(
+            set.match_rule(&Method::GET, &t("/admin%2f")),
+            Err(RouteError::BadPath(_))
+        ));
+        assert!(matches!(
+            set.match_rule(&Method::GET, &t("/admin;x")),
+            Err(RouteError::BadPath(_))
+        ));
+        assert_eq!(set.match_rule(&Method::GET, &t("/files/a%2Fb")).unwrap().name, "files");
+    }
+}

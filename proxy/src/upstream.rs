@@ -1,0 +1,478 @@
+//! The upstream side: request shaping and the pooled client
+//! (DESIGN.md steps 4 and 6).
+//!
+//! Owns which client headers reach the backend (all end-to-end ones on
+//! uncacheable rules; only the allowlist on cacheable rules, since anything
+//! that shapes a response without being in the key can poison it), the
+//! identity and forwarding headers the proxy adds, hop-by-hop handling
+//! (RFC 9110 §7.6.1), timeouts, and the single retry of an idempotent
+//! request whose pooled connection closed before answering.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::auth::Claims;
+use crate::config::{IdentitySettings, UpstreamSettings};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the proxy sends or returns: streamed or buffered, boxed once.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// `Via` value added to forwarded requests.
+pub const VIA: HeaderValue = HeaderValue::from_static("1.1 proxy");
+
+/// Headers meaningful only for one connection (RFC 9110 §7.6.1), never
+/// forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Client-supplied headers that claim facts only the proxy may state.
+const FORWARDING_HEADERS: [HeaderName; 5] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connection refused, reset or unresolvable before anything was sent.
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    /// No response headers within the response timeout. The request may
+    /// have been processed.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The connection failed after the request was (possibly) sent.
+    #[error("upstream failed: {0}")]
+    Failed(String),
+    /// The client's body exceeded the limit while streaming.
+    #[error("request body too large")]
+    BodyTooLarge,
+}
+
+impl UpstreamError {
+    /// Whether the backend may have acted on the request; decides whether a
+    /// write still invalidates (a timed-out write may have committed).
+    pub fn may_have_reached_upstream(&self) -> bool {
+        matches!(self, UpstreamError::Timeout | UpstreamError::Failed(_))
+    }
+}
+
+/// What the proxy sends upstream.
+pub struct Outbound {
+    pub method: Method,
+    /// Normalised path and query.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: ProxyBody,
+    /// Idempotent and bodiless: safe to send twice.
+    pub replayable: bool,
+}
+
+/// The pooled client for one backend.
+pub struct Upstream {
+    client: Client<HttpConnector, ProxyBody>,
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(settings: &UpstreamSettings) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            // The timer makes the pool's idle timeout actually fire.
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .build(connector);
+        let authority = settings
+            .base
+            .authority()
+            .expect("validated upstream has an authority")
+            .clone();
+        Upstream {
+            client,
+            scheme: Scheme::HTTP,
+            host: HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value"),
+            authority,
+            response_timeout: settings.response_timeout,
+        }
+    }
+
+    /// The `Host` the backend sees: its own authority, not the client's,
+    /// so virtual hosting on the backend works and clients cannot steer it.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Sends `out` and returns the response head with a streaming body.
+    /// Retries once when a replayable request's pooled connection closed
+    /// before any response byte (the backend closed an idle connection as
+    /// we reused it).
+    pub async fn send(&self, out: Outbound) -> Result<Response<Incoming>, UpstreamError> {
+        let retry = out
+            .replayable
+            .then(|| (out.method.clone(), out.path_and_query.clone(), out.headers.clone()));
+        let first = self.request(out.method, &out.path_and_query, out.headers, out.body)?;
+        match self.timed(first).await {
+            Err(Attempt::Closed(_)) if retry.is_some() => {
+                let (method, path, headers) = retry.expect("checked");
+                tracing::debug!("pooled upstream connection closed early; retrying once");
+                let body = Empty::new().map_err(|e| match e {}).boxed();
+                let second = self.request(method, &path, headers, body)?;
+                self.timed(second).await.map_err(Attempt::into_error)
+            }
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<Request<ProxyBody>, UpstreamError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| UpstreamError::Failed(format!("building the upstream URI: {e}")))?;
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    async fn timed(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, Attempt> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+            Err(_) => Err(Attempt::TimedOut),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(classify(e)),
+        }
+    }
+}
+
+/// One attempt's failure, before deciding whether to retry.
+enum Attempt {
+    TimedOut,
+    /// Connection closed before a response byte: retryable if replayable.
+    Closed(String),
+    Other(UpstreamError),
+}
+
+impl Attempt {
+    fn into_error(self) -> UpstreamError {
+        match self {
+            Attempt::TimedOut => UpstreamError::Timeout,
+            Attempt::Closed(msg) => UpstreamError::Failed(msg),
+            Attempt::Other(e) => e,
+        }
+    }
+}
+
+fn classify(err: hyper_util::client::legacy::Error) -> Attempt {
+    let message = error_chain(&err);
+    if err.is_connect() {
+        return Attempt::Other(UpstreamError::Connect(message));
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return Attempt::Other(UpstreamError::BodyTooLarge);
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return Attempt::Closed(message);
+            }
+        }
+        source = e.source();
+    }
+    Attempt::Other(UpstreamError::Failed(message))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+// === Request shaping ===
+
+/// Which client headers may reach the backend.
+pub enum HeaderPolicy<'a> {
+    /// Uncacheable rules: every end-to-end header.
+    All,
+    /// Cacheable rules: only these (the allowlist and the `vary` headers),
+    /// plus `Authorization` when the rule is authenticated.
+    Only {
+        names: &'a [HeaderName],
+        vary: &'a [HeaderName],
+        authorization: bool,
+    },
+}
+
+/// Builds the headers sent upstream from the client's.
+pub fn upstream_headers(
+    client: &HeaderMap,
+    policy: HeaderPolicy<'_>,
+    claims: Option<&Claims>,
+    identity: &IdentitySettings,
+    peer: IpAddr,
+    host: &HeaderValue,
+) -> Result<HeaderMap, InvalidIdentity> {
+    let mut out = HeaderMap::with_capacity(client.len() + 4);
+    match policy {
+        HeaderPolicy::All => {
+            let connection_listed = connection_listed(client);
+            for (name, value) in client {
+                let dropped = HOP_BY_HOP.contains(name)
+                    || FORWARDING_HEADERS.contains(name)
+                    || *name == header::HOST
+                    || *name == identity.subject_header
+                    || *name == identity.role_header
+                    || connection_listed.contains(name);
+                if !dropped {
+                    out.append(name.clone(), value.clone());
+                }
+            }
+        }
+        HeaderPolicy::Only {
+            names,
+            vary,
+            authorization,
+        } => {
+            let authorization = authorization.then_some(&header::AUTHORIZATION);
+            for name in names.iter().chain(vary).chain(authorization) {
+                let reserved = HOP_BY_HOP.contains(name)
+                    || FORWARDING_HEADERS.contains(name)
+                    || *name == header::HOST
+                    || *name == identity.subject_header
+                    || *name == identity.role_header;
+                if reserved || out.contains_key(name) {
+                    continue;
+                }
+                for value in client.get_all(name) {
+                    out.append(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+    out.insert(header::HOST, host.clone());
+    out.insert(
+        X_FORWARDED_FOR,
+        HeaderValue::from_str(&peer.to_string()).expect("an IP is a valid header value"),
+    );
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    out.append(header::VIA, VIA);
+    if let Some(claims) = claims {
+        let subject = HeaderValue::from_str(&claims.subject).map_err(|_| InvalidIdentity)?;
+        let roles = HeaderValue::from_str(&claims.roles.join(",")).map_err(|_| InvalidIdentity)?;
+        out.insert(identity.subject_header.clone(), subject);
+        out.insert(identity.role_header.clone(), roles);
+    }
+    Ok(out)
+}
+
+/// A verified claim that cannot be carried in a header (control
+/// characters): the token is refused rather than forwarded without identity.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidIdentity;
+
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Removes hop-by-hop headers from an upstream response before it is sent
+/// to the client or stored.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_listed(headers) {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> IdentitySettings {
+        IdentitySettings {
+            subject_header: HeaderName::from_static("x-auth-subject"),
+            role_header: HeaderName::from_static("x-auth-role"),
+        }
+    }
+
+    fn client_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "evil.example"),
+            ("accept", "application/json"),
+            ("authorization", "Bearer t"),
+            ("x-auth-subject", "admin"),
+            ("x-auth-role", "admin"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "evil.example"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "s"),
+            ("upgrade", "websocket"),
+            ("x-custom", "c"),
+            ("accept-language", "fr"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn shape(policy: HeaderPolicy<'_>, claims: Option<&Claims>) -> HeaderMap {
+        let host = HeaderValue::from_static("127.0.0.1:5000");
+        upstream_headers(
+            &client_headers(),
+            policy,
+            claims,
+            &identity(),
+            "10.0.0.9".parse().unwrap(),
+            &host,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn uncacheable_rules_forward_end_to_end_headers_only() {
+        let h = shape(HeaderPolicy::All, None);
+        assert_eq!(h["host"], "127.0.0.1:5000");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["via"], "1.1 proxy");
+        assert_eq!(h["x-custom"], "c");
+        assert_eq!(h["authorization"], "Bearer t");
+        for gone in [
+            "x-auth-subject",
+            "x-auth-role",
+            "x-forwarded-host",
+            "connection",
+            "x-secret",
+            "upgrade",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} forwarded");
+        }
+    }
+
+    #[test]
+    fn cacheable_rules_forward_only_the_allowlist_and_vary_headers() {
+        let names = [
+            HeaderName::from_static("accept"),
+            HeaderName::from_static("x-forwarded-host"),
+        ];
+        let vary = [HeaderName::from_static("accept-language")];
+        let h = shape(
+            HeaderPolicy::Only {
+                names: &names,
+                vary: &vary,
+                authorization: false,
+            },
+            None,
+        );
+        assert_eq!(h["accept"], "application/json");
+        assert_eq!(h["accept-language"], "fr");
+        for gone in ["x-custom", "authorization", "x-forwarded-host", "x-auth-subject"] {
+            assert!(!h.contains_key(gone), "{gone} forwarded");
+        }
+        let with_auth = shape(
+            HeaderPolicy::Only {
+                names: &names,
+                vary: &vary,
+                authorization: true,
+            },
+            None,
+        );
+        assert_eq!(with_auth["authorization"], "Bearer t");
+    }
+
+    #[test]
+    fn verified_identity_replaces_client_claims() {
+        let claims = Claims {
+            subject: "u42".into(),
+            roles: vec!["user".into(), "editor".into()],
+        };
+        let h = shape(HeaderPolicy::All, Some(&claims));
+        assert_eq!(h["x-auth-subject"], "u42");
+        assert_eq!(h["x-auth-role"], "user,editor");
+        assert_eq!(h.get_all("x-auth-subject").iter().count(), 1);
+    }
+
+    #[test]
+    fn identities_that_cannot_be_headers_are_refused() {
+        let claims = Claims {
+            subject: "a\nb".into(),
+            roles: vec![],
+        };
+        let host = HeaderValue::from_static("h");
+        let result = upstream_headers(
+            &HeaderMap::new(),
+            HeaderPolicy::All,
+            Some(&claims),
+            &identity(),
+            "127.0.0.1".parse().unwrap(),
+            &host,
+        );
+        assert_eq!(result.unwrap_err(), InvalidIdentity);
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-internal"));
+        h.insert("x-internal", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
+    }
+}
