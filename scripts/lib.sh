@@ -69,3 +69,45 @@ ensure_ferretdb() {
   fi
   "$(dirname "${BASH_SOURCE[0]}")/install-ferretdb"
 }
+
+# Prints who listens on TCP port $1 on this machine, or nothing.
+port_holder() {
+  local port=$1
+  if command -v ss >/dev/null; then
+    ss -Hltnp "sport = :$port" 2>/dev/null | sed -n 's/.*users:((\(.*\)))/\1/p' | head -1
+  elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "an unknown process"
+  fi
+}
+
+# wait_for_port PORT NAME PIDFILE: until the port accepts, the process dies, or 30 s pass.
+wait_for_port() {
+  local port=$1 name=$2 pidfile=$3 deadline=$((SECONDS + 30))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      die "$name exited during start-up; see its log under run/"
+    fi
+    [ $SECONDS -lt $deadline ] || die "$name did not listen on $port within 30 s; see its log under run/"
+    sleep 0.1
+  done
+}
+
+# stop_pidfile FILE EXPECTED: stops the pid in FILE only if its command line
+# still names EXPECTED (a recycled pid must never be killed).
+stop_pidfile() {
+  local file=$1 expected=$2 pid
+  [ -f "$file" ] || return 0
+  pid=$(cat "$file")
+  if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$expected"; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    say "stopped $expected (pid $pid)"
+  else
+    say "$expected (pid $pid) is not running; nothing to stop"
+  fi
+  rm -f "$file"
+}
