@@ -1108,4 +1108,64 @@ mod tests {
         assert!(cfg.jwt.is_some());
         assert!(cfg.routes.by_name("users-list").is_some());
     }
+
+    /// Field names serde accepts in one section, read from its
+    /// unknown-field error ("expected one of `a`, `b`").
+    fn accepted_fields(section: &str) -> Vec<String> {
+        let err = RawConfig::parse(section).unwrap_err().to_string();
+        let expected = err
+            .split("expected")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no field list in: {err}"));
+        expected.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_readme_and_the_shipped_config_document_every_field() {
+        let readme = include_str!("../../README.md");
+        let shipped = include_str!("../../config.toml");
+        let documented: HashSet<&str> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let sections = [
+            ("", "zzz = 1"),
+            ("server.", "[server]\nzzz = 1"),
+            ("upstream.", "[upstream]\nzzz = 1"),
+            ("cache.", "[cache]\nzzz = 1"),
+            ("jwt.", "[jwt]\nzzz = 1"),
+            ("identity.", "[identity]\nzzz = 1"),
+            ("routes[].", "[[routes]]\nzzz = 1"),
+            ("routes[].cache.", "[[routes]]\ncache = { zzz = 1 }"),
+        ];
+        let tables = ["server", "upstream", "cache", "jwt", "identity", "routes"];
+        let mut checked = 0;
+        for (prefix, toml) in sections {
+            for field in accepted_fields(toml) {
+                if prefix.is_empty() && tables.contains(&field.as_str()) {
+                    continue;
+                }
+                let path = format!("{prefix}{field}");
+                assert!(
+                    documented.contains(path.as_str()),
+                    "README's configuration table lacks `{path}`"
+                );
+                assert!(
+                    shipped.contains(&format!("{field} ")) || shipped.contains(&format!("{field}=")),
+                    "config.toml does not document `{field}`"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "only {checked} fields found: the error format changed?");
+        // Lower-case rows are config fields; upper-case ones are variables.
+        for row in documented.iter().filter(|r| !r.chars().any(|c| c.is_ascii_uppercase())) {
+            let known = sections.iter().any(|(prefix, toml)| {
+                row.strip_prefix(prefix)
+                    .is_some_and(|f| accepted_fields(toml).iter().any(|a| a == f))
+            });
+            assert!(known, "README documents `{row}`, which the config does not accept");
+        }
+    }
 }
