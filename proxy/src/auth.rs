@@ -380,4 +380,101 @@ mod tests {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
+
+    fn key(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/../tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    fn pem_verifier(alg: Algorithm, public: &str) -> JwtVerifier {
+        JwtVerifier::new(
+            alg,
+            KeySource::Pem(key(public)),
+            None,
+            None,
+            Duration::ZERO,
+            "role".into(),
+        )
+        .unwrap()
+    }
+
+    fn sign_with(alg: Algorithm, key: EncodingKey, kid: Option<&str>) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, &good_claims(), &key).unwrap()
+    }
+
+    #[test]
+    fn asymmetric_algorithms_verify_with_pem_public_keys() {
+        let rsa = || EncodingKey::from_rsa_pem(&key("rsa-private.pem")).unwrap();
+        for alg in [
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS512,
+        ] {
+            assert!(
+                pem_verifier(alg, "rsa-public.pem")
+                    .verify(&sign_with(alg, rsa(), None))
+                    .is_ok(),
+                "{alg:?}"
+            );
+        }
+        let es256 = EncodingKey::from_ec_pem(&key("ec256-private.pem")).unwrap();
+        assert!(pem_verifier(Algorithm::ES256, "ec256-public.pem")
+            .verify(&sign_with(Algorithm::ES256, es256, None))
+            .is_ok());
+        let es384 = EncodingKey::from_ec_pem(&key("ec384-private.pem")).unwrap();
+        assert!(pem_verifier(Algorithm::ES384, "ec384-public.pem")
+            .verify(&sign_with(Algorithm::ES384, es384, None))
+            .is_ok());
+        let ed = EncodingKey::from_ed_pem(&key("ed25519-private.pem")).unwrap();
+        assert!(pem_verifier(Algorithm::EdDSA, "ed25519-public.pem")
+            .verify(&sign_with(Algorithm::EdDSA, ed, None))
+            .is_ok());
+    }
+
+    #[test]
+    fn an_hs256_token_signed_with_the_public_key_is_rejected_when_rs256_is_configured() {
+        let forged = sign_with(Algorithm::HS256, EncodingKey::from_secret(&key("rsa-public.pem")), None);
+        assert!(pem_verifier(Algorithm::RS256, "rsa-public.pem")
+            .verify(&forged)
+            .is_err());
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_family_is_a_config_error() {
+        let err = JwtVerifier::new(
+            Algorithm::ES256,
+            KeySource::Pem(key("rsa-public.pem")),
+            None,
+            None,
+            Duration::ZERO,
+            "role".into(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "jwt.public_key_file");
+    }
+
+    #[test]
+    fn jwks_selects_the_key_by_kid() {
+        let v = JwtVerifier::new(
+            Algorithm::RS256,
+            KeySource::Jwks(key("jwks.json")),
+            None,
+            None,
+            Duration::ZERO,
+            "role".into(),
+        )
+        .unwrap();
+        let rsa = || EncodingKey::from_rsa_pem(&key("rsa-private.pem")).unwrap();
+        assert!(v.verify(&sign_with(Algorithm::RS256, rsa(), Some("test-key"))).is_ok());
+        assert!(
+            v.verify(&sign_with(Algorithm::RS256, rsa(), Some("other-key")))
+                .is_err(),
+            "wrong key for this kid"
+        );
+        assert!(v.verify(&sign_with(Algorithm::RS256, rsa(), Some("unknown"))).is_err());
+        assert!(v.verify(&sign_with(Algorithm::RS256, rsa(), None)).is_err(), "no kid");
+    }
 }

@@ -400,7 +400,8 @@ impl Config {
             overrides.admin_listen.or(raw.admin_listen),
             DEFAULT_ADMIN_LISTEN,
         );
-        if listen.is_some() && listen == admin_listen {
+        // Port 0 (any free port, as tests use) never collides.
+        if listen.is_some() && listen == admin_listen && listen.is_some_and(|a| a.port() != 0) {
             p.add(
                 "admin_listen",
                 "must differ from listen: the admin endpoints must not be exposed to clients",

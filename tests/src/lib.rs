@@ -8,16 +8,25 @@
 //! - [`process`]: children that die with the test binary, free ports, waits.
 //! - [`servers`]: [`RedisServer`] and [`MongoServer`] (FerretDB).
 //! - [`origin`]: [`spawn_origin`], the real origin in-process.
+//! - [`proxy`]: [`spawn_proxy`], the real proxy in-process, and its config.
+//! - [`upstream`]: [`ScriptedUpstream`], an origin that misbehaves on purpose.
+//! - [`stack`]: [`Stack`], all of the above wired together.
 //! - [`client`]: a small JSON client for the origin's API.
 
 pub mod client;
 pub mod origin;
 pub mod process;
+pub mod proxy;
 pub mod servers;
+pub mod stack;
+pub mod upstream;
 
 pub use crate::client::ApiClient;
 pub use crate::origin::{spawn_origin, spawn_origin_with, OriginHandle};
+pub use crate::proxy::{proxy_config, spawn_proxy, ProxyHandle, SHIPPED_CONFIG};
 pub use crate::servers::{MongoServer, RedisServer};
+pub use crate::stack::Stack;
+pub use crate::upstream::{json_reply, ScriptedUpstream};
 
 /// Sends the servers' logs to the test's captured output; `LOG=debug` shows
 /// more. Safe to call from every test.

@@ -1,0 +1,95 @@
+//! The real proxy, run in-process on pre-bound ephemeral ports.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use proxy::config::{Config, Overrides};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::origin::TEST_JWT_SECRET;
+
+/// The `config.toml` the project ships; tests run the proxy with it.
+pub const SHIPPED_CONFIG: &str = include_str!("../../config.toml");
+
+/// Builds a proxy config from TOML with the harness's overrides: the given
+/// upstream and Redis (`None`: memory store), the test JWT secret, ephemeral
+/// listeners. `CACHE_TTL`-style default TTL when `cache_ttl_secs` is set.
+pub fn proxy_config(
+    toml: &str,
+    upstream: SocketAddr,
+    redis_url: Option<String>,
+    cache_ttl_secs: Option<u64>,
+) -> Config {
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        upstream: Some(format!("http://{upstream}")),
+        redis_url,
+        cache_ttl: cache_ttl_secs.map(|s| s.to_string()),
+        jwt_secret: Some(TEST_JWT_SECRET.into()),
+        admin_token: None,
+    };
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Config::load(toml, overrides, &base).unwrap_or_else(|e| panic!("test proxy config invalid:\n{e}"))
+}
+
+/// A running proxy; stopped on drop or with [`join`](Self::join).
+pub struct ProxyHandle {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ProxyHandle {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
+    }
+
+    /// Stops the proxy, waits for it to drain, re-raises a panic from it.
+    pub async fn join(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take().expect("joined once").await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts `proxy::run` with `config`; returns once both listeners are bound
+/// (they are bound before this returns, so requests queue until served).
+pub async fn spawn_proxy(config: Config) -> ProxyHandle {
+    crate::init_logging();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy admin");
+    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (shutdown, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(proxy::run(listener, admin, Arc::new(config), async move {
+        let _ = rx.await;
+    }));
+    ProxyHandle {
+        addr,
+        admin_addr,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
+}
