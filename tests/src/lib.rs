@@ -21,7 +21,7 @@ pub mod servers;
 pub mod stack;
 pub mod upstream;
 
-pub use crate::client::ApiClient;
+pub use crate::client::{raw_http, ApiClient, RawResponse};
 pub use crate::origin::{spawn_origin, spawn_origin_with, OriginHandle};
 pub use crate::proxy::{proxy_config, spawn_proxy, ProxyHandle, SHIPPED_CONFIG};
 pub use crate::servers::{MongoServer, RedisServer};
