@@ -217,3 +217,41 @@ async fn every_response_carries_cache_headers_and_head_is_served_from_get() {
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong.header("allow"), Some("GET, HEAD"));
 }
+
+#[tokio::test]
+async fn http2_cleartext_clients_are_served_and_metrics_are_labelled_by_rule() {
+    let s = Stack::start().await;
+    let (id, token) = s.api.register_and_login("lea").await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    for expected in ["MISS", "HIT"] {
+        let resp = h2
+            .get(s.api.url(&format!("/users/{id}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.headers()["x-cache"], expected);
+    }
+    let metrics = reqwest::get(s.proxy.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"proxy_requests_total{rule="user",status="200"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"proxy_cache_total{rule="user",outcome="hit"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&id), "raw paths never become labels");
+    let ready = reqwest::get(s.proxy.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(
+        reqwest::get(s.proxy.admin_url("/healthz")).await.unwrap().status(),
+        StatusCode::OK
+    );
+}

@@ -1,0 +1,256 @@
+//! Faults: Redis down, stopped, paused and restarted; the upstream refusing
+//! and hanging; a client sending its headers too slowly.
+//!
+//! Waits are bounded polls on a condition (the breaker reopening, Redis
+//! coming back), and the `tokio::time::timeout` guards turn "the proxy
+//! hung" into a failure instead of a stuck test; neither asserts speed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::process::free_port;
+use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
+use http::Method;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONFIG: &str = r#"
+[upstream]
+response_timeout = "500ms"
+
+[server]
+header_read_timeout = "300ms"
+
+[[routes]]
+name = "items"
+path = "/items"
+methods = ["GET"]
+access = "public"
+cache = { tags = ["items"] }
+
+[[routes]]
+name = "items-write"
+path = "/items"
+methods = ["POST"]
+access = "public"
+invalidates = ["items"]
+
+[[routes]]
+name = "hang"
+path = "/hang"
+methods = ["GET", "POST"]
+access = "public"
+invalidates = []
+"#;
+
+/// Generous bound on any single request: far above every budget the proxy
+/// has (50 ms per cache operation, 500 ms upstream), so only a hang trips it.
+const HANG_GUARD: Duration = Duration::from_secs(5);
+/// How long to wait for a condition that depends on the breaker reopening
+/// (1 s) and Redis reconnecting.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(15);
+
+/// An upstream whose GET /items returns a version that each POST /items
+/// bumps, and whose /hang never answers.
+async fn versioned_upstream() -> (ScriptedUpstream, Arc<AtomicU64>) {
+    let version = Arc::new(AtomicU64::new(0));
+    let state = version.clone();
+    let upstream = ScriptedUpstream::start(move |req| {
+        let state = state.clone();
+        async move {
+            if req.uri().path() == "/hang" {
+                if req.method() == Method::POST {
+                    state.fetch_add(1, Ordering::SeqCst);
+                }
+                std::future::pending::<()>().await;
+            }
+            let v = if req.method() == Method::POST {
+                state.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                state.load(Ordering::SeqCst)
+            };
+            json_reply(200, &json!({ "version": v }).to_string(), &[])
+        }
+    })
+    .await;
+    (upstream, version)
+}
+
+struct Probe {
+    client: reqwest::Client,
+    proxy: ProxyHandle,
+}
+
+impl Probe {
+    async fn send(&self, method: Method, path: &str) -> (u16, String, Value) {
+        let request = self
+            .client
+            .request(method, format!("{}{}", self.proxy.base_url(), path))
+            .send();
+        let resp = tokio::time::timeout(HANG_GUARD, request)
+            .await
+            .expect("proxy hung")
+            .unwrap();
+        let status = resp.status().as_u16();
+        let x_cache = resp.headers()["x-cache"].to_str().unwrap().to_owned();
+        (status, x_cache, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self) -> (u16, String, u64) {
+        let (status, x_cache, body) = self.send(Method::GET, "/items").await;
+        (status, x_cache, body["version"].as_u64().unwrap_or(u64::MAX))
+    }
+
+    /// Polls GET /items until `x_cache` is seen, returning every answer.
+    async fn until(&self, x_cache: &str) -> Vec<(String, u64)> {
+        let deadline = tokio::time::Instant::now() + RECOVERY_LIMIT;
+        let mut seen = Vec::new();
+        loop {
+            let (status, got, version) = self.get().await;
+            assert_eq!(status, 200);
+            seen.push((got.clone(), version));
+            if got == x_cache {
+                return seen;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never saw {x_cache}: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn probe(upstream: &ScriptedUpstream, redis_url: Option<String>) -> Probe {
+    let proxy = spawn_proxy(proxy_config(CONFIG, upstream.addr, redis_url, None)).await;
+    Probe {
+        client: reqwest::Client::new(),
+        proxy,
+    }
+}
+
+#[tokio::test]
+async fn starts_and_serves_with_redis_down_then_caches_once_it_is_up() {
+    let (upstream, _) = versioned_upstream().await;
+    let mut redis = RedisServer::start();
+    redis.stop(); // the port is kept for the restart below
+    let p = probe(&upstream, Some(redis.url())).await;
+    for _ in 0..5 {
+        assert_eq!(p.get().await, (200, "BYPASS".into(), 0));
+    }
+    let ready = reqwest::get(p.proxy.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.json::<Value>().await.unwrap()["cache"], "unavailable");
+
+    redis.restart();
+    p.until("MISS").await;
+    assert_eq!(p.get().await, (200, "HIT".into(), 0));
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_test_means_bypass_not_errors() {
+    let (upstream, _) = versioned_upstream().await;
+    let mut redis = RedisServer::start();
+    let p = probe(&upstream, Some(redis.url())).await;
+    assert_eq!(p.get().await.1, "MISS");
+    assert_eq!(p.get().await.1, "HIT");
+    redis.stop();
+    for _ in 0..10 {
+        assert_eq!(p.get().await, (200, "BYPASS".into(), 0));
+    }
+    let before = upstream.hits();
+    assert_eq!(p.send(Method::POST, "/items").await.0, 200, "writes still pass");
+    assert_eq!(upstream.hits(), before + 1);
+}
+
+#[tokio::test]
+async fn a_write_while_redis_is_paused_leaves_nothing_stale_once_it_resumes() {
+    let (upstream, _) = versioned_upstream().await;
+    let redis = RedisServer::start();
+    let p = probe(&upstream, Some(redis.url())).await;
+    assert_eq!(p.get().await, (200, "MISS".into(), 0));
+    assert_eq!(p.get().await, (200, "HIT".into(), 0));
+
+    redis.pause(); // SIGSTOP: keeps its data, and the v0 entry with it
+    assert_eq!(p.send(Method::POST, "/items").await.0, 200);
+    let during = p.get().await;
+    assert_eq!(during, (200, "BYPASS".into(), 1));
+    redis.resume();
+
+    let after = p.until("HIT").await;
+    assert!(
+        after.iter().all(|(_, version)| *version == 1),
+        "a pre-write answer was served: {after:?}"
+    );
+    for _ in 0..5 {
+        assert_eq!(p.get().await, (200, "HIT".into(), 1));
+    }
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_is_a_miss_then_a_hit_without_restarting_the_proxy() {
+    let (upstream, _) = versioned_upstream().await;
+    let mut redis = RedisServer::start();
+    let p = probe(&upstream, Some(redis.url())).await;
+    assert_eq!(p.get().await.1, "MISS");
+    assert_eq!(p.get().await.1, "HIT");
+    redis.restart();
+    let seen = p.until("MISS").await;
+    assert!(
+        seen.iter().all(|(x, _)| x != "HIT"),
+        "served a hit from an emptied Redis: {seen:?}"
+    );
+    assert_eq!(p.get().await.1, "HIT");
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_connections_is_502() {
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = spawn_proxy(proxy_config(CONFIG, dead, None, None)).await;
+    let resp = reqwest::get(format!("{}/items", proxy.base_url())).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "upstream unavailable");
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_is_504_and_a_timed_out_write_still_invalidates() {
+    let (upstream, _) = versioned_upstream().await;
+    let p = probe(&upstream, None).await;
+    let (status, x_cache, body) = p.send(Method::GET, "/hang").await;
+    assert_eq!((status, x_cache.as_str()), (504, "BYPASS"));
+    assert_eq!(body["error"], "upstream timed out");
+
+    // A write that times out may have committed: entries must not survive it.
+    let hang_invalidates = CONFIG.replace("invalidates = []", "invalidates = [\"items\"]");
+    let proxy = spawn_proxy(proxy_config(&hang_invalidates, upstream.addr, None, None)).await;
+    let p = Probe {
+        client: reqwest::Client::new(),
+        proxy,
+    };
+    assert_eq!(p.get().await.1, "MISS");
+    assert_eq!(p.get().await.1, "HIT");
+    assert_eq!(p.send(Method::POST, "/hang").await.0, 504);
+    let (_, x_cache, version) = p.get().await;
+    assert_eq!((x_cache.as_str(), version), ("MISS", 1));
+}
+
+#[tokio::test]
+async fn a_client_sending_headers_slowly_is_cut_off() {
+    let (upstream, _) = versioned_upstream().await;
+    let p = probe(&upstream, None).await;
+    let mut stream = tokio::net::TcpStream::connect(p.proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /items HTTP/1.1\r\nHost: proxy\r\n")
+        .await
+        .unwrap();
+    // Never finish the headers; the proxy must close the connection.
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(HANG_GUARD, stream.read(&mut buf))
+        .await
+        .expect("connection was not cut off");
+    let n = read.unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 408"),
+        "unexpected answer: {answer}"
+    );
+    assert_eq!(upstream.hits(), 0);
+}
