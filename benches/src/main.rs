@@ -1,1 +1,151 @@
-fn main() {}
+//! `loadgen`: runs the benchmark suite, or one load against one address.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use benches::load::{self, LoadSpec, Planned};
+use benches::report::{self, Row};
+use benches::scenarios::{self, BenchStack};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+#[derive(Parser)]
+#[command(about = "Load generator for the proxy: closed-loop throughput, open-loop latency")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct LoadArgs {
+    /// Connections for the closed-loop (throughput) run.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Measured time of each run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    duration: Duration,
+    /// Unmeasured time before each run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    warmup: Duration,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the whole stack and run every scenario against it.
+    Suite {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Requests/s of each open-loop latency run (capped at half the
+        /// scenario's closed-loop throughput).
+        #[arg(long, default_value_t = 2000)]
+        latency_rate: u64,
+        /// Connections of each open-loop latency run.
+        #[arg(long, default_value_t = 4)]
+        latency_connections: usize,
+        /// Users inserted into FerretDB.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Share of writes in the mixed scenario, percent.
+        #[arg(long, default_value_t = 5)]
+        write_percent: u64,
+        /// Only scenarios whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+        /// Folder for bench.json and bench.svg.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// One load against one address (used by benches/peers).
+    Run {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// host:port to load.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Request path.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Extra header, `name: value`; repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Open loop at this rate (requests/s); closed loop when absent.
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Suite { load, latency_rate, latency_connections, users, write_percent, only, out } => {
+                suite(load, latency_rate, latency_connections, users, write_percent, only, out).await
+            }
+            Command::Run { load, addr, path, headers, rate } => single(load, addr, path, headers, rate).await,
+        }
+    })
+}
+
+async fn suite(
+    args: LoadArgs,
+    latency_rate: u64,
+    latency_connections: usize,
+    users: usize,
+    write_percent: u64,
+    only: Option<String>,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    eprintln!("starting the stack with {users} users ...");
+    let stack = BenchStack::start(users.max(2)).await?;
+    let mut rows = Vec::new();
+    for scenario in scenarios::all(&stack, write_percent) {
+        if only.as_deref().is_some_and(|o| !scenario.name.contains(o)) {
+            continue;
+        }
+        let addr = stack.addr(scenario.target);
+        let spec = LoadSpec { addr, connections: args.connections, warmup: args.warmup, duration: args.duration, rate: None };
+        eprintln!("{} against {} ...", scenario.name, scenario.target.name());
+        let before = stack.upstream_requests(scenario.target).await;
+        let throughput = load::run(&spec, scenario.plan.clone()).await?;
+        let after = stack.upstream_requests(scenario.target).await;
+        let rate = latency_rate.min((throughput.throughput / 2.0) as u64).max(1);
+        let latency_spec = LoadSpec { connections: latency_connections, rate: Some(rate), ..spec };
+        let latency = load::run(&latency_spec, scenario.plan.clone()).await?;
+        rows.push(Row {
+            scenario: scenario.name.to_owned(),
+            target: scenario.target.name().to_owned(),
+            throughput,
+            latency,
+            upstream_requests: before.zip(after).map(|(b, a)| a - b),
+        });
+    }
+    println!("{}", report::table(&rows));
+    std::fs::create_dir_all(&out)?;
+    let json = serde_json::json!({
+        "connections": args.connections,
+        "duration_s": args.duration.as_secs_f64(),
+        "latency_rate": latency_rate,
+        "users": users,
+        "rows": rows,
+    });
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(out.join("bench.svg"), report::svg(&rows, "proxy benchmark suite (same run, same machine)"))?;
+    eprintln!("wrote {0}/bench.json and {0}/bench.svg", out.display());
+    Ok(())
+}
+
+async fn single(args: LoadArgs, addr: std::net::SocketAddr, path: String, headers: Vec<String>, rate: Option<u64>) -> anyhow::Result<()> {
+    let mut map = HeaderMap::new();
+    for h in &headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| anyhow::anyhow!("--header {h:?} is not `name: value`"))?;
+        map.append(HeaderName::from_bytes(name.trim().as_bytes())?, HeaderValue::from_str(value.trim())?);
+    }
+    let planned = Planned { method: Method::GET, path, headers: map, body: Bytes::new() };
+    let spec = LoadSpec { addr, connections: args.connections, warmup: args.warmup, duration: args.duration, rate };
+    let result = load::run(&spec, Arc::new(move |_| planned.clone())).await?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! Benchmarks: a load generator (closed- and open-loop, HDR histograms),
+//! the benchmark stack and its scenarios, and reporting.
+//!
+//! # Layout
+//! - [`load`]: the engine driving keep-alive connections.
+//! - [`scenarios`]: the stack (from the e2e harness) and each scenario.
+//! - [`report`]: table, JSON and SVG chart.
+
+pub mod load;
+pub mod report;
+pub mod scenarios;

@@ -1,0 +1,176 @@
+//! The load engine: keep-alive HTTP/1.1 connections driven closed-loop (as
+//! fast as each connection can go) or open-loop (a fixed request rate).
+//!
+//! Open-loop latency is measured from when each request was *scheduled*,
+//! not when it was sent, so a stalled server shows up as latency instead of
+//! silently lowering the send rate (coordinated omission).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+/// One request to send.
+#[derive(Clone)]
+pub struct Planned {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Produces request number `i` of a run; called from every connection.
+pub type Plan = Arc<dyn Fn(u64) -> Planned + Send + Sync>;
+
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub addr: std::net::SocketAddr,
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// `Some(r)`: open loop at `r` requests/s; `None`: closed loop.
+    pub rate: Option<u64>,
+}
+
+/// What one run measured (after warm-up).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadResult {
+    pub requests: u64,
+    pub errors: u64,
+    /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
+    pub status_classes: [u64; 4],
+    pub seconds: f64,
+    pub throughput: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+struct Shared {
+    next: AtomicU64,
+    stop: AtomicBool,
+    measuring: AtomicBool,
+}
+
+/// Runs `plan` against `spec.addr` and returns the measured figures.
+pub async fn run(spec: &LoadSpec, plan: Plan) -> anyhow::Result<LoadResult> {
+    let shared = Arc::new(Shared { next: AtomicU64::new(0), stop: AtomicBool::new(false), measuring: AtomicBool::new(false) });
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(spec.connections);
+    for _ in 0..spec.connections {
+        let (shared, plan, spec) = (shared.clone(), plan.clone(), spec.clone());
+        tasks.push(tokio::spawn(async move { connection(spec, plan, shared, start).await }));
+    }
+    tokio::time::sleep(spec.warmup).await;
+    shared.measuring.store(true, Ordering::SeqCst);
+    let measured_from = Instant::now();
+    tokio::time::sleep(spec.duration).await;
+    shared.stop.store(true, Ordering::SeqCst);
+    let seconds = measured_from.elapsed().as_secs_f64();
+
+    let mut histogram = new_histogram();
+    let (mut errors, mut classes) = (0, [0u64; 4]);
+    for task in tasks {
+        let stats = task.await??;
+        histogram.add(&stats.histogram)?;
+        errors += stats.errors;
+        for (total, n) in classes.iter_mut().zip(stats.classes) {
+            *total += n;
+        }
+    }
+    let requests = histogram.len();
+    let q = |p: f64| histogram.value_at_quantile(p) as f64 / 1000.0;
+    Ok(LoadResult {
+        requests,
+        errors,
+        status_classes: classes,
+        seconds,
+        throughput: requests as f64 / seconds,
+        p50_us: q(0.50),
+        p90_us: q(0.90),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        max_us: histogram.max() as f64 / 1000.0,
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Nanoseconds, 1 ns to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+struct ConnectionStats {
+    histogram: Histogram<u64>,
+    errors: u64,
+    classes: [u64; 4],
+}
+
+async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn connection(spec: LoadSpec, plan: Plan, shared: Arc<Shared>, start: Instant) -> anyhow::Result<ConnectionStats> {
+    let mut stats = ConnectionStats { histogram: new_histogram(), errors: 0, classes: [0; 4] };
+    let mut sender = connect(spec.addr).await?;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        // Open loop: request i is due at start + i/rate; latency counts from then.
+        let scheduled = match spec.rate {
+            Some(rate) => {
+                let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate.max(1));
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+            None => Instant::now(),
+        };
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let planned = plan(i);
+        let mut request = Request::new(Full::new(planned.body));
+        *request.method_mut() = planned.method;
+        *request.uri_mut() = planned.path.parse()?;
+        *request.headers_mut() = planned.headers;
+        request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("bench"));
+        let outcome = async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            response.into_body().collect().await?;
+            anyhow::Ok(status)
+        }
+        .await;
+        let measuring = shared.measuring.load(Ordering::Relaxed);
+        match outcome {
+            Ok(status) => {
+                if measuring {
+                    let elapsed = scheduled.elapsed().as_nanos() as u64;
+                    stats.histogram.saturating_record(elapsed.max(1));
+                    stats.classes[((status / 100).clamp(2, 5) - 2) as usize] += 1;
+                }
+            }
+            Err(_) => {
+                if measuring {
+                    stats.errors += 1;
+                }
+                // The connection is unusable after an error; open a new one.
+                sender = connect(spec.addr).await?;
+            }
+        }
+    }
+    Ok(stats)
+}
