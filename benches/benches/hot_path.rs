@@ -27,39 +27,104 @@ fn claims() -> serde_json::Value {
 }
 
 fn normalise(c: &mut Criterion) {
-    c.bench_function("normalise/plain", |b| b.iter(|| proxy::route::normalise(black_box("/users/6b08b61b37e4dcf6714b2d92"), None)));
+    c.bench_function("normalise/plain", |b| {
+        b.iter(|| proxy::route::normalise(black_box("/users/6b08b61b37e4dcf6714b2d92"), None))
+    });
     c.bench_function("normalise/dots_and_query", |b| {
-        b.iter(|| proxy::route::normalise(black_box("/a/./b/../users//%61dmin"), Some(black_box("per_page=5&page=2&a=1"))))
+        b.iter(|| {
+            proxy::route::normalise(
+                black_box("/a/./b/../users//%61dmin"),
+                Some(black_box("per_page=5&page=2&a=1")),
+            )
+        })
     });
 }
 
 fn route_match(c: &mut Criterion) {
-    let overrides = Overrides { jwt_secret: Some("secret".into()), upstream: Some("http://127.0.0.1:5000".into()), ..Overrides::default() };
+    let overrides = Overrides {
+        jwt_secret: Some("secret".into()),
+        upstream: Some("http://127.0.0.1:5000".into()),
+        ..Overrides::default()
+    };
     let config = Config::load(include_str!("../../config.toml"), overrides, Path::new("..")).unwrap();
     let target = proxy::route::normalise("/users/6b08b61b37e4dcf6714b2d92", None).unwrap();
-    c.bench_function("route/match_item", |b| b.iter(|| config.routes.match_rule(black_box(&Method::GET), black_box(&target)).is_ok()));
+    c.bench_function("route/match_item", |b| {
+        b.iter(|| {
+            config
+                .routes
+                .match_rule(black_box(&Method::GET), black_box(&target))
+                .is_ok()
+        })
+    });
 }
 
 fn jwt(c: &mut Criterion) {
     let leeway = Duration::from_secs(30);
-    let hs = JwtVerifier::new(Algorithm::HS256, KeySource::Secret(b"bench-secret-bench-secret-bench-secret".to_vec()), Some("origin".into()), Some("api".into()), leeway, "role".into()).unwrap();
-    let hs_token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(), &EncodingKey::from_secret(b"bench-secret-bench-secret-bench-secret")).unwrap();
+    let hs = JwtVerifier::new(
+        Algorithm::HS256,
+        KeySource::Secret(b"bench-secret-bench-secret-bench-secret".to_vec()),
+        Some("origin".into()),
+        Some("api".into()),
+        leeway,
+        "role".into(),
+    )
+    .unwrap();
+    let hs_token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(),
+        &EncodingKey::from_secret(b"bench-secret-bench-secret-bench-secret"),
+    )
+    .unwrap();
     c.bench_function("jwt/hs256", |b| b.iter(|| hs.verify(black_box(&hs_token)).unwrap()));
 
     let read = |name: &str| std::fs::read(keys_dir().join(name)).unwrap();
-    let rs = JwtVerifier::new(Algorithm::RS256, KeySource::Pem(read("rsa-public.pem")), Some("origin".into()), Some("api".into()), leeway, "role".into()).unwrap();
-    let rs_token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims(), &EncodingKey::from_rsa_pem(&read("rsa-private.pem")).unwrap()).unwrap();
+    let rs = JwtVerifier::new(
+        Algorithm::RS256,
+        KeySource::Pem(read("rsa-public.pem")),
+        Some("origin".into()),
+        Some("api".into()),
+        leeway,
+        "role".into(),
+    )
+    .unwrap();
+    let rs_token = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims(),
+        &EncodingKey::from_rsa_pem(&read("rsa-private.pem")).unwrap(),
+    )
+    .unwrap();
     c.bench_function("jwt/rs256", |b| b.iter(|| rs.verify(black_box(&rs_token)).unwrap()));
 
-    let es = JwtVerifier::new(Algorithm::ES256, KeySource::Pem(read("ec256-public.pem")), Some("origin".into()), Some("api".into()), leeway, "role".into()).unwrap();
-    let es_token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(), &EncodingKey::from_ec_pem(&read("ec256-private.pem")).unwrap()).unwrap();
+    let es = JwtVerifier::new(
+        Algorithm::ES256,
+        KeySource::Pem(read("ec256-public.pem")),
+        Some("origin".into()),
+        Some("api".into()),
+        leeway,
+        "role".into(),
+    )
+    .unwrap();
+    let es_token = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims(),
+        &EncodingKey::from_ec_pem(&read("ec256-private.pem")).unwrap(),
+    )
+    .unwrap();
     c.bench_function("jwt/es256", |b| b.iter(|| es.verify(black_box(&es_token)).unwrap()));
 }
 
 fn key_build(c: &mut Criterion) {
     let roles = vec!["user".to_string()];
     c.bench_function("key/shared", |b| {
-        b.iter(|| CacheKey::build(black_box(&KeyParts { rule: "users-list", path: "/users", query: Some("page=1&per_page=20"), vary: &[], scope: ScopeKey::Shared })))
+        b.iter(|| {
+            CacheKey::build(black_box(&KeyParts {
+                rule: "users-list",
+                path: "/users",
+                query: Some("page=1&per_page=20"),
+                vary: &[],
+                scope: ScopeKey::Shared,
+            }))
+        })
     });
     c.bench_function("key/role_with_vary", |b| {
         b.iter(|| {
@@ -89,7 +154,9 @@ fn entry_codec(c: &mut Criterion) {
     };
     let encoded = entry.encode();
     c.bench_function("entry/encode_2k", |b| b.iter(|| black_box(&entry).encode()));
-    c.bench_function("entry/decode_2k", |b| b.iter(|| Entry::decode(black_box(encoded.clone())).unwrap()));
+    c.bench_function("entry/decode_2k", |b| {
+        b.iter(|| Entry::decode(black_box(encoded.clone())).unwrap())
+    });
 }
 
 criterion_group!(benches, normalise, route_match, jwt, key_build, entry_codec);

@@ -62,7 +62,11 @@ struct Shared {
 
 /// Runs `plan` against `spec.addr` and returns the measured figures.
 pub async fn run(spec: &LoadSpec, plan: Plan) -> anyhow::Result<LoadResult> {
-    let shared = Arc::new(Shared { next: AtomicU64::new(0), stop: AtomicBool::new(false), measuring: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        next: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        measuring: AtomicBool::new(false),
+    });
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(spec.connections);
     for _ in 0..spec.connections {
@@ -123,8 +127,17 @@ async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<http1::SendReques
     Ok(sender)
 }
 
-async fn connection(spec: LoadSpec, plan: Plan, shared: Arc<Shared>, start: Instant) -> anyhow::Result<ConnectionStats> {
-    let mut stats = ConnectionStats { histogram: new_histogram(), errors: 0, classes: [0; 4] };
+async fn connection(
+    spec: LoadSpec,
+    plan: Plan,
+    shared: Arc<Shared>,
+    start: Instant,
+) -> anyhow::Result<ConnectionStats> {
+    let mut stats = ConnectionStats {
+        histogram: new_histogram(),
+        errors: 0,
+        classes: [0; 4],
+    };
     let mut sender = connect(spec.addr).await?;
     while !shared.stop.load(Ordering::Relaxed) {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
@@ -145,7 +158,9 @@ async fn connection(spec: LoadSpec, plan: Plan, shared: Arc<Shared>, start: Inst
         *request.method_mut() = planned.method;
         *request.uri_mut() = planned.path.parse()?;
         *request.headers_mut() = planned.headers;
-        request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("bench"));
+        request
+            .headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static("bench"));
         let outcome = async {
             sender.ready().await?;
             let response = sender.send_request(request).await?;

@@ -81,10 +81,22 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Suite { load, latency_rate, latency_connections, users, write_percent, only, out } => {
-                suite(load, latency_rate, latency_connections, users, write_percent, only, out).await
-            }
-            Command::Run { load, addr, path, headers, rate } => single(load, addr, path, headers, rate).await,
+            Command::Suite {
+                load,
+                latency_rate,
+                latency_connections,
+                users,
+                write_percent,
+                only,
+                out,
+            } => suite(load, latency_rate, latency_connections, users, write_percent, only, out).await,
+            Command::Run {
+                load,
+                addr,
+                path,
+                headers,
+                rate,
+            } => single(load, addr, path, headers, rate).await,
         }
     })
 }
@@ -106,13 +118,23 @@ async fn suite(
             continue;
         }
         let addr = stack.addr(scenario.target);
-        let spec = LoadSpec { addr, connections: args.connections, warmup: args.warmup, duration: args.duration, rate: None };
+        let spec = LoadSpec {
+            addr,
+            connections: args.connections,
+            warmup: args.warmup,
+            duration: args.duration,
+            rate: None,
+        };
         eprintln!("{} against {} ...", scenario.name, scenario.target.name());
         let before = stack.upstream_requests(scenario.target).await;
         let throughput = load::run(&spec, scenario.plan.clone()).await?;
         let after = stack.upstream_requests(scenario.target).await;
         let rate = latency_rate.min((throughput.throughput / 2.0) as u64).max(1);
-        let latency_spec = LoadSpec { connections: latency_connections, rate: Some(rate), ..spec };
+        let latency_spec = LoadSpec {
+            connections: latency_connections,
+            rate: Some(rate),
+            ..spec
+        };
         let latency = load::run(&latency_spec, scenario.plan.clone()).await?;
         rows.push(Row {
             scenario: scenario.name.to_owned(),
@@ -132,19 +154,44 @@ async fn suite(
         "rows": rows,
     });
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
-    std::fs::write(out.join("bench.svg"), report::svg(&rows, "proxy benchmark suite (same run, same machine)"))?;
+    std::fs::write(
+        out.join("bench.svg"),
+        report::svg(&rows, "proxy benchmark suite (same run, same machine)"),
+    )?;
     eprintln!("wrote {0}/bench.json and {0}/bench.svg", out.display());
     Ok(())
 }
 
-async fn single(args: LoadArgs, addr: std::net::SocketAddr, path: String, headers: Vec<String>, rate: Option<u64>) -> anyhow::Result<()> {
+async fn single(
+    args: LoadArgs,
+    addr: std::net::SocketAddr,
+    path: String,
+    headers: Vec<String>,
+    rate: Option<u64>,
+) -> anyhow::Result<()> {
     let mut map = HeaderMap::new();
     for h in &headers {
-        let (name, value) = h.split_once(':').ok_or_else(|| anyhow::anyhow!("--header {h:?} is not `name: value`"))?;
-        map.append(HeaderName::from_bytes(name.trim().as_bytes())?, HeaderValue::from_str(value.trim())?);
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--header {h:?} is not `name: value`"))?;
+        map.append(
+            HeaderName::from_bytes(name.trim().as_bytes())?,
+            HeaderValue::from_str(value.trim())?,
+        );
     }
-    let planned = Planned { method: Method::GET, path, headers: map, body: Bytes::new() };
-    let spec = LoadSpec { addr, connections: args.connections, warmup: args.warmup, duration: args.duration, rate };
+    let planned = Planned {
+        method: Method::GET,
+        path,
+        headers: map,
+        body: Bytes::new(),
+    };
+    let spec = LoadSpec {
+        addr,
+        connections: args.connections,
+        warmup: args.warmup,
+        duration: args.duration,
+        rate,
+    };
     let result = load::run(&spec, Arc::new(move |_| planned.clone())).await?;
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

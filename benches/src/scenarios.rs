@@ -10,7 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use e2e::origin::{origin_env, TEST_JWT_SECRET};
-use e2e::{json_reply, proxy_config, spawn_origin_with, spawn_proxy, MongoServer, OriginHandle, ProxyHandle, RedisServer, ScriptedUpstream, SHIPPED_CONFIG};
+use e2e::{
+    json_reply, proxy_config, spawn_origin_with, spawn_proxy, MongoServer, OriginHandle, ProxyHandle, RedisServer,
+    ScriptedUpstream, SHIPPED_CONFIG,
+};
 use http::{HeaderMap, HeaderValue, Method};
 use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 
@@ -56,7 +59,11 @@ impl BenchStack {
         let proxy_redis = spawn_proxy(proxy_config(SHIPPED_CONFIG, origin.addr, Some(redis.url()), Some(300))).await;
         let proxy_memory = spawn_proxy(proxy_config(SHIPPED_CONFIG, origin.addr, None, Some(300))).await;
         let static_upstream = ScriptedUpstream::start(|_req| async {
-            json_reply(200, r#"{"id":"6b08b61b37e4dcf6714b2d92","username":"static","email":"static@example.com","role":"user"}"#, &[])
+            json_reply(
+                200,
+                r#"{"id":"6b08b61b37e4dcf6714b2d92","username":"static","email":"static@example.com","role":"user"}"#,
+                &[],
+            )
         })
         .await;
         let proxy_static = spawn_proxy(proxy_config(STATIC_CONFIG, static_upstream.addr, None, None)).await;
@@ -83,8 +90,13 @@ async fn seed_users(uri: &str, database: &str, n: usize) -> anyhow::Result<Vec<S
     let users = client.database(database).collection::<Document>("users");
     // Hashed once and shared by every user: seeding 1,000 users costs one
     // bcrypt, and logins still work.
-    let passwords = origin::password::Passwords::new(4).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let hash = passwords.hash(BENCH_PASSWORD.into()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let passwords = origin::password::Passwords::new(4)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash = passwords
+        .hash(BENCH_PASSWORD.into())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = DateTime::now().timestamp_millis();
     let mut ids = Vec::with_capacity(n);
     let docs: Vec<Document> = (0..n)
@@ -110,20 +122,35 @@ async fn seed_users(uri: &str, database: &str, n: usize) -> anyhow::Result<Vec<S
 /// An HS256 token the proxy and origin accept, signed with the harness
 /// secret: bench users need no bcrypt login.
 pub fn mint_token(sub: &str, role: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
     let claims = serde_json::json!({"sub": sub, "role": role, "iat": now, "exp": now + 3600, "jti": format!("bench-{sub}"), "iss": "origin", "aud": "api"});
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes()))
-        .expect("signing with an HMAC key cannot fail")
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes()),
+    )
+    .expect("signing with an HMAC key cannot fail")
 }
 
 fn bearer(token: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).expect("token is ASCII"));
+    h.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("token is ASCII"),
+    );
     h
 }
 
 fn get(path: String, headers: HeaderMap) -> Planned {
-    Planned { method: Method::GET, path, headers, body: Bytes::new() }
+    Planned {
+        method: Method::GET,
+        path,
+        headers,
+        body: Bytes::new(),
+    }
 }
 
 /// Which server a scenario drives.
@@ -172,7 +199,12 @@ pub fn all(stack: &BenchStack, write_percent: u64) -> Vec<Scenario> {
         let headers = bearer(&admin);
         let ids = stack.user_ids.clone();
         let salt = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Arc::new(move |i: u64| get(format!("/users/{}?n={salt}-{i}", ids[(i as usize) % ids.len()]), headers.clone())) as Plan
+        Arc::new(move |i: u64| {
+            get(
+                format!("/users/{}?n={salt}-{i}", ids[(i as usize) % ids.len()]),
+                headers.clone(),
+            )
+        }) as Plan
     };
     let public = Arc::new(|_i: u64| get("/healthz".into(), HeaderMap::new())) as Plan;
     let mixed = {
@@ -184,7 +216,12 @@ pub fn all(stack: &BenchStack, write_percent: u64) -> Vec<Scenario> {
                 let mut h = headers.clone();
                 h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 let body = Bytes::from(format!(r#"{{"username":"w{i}"}}"#));
-                Planned { method: Method::PUT, path: format!("/users/{id}"), headers: h, body }
+                Planned {
+                    method: Method::PUT,
+                    path: format!("/users/{id}"),
+                    headers: h,
+                    body,
+                }
             } else {
                 get("/users".into(), headers.clone())
             }
@@ -195,16 +232,56 @@ pub fn all(stack: &BenchStack, write_percent: u64) -> Vec<Scenario> {
         Arc::new(move |i: u64| get(format!("/static?n={salt}-{i}"), HeaderMap::new())) as Plan
     };
     vec![
-        Scenario { name: "hit-shared", target: Target::ProxyMemory, plan: shared_hit.clone() },
-        Scenario { name: "hit-shared", target: Target::ProxyRedis, plan: shared_hit.clone() },
-        Scenario { name: "hit-user", target: Target::ProxyMemory, plan: user_hits.clone() },
-        Scenario { name: "hit-user", target: Target::ProxyRedis, plan: user_hits },
-        Scenario { name: "miss-unique", target: Target::ProxyRedis, plan: misses },
-        Scenario { name: "public", target: Target::ProxyRedis, plan: public },
-        Scenario { name: "mixed", target: Target::ProxyRedis, plan: mixed },
-        Scenario { name: "uncached-users", target: Target::Origin, plan: shared_hit },
-        Scenario { name: "static-miss", target: Target::StaticDirect, plan: static_miss.clone() },
-        Scenario { name: "static-miss", target: Target::ProxyStatic, plan: static_miss },
+        Scenario {
+            name: "hit-shared",
+            target: Target::ProxyMemory,
+            plan: shared_hit.clone(),
+        },
+        Scenario {
+            name: "hit-shared",
+            target: Target::ProxyRedis,
+            plan: shared_hit.clone(),
+        },
+        Scenario {
+            name: "hit-user",
+            target: Target::ProxyMemory,
+            plan: user_hits.clone(),
+        },
+        Scenario {
+            name: "hit-user",
+            target: Target::ProxyRedis,
+            plan: user_hits,
+        },
+        Scenario {
+            name: "miss-unique",
+            target: Target::ProxyRedis,
+            plan: misses,
+        },
+        Scenario {
+            name: "public",
+            target: Target::ProxyRedis,
+            plan: public,
+        },
+        Scenario {
+            name: "mixed",
+            target: Target::ProxyRedis,
+            plan: mixed,
+        },
+        Scenario {
+            name: "uncached-users",
+            target: Target::Origin,
+            plan: shared_hit,
+        },
+        Scenario {
+            name: "static-miss",
+            target: Target::StaticDirect,
+            plan: static_miss.clone(),
+        },
+        Scenario {
+            name: "static-miss",
+            target: Target::ProxyStatic,
+            plan: static_miss,
+        },
     ]
 }
 
@@ -228,7 +305,12 @@ impl BenchStack {
             Target::ProxyStatic => &self.proxy_static,
             Target::Origin | Target::StaticDirect => return None,
         };
-        let text = reqwest::get(proxy.admin_url("/metrics")).await.ok()?.text().await.ok()?;
+        let text = reqwest::get(proxy.admin_url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         Some(upstream_count(&text))
     }
 }

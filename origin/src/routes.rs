@@ -111,6 +111,21 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     }
 }
 
+/// A `{id}` path segment. One that is not even UTF-8 names no user: 404,
+/// like any other malformed id, rather than axum's plain-text 400.
+pub struct UserId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| UserId(id))
+            .map_err(|_| ApiError::NotFound)
+    }
+}
+
 // === Handlers ===
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -169,11 +184,7 @@ async fn list_users(
     })))
 }
 
-async fn get_user(
-    State(state): State<AppState>,
-    _caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<User>, ApiError> {
+async fn get_user(State(state): State<AppState>, _caller: Caller, UserId(id): UserId) -> Result<Json<User>, ApiError> {
     let user = state.users.find_by_id(&id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(user.into()))
 }
@@ -181,7 +192,7 @@ async fn get_user(
 async fn update_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    UserId(id): UserId,
     JsonObject(body): JsonObject,
 ) -> Result<Json<User>, ApiError> {
     let is_self = caller.0.id.to_hex() == id;
@@ -214,7 +225,7 @@ async fn update_user(
 async fn delete_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    UserId(id): UserId,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     if !state.users.delete(&id).await? {

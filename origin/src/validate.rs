@@ -142,6 +142,13 @@ pub fn pagination(query: Option<&str>) -> Result<(u64, u64), ApiError> {
             _ => {}
         }
     }
+    // MongoDB's skip is an i64: a page past it would fail in the driver.
+    if (page - 1)
+        .checked_mul(per_page)
+        .is_none_or(|skip| skip > i64::MAX as u64)
+    {
+        return Err(bad("page is too large"));
+    }
     Ok((page, per_page))
 }
 

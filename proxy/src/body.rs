@@ -2,8 +2,10 @@
 //! losing what was read when it turns out larger.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty, Full};
@@ -100,6 +102,61 @@ where
     }
 }
 
+/// A body that fails if `idle` passes without a frame: an upstream that
+/// stops sending mid-body must not hold a client connection forever.
+pub struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: Duration) -> IdleTimeout<B> {
+        IdleTimeout {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+/// The upstream sent nothing for the idle limit in the middle of a body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body stalled for {0:?}")]
+pub struct BodyStalled(Duration);
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +175,22 @@ mod tests {
             panic!("expected complete")
         };
         assert_eq!(&bytes[..], b"abcd");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_after_the_idle_limit() {
+        let stalled = StreamBody::new(stream::pending::<Result<Frame<Bytes>, BoxError>>());
+        let err = IdleTimeout::new(stalled, Duration::from_secs(5))
+            .collect()
+            .await
+            .expect_err("must fail");
+        assert!(err.to_string().contains("stalled"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flowing_body_is_untouched() {
+        let body = IdleTimeout::new(chunked(&[b"ab", b"cd"]), Duration::from_secs(5));
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcd");
     }
 
     #[tokio::test]

@@ -55,6 +55,10 @@ pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// A cache operation slower than this is abandoned and the request served
 /// from upstream: Redis on loopback answers in well under a millisecond.
 pub const DEFAULT_CACHE_OPERATION_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long a write's response waits for its invalidation to be
+/// acknowledged while Redis is failing, before it is released anyway (and
+/// the invalidation kept for later).
+pub const DEFAULT_INVALIDATION_WAIT: Duration = Duration::from_secs(1);
 /// Consecutive failures that open the circuit breaker.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
 /// How long the breaker stays open before one probe is let through.
@@ -123,6 +127,8 @@ pub struct RawCache {
     pub memory_max_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub operation_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub invalidation_wait: Option<Duration>,
     pub breaker_failures: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub breaker_open_for: Option<Duration>,
@@ -217,6 +223,10 @@ pub struct Overrides {
     /// Default TTL in whole seconds (`CACHE_TTL`, the seed's name).
     pub cache_ttl: Option<String>,
     pub jwt_secret: Option<String>,
+    /// `JWT_ISSUER`/`JWT_AUDIENCE`: the names the origin reads, so one
+    /// `.env` keeps issuer and verifier in agreement.
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
     pub admin_token: Option<String>,
 }
 
@@ -242,6 +252,8 @@ impl Overrides {
             redis_url,
             cache_ttl: env.get("CACHE_TTL"),
             jwt_secret: env.get("JWT_SECRET_KEY"),
+            jwt_issuer: env.get("JWT_ISSUER"),
+            jwt_audience: env.get("JWT_AUDIENCE"),
             admin_token: env.get("PROXY_ADMIN_TOKEN"),
         }
     }
@@ -255,6 +267,8 @@ impl Overrides {
             redis_url: higher.redis_url.or(self.redis_url),
             cache_ttl: higher.cache_ttl.or(self.cache_ttl),
             jwt_secret: higher.jwt_secret.or(self.jwt_secret),
+            jwt_issuer: higher.jwt_issuer.or(self.jwt_issuer),
+            jwt_audience: higher.jwt_audience.or(self.jwt_audience),
             admin_token: higher.admin_token.or(self.admin_token),
         }
     }
@@ -351,6 +365,7 @@ pub struct CacheSettings {
     pub default_ttl: Duration,
     pub max_entry_bytes: u64,
     pub operation_timeout: Duration,
+    pub invalidation_wait: Duration,
     pub breaker_failures: u32,
     pub breaker_open_for: Duration,
     pub key_prefix: String,
@@ -449,7 +464,10 @@ impl Config {
         );
         let rules = rules(&mut p, raw.routes, &cache, &default_forward);
         let needs_jwt = rules.iter().any(|r| !r.access.is_public());
-        let jwt = jwt_verifier(&mut p, &raw.jwt, overrides.jwt_secret, base_dir, needs_jwt);
+        let mut raw_jwt = raw.jwt;
+        raw_jwt.issuer = overrides.jwt_issuer.or(raw_jwt.issuer);
+        raw_jwt.audience = overrides.jwt_audience.or(raw_jwt.audience);
+        let jwt = jwt_verifier(&mut p, &raw_jwt, overrides.jwt_secret, base_dir, needs_jwt);
 
         if !p.0.is_empty() {
             return Err(ConfigErrors(p.0));
@@ -493,6 +511,10 @@ fn at_least_one(p: &mut Problems, field: &str, value: Option<usize>, default: us
         p.add(field, "must be at least 1");
     }
     value
+}
+
+fn at_least_one_u32(p: &mut Problems, field: &str, value: Option<u32>, default: u32) -> u32 {
+    at_least_one(p, field, value.map(|v| v as usize), default as usize) as u32
 }
 
 fn header_name(p: &mut Problems, field: &str, value: &str) -> HeaderName {
@@ -600,7 +622,13 @@ fn cache_settings(
             raw.operation_timeout,
             DEFAULT_CACHE_OPERATION_TIMEOUT,
         ),
-        breaker_failures: raw.breaker_failures.unwrap_or(DEFAULT_BREAKER_FAILURES).max(1),
+        invalidation_wait: raw.invalidation_wait.unwrap_or(DEFAULT_INVALIDATION_WAIT),
+        breaker_failures: at_least_one_u32(
+            p,
+            "cache.breaker_failures",
+            raw.breaker_failures,
+            DEFAULT_BREAKER_FAILURES,
+        ),
         breaker_open_for: positive(
             p,
             "cache.breaker_open_for",

@@ -45,7 +45,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge | ProxyError::Upstream(UpstreamError::BodyTooLarge) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -62,7 +62,7 @@ impl ProxyError {
             ProxyError::Authz(AuthzError::Unauthenticated) => "missing bearer token",
             ProxyError::Authz(AuthzError::Forbidden) => "insufficient role",
             ProxyError::BodyTooLarge | ProxyError::Upstream(UpstreamError::BodyTooLarge) => "request body too large",
-            ProxyError::Upstream(UpstreamError::Timeout) => "upstream timed out",
+            ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => "upstream timed out",
             ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => "upstream unavailable",
         }
     }
@@ -113,6 +113,7 @@ mod tests {
             (ProxyError::BodyTooLarge, 413),
             (UpstreamError::Connect("refused".into()).into(), 502),
             (UpstreamError::Timeout.into(), 504),
+            (UpstreamError::ConnectTimeout.into(), 504),
         ];
         for (err, status) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");

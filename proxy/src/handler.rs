@@ -187,27 +187,38 @@ impl Proxy {
 
         let Some(generations) = generations else {
             ctx.cache_status = CacheStatus::Bypass(Bypass::StoreUnavailable);
-            return Ok(streamed(head, upstream_body, is_head));
+            return Ok(self.streamed(head, upstream_body, is_head));
         };
         ctx.cache_status = CacheStatus::Miss { stored: false };
         let ttl = match storability(policy, head.status, &head.headers) {
             Ok(ttl) => ttl,
             Err(reason) => {
                 tracing::debug!(rule = %rule.name, ?reason, "response not stored");
-                return Ok(streamed(head, upstream_body, is_head));
+                return Ok(self.streamed(head, upstream_body, is_head));
             }
         };
         let max_entry = self.config.cache.max_entry_bytes;
         if content_length(&head.headers).is_some_and(|len| len > max_entry) {
-            return Ok(streamed(head, upstream_body, is_head));
+            return Ok(self.streamed(head, upstream_body, is_head));
         }
-        let bytes = match body::buffer_up_to(upstream_body, max_entry).await {
-            Ok(Buffered::Complete(bytes)) => bytes,
-            Ok(Buffered::TooLarge(rest)) => {
-                let body = if is_head { body::empty() } else { rest.boxed() };
+        // Buffering is bounded by the response timeout, like the headers
+        // were: nothing has been sent to the client yet, so a stall is a 504.
+        let buffered = tokio::time::timeout(
+            self.config.upstream.response_timeout,
+            body::buffer_up_to(upstream_body, max_entry),
+        );
+        let bytes = match buffered.await {
+            Ok(Ok(Buffered::Complete(bytes))) => bytes,
+            Ok(Ok(Buffered::TooLarge(rest))) => {
+                let body = if is_head {
+                    body::empty()
+                } else {
+                    self.idle_limited(rest)
+                };
                 return Ok(Response::from_parts(head, body));
             }
-            Err(err) => return Err(ProxyError::UpstreamBody(err.to_string())),
+            Ok(Err(err)) => return Err(ProxyError::UpstreamBody(err.to_string())),
+            Err(_) => return Err(ProxyError::Upstream(UpstreamError::Timeout)),
         };
 
         let now = now_ms();
@@ -271,7 +282,26 @@ impl Proxy {
         let response = result?;
         let (mut head, upstream_body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut head.headers);
-        Ok(streamed(head, upstream_body, false))
+        Ok(self.streamed(head, upstream_body, false))
+    }
+
+    /// Streams an upstream body to the client, failing it (the client sees
+    /// a truncated response) if the upstream stalls for the response timeout.
+    fn streamed(&self, head: http::response::Parts, body: Incoming, is_head: bool) -> Response<ProxyBody> {
+        let body = if is_head {
+            body::empty()
+        } else {
+            self.idle_limited(body)
+        };
+        Response::from_parts(head, body)
+    }
+
+    fn idle_limited<B>(&self, body: B) -> ProxyBody
+    where
+        B: Body<Data = Bytes> + Unpin + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        body::IdleTimeout::new(body, self.config.upstream.response_timeout).boxed()
     }
 
     async fn forward(&self, outbound: Outbound, rule: &Rule) -> Result<Response<Incoming>, UpstreamError> {
@@ -342,15 +372,6 @@ fn response_from_entry(entry: Entry, now: u64, is_head: bool) -> Response<ProxyB
     *response.headers_mut() = entry.headers;
     response.headers_mut().insert(AGE, HeaderValue::from(age));
     response
-}
-
-fn streamed(head: http::response::Parts, body: Incoming, is_head: bool) -> Response<ProxyBody> {
-    let body = if is_head {
-        body::empty()
-    } else {
-        body.map_err(Into::into).boxed()
-    };
-    Response::from_parts(head, body)
 }
 
 /// Response headers worth storing: not the proxy's own, and not `Age`,

@@ -36,6 +36,7 @@ mod tests {
         assert!(should_invalidate(Err(&UpstreamError::Timeout)));
         assert!(should_invalidate(Err(&UpstreamError::Failed("reset".into()))));
         assert!(!should_invalidate(Err(&UpstreamError::Connect("refused".into()))));
+        assert!(!should_invalidate(Err(&UpstreamError::ConnectTimeout)));
         assert!(!should_invalidate(Err(&UpstreamError::BodyTooLarge)));
     }
 }

@@ -48,19 +48,20 @@ use crate::upstream::Upstream;
 
 /// Builds the store the config names. Redis is not contacted here: the
 /// proxy starts, and serves, with Redis down.
-pub fn build_store(config: &Config) -> anyhow::Result<Arc<dyn CacheStore>> {
+pub fn build_store(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn CacheStore>> {
     Ok(match &config.cache.store {
         StoreSettings::Memory { max_bytes } => Arc::new(MemoryStore::new(*max_bytes)),
-        StoreSettings::Redis { url } => RedisStore::new(&url.0, &config.cache)?,
+        StoreSettings::Redis { url } => RedisStore::new(&url.0, &config.cache, metrics)?,
     })
 }
 
 /// Builds everything a request needs.
 pub fn build_proxy(config: Arc<Config>) -> anyhow::Result<Arc<Proxy>> {
+    let metrics = Arc::new(Metrics::new());
     Ok(Arc::new(Proxy {
-        store: build_store(&config)?,
+        store: build_store(&config, metrics.clone())?,
         upstream: Upstream::new(&config.upstream),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         config,
     }))
 }
@@ -110,5 +111,6 @@ pub async fn run(
     )
     .await;
     admin_task.await?;
+    proxy.store.close().await;
     Ok(())
 }

@@ -44,6 +44,7 @@ pub struct Metrics {
     upstream_seconds: Family<RuleLabels, Histogram>,
     store_errors: Family<OperationLabels, Counter>,
     invalidations: Family<OperationLabels, Counter>,
+    redis_errors: Family<OperationLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -76,6 +77,12 @@ impl Metrics {
             "Tag invalidations, by outcome (applied, deferred)",
             invalidations.clone(),
         );
+        let redis_errors = Family::default();
+        registry.register(
+            "redis_errors",
+            "Failed Redis attempts (retries included), by kind (timeout, error)",
+            redis_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -83,6 +90,7 @@ impl Metrics {
             upstream_seconds,
             store_errors,
             invalidations,
+            redis_errors,
         }
     }
 
@@ -114,6 +122,12 @@ impl Metrics {
     pub fn invalidation(&self, outcome: &'static str) {
         self.invalidations
             .get_or_create(&OperationLabels { operation: outcome })
+            .inc();
+    }
+
+    pub fn redis_error(&self, kind: &'static str) {
+        self.redis_errors
+            .get_or_create(&OperationLabels { operation: kind })
             .inc();
     }
 

@@ -86,10 +86,13 @@ fn decode_unreserved(input: &str) -> Result<Cow<'_, str>, RouteError> {
             let hex = bytes
                 .get(i + 1..i + 3)
                 .ok_or(RouteError::BadPath("truncated percent-encoding"))?;
-            let value = std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or(RouteError::BadPath("invalid percent-encoding"))?;
+            // Both must be hex digits: `from_str_radix` alone would accept
+            // "+0", which some back ends decode to NUL.
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(RouteError::BadPath("invalid percent-encoding"));
+            }
+            let value = u8::from_str_radix(std::str::from_utf8(hex).expect("hex digits are ASCII"), 16)
+                .expect("two hex digits fit a byte");
             if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
                 out.push(value as char);
             } else {
@@ -329,7 +332,7 @@ mod tests {
 
     #[test]
     fn malformed_escapes_are_rejected() {
-        for bad in ["/a%", "/a%4", "/a%zz", "/a%%20"] {
+        for bad in ["/a%", "/a%4", "/a%zz", "/a%%20", "/x%+0y", "/x%-1"] {
             assert!(normalise(bad, None).is_err(), "{bad}");
         }
         assert!(normalise("admin", None).is_err());

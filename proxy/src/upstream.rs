@@ -63,6 +63,9 @@ pub enum UpstreamError {
     /// Connection refused, reset or unresolvable before anything was sent.
     #[error("upstream unreachable: {0}")]
     Connect(String),
+    /// No connection within the connect timeout; nothing was sent.
+    #[error("upstream connect timed out")]
+    ConnectTimeout,
     /// No response headers within the response timeout. The request may
     /// have been processed.
     #[error("upstream timed out")]
@@ -206,10 +209,17 @@ impl Attempt {
 fn classify(err: hyper_util::client::legacy::Error) -> Attempt {
     let message = error_chain(&err);
     if err.is_connect() {
-        return Attempt::Other(UpstreamError::Connect(message));
+        let timed_out = source_chain(&err).any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+        return Attempt::Other(if timed_out {
+            UpstreamError::ConnectTimeout
+        } else {
+            UpstreamError::Connect(message)
+        });
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
-    while let Some(e) = source {
+    for e in source_chain(&err) {
         if e.is::<http_body_util::LengthLimitError>() {
             return Attempt::Other(UpstreamError::BodyTooLarge);
         }
@@ -218,9 +228,15 @@ fn classify(err: hyper_util::client::legacy::Error) -> Attempt {
                 return Attempt::Closed(message);
             }
         }
-        source = e.source();
     }
     Attempt::Other(UpstreamError::Failed(message))
+}
+
+/// The errors below `err`, nearest first.
+fn source_chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(err.source(), |e| e.source())
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

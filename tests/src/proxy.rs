@@ -29,7 +29,7 @@ pub fn proxy_config(
         redis_url,
         cache_ttl: cache_ttl_secs.map(|s| s.to_string()),
         jwt_secret: Some(TEST_JWT_SECRET.into()),
-        admin_token: None,
+        ..Overrides::default()
     };
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     Config::load(toml, overrides, &base).unwrap_or_else(|e| panic!("test proxy config invalid:\n{e}"))

@@ -254,3 +254,95 @@ async fn a_client_sending_headers_slowly_is_cut_off() {
     );
     assert_eq!(upstream.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_write_during_a_short_redis_pause_is_acknowledged_before_its_response() {
+    let (upstream, _) = versioned_upstream().await;
+    let redis = RedisServer::start();
+    let writer = Arc::new(probe(&upstream, Some(redis.url())).await);
+    let reader = probe(&upstream, Some(redis.url())).await;
+    assert_eq!(reader.get().await, (200, "MISS".into(), 0));
+    assert_eq!(reader.get().await, (200, "HIT".into(), 0));
+
+    redis.pause();
+    let metrics_url = writer.proxy.admin_url("/metrics");
+    let write = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.send(Method::POST, "/items").await.0 }
+    });
+    // Resume only once the write's first invalidation attempt has timed
+    // out: the invalidation is then being retried, and must be applied
+    // before the write is answered.
+    let deadline = tokio::time::Instant::now() + RECOVERY_LIMIT;
+    loop {
+        let metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        if metrics.contains(r#"proxy_redis_errors_total{operation="timeout"}"#) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the invalidation never timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !write.is_finished(),
+        "the write was answered before its invalidation was acknowledged"
+    );
+    redis.resume();
+    assert_eq!(write.await.unwrap(), 200);
+
+    // Another instance sharing the Redis never serves the replaced entry.
+    let seen = reader.until("HIT").await;
+    assert!(
+        seen.iter().all(|(_, v)| *v == 1),
+        "another instance served pre-write data: {seen:?}"
+    );
+}
+
+/// A raw upstream that sends response headers promising 100 bytes, one
+/// byte, and then nothing.
+async fn stalls_mid_body() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
+                    .await;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_stalling_mid_body_is_504_when_buffered_and_cut_when_streamed() {
+    let upstream = stalls_mid_body().await;
+    let proxy = spawn_proxy(proxy_config(CONFIG, upstream, None, None)).await;
+    let client = reqwest::Client::new();
+    let cached = tokio::time::timeout(HANG_GUARD, client.get(format!("{}/items", proxy.base_url())).send())
+        .await
+        .expect("a stalled body hung the request")
+        .unwrap();
+    assert_eq!(cached.status(), 504);
+
+    // An uncacheable route streams: the headers are already sent, so the
+    // stalled body is cut off rather than answered with a status.
+    let streamed = tokio::time::timeout(HANG_GUARD, client.post(format!("{}/items", proxy.base_url())).send())
+        .await
+        .expect("a stalled body hung the request")
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    let body = tokio::time::timeout(HANG_GUARD, streamed.bytes())
+        .await
+        .expect("a stalled body hung the stream");
+    assert!(body.is_err(), "a truncated body must not look complete");
+}

@@ -271,6 +271,9 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Whether the store can serve right now (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Last chance, at shutdown, to apply invalidations still pending.
+    async fn close(&self) {}
+
     /// `"redis"` or `"memory"`, for logs and metrics.
     fn kind(&self) -> &'static str;
 }

@@ -5,18 +5,23 @@
 //! small time budget, and a circuit breaker makes an outage cost nothing
 //! but cache hits. Callers treat every error as "serve from upstream".
 //!
-//! Invalidations that fail during an outage are remembered and applied
-//! before any other operation succeeds again: until they are, every
-//! operation fails, so no entry that a write replaced can be served when
-//! Redis comes back.
+//! An invalidation is retried for up to `invalidation_wait` before the
+//! write's response is released, so a short blip costs the writer a little
+//! latency and nobody stale data. One that still fails is remembered and
+//! applied before any other operation of this instance succeeds again, and
+//! retried every [`PENDING_RETRY`] in the background. Other instances
+//! sharing the Redis learn of it only when it is applied: between Redis
+//! coming back and that retry (≤ `PENDING_RETRY`), or for good if this
+//! process dies first, they may serve entries the write replaced. That
+//! window is the price of letting writes pass while Redis is unreachable.
 //!
 //! Keys: entries at `<prefix>e:<sha256 hex>`, tag generations at
 //! `<prefix>g:<tag>` (no TTL: a lost generation would read as a miss, but
 //! letting them expire would only cause needless misses).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -29,25 +34,38 @@ use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
 use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lookup, StoreError};
 use crate::config::CacheSettings;
+use crate::metrics::Metrics;
 
 /// How long a background (re)connection attempt may take; requests never
 /// wait for it longer than their own operation budget.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often remembered invalidations are retried, and how often a write's
+/// invalidation is retried within `invalidation_wait`.
+pub const PENDING_RETRY: Duration = Duration::from_millis(100);
 
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     operation_timeout: Duration,
+    invalidation_wait: Duration,
     breaker: Breaker,
-    /// Tags whose invalidation has not reached Redis yet.
-    pending: Mutex<BTreeSet<String>>,
+    /// Tags whose invalidation has not reached Redis yet, each with the
+    /// sequence number of its latest failed attempt: a flush removes a tag
+    /// only if no newer failure was recorded while it ran.
+    pending: Mutex<BTreeMap<String, u64>>,
+    pending_seq: AtomicU64,
     has_pending: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl RedisStore {
     /// Creates the store without connecting, and starts the task that
     /// retries pending invalidations while nothing else would.
-    pub fn new(url: &str, settings: &CacheSettings) -> Result<Arc<RedisStore>, redis::RedisError> {
+    pub fn new(
+        url: &str,
+        settings: &CacheSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<RedisStore>, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -58,11 +76,14 @@ impl RedisStore {
             conn,
             prefix: settings.key_prefix.clone(),
             operation_timeout: settings.operation_timeout,
+            invalidation_wait: settings.invalidation_wait,
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
-            pending: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(BTreeMap::new()),
+            pending_seq: AtomicU64::new(0),
             has_pending: AtomicBool::new(false),
+            metrics,
         });
-        tokio::spawn(retry_pending(Arc::downgrade(&store), settings.breaker_open_for));
+        tokio::spawn(retry_pending(Arc::downgrade(&store)));
         Ok(store)
     }
 
@@ -74,8 +95,7 @@ impl RedisStore {
         format!("{}g:{}", self.prefix, tag)
     }
 
-    /// Runs `op` within the time budget and behind the breaker, applying
-    /// pending invalidations first.
+    /// Runs `op` behind the breaker: refused at once while it is open.
     async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
@@ -84,6 +104,16 @@ impl RedisStore {
         if !self.breaker.allows() {
             return Err(StoreError::Unavailable);
         }
+        self.attempt(op).await
+    }
+
+    /// Runs `op` within the time budget, applying pending invalidations
+    /// first, and records the outcome in the breaker.
+    async fn attempt<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let attempt = async {
             if self.has_pending.load(Ordering::Acquire) {
                 self.flush_pending().await?;
@@ -93,8 +123,14 @@ impl RedisStore {
         let outcome = tokio::time::timeout(self.operation_timeout, attempt).await;
         let result = match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Backend(e.to_string())),
-            Err(_) => Err(StoreError::Timeout),
+            Ok(Err(e)) => {
+                self.metrics.redis_error("error");
+                Err(StoreError::Backend(e.to_string()))
+            }
+            Err(_) => {
+                self.metrics.redis_error("timeout");
+                Err(StoreError::Timeout)
+            }
         };
         let transition = match &result {
             Ok(_) => self.breaker.record_success(),
@@ -112,14 +148,23 @@ impl RedisStore {
 
     /// Applies invalidations recorded during an outage.
     async fn flush_pending(&self) -> RedisResult<()> {
-        let tags: Vec<String> = self.pending.lock().expect("pending lock").iter().cloned().collect();
-        if tags.is_empty() {
+        let snapshot: Vec<(String, u64)> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .iter()
+            .map(|(t, s)| (t.clone(), *s))
+            .collect();
+        if snapshot.is_empty() {
             return Ok(());
         }
+        let tags: Vec<String> = snapshot.iter().map(|(t, _)| t.clone()).collect();
         self.bump(self.conn.clone(), &tags).await?;
         let mut pending = self.pending.lock().expect("pending lock");
-        for tag in &tags {
-            pending.remove(tag);
+        for (tag, seq) in &snapshot {
+            if pending.get(tag) == Some(seq) {
+                pending.remove(tag);
+            }
         }
         self.has_pending.store(!pending.is_empty(), Ordering::Release);
         tracing::info!(tags = ?tags, "applied invalidations recorded while redis was unreachable");
@@ -138,21 +183,25 @@ impl RedisStore {
     }
 
     fn remember_pending(&self, tags: &[String]) {
+        let seq = self.pending_seq.fetch_add(1, Ordering::AcqRel);
         let mut pending = self.pending.lock().expect("pending lock");
-        pending.extend(tags.iter().cloned());
+        for tag in tags {
+            pending.insert(tag.clone(), seq);
+        }
         self.has_pending.store(true, Ordering::Release);
     }
 }
 
-/// Retries pending invalidations in the background, so they reach Redis
-/// (and other instances) soon after it recovers even if no request comes.
-async fn retry_pending(store: Weak<RedisStore>, every: Duration) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+/// Retries pending invalidations in the background, ignoring the breaker,
+/// so they reach Redis (and other instances) soon after it recovers even if
+/// no request comes.
+async fn retry_pending(store: Weak<RedisStore>) {
+    let mut tick = tokio::time::interval(PENDING_RETRY);
     loop {
         tick.tick().await;
         let Some(store) = store.upgrade() else { return };
         if store.has_pending.load(Ordering::Acquire) {
-            let _ = store.guarded(|_| async { Ok(()) }).await;
+            let _ = store.attempt(|_| async { Ok(()) }).await;
         }
     }
 }
@@ -231,13 +280,29 @@ impl CacheStore for RedisStore {
         if tags.is_empty() {
             return Ok(());
         }
-        let result = self.guarded(|conn| async move { self.bump(conn, tags).await }).await;
-        if result.is_err() {
-            // Whether or not Redis applied it, assume not: caching stays
-            // paused until a bump of these tags is acknowledged.
-            self.remember_pending(tags);
+        // Not behind the breaker: a write is worth a few tries even while
+        // reads skip the cache.
+        let give_up_at = tokio::time::Instant::now() + self.invalidation_wait;
+        loop {
+            match self.attempt(|conn| async move { self.bump(conn, tags).await }).await {
+                Ok(()) => return Ok(()),
+                Err(err) if tokio::time::Instant::now() + PENDING_RETRY >= give_up_at => {
+                    // Whether or not Redis applied it, assume not: this
+                    // instance serves no cached answer until a bump of
+                    // these tags is acknowledged.
+                    self.remember_pending(tags);
+                    return Err(err);
+                }
+                Err(_) => tokio::time::sleep(PENDING_RETRY).await,
+            }
         }
-        result
+    }
+
+    async fn close(&self) {
+        if self.has_pending.load(Ordering::Acquire) && self.attempt(|_| async { Ok(()) }).await.is_err() {
+            let lost: Vec<String> = self.pending.lock().expect("pending lock").keys().cloned().collect();
+            tracing::error!(tags = ?lost, "exiting with invalidations redis never acknowledged; other instances may serve entries these writes replaced until they expire");
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
