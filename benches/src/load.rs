@@ -145,7 +145,7 @@ async fn connection(
         let scheduled = match spec.rate {
             Some(rate) => {
                 let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate.max(1));
-                tokio::time::sleep_until(due.into()).await;
+                wait_until(due).await;
                 due
             }
             None => Instant::now(),
@@ -188,4 +188,19 @@ async fn connection(
         }
     }
     Ok(stats)
+}
+
+/// Waits until `due` precisely. Tokio's timer has millisecond granularity,
+/// which would add up to 1 ms of the generator's own lateness to every
+/// open-loop latency; so sleep to within a millisecond, then yield until due.
+async fn wait_until(due: Instant) {
+    const TIMER_SLACK: Duration = Duration::from_millis(1);
+    if let Some(early) = due.checked_sub(TIMER_SLACK) {
+        if early > Instant::now() {
+            tokio::time::sleep_until(early.into()).await;
+        }
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
+    }
 }

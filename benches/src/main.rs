@@ -57,6 +57,19 @@ enum Command {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Insert bench users into a running MongoDB and print an admin token
+    /// (used by benches/peers).
+    Seed {
+        #[arg(long)]
+        mongo_uri: String,
+        #[arg(long, default_value = "origin")]
+        database: String,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// HS256 secret the token is signed with.
+        #[arg(long, env = "JWT_SECRET_KEY")]
+        secret: String,
+    },
     /// One load against one address (used by benches/peers).
     Run {
         #[command(flatten)]
@@ -97,6 +110,16 @@ fn main() -> anyhow::Result<()> {
                 headers,
                 rate,
             } => single(load, addr, path, headers, rate).await,
+            Command::Seed {
+                mongo_uri,
+                database,
+                users,
+                secret,
+            } => {
+                let ids = scenarios::seed_users(&mongo_uri, &database, users.max(1)).await?;
+                println!("{}", scenarios::mint_token_with(&ids[0], "admin", &secret));
+                Ok(())
+            }
         }
     })
 }
@@ -121,11 +144,21 @@ async fn suite(
         let spec = LoadSpec {
             addr,
             connections: args.connections,
-            warmup: args.warmup,
+            warmup: Duration::ZERO,
             duration: args.duration,
             rate: None,
         };
         eprintln!("{} against {} ...", scenario.name, scenario.target.name());
+        // Warm up in a run of its own, so the upstream count covers only
+        // the measured run.
+        load::run(
+            &LoadSpec {
+                duration: args.warmup,
+                ..spec.clone()
+            },
+            scenario.plan.clone(),
+        )
+        .await?;
         let before = stack.upstream_requests(scenario.target).await;
         let throughput = load::run(&spec, scenario.plan.clone()).await?;
         let after = stack.upstream_requests(scenario.target).await;

@@ -5,6 +5,7 @@
 //! upstream), then describes each scenario as a request plan against one
 //! target.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -85,7 +86,7 @@ impl BenchStack {
 
 /// Inserts `n` users directly (the first one an admin), as the origin would
 /// store them; returns their ids.
-async fn seed_users(uri: &str, database: &str, n: usize) -> anyhow::Result<Vec<String>> {
+pub async fn seed_users(uri: &str, database: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let client = mongodb::Client::with_uri_str(uri).await?;
     let users = client.database(database).collection::<Document>("users");
     // Hashed once and shared by every user: seeding 1,000 users costs one
@@ -122,6 +123,11 @@ async fn seed_users(uri: &str, database: &str, n: usize) -> anyhow::Result<Vec<S
 /// An HS256 token the proxy and origin accept, signed with the harness
 /// secret: bench users need no bcrypt login.
 pub fn mint_token(sub: &str, role: &str) -> String {
+    mint_token_with(sub, role, TEST_JWT_SECRET)
+}
+
+/// As [`mint_token`], with a given secret.
+pub fn mint_token_with(sub: &str, role: &str, secret: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -130,7 +136,7 @@ pub fn mint_token(sub: &str, role: &str) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("signing with an HMAC key cannot fail")
 }
@@ -151,6 +157,17 @@ fn get(path: String, headers: HeaderMap) -> Planned {
         headers,
         body: Bytes::new(),
     }
+}
+
+/// A counter for unique query strings: it outlives single runs (request
+/// indices restart at 0 in each), so a warm-up never pre-fills a miss
+/// scenario's keys. Seeded from the clock so repeated suites on one Redis
+/// miss too.
+fn unique_counter() -> Arc<AtomicU64> {
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    Arc::new(AtomicU64::new(seed))
 }
 
 /// Which server a scenario drives.
@@ -198,10 +215,11 @@ pub fn all(stack: &BenchStack, write_percent: u64) -> Vec<Scenario> {
     let misses = {
         let headers = bearer(&admin);
         let ids = stack.user_ids.clone();
-        let salt = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let next = unique_counter();
         Arc::new(move |i: u64| {
+            let n = next.fetch_add(1, Ordering::Relaxed);
             get(
-                format!("/users/{}?n={salt}-{i}", ids[(i as usize) % ids.len()]),
+                format!("/users/{}?n={n}", ids[(i as usize) % ids.len()]),
                 headers.clone(),
             )
         }) as Plan
@@ -210,12 +228,13 @@ pub fn all(stack: &BenchStack, write_percent: u64) -> Vec<Scenario> {
     let mixed = {
         let headers = bearer(&admin);
         let ids = stack.user_ids.clone();
+        let next = unique_counter();
         Arc::new(move |i: u64| {
             if i % 100 < write_percent {
                 let id = &ids[1 + (i as usize) % (ids.len() - 1)];
                 let mut h = headers.clone();
                 h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                let body = Bytes::from(format!(r#"{{"username":"w{i}"}}"#));
+                let body = Bytes::from(format!(r#"{{"username":"w{}"}}"#, next.fetch_add(1, Ordering::Relaxed)));
                 Planned {
                     method: Method::PUT,
                     path: format!("/users/{id}"),
@@ -228,8 +247,13 @@ pub fn all(stack: &BenchStack, write_percent: u64) -> Vec<Scenario> {
         }) as Plan
     };
     let static_miss = {
-        let salt = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Arc::new(move |i: u64| get(format!("/static?n={salt}-{i}"), HeaderMap::new())) as Plan
+        let next = unique_counter();
+        Arc::new(move |_i: u64| {
+            get(
+                format!("/static?n={}", next.fetch_add(1, Ordering::Relaxed)),
+                HeaderMap::new(),
+            )
+        }) as Plan
     };
     vec![
         Scenario {

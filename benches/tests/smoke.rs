@@ -1,0 +1,51 @@
+//! Smoke test of the load generator and scenarios: statuses and upstream
+//! counts only. No figure from a benchmark is ever asserted here.
+
+use std::time::Duration;
+
+use benches::load::{self, LoadSpec};
+use benches::scenarios::{self, BenchStack, Target};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_cleanly_and_hits_stay_off_the_upstream() {
+    let stack = BenchStack::start(20).await.unwrap();
+    for scenario in scenarios::all(&stack, 10) {
+        for rate in [None, Some(200)] {
+            let spec = LoadSpec {
+                addr: stack.addr(scenario.target),
+                connections: 2,
+                warmup: Duration::ZERO,
+                duration: Duration::from_millis(300),
+                rate,
+            };
+            // Warm the cache in a run of its own, so the count below covers
+            // only the measured run.
+            load::run(&spec, scenario.plan.clone()).await.unwrap();
+            let before = stack.upstream_requests(scenario.target).await;
+            let result = load::run(&spec, scenario.plan.clone()).await.unwrap();
+            let after = stack.upstream_requests(scenario.target).await;
+            let label = format!("{} on {} (rate {rate:?})", scenario.name, scenario.target.name());
+            assert!(result.requests > 0, "{label}: no requests completed");
+            assert_eq!(result.errors, 0, "{label}: transport errors");
+            assert_eq!(
+                result.status_classes[1..].iter().sum::<u64>(),
+                0,
+                "{label}: non-2xx answers {:?}",
+                result.status_classes
+            );
+            if scenario.name.starts_with("hit-") {
+                // Warm-up filled the cache: the measured hits never reach the upstream.
+                let reached = after.unwrap() - before.unwrap();
+                assert_eq!(reached, 0, "{label}: {reached} hits reached the upstream");
+            }
+            if scenario.name == "miss-unique"
+                || (scenario.name == "static-miss" && scenario.target == Target::ProxyStatic)
+            {
+                assert!(
+                    after.unwrap() - before.unwrap() >= result.requests,
+                    "{label}: misses must reach the upstream"
+                );
+            }
+        }
+    }
+}
