@@ -117,6 +117,9 @@ pub async fn seed_users(uri: &str, database: &str, n: usize) -> anyhow::Result<V
     for chunk in docs.chunks(500) {
         users.insert_many(chunk.to_vec()).await?;
     }
+    // Closed explicitly: a client dropped while its runtime shuts down
+    // panics inside the driver.
+    client.shutdown().await;
     Ok(ids)
 }
 

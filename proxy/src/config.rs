@@ -768,6 +768,7 @@ fn rules(p: &mut Problems, raw: Vec<RawRoute>, cache: &CacheSettings, default_fo
         tag_list(p, &at("invalidates"), &invalidates);
         if let Some(pattern) = pattern {
             rules.push(Rule {
+                label: Box::leak(name.clone().into_boxed_str()),
                 name,
                 pattern,
                 methods,

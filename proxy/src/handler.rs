@@ -80,7 +80,7 @@ impl Proxy {
             }
         };
         stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
-        let rule = ctx.rule.map_or(NO_RULE, |r| r.name.as_str());
+        let rule = ctx.rule.map_or(NO_RULE, |r| r.label);
         self.metrics
             .request(rule, response.status().as_u16(), ctx.cache_status.outcome());
         tracing::debug!(%method, rule, status = response.status().as_u16(), cache = ctx.cache_status.outcome(), micros = started.elapsed().as_micros() as u64, "request");
@@ -108,7 +108,7 @@ impl Proxy {
             (Some(verifier), false) => auth::authenticate(&parts.headers, verifier)?,
             _ => None,
         };
-        rbac::authorize(&rule.access, claims.as_ref())?;
+        rbac::authorize(&rule.access, claims.as_deref())?;
 
         let declared_length = content_length(&parts.headers);
         if declared_length.is_some_and(|len| len > self.config.server.max_request_body_bytes) {
@@ -118,12 +118,12 @@ impl Proxy {
         let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
         match &rule.cache {
             Some(policy) if is_read => {
-                self.cached_read(&parts, &target, rule, policy, claims.as_ref(), peer, ctx)
+                self.cached_read(&parts, &target, rule, policy, claims.as_deref(), peer, ctx)
                     .await
             }
             _ => {
                 ctx.cache_status = CacheStatus::Bypass(if is_read { Bypass::Uncacheable } else { Bypass::Method });
-                self.pass_through(parts, body, &target, rule, claims.as_ref(), peer)
+                self.pass_through(parts, body, &target, rule, claims.as_deref(), peer)
                     .await
             }
         }
@@ -307,7 +307,7 @@ impl Proxy {
     async fn forward(&self, outbound: Outbound, rule: &Rule) -> Result<Response<Incoming>, UpstreamError> {
         let started = Instant::now();
         let result = self.upstream.send(outbound).await;
-        self.metrics.upstream_latency(&rule.name, started.elapsed());
+        self.metrics.upstream_latency(rule.label, started.elapsed());
         result
     }
 
@@ -364,12 +364,16 @@ fn cache_key(
     })
 }
 
-fn response_from_entry(entry: Entry, now: u64, is_head: bool) -> Response<ProxyBody> {
+fn response_from_entry(entry: Arc<Entry>, now: u64, is_head: bool) -> Response<ProxyBody> {
     let age = entry.age_secs(now);
-    let body = if is_head { body::empty() } else { body::full(entry.body) };
+    let body = if is_head {
+        body::empty()
+    } else {
+        body::full(entry.body.clone())
+    };
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers;
+    *response.headers_mut() = entry.headers.clone();
     response.headers_mut().insert(AGE, HeaderValue::from(age));
     response
 }

@@ -233,6 +233,9 @@ impl Pattern {
 pub struct Rule {
     /// Labels metrics and is part of every cache key of this rule.
     pub name: String,
+    /// `name`, leaked once per loaded config so metrics can label by it
+    /// without allocating on every request.
+    pub label: &'static str,
     pub pattern: Pattern,
     pub methods: Vec<Method>,
     pub access: Access,
@@ -360,6 +363,7 @@ mod tests {
     fn rule(name: &str, pattern: &str, methods: &[Method]) -> Rule {
         Rule {
             name: name.into(),
+            label: "test",
             pattern: Pattern::parse(pattern).unwrap(),
             methods: methods.to_vec(),
             access: Access::Public,

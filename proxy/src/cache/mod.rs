@@ -231,8 +231,9 @@ impl CacheStatus {
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
-    /// A fresh entry whose every tag generation is current.
-    Hit(Entry),
+    /// A fresh entry whose every tag generation is current. Shared, so the
+    /// memory store hands out its own copy without cloning headers.
+    Hit(std::sync::Arc<Entry>),
     /// Nothing servable. Carries the current generations of the rule's
     /// tags (created when missing), to be recorded in the entry stored for
     /// this miss.
@@ -281,12 +282,6 @@ pub trait CacheStore: Send + Sync + 'static {
 /// A new random generation token: 128 bits, hex.
 pub fn new_generation() -> String {
     hex::encode(rand::random::<[u8; 16]>())
-}
-
-/// True when `entry` was recorded under exactly the current `generations`
-/// of the rule's tags.
-pub fn generations_match(entry: &Entry, current: &Generations) -> bool {
-    entry.generations == *current
 }
 
 #[cfg(test)]

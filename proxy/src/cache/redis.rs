@@ -249,7 +249,9 @@ impl CacheStore for RedisStore {
             return Ok(Lookup::Miss(generations));
         };
         match Entry::decode(raw) {
-            Ok(entry) if entry.is_fresh(now_ms()) && entry.generations == generations => Ok(Lookup::Hit(entry)),
+            Ok(entry) if entry.is_fresh(now_ms()) && entry.generations == generations => {
+                Ok(Lookup::Hit(Arc::new(entry)))
+            }
             Ok(_) => Ok(Lookup::Miss(generations)),
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring undecodable cache entry");
