@@ -1,9 +1,13 @@
 //! The load engine: keep-alive HTTP/1.1 connections driven closed-loop (as
 //! fast as each connection can go) or open-loop (a fixed request rate).
 //!
-//! Open-loop latency is measured from when each request was *scheduled*,
-//! not when it was sent, so a stalled server shows up as latency instead of
-//! silently lowering the send rate (coordinated omission).
+//! Open-loop latency is measured from when each request was *scheduled*
+//! whenever the server made it late — its connection was still busy with
+//! the previous answer at the due time — so a stalled server shows up as
+//! latency instead of silently lowering the send rate (coordinated
+//! omission). When the connection was idle, the request is timed from when
+//! it was actually sent: Tokio's millisecond timer may wake the generator
+//! up to 1 ms late, and that lateness is the generator's, not the server's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,6 +57,10 @@ pub struct LoadResult {
     pub p999_us: f64,
     pub max_us: f64,
 }
+
+/// A request unanswered for this long counts as an error, so one stalled
+/// response cannot hang a run.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Shared {
     next: AtomicU64,
@@ -139,14 +147,18 @@ async fn connection(
         classes: [0; 4],
     };
     let mut sender = connect(spec.addr).await?;
+    let mut previous_done = start;
     while !shared.stop.load(Ordering::Relaxed) {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
-        // Open loop: request i is due at start + i/rate; latency counts from then.
         let scheduled = match spec.rate {
             Some(rate) => {
                 let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate.max(1));
-                wait_until(due).await;
-                due
+                tokio::time::sleep_until(due.into()).await;
+                if previous_done > due {
+                    due
+                } else {
+                    Instant::now()
+                }
             }
             None => Instant::now(),
         };
@@ -161,14 +173,18 @@ async fn connection(
         request
             .headers_mut()
             .insert(http::header::HOST, http::HeaderValue::from_static("bench"));
-        let outcome = async {
+        let exchange = async {
             sender.ready().await?;
             let response = sender.send_request(request).await?;
             let status = response.status().as_u16();
             response.into_body().collect().await?;
             anyhow::Ok(status)
-        }
-        .await;
+        };
+        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}")),
+        };
+        previous_done = Instant::now();
         let measuring = shared.measuring.load(Ordering::Relaxed);
         match outcome {
             Ok(status) => {
@@ -188,19 +204,4 @@ async fn connection(
         }
     }
     Ok(stats)
-}
-
-/// Waits until `due` precisely. Tokio's timer has millisecond granularity,
-/// which would add up to 1 ms of the generator's own lateness to every
-/// open-loop latency; so sleep to within a millisecond, then yield until due.
-async fn wait_until(due: Instant) {
-    const TIMER_SLACK: Duration = Duration::from_millis(1);
-    if let Some(early) = due.checked_sub(TIMER_SLACK) {
-        if early > Instant::now() {
-            tokio::time::sleep_until(early.into()).await;
-        }
-    }
-    while Instant::now() < due {
-        tokio::task::yield_now().await;
-    }
 }

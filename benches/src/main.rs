@@ -166,6 +166,7 @@ async fn suite(
         let latency_spec = LoadSpec {
             connections: latency_connections,
             rate: Some(rate),
+            warmup: args.warmup,
             ..spec
         };
         let latency = load::run(&latency_spec, scenario.plan.clone()).await?;

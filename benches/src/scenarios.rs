@@ -135,7 +135,7 @@ pub fn mint_token_with(sub: &str, role: &str, secret: &str) -> String {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs();
-    let claims = serde_json::json!({"sub": sub, "role": role, "iat": now, "exp": now + 3600, "jti": format!("bench-{sub}"), "iss": "origin", "aud": "api"});
+    let claims = serde_json::json!({"sub": sub, "role": role, "iat": now, "exp": now + 86_400, "jti": format!("bench-{sub}"), "iss": "origin", "aud": "api"});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,

@@ -60,9 +60,10 @@ enum Keys {
     ByKid(HashMap<String, DecodingKey>),
 }
 
-/// Tokens remembered after a full verification. Bounded so a flood of
-/// distinct tokens costs memory only up to this; each weighs ~0.5 KiB.
-const VERIFIED_CACHE_ENTRIES: u64 = 16_384;
+/// Bytes of tokens remembered after a full verification (each weighed by
+/// its length plus its claims), so a flood of distinct or huge tokens costs
+/// at most this much memory.
+const VERIFIED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Longest a remembered token skips signature checks, whatever its `exp`.
 const VERIFIED_CACHE_TTL: Duration = Duration::from_secs(300);
 
@@ -143,7 +144,11 @@ impl JwtVerifier {
         }
         validation.set_required_spec_claims(&required);
         let verified = moka::sync::Cache::builder()
-            .max_capacity(VERIFIED_CACHE_ENTRIES)
+            .max_capacity(VERIFIED_CACHE_BYTES)
+            .weigher(|token: &Arc<str>, v: &Arc<Verified>| {
+                let claims = v.claims.subject.len() + v.claims.roles.iter().map(String::len).sum::<usize>();
+                u32::try_from(token.len() + claims + 128).unwrap_or(u32::MAX)
+            })
             .time_to_live(VERIFIED_CACHE_TTL)
             .build();
         Ok(JwtVerifier {
@@ -205,8 +210,9 @@ impl JwtVerifier {
             _ => Vec::new(),
         };
         // `exp` is required and was validated as a number; `nbf` is optional.
-        // Either may be a float (RFC 7519 NumericDate); whole seconds suffice.
-        let seconds = |name: &str| claims.get(name).and_then(Value::as_f64).map(|f| f as u64);
+        // Either may be a float (RFC 7519 NumericDate); rounded as
+        // jsonwebtoken rounds them, so cached and full checks agree.
+        let seconds = |name: &str| claims.get(name).and_then(Value::as_f64).map(|f| f.round() as u64);
         let exp = seconds("exp").unwrap_or(0);
         let nbf = seconds("nbf");
         Ok(Verified {
