@@ -56,6 +56,12 @@ pub struct LoadResult {
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// The open-loop rate asked for; `None` in closed loop.
+    pub offered_rate: Option<u64>,
+    /// Open loop only: fewer than 95 % of the offered requests completed,
+    /// so the target (or the generator) could not keep up and the latency
+    /// figures understate the backlog left unsent at the end.
+    pub fell_behind: bool,
 }
 
 /// A request unanswered for this long counts as an error, so one stalled
@@ -111,6 +117,10 @@ pub async fn run(spec: &LoadSpec, plan: Plan) -> anyhow::Result<LoadResult> {
         p99_us: q(0.99),
         p999_us: q(0.999),
         max_us: histogram.max() as f64 / 1000.0,
+        offered_rate: spec.rate,
+        fell_behind: spec
+            .rate
+            .is_some_and(|rate| (requests as f64 / seconds) < 0.95 * rate as f64),
     })
 }
 

@@ -170,6 +170,12 @@ async fn suite(
             ..spec
         };
         let latency = load::run(&latency_spec, scenario.plan.clone()).await?;
+        if latency.fell_behind {
+            eprintln!(
+                "warning: {} could not keep up with {rate} requests/s; its latency understates the backlog",
+                scenario.name
+            );
+        }
         rows.push(Row {
             scenario: scenario.name.to_owned(),
             target: scenario.target.name().to_owned(),

@@ -27,6 +27,7 @@ async fn every_scenario_runs_cleanly_and_hits_stay_off_the_upstream() {
             let label = format!("{} on {} (rate {rate:?})", scenario.name, scenario.target.name());
             assert!(result.requests > 0, "{label}: no requests completed");
             assert_eq!(result.errors, 0, "{label}: transport errors");
+            assert_eq!(result.offered_rate, rate, "{label}");
             assert_eq!(
                 result.status_classes[1..].iter().sum::<u64>(),
                 0,
