@@ -17,15 +17,20 @@ phase() {
 }
 
 # Fails within seconds, naming each missing tool and how to get it.
+# NEED_GO=0 / NEED_REDIS=0 skip the checks for FerretDB's and Redis's
+# install paths when existing servers are used instead.
 check_prerequisites() {
   local missing=()
   command -v cargo >/dev/null || missing+=("cargo (Rust): install rustup from your distribution or rustup.rs, then 'rustup default stable'")
-  command -v go >/dev/null || missing+=("go (needed to build FerretDB 1.24.2): 'apt-get install -y golang' or the Go toolchain")
-  if ! command -v redis-server >/dev/null && ! command -v apt-get >/dev/null; then
-    missing+=("redis-server, and no apt-get to install it: install Redis with your package manager")
+  if [ "${NEED_GO:-1}" = 1 ]; then
+    command -v go >/dev/null || missing+=("go (needed to build FerretDB 1.24.2): 'apt-get install -y golang' or the Go toolchain")
   fi
-  if ! command -v redis-server >/dev/null && [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
-    missing+=("redis-server, and neither root nor sudo to install it: run 'apt-get install -y redis-server' as root")
+  if [ "${NEED_REDIS:-1}" = 1 ] && ! command -v redis-server >/dev/null; then
+    if ! command -v apt-get >/dev/null; then
+      missing+=("redis-server, and no apt-get to install it: install Redis with your package manager")
+    elif [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+      missing+=("redis-server, and neither root nor sudo to install it: run 'apt-get install -y redis-server' as root")
+    fi
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     printf 'missing prerequisites:\n' >&2
