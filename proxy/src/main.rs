@@ -35,6 +35,12 @@ struct Cli {
     redis_url: Option<String>,
 }
 
+/// mimalloc: the hit path allocates small, short-lived buffers on two
+/// threads at once, where glibc malloc's arena locking and consolidation
+/// showed up at ~9 % of the proxy's CPU under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for an invalid configuration, distinct from runtime failure.
 const EXIT_CONFIG: u8 = 2;
 
