@@ -17,7 +17,7 @@ use crate::upstream::ProxyBody;
 /// Answers one admin request.
 pub async fn handle<B>(proxy: Arc<Proxy>, request: Request<B>) -> Response<ProxyBody> {
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
+        (&Method::GET, "/healthz") => body::json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readiness(&proxy).await,
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(body::full(Bytes::from(proxy.metrics.encode())));
@@ -28,9 +28,9 @@ pub async fn handle<B>(proxy: Arc<Proxy>, request: Request<B>) -> Response<Proxy
             response
         }
         (_, "/healthz" | "/readyz" | "/metrics") => {
-            json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"}))
+            body::json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"}))
         }
-        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+        _ => body::json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }
 
@@ -54,17 +54,8 @@ async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    json_response(
+    body::json_response(
         status,
-        json!({"upstream": word(upstream_ok), "cache": word(store_ok), "cache_store": proxy.store.kind()}),
+        &json!({"upstream": word(upstream_ok), "cache": word(store_ok), "cache_store": proxy.store.kind()}),
     )
-}
-
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
-    let mut response = Response::new(body::full(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }

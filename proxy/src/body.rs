@@ -1,5 +1,6 @@
-//! Body helpers: buffering a response up to a limit for storage without
-//! losing what was read when it turns out larger.
+//! Body helpers: small synthetic bodies and JSON answers, buffering a
+//! response up to a limit for storage without losing what was read when it
+//! turns out larger, and an idle limit on streamed bodies.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -19,6 +20,17 @@ pub fn empty() -> ProxyBody {
 
 pub fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|e| match e {}).boxed()
+}
+
+/// A JSON answer the proxy makes itself (its errors, the admin endpoints).
+pub fn json_response(status: http::StatusCode, value: &serde_json::Value) -> http::Response<ProxyBody> {
+    let mut response = http::Response::new(full(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// What [`buffer_up_to`] found.

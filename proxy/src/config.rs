@@ -227,7 +227,6 @@ pub struct Overrides {
     /// `.env` keeps issuer and verifier in agreement.
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
-    pub admin_token: Option<String>,
 }
 
 impl Overrides {
@@ -254,7 +253,6 @@ impl Overrides {
             jwt_secret: env.get("JWT_SECRET_KEY"),
             jwt_issuer: env.get("JWT_ISSUER"),
             jwt_audience: env.get("JWT_AUDIENCE"),
-            admin_token: env.get("PROXY_ADMIN_TOKEN"),
         }
     }
 
@@ -269,7 +267,6 @@ impl Overrides {
             jwt_secret: higher.jwt_secret.or(self.jwt_secret),
             jwt_issuer: higher.jwt_issuer.or(self.jwt_issuer),
             jwt_audience: higher.jwt_audience.or(self.jwt_audience),
-            admin_token: higher.admin_token.or(self.admin_token),
         }
     }
 }
@@ -334,8 +331,6 @@ pub struct Config {
     pub jwt: Option<Arc<JwtVerifier>>,
     pub identity: IdentitySettings,
     pub routes: RuleSet,
-    /// Bearer credential for the admin listener's write endpoints.
-    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -481,7 +476,6 @@ impl Config {
             jwt,
             identity,
             routes: RuleSet::new(rules),
-            admin_token: overrides.admin_token.map(Secret),
         })
     }
 }
@@ -768,8 +762,7 @@ fn rules(p: &mut Problems, raw: Vec<RawRoute>, cache: &CacheSettings, default_fo
         tag_list(p, &at("invalidates"), &invalidates);
         if let Some(pattern) = pattern {
             rules.push(Rule {
-                label: Box::leak(name.clone().into_boxed_str()),
-                name,
+                name: Box::leak(name.into_boxed_str()),
                 pattern,
                 methods,
                 access,

@@ -6,12 +6,11 @@
 //! internal detail. This module does not log: the handler logs each error
 //! once, with context.
 
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::WWW_AUTHENTICATE;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
 use crate::auth::AuthError;
+use crate::body;
 use crate::rbac::AuthzError;
 use crate::route::RouteError;
 use crate::upstream::{ProxyBody, UpstreamError};
@@ -68,11 +67,8 @@ impl ProxyError {
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
-        let body = serde_json::json!({ "error": self.client_message() }).to_string();
-        let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
-        *response.status_mut() = self.status();
+        let mut response = body::json_response(self.status(), &serde_json::json!({ "error": self.client_message() }));
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match &self {
             ProxyError::Route(RouteError::MethodNotAllowed(allow)) => {
                 headers.insert(http::header::ALLOW, allow.clone());
@@ -96,6 +92,8 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::CONTENT_TYPE;
+    use http_body_util::BodyExt;
 
     #[test]
     fn blame_decides_the_status() {

@@ -43,6 +43,15 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
 }
 
+/// A request that passed steps 1–3: where it goes and who sent it.
+struct Admitted<'a> {
+    parts: Parts,
+    target: Target,
+    rule: &'a Rule,
+    claims: Option<Arc<Claims>>,
+    peer: SocketAddr,
+}
+
 /// What later steps and the outer handler need to know about a request.
 struct RequestCtx<'a> {
     rule: Option<&'a Rule>,
@@ -67,7 +76,7 @@ impl Proxy {
             Ok(response) => response,
             Err(err) => {
                 let status = err.status();
-                let rule = ctx.rule.map(|r| r.name.as_str());
+                let rule = ctx.rule.map(|r| r.name);
                 if status.is_server_error() {
                     tracing::warn!(%method, rule, %status, error = %err, "request failed");
                 } else {
@@ -80,7 +89,7 @@ impl Proxy {
             }
         };
         stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
-        let rule = ctx.rule.map_or(NO_RULE, |r| r.label);
+        let rule = ctx.rule.map_or(NO_RULE, |r| r.name);
         self.metrics
             .request(rule, response.status().as_u16(), ctx.cache_status.outcome());
         tracing::debug!(%method, rule, status = response.status().as_u16(), cache = ctx.cache_status.outcome(), micros = started.elapsed().as_micros() as u64, "request");
@@ -116,33 +125,31 @@ impl Proxy {
         }
 
         let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+        let admitted = Admitted {
+            parts,
+            target,
+            rule,
+            claims,
+            peer,
+        };
         match &rule.cache {
-            Some(policy) if is_read => {
-                self.cached_read(&parts, &target, rule, policy, claims.as_deref(), peer, ctx)
-                    .await
-            }
+            Some(policy) if is_read => self.cached_read(&admitted, policy, ctx).await,
             _ => {
                 ctx.cache_status = CacheStatus::Bypass(if is_read { Bypass::Uncacheable } else { Bypass::Method });
-                self.pass_through(parts, body, &target, rule, claims.as_deref(), peer)
-                    .await
+                self.pass_through(admitted, body).await
             }
         }
     }
 
     /// GET/HEAD on a cacheable rule: lookup, else forward, store, answer.
-    #[allow(clippy::too_many_arguments)]
     async fn cached_read(
         &self,
-        parts: &Parts,
-        target: &Target,
-        rule: &Rule,
+        req: &Admitted<'_>,
         policy: &CachePolicy,
-        claims: Option<&Claims>,
-        peer: SocketAddr,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let is_head = parts.method == Method::HEAD;
-        let key = cache_key(rule, policy, target, &parts.headers, claims);
+        let (rule, is_head) = (req.rule, req.parts.method == Method::HEAD);
+        let key = cache_key(rule, policy, &req.target, &req.parts.headers, req.claims.as_deref());
 
         let generations = match self.store.lookup(&key, &policy.tags).await {
             Ok(Lookup::Hit(entry)) => {
@@ -160,23 +167,18 @@ impl Proxy {
             }
         };
 
-        let headers = upstream::upstream_headers(
-            &parts.headers,
+        let headers = self.upstream_headers(
+            req,
             HeaderPolicy::Only {
                 names: &rule.forward_headers,
                 vary: &policy.vary,
                 authorization: !rule.access.is_public(),
             },
-            claims,
-            &self.config.identity,
-            peer.ip(),
-            self.upstream.host(),
-        )
-        .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()))?;
+        )?;
         // HEAD is fetched as GET so its answer can fill the entry GET uses.
         let outbound = Outbound {
             method: Method::GET,
-            path_and_query: target.path_and_query(),
+            path_and_query: req.target.path_and_query(),
             headers,
             body: body::empty(),
             replayable: true,
@@ -243,33 +245,18 @@ impl Proxy {
 
     /// Uncacheable rules and writes: stream both ways; writes invalidate
     /// their tags before the response is released.
-    async fn pass_through<B>(
-        &self,
-        parts: Parts,
-        body: B,
-        target: &Target,
-        rule: &Rule,
-        claims: Option<&Claims>,
-        peer: SocketAddr,
-    ) -> Result<Response<ProxyBody>, ProxyError>
+    async fn pass_through<B>(&self, req: Admitted<'_>, body: B) -> Result<Response<ProxyBody>, ProxyError>
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let headers = upstream::upstream_headers(
-            &parts.headers,
-            HeaderPolicy::All,
-            claims,
-            &self.config.identity,
-            peer.ip(),
-            self.upstream.host(),
-        )
-        .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()))?;
-        let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+        let rule = req.rule;
+        let headers = self.upstream_headers(&req, HeaderPolicy::All)?;
+        let replayable = is_idempotent(&req.parts.method) && body.is_end_stream();
         let limited = Limited::new(body, self.config.server.max_request_body_bytes as usize);
         let outbound = Outbound {
-            method: parts.method,
-            path_and_query: target.path_and_query(),
+            method: req.parts.method,
+            path_and_query: req.target.path_and_query(),
             headers,
             body: limited.boxed(),
             replayable,
@@ -283,6 +270,19 @@ impl Proxy {
         let (mut head, upstream_body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut head.headers);
         Ok(self.streamed(head, upstream_body, false))
+    }
+
+    /// Step 4: the headers sent upstream for an admitted request.
+    fn upstream_headers(&self, req: &Admitted<'_>, policy: HeaderPolicy<'_>) -> Result<HeaderMap, ProxyError> {
+        upstream::upstream_headers(
+            &req.parts.headers,
+            policy,
+            req.claims.as_deref(),
+            &self.config.identity,
+            req.peer.ip(),
+            self.upstream.host(),
+        )
+        .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()).into())
     }
 
     /// Streams an upstream body to the client, failing it (the client sees
@@ -307,7 +307,7 @@ impl Proxy {
     async fn forward(&self, outbound: Outbound, rule: &Rule) -> Result<Response<Incoming>, UpstreamError> {
         let started = Instant::now();
         let result = self.upstream.send(outbound).await;
-        self.metrics.upstream_latency(rule.label, started.elapsed());
+        self.metrics.upstream_latency(rule.name, started.elapsed());
         result
     }
 
@@ -356,7 +356,7 @@ fn cache_key(
         _ => ScopeKey::Shared,
     };
     CacheKey::build(&KeyParts {
-        rule: &rule.name,
+        rule: rule.name,
         path: &target.path,
         query: target.query.as_deref(),
         vary: &vary,

@@ -4,7 +4,7 @@
 //! Uses `prometheus-client`, the Prometheus project's own Rust client: a
 //! typed registry and the text exposition format without a global.
 //!
-//! Rule labels are `&'static str` (see [`crate::route::Rule::label`]) so
+//! Rule labels are `&'static str` (see [`crate::route::Rule::name`]) so
 //! recording a request allocates nothing.
 
 use std::time::Duration;

@@ -231,11 +231,10 @@ impl Pattern {
 /// One `[[routes]]` entry, validated.
 #[derive(Debug)]
 pub struct Rule {
-    /// Labels metrics and is part of every cache key of this rule.
-    pub name: String,
-    /// `name`, leaked once per loaded config so metrics can label by it
-    /// without allocating on every request.
-    pub label: &'static str,
+    /// Labels metrics and is part of every cache key of this rule. Leaked
+    /// once per loaded config, so metrics label by it without allocating
+    /// on every request.
+    pub name: &'static str,
     pub pattern: Pattern,
     pub methods: Vec<Method>,
     pub access: Access,
@@ -362,8 +361,7 @@ mod tests {
 
     fn rule(name: &str, pattern: &str, methods: &[Method]) -> Rule {
         Rule {
-            name: name.into(),
-            label: "test",
+            name: Box::leak(name.to_owned().into_boxed_str()),
             pattern: Pattern::parse(pattern).unwrap(),
             methods: methods.to_vec(),
             access: Access::Public,

@@ -163,9 +163,6 @@ impl CacheControl {
 
 // === Cache status reporting ===
 
-/// The name this cache reports in `Cache-Status` (RFC 9211).
-pub const CACHE_NAME: &str = "proxy";
-
 /// Why a request did not use the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bypass {
@@ -199,10 +196,12 @@ impl CacheStatus {
         })
     }
 
+    /// This cache's member of `Cache-Status` (RFC 9211); it names itself
+    /// `proxy`.
     pub fn cache_status(&self) -> HeaderValue {
         match self {
             CacheStatus::Hit { ttl_left } => {
-                HeaderValue::from_str(&format!("{CACHE_NAME}; hit; ttl={}", ttl_left.as_secs())).expect("ascii")
+                HeaderValue::from_str(&format!("proxy; hit; ttl={}", ttl_left.as_secs())).expect("ascii")
             }
             CacheStatus::Miss { stored: true } => HeaderValue::from_static("proxy; fwd=miss; stored"),
             CacheStatus::Miss { stored: false } => HeaderValue::from_static("proxy; fwd=miss"),
