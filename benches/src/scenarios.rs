@@ -123,25 +123,15 @@ pub async fn seed_users(uri: &str, database: &str, n: usize) -> anyhow::Result<V
     Ok(ids)
 }
 
-/// An HS256 token the proxy and origin accept, signed with the harness
-/// secret: bench users need no bcrypt login.
+/// A token the bench proxies and origin accept, valid for a day (longer
+/// than any run): bench users need no bcrypt login.
 pub fn mint_token(sub: &str, role: &str) -> String {
     mint_token_with(sub, role, TEST_JWT_SECRET)
 }
 
-/// As [`mint_token`], with a given secret.
+/// As [`mint_token`], signed with `secret`.
 pub fn mint_token_with(sub: &str, role: &str, secret: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let claims = serde_json::json!({"sub": sub, "role": role, "iat": now, "exp": now + 86_400, "jti": format!("bench-{sub}"), "iss": "origin", "aud": "api"});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("signing with an HMAC key cannot fail")
+    e2e::token::sign(&e2e::token::claims(sub, role, 86_400), secret.as_bytes())
 }
 
 fn bearer(token: &str) -> HeaderMap {

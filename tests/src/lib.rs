@@ -11,6 +11,8 @@
 //! - [`proxy`]: [`spawn_proxy`], the real proxy in-process, and its config.
 //! - [`upstream`]: [`ScriptedUpstream`], an origin that misbehaves on purpose.
 //! - [`stack`]: [`Stack`], all of the above wired together.
+//! - [`task`]: [`task::ServerTask`], what both in-process server handles share.
+//! - [`token`]: HS256 tokens signed like the origin's, for tests and benches.
 //! - [`client`]: a small JSON client for the origin's API.
 
 pub mod client;
@@ -19,6 +21,8 @@ pub mod process;
 pub mod proxy;
 pub mod servers;
 pub mod stack;
+pub mod task;
+pub mod token;
 pub mod upstream;
 
 pub use crate::client::{raw_http, ApiClient, RawResponse};

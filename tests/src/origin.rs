@@ -4,10 +4,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
 use crate::servers::MongoServer;
+use crate::task::ServerTask;
 
 /// HS256 secret shared by the harness origin and proxy.
 pub const TEST_JWT_SECRET: &str = "e2e-test-secret-that-is-at-least-32-bytes";
@@ -18,8 +16,7 @@ pub const ADMIN_PASSWORD: &str = "admin-password";
 pub struct OriginHandle {
     pub addr: SocketAddr,
     pub database: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    task: ServerTask,
 }
 
 impl OriginHandle {
@@ -29,22 +26,7 @@ impl OriginHandle {
 
     /// Stops the origin and waits for it, re-raising a panic from its task.
     pub async fn join(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match self.task.take().expect("joined once").await {
-            Ok(result) => result,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(err) => Err(err.into()),
-        }
-    }
-}
-
-impl Drop for OriginHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.task.join().await
     }
 }
 
@@ -77,16 +59,8 @@ pub async fn spawn_origin_with(env: HashMap<String, String>) -> OriginHandle {
     let database = config.mongo_database.clone().unwrap_or_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
     let addr = listener.local_addr().expect("origin addr");
-    let (shutdown, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(origin::run(listener, Arc::new(config), async move {
-        let _ = rx.await;
-    }));
-    let mut handle = OriginHandle {
-        addr,
-        database,
-        shutdown: Some(shutdown),
-        task: Some(task),
-    };
+    let task = ServerTask::spawn(|shutdown| origin::run(listener, Arc::new(config), shutdown));
+    let mut handle = OriginHandle { addr, database, task };
     wait_for_health(&mut handle).await;
     handle
 }
@@ -102,8 +76,8 @@ async fn wait_for_health(handle: &mut OriginHandle) {
                 return;
             }
         }
-        if handle.task.as_ref().is_some_and(|t| t.is_finished()) {
-            let result = handle.task.take().expect("task present").await;
+        if handle.task.is_finished() {
+            let result = handle.task.join().await;
             panic!("origin exited during start-up: {result:?}");
         }
         assert!(

@@ -5,10 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proxy::config::{Config, Overrides};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::origin::TEST_JWT_SECRET;
+use crate::task::ServerTask;
 
 /// The `config.toml` the project ships; tests run the proxy with it.
 pub const SHIPPED_CONFIG: &str = include_str!("../../config.toml");
@@ -39,8 +38,7 @@ pub fn proxy_config(
 pub struct ProxyHandle {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    task: ServerTask,
 }
 
 impl ProxyHandle {
@@ -54,22 +52,7 @@ impl ProxyHandle {
 
     /// Stops the proxy, waits for it to drain, re-raises a panic from it.
     pub async fn join(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match self.task.take().expect("joined once").await {
-            Ok(result) => result,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(err) => Err(err.into()),
-        }
-    }
-}
-
-impl Drop for ProxyHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.task.join().await
     }
 }
 
@@ -82,14 +65,6 @@ pub async fn spawn_proxy(config: Config) -> ProxyHandle {
         .await
         .expect("bind proxy admin");
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
-    let (shutdown, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(proxy::run(listener, admin, Arc::new(config), async move {
-        let _ = rx.await;
-    }));
-    ProxyHandle {
-        addr,
-        admin_addr,
-        shutdown: Some(shutdown),
-        task: Some(task),
-    }
+    let task = ServerTask::spawn(|shutdown| proxy::run(listener, admin, Arc::new(config), shutdown));
+    ProxyHandle { addr, admin_addr, task }
 }

@@ -3,6 +3,7 @@
 
 use base64::Engine;
 use e2e::origin::{ADMIN_EMAIL, ADMIN_PASSWORD, TEST_JWT_SECRET};
+use e2e::token::{now, sign};
 use e2e::{spawn_origin, spawn_origin_with, ApiClient, MongoServer, OriginHandle};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -223,30 +224,14 @@ async fn wrong_password_and_unknown_user_get_the_same_401() {
 
 // === tokens ===
 
-fn forge(claims: Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 #[tokio::test]
 async fn protected_routes_reject_missing_expired_and_tampered_tokens() {
     let s = stack().await;
     let (id, token) = s.api.register_and_login("frank").await;
     let claims = |exp: u64| json!({"sub": id, "role": "user", "iat": now() - 7200, "exp": exp, "jti": "j", "iss": "origin", "aud": "api"});
 
-    let expired = forge(claims(now() - 3600), TEST_JWT_SECRET);
-    let wrong_secret = forge(claims(now() + 600), "some-other-secret-of-sufficient-length!");
+    let expired = sign(&claims(now() - 3600), TEST_JWT_SECRET.as_bytes());
+    let wrong_secret = sign(&claims(now() + 600), b"some-other-secret-of-sufficient-length!");
     // Same header and signature, payload rewritten to claim admin.
     let parts: Vec<&str> = token.split('.').collect();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -3,29 +3,14 @@
 
 use base64::Engine;
 use e2e::origin::TEST_JWT_SECRET;
+use e2e::token::{self, now, sign};
 use e2e::{json_reply, proxy_config, spawn_proxy, ScriptedUpstream, Stack};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn claims(sub: &str) -> Value {
-    json!({"sub": sub, "role": "user", "iat": now(), "exp": now() + 600, "jti": "j", "iss": "origin", "aud": "api"})
-}
-
-fn sign(claims: &Value, secret: &[u8]) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap()
+    token::claims(sub, "user", 600)
 }
 
 fn b64(bytes: &[u8]) -> String {

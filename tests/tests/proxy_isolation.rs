@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use e2e::origin::TEST_JWT_SECRET;
+use e2e::token::mint as token;
 use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, ScriptedUpstream};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -54,20 +53,6 @@ methods = ["GET"]
 access = "roles"
 roles = ["admin"]
 "#;
-
-fn token(sub: &str, role: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({"sub": sub, "role": role, "iat": now, "exp": now + 600, "iss": "origin", "aud": "api"});
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
 
 /// An upstream that echoes the request headers it received and a request
 /// counter, and adds response headers chosen by path.
