@@ -192,6 +192,17 @@ impl RedisStore {
     }
 }
 
+/// Whether `recorded` holds exactly `current`, the generations just read
+/// for `tags` (in order). A missing current generation never matches.
+fn recorded_under(recorded: &Generations, tags: &[String], current: &[Option<Bytes>]) -> bool {
+    recorded.len() == tags.len()
+        && recorded
+            .iter()
+            .zip(tags)
+            .zip(current)
+            .all(|(((tag, generation), wanted), now)| tag == wanted && now.as_deref() == Some(generation.as_bytes()))
+}
+
 /// Retries pending invalidations in the background, ignoring the breaker,
 /// so they reach Redis (and other instances) soon after it recovers even if
 /// no request comes.
@@ -235,6 +246,17 @@ impl CacheStore for RedisStore {
                 Ok((None, filled))
             })
             .await?;
+        if let Some(raw) = raw_entry {
+            match Entry::decode(raw) {
+                // Compared in place: the owned generation list is only built
+                // for a miss, which needs it to record in the new entry.
+                Ok(entry) if entry.is_fresh(now_ms()) && recorded_under(&entry.generations, tags, &current) => {
+                    return Ok(Lookup::Hit(Arc::new(entry)));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "ignoring undecodable cache entry"),
+            }
+        }
         let generations: Generations = tags
             .iter()
             .zip(current)
@@ -245,19 +267,7 @@ impl CacheStore for RedisStore {
                 )
             })
             .collect();
-        let Some(raw) = raw_entry else {
-            return Ok(Lookup::Miss(generations));
-        };
-        match Entry::decode(raw) {
-            Ok(entry) if entry.is_fresh(now_ms()) && entry.generations == generations => {
-                Ok(Lookup::Hit(Arc::new(entry)))
-            }
-            Ok(_) => Ok(Lookup::Miss(generations)),
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring undecodable cache entry");
-                Ok(Lookup::Miss(generations))
-            }
-        }
+        Ok(Lookup::Miss(generations))
     }
 
     async fn store(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError> {
