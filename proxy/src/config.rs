@@ -52,6 +52,7 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 /// Bound of the in-process store when no Redis is configured.
 pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_L1_MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// A cache operation slower than this is abandoned and the request served
 /// from upstream: Redis on loopback answers in well under a millisecond.
 pub const DEFAULT_CACHE_OPERATION_TIMEOUT: Duration = Duration::from_millis(50);
@@ -125,6 +126,7 @@ pub struct RawCache {
     pub default_ttl: Option<Duration>,
     pub max_entry_bytes: Option<u64>,
     pub memory_max_bytes: Option<u64>,
+    pub l1_max_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub operation_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -369,11 +371,12 @@ pub struct CacheSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSettings {
     /// Bounded in-process store; the default without Redis.
-    Memory {
-        max_bytes: u64,
-    },
+    Memory { max_bytes: u64 },
     Redis {
         url: Secret,
+        /// Bound of the in-process copies kept in front of Redis; 0 turns
+        /// that tier off.
+        l1_max_bytes: u64,
     },
 }
 
@@ -587,7 +590,10 @@ fn cache_settings(
             if let Err(e) = redis::Client::open(url.as_str()) {
                 p.add("cache.redis_url", format!("not a usable Redis URL: {e}"));
             }
-            StoreSettings::Redis { url: Secret(url) }
+            StoreSettings::Redis {
+                url: Secret(url),
+                l1_max_bytes: raw.l1_max_bytes.unwrap_or(DEFAULT_L1_MAX_BYTES),
+            }
         }
         None => StoreSettings::Memory {
             max_bytes: raw.memory_max_bytes.unwrap_or(DEFAULT_MEMORY_MAX_BYTES),
@@ -1014,6 +1020,26 @@ mod tests {
         let both = Overrides::from_env(&env(&[("REDIS_HOST", "10.0.0.1"), ("REDIS_URL", "redis://x:1/0")]));
         assert_eq!(both.redis_url.as_deref(), Some("redis://x:1/0"));
         assert_eq!(Overrides::from_env(&env(&[])).redis_url, None);
+    }
+
+    #[test]
+    fn redis_gets_an_l1_unless_its_bound_is_zero() {
+        let with_redis = |extra: &str| {
+            let text = format!("{MINIMAL}\n[cache]\nredis_url = \"redis://127.0.0.1:6379/0\"\n{extra}");
+            load(&text).unwrap().cache.store
+        };
+        let url = Secret("redis://127.0.0.1:6379/0".into());
+        assert_eq!(
+            with_redis(""),
+            StoreSettings::Redis {
+                url: url.clone(),
+                l1_max_bytes: DEFAULT_L1_MAX_BYTES
+            }
+        );
+        assert_eq!(
+            with_redis("l1_max_bytes = 0"),
+            StoreSettings::Redis { url, l1_max_bytes: 0 }
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ use crate::upstream::Upstream;
 pub fn build_store(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn CacheStore>> {
     Ok(match &config.cache.store {
         StoreSettings::Memory { max_bytes } => Arc::new(MemoryStore::new(*max_bytes)),
-        StoreSettings::Redis { url } => RedisStore::new(&url.0, &config.cache, metrics)?,
+        StoreSettings::Redis { url, l1_max_bytes } => RedisStore::new(&url.0, *l1_max_bytes, &config.cache, metrics)?,
     })
 }
 

@@ -37,6 +37,16 @@ pub struct OperationLabels {
     pub operation: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: &'static str,
+}
+
 /// Label for requests that matched no rule.
 pub const NO_RULE: &str = "none";
 
@@ -48,6 +58,8 @@ pub struct Metrics {
     store_errors: Family<OperationLabels, Counter>,
     invalidations: Family<OperationLabels, Counter>,
     redis_errors: Family<OperationLabels, Counter>,
+    l1_lookups: Family<OutcomeLabels, Counter>,
+    l1_evictions: Family<CauseLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -86,6 +98,18 @@ impl Metrics {
             "Failed Redis attempts (retries included), by kind (timeout, error)",
             redis_errors.clone(),
         );
+        let l1_lookups = Family::default();
+        registry.register(
+            "l1_lookups",
+            "Lookups that found an L1 copy, by outcome (hit: served after Redis confirmed it; outdated: Redis holds another entry or newer generations)",
+            l1_lookups.clone(),
+        );
+        let l1_evictions = Family::default();
+        registry.register(
+            "l1_evictions",
+            "L1 copies dropped, by cause (size, expired, outdated)",
+            l1_evictions.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -94,6 +118,8 @@ impl Metrics {
             store_errors,
             invalidations,
             redis_errors,
+            l1_lookups,
+            l1_evictions,
         }
     }
 
@@ -127,6 +153,14 @@ impl Metrics {
         self.redis_errors
             .get_or_create(&OperationLabels { operation: kind })
             .inc();
+    }
+
+    pub fn l1_lookup(&self, outcome: &'static str) {
+        self.l1_lookups.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn l1_eviction(&self, cause: &'static str) {
+        self.l1_evictions.get_or_create(&CauseLabels { cause }).inc();
     }
 
     /// The Prometheus text exposition.

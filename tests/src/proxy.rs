@@ -50,6 +50,20 @@ impl ProxyHandle {
         format!("http://{}{}", self.admin_addr, path)
     }
 
+    /// The value of one series on the admin `/metrics` page, e.g.
+    /// `proxy_l1_lookups_total{outcome="hit"}`; 0 while it does not exist.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let page = reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics reachable")
+            .text()
+            .await
+            .expect("metrics readable");
+        page.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0, |value| value.trim().parse().expect("a counter value"))
+    }
+
     /// Stops the proxy, waits for it to drain, re-raises a panic from it.
     pub async fn join(mut self) -> anyhow::Result<()> {
         self.task.join().await

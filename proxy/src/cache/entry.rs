@@ -69,6 +69,12 @@ impl Entry {
 
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    /// Appends the encoding to `out`, after whatever a store put there.
+    pub fn encode_into(&self, out: &mut BytesMut) {
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
         out.put_u16(self.status.as_u16());
@@ -76,18 +82,17 @@ impl Entry {
         out.put_u64(self.expires_at_ms);
         out.put_u16(self.generations.len() as u16);
         for (tag, generation) in &self.generations {
-            put_str16(&mut out, tag.as_bytes());
-            put_str16(&mut out, generation.as_bytes());
+            put_str16(out, tag.as_bytes());
+            put_str16(out, generation.as_bytes());
         }
         out.put_u16(self.headers.len() as u16);
         for (name, value) in &self.headers {
-            put_str16(&mut out, name.as_str().as_bytes());
+            put_str16(out, name.as_str().as_bytes());
             out.put_u32(value.len() as u32);
             out.put_slice(value.as_bytes());
         }
         out.put_u32(self.body.len() as u32);
         out.put_slice(&self.body);
-        out.freeze()
     }
 
     pub fn decode(mut buf: Bytes) -> Result<Entry, DecodeError> {

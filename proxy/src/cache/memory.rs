@@ -9,33 +9,41 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use moka::sync::{Cache, CacheBuilder};
 
 use super::entry::now_ms;
 use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lookup, StoreError};
 
 pub struct MemoryStore {
-    entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    entries: Cache<CacheKey, Arc<Entry>>,
     generations: RwLock<HashMap<String, String>>,
 }
 
-/// Expires each entry at its own `expires_at_ms`.
+/// Expires each value at its entry's own `expires_at_ms`.
 struct EntryExpiry;
 
-impl moka::Expiry<CacheKey, Arc<Entry>> for EntryExpiry {
-    fn expire_after_create(&self, _key: &CacheKey, entry: &Arc<Entry>, _now: Instant) -> Option<Duration> {
-        Some(entry.ttl_left(now_ms()))
+impl<V: AsRef<Entry>> moka::Expiry<CacheKey, V> for EntryExpiry {
+    fn expire_after_create(&self, _key: &CacheKey, value: &V, _now: Instant) -> Option<Duration> {
+        Some(value.as_ref().ttl_left(now_ms()))
     }
+}
+
+/// A concurrent map of entries bounded by their encoded size, each expiring
+/// with its entry; the memory store and the Redis store's L1 both use it.
+pub(super) fn bounded_entries<V>(max_bytes: u64) -> CacheBuilder<CacheKey, V, Cache<CacheKey, V>>
+where
+    V: AsRef<Entry> + Clone + Send + Sync + 'static,
+{
+    Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|_key, value: &V| u32::try_from(value.as_ref().encoded_len()).unwrap_or(u32::MAX))
+        .expire_after(EntryExpiry)
 }
 
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> MemoryStore {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_key, entry: &Arc<Entry>| u32::try_from(entry.encoded_len()).unwrap_or(u32::MAX))
-            .expire_after(EntryExpiry)
-            .build();
         MemoryStore {
-            entries,
+            entries: bounded_entries(max_bytes).build(),
             generations: RwLock::new(HashMap::new()),
         }
     }

@@ -17,7 +17,17 @@
 //!
 //! Keys: entries at `<prefix>e:<sha256 hex>`, tag generations at
 //! `<prefix>g:<tag>` (no TTL: a lost generation would read as a miss, but
-//! letting them expire would only cause needless misses).
+//! letting them expire would only cause needless misses). An entry's value
+//! is a random 8-byte stamp followed by the encoded [`Entry`]: the stamp
+//! names this one write of the entry.
+//!
+//! L1: decoded copies of entries this instance read or wrote, kept in
+//! process memory. A copy is served only if, in the same single round trip
+//! a plain hit takes, Redis still holds the value with the copy's stamp and
+//! the copy's recorded generations are current: what an L1 hit serves is
+//! exactly what a Redis hit would have. It saves moving and decoding the
+//! body; it never saves the round trip, so it cannot outlive a write made
+//! through another instance, and it is skipped whenever Redis is.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,12 +36,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 
 use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
+use super::memory::bounded_entries;
 use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lookup, StoreError};
 use crate::config::CacheSettings;
 use crate::metrics::Metrics;
@@ -42,9 +55,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often remembered invalidations are retried, and how often a write's
 /// invalidation is retried within `invalidation_wait`.
 pub const PENDING_RETRY: Duration = Duration::from_millis(100);
+/// Bytes of the stamp in front of every stored entry.
+const STAMP_LEN: usize = 8;
+
+/// An entry as this instance last read or wrote it in Redis.
+#[derive(Clone)]
+struct LocalCopy {
+    stamp: [u8; STAMP_LEN],
+    entry: Arc<Entry>,
+}
+
+impl AsRef<Entry> for LocalCopy {
+    fn as_ref(&self) -> &Entry {
+        &self.entry
+    }
+}
 
 pub struct RedisStore {
     conn: ConnectionManager,
+    l1: Option<Cache<CacheKey, LocalCopy>>,
     prefix: String,
     operation_timeout: Duration,
     invalidation_wait: Duration,
@@ -63,6 +92,7 @@ impl RedisStore {
     /// retries pending invalidations while nothing else would.
     pub fn new(
         url: &str,
+        l1_max_bytes: u64,
         settings: &CacheSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisStore>, redis::RedisError> {
@@ -72,8 +102,20 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let l1 = (l1_max_bytes > 0).then(|| {
+            let metrics = metrics.clone();
+            bounded_entries(l1_max_bytes)
+                .eviction_listener(move |_key, _copy, cause| match cause {
+                    RemovalCause::Size => metrics.l1_eviction("size"),
+                    RemovalCause::Expired => metrics.l1_eviction("expired"),
+                    RemovalCause::Explicit => metrics.l1_eviction("outdated"),
+                    RemovalCause::Replaced => {}
+                })
+                .build()
+        });
         let store = Arc::new(RedisStore {
             conn,
+            l1,
             prefix: settings.key_prefix.clone(),
             operation_timeout: settings.operation_timeout,
             invalidation_wait: settings.invalidation_wait,
@@ -182,6 +224,43 @@ impl RedisStore {
         pipe.query_async::<()>(&mut conn).await
     }
 
+    /// Checks an L1 copy against Redis in one round trip: the stamp of the
+    /// stored value (its first bytes, not the body) and the generations of
+    /// `tags`. Returns the answer if that settles it, `None` if Redis holds
+    /// another value (or none) and the entry must be read.
+    async fn confirm_copy(
+        &self,
+        l1: &Cache<CacheKey, LocalCopy>,
+        key: &CacheKey,
+        copy: LocalCopy,
+        entry_key: &str,
+        generation_keys: &[String],
+        tags: &[String],
+    ) -> Result<Option<Lookup>, StoreError> {
+        let mut current: Vec<Option<Bytes>> = self
+            .guarded(|mut conn| async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("GETRANGE").arg(entry_key).arg(0).arg(STAMP_LEN - 1);
+                for k in generation_keys {
+                    pipe.cmd("GET").arg(k);
+                }
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        let stored_stamp = current.remove(0);
+        let same_value = stored_stamp.as_deref() == Some(&copy.stamp[..]);
+        if same_value && copy.entry.is_fresh(now_ms()) && recorded_under(&copy.entry.generations, tags, &current) {
+            self.metrics.l1_lookup("hit");
+            return Ok(Some(Lookup::Hit(copy.entry)));
+        }
+        self.metrics.l1_lookup("outdated");
+        l1.invalidate(key);
+        // Redis holds this very entry and it is no longer current: reading
+        // it would tell nothing more. Missing generations are left to the
+        // full read, which creates them.
+        Ok((same_value && current.iter().all(Option::is_some)).then(|| miss(tags, current)))
+    }
+
     fn remember_pending(&self, tags: &[String]) {
         let seq = self.pending_seq.fetch_add(1, Ordering::AcqRel);
         let mut pending = self.pending.lock().expect("pending lock");
@@ -203,6 +282,40 @@ fn recorded_under(recorded: &Generations, tags: &[String], current: &[Option<Byt
             .all(|(((tag, generation), wanted), now)| tag == wanted && now.as_deref() == Some(generation.as_bytes()))
 }
 
+/// A miss under `current`, the generations just read for `tags`.
+fn miss(tags: &[String], current: Vec<Option<Bytes>>) -> Lookup {
+    let generations: Generations = tags
+        .iter()
+        .zip(current)
+        .map(|(tag, g)| {
+            (
+                tag.clone(),
+                String::from_utf8_lossy(g.as_deref().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    Lookup::Miss(generations)
+}
+
+/// Splits a stored value into its stamp and entry; `None` (a miss) for a
+/// value this version cannot read.
+fn decode_stamped(raw: Bytes) -> Option<LocalCopy> {
+    let Some(stamp) = raw.get(..STAMP_LEN).and_then(|s| s.try_into().ok()) else {
+        tracing::warn!("ignoring a cache entry too short to hold its stamp");
+        return None;
+    };
+    match Entry::decode(raw.slice(STAMP_LEN..)) {
+        Ok(entry) => Some(LocalCopy {
+            stamp,
+            entry: Arc::new(entry),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring undecodable cache entry");
+            None
+        }
+    }
+}
+
 /// Retries pending invalidations in the background, ignoring the breaker,
 /// so they reach Redis (and other instances) soon after it recovers even if
 /// no request comes.
@@ -222,6 +335,14 @@ impl CacheStore for RedisStore {
     async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError> {
         let entry_key = self.entry_key(key);
         let generation_keys: Vec<String> = tags.iter().map(|t| self.generation_key(t)).collect();
+        if let Some((l1, copy)) = self.l1.as_ref().and_then(|l1| Some((l1, l1.get(key)?))) {
+            if let Some(found) = self
+                .confirm_copy(l1, key, copy, &entry_key, &generation_keys, tags)
+                .await?
+            {
+                return Ok(found);
+            }
+        }
         let (raw_entry, current) = self
             .guarded(|mut conn| async move {
                 // One round trip: the entry and its tags' generations.
@@ -246,28 +367,18 @@ impl CacheStore for RedisStore {
                 Ok((None, filled))
             })
             .await?;
-        if let Some(raw) = raw_entry {
-            match Entry::decode(raw) {
-                // Compared in place: the owned generation list is only built
-                // for a miss, which needs it to record in the new entry.
-                Ok(entry) if entry.is_fresh(now_ms()) && recorded_under(&entry.generations, tags, &current) => {
-                    return Ok(Lookup::Hit(Arc::new(entry)));
+        if let Some(copy) = raw_entry.and_then(decode_stamped) {
+            // Compared in place: the owned generation list is only built
+            // for a miss, which needs it to record in the new entry.
+            if copy.entry.is_fresh(now_ms()) && recorded_under(&copy.entry.generations, tags, &current) {
+                let entry = copy.entry.clone();
+                if let Some(l1) = &self.l1 {
+                    l1.insert(*key, copy);
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "ignoring undecodable cache entry"),
+                return Ok(Lookup::Hit(entry));
             }
         }
-        let generations: Generations = tags
-            .iter()
-            .zip(current)
-            .map(|(tag, g)| {
-                (
-                    tag.clone(),
-                    String::from_utf8_lossy(g.as_deref().unwrap_or_default()).into_owned(),
-                )
-            })
-            .collect();
-        Ok(Lookup::Miss(generations))
+        Ok(miss(tags, current))
     }
 
     async fn store(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError> {
@@ -275,7 +386,11 @@ impl CacheStore for RedisStore {
         if ttl_ms == 0 {
             return Ok(());
         }
-        let (entry_key, value) = (self.entry_key(key), entry.encode());
+        let stamp: [u8; STAMP_LEN] = rand::random();
+        let mut value = BytesMut::with_capacity(STAMP_LEN + entry.encoded_len());
+        value.put_slice(&stamp);
+        entry.encode_into(&mut value);
+        let entry_key = self.entry_key(key);
         self.guarded(|mut conn| async move {
             redis::cmd("SET")
                 .arg(entry_key)
@@ -285,7 +400,12 @@ impl CacheStore for RedisStore {
                 .query_async::<()>(&mut conn)
                 .await
         })
-        .await
+        .await?;
+        if let Some(l1) = &self.l1 {
+            let entry = Arc::new(entry.clone());
+            l1.insert(*key, LocalCopy { stamp, entry });
+        }
+        Ok(())
     }
 
     async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError> {

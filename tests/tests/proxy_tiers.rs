@@ -1,0 +1,154 @@
+//! The two-tier cache: in-process L1 copies in front of Redis, shared by
+//! several instances. An L1 copy is served only when Redis confirms, in the
+//! hit's round trip, that it still holds that very entry under current
+//! generations.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use e2e::{json_reply, proxy_config, spawn_proxy, ApiClient, ProxyHandle, RedisServer, ScriptedUpstream, Stack};
+use http::Method;
+use serde_json::json;
+
+const L1_HITS: &str = r#"proxy_l1_lookups_total{outcome="hit"}"#;
+
+/// A second proxy on the stack's Redis and origin: instance B.
+async fn second_instance(stack: &Stack) -> (ProxyHandle, ApiClient) {
+    let config = proxy_config(e2e::SHIPPED_CONFIG, stack.origin.addr, Some(stack.redis.url()), None);
+    let proxy = spawn_proxy(config).await;
+    let api = ApiClient::new(proxy.base_url());
+    (proxy, api)
+}
+
+/// The version a test wrote into the user's name, `rw-<version>`.
+fn version_of(body: &serde_json::Value) -> u64 {
+    body["username"]
+        .as_str()
+        .and_then(|name| name.strip_prefix("rw-"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {body}"))
+}
+
+/// Renames the user to `rw-<version>` through `api`.
+async fn write_version(api: &ApiClient, path: &str, token: &str, version: u64) {
+    let name = format!("rw-{version}");
+    let put = api
+        .send(Method::PUT, path, Some(token), Some(json!({ "username": name })))
+        .await;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+}
+
+#[tokio::test]
+async fn a_write_through_one_instance_is_read_through_another_with_l1_on() {
+    let a = Stack::start().await;
+    let (b_proxy, b) = second_instance(&a).await;
+    let (id, token) = a.api.register_and_login("rw-0").await;
+    let path = format!("/users/{id}");
+
+    for version in 1..=1000u64 {
+        write_version(&a.api, &path, &token, version).await;
+        // Read twice: the first read fills Redis and B's L1, the second is
+        // served from B's L1, so the next write has a copy to outdate.
+        for _ in 0..2 {
+            let read = b.get(&path, Some(&token)).await;
+            assert_eq!(read.status, 200);
+            assert_eq!(version_of(&read.body), version, "B served a pre-write answer");
+        }
+    }
+    assert!(b_proxy.metric(L1_HITS).await >= 1000, "B's L1 was not in play");
+}
+
+#[tokio::test]
+async fn four_readers_on_one_instance_never_see_a_write_made_through_another_undone() {
+    let a = Stack::start().await;
+    let (b_proxy, b) = second_instance(&a).await;
+    let (id, token) = a.api.register_and_login("rw-0").await;
+    let path = format!("/users/{id}");
+    // The latest version whose write has been answered: a read sent after
+    // that must see it or a later one.
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (b, path, token) = (b.clone(), path.clone(), token.clone());
+            let (acknowledged, done) = (acknowledged.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while done.load(Ordering::SeqCst) == 0 {
+                    let floor = acknowledged.load(Ordering::SeqCst);
+                    let read = b.get(&path, Some(&token)).await;
+                    assert_eq!(read.status, 200);
+                    let seen = version_of(&read.body);
+                    assert!(
+                        seen >= floor,
+                        "read sent after version {floor} was acknowledged saw {seen}"
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+
+    for version in 1..=1000u64 {
+        write_version(&a.api, &path, &token, version).await;
+        acknowledged.store(version, Ordering::SeqCst);
+    }
+    done.store(1, Ordering::SeqCst);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.expect("a reader failed");
+    }
+    assert!(reads >= 1000, "readers barely ran: {reads} reads");
+    assert!(b_proxy.metric(L1_HITS).await > 0, "B's L1 was not in play");
+}
+
+const ITEMS: &str = r#"
+[[routes]]
+name = "items"
+path = "/items"
+methods = ["GET"]
+access = "public"
+cache = { tags = ["items"] }
+"#;
+
+#[tokio::test]
+async fn an_l1_copy_is_not_served_once_redis_no_longer_holds_its_entry() {
+    let version = Arc::new(AtomicU64::new(0));
+    let current = version.clone();
+    let upstream = ScriptedUpstream::start(move |_| {
+        let v = current.load(Ordering::SeqCst);
+        async move { json_reply(200, &json!({ "version": v }).to_string(), &[]) }
+    })
+    .await;
+    let redis = RedisServer::start();
+    let proxy = spawn_proxy(proxy_config(ITEMS, upstream.addr, Some(redis.url()), None)).await;
+    let api = ApiClient::new(proxy.base_url());
+    let read = || async {
+        let r = api.get("/items", None).await;
+        (
+            r.header("x-cache").unwrap_or_default().to_owned(),
+            r.body["version"].as_u64(),
+        )
+    };
+    assert_eq!(read().await, ("MISS".into(), Some(0)));
+    assert_eq!(read().await, ("HIT".into(), Some(0)));
+    assert_eq!(proxy.metric(L1_HITS).await, 1);
+
+    // Redis loses the entry (eviction, a purge) while the generations stay:
+    // only the stamp tells the L1 copy is no longer what Redis holds.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("cgw:e:*").query_async(&mut conn).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+    version.store(1, Ordering::SeqCst);
+
+    assert_eq!(read().await, ("MISS".into(), Some(1)));
+    assert_eq!(read().await, ("HIT".into(), Some(1)));
+    assert_eq!(upstream.hits(), 2);
+}
