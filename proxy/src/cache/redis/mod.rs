@@ -21,6 +21,10 @@
 //! is a random 8-byte stamp followed by the encoded [`Entry`]: the stamp
 //! names this one write of the entry.
 //!
+//! Lookups do not talk to Redis one by one: their reads are coalesced into
+//! one pipeline per round trip (see [`batch`]), which is what keeps a hit
+//! cheap under load.
+//!
 //! L1: decoded copies of entries this instance read or wrote, kept in
 //! process memory. A copy is served only if, in the same single round trip
 //! a plain hit takes, Redis still holds the value with the copy's stamp and
@@ -31,6 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -42,6 +47,9 @@ use moka::sync::Cache;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 
+mod batch;
+
+use self::batch::{Part, Read, ReadBatcher, ReadResult};
 use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
 use super::memory::bounded_entries;
@@ -73,6 +81,8 @@ impl AsRef<Entry> for LocalCopy {
 
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// Lookups' reads, coalesced into one pipeline per round trip.
+    reads: ReadBatcher,
     l1: Option<Cache<CacheKey, LocalCopy>>,
     prefix: String,
     operation_timeout: Duration,
@@ -113,8 +123,9 @@ impl RedisStore {
                 })
                 .build()
         });
-        let store = Arc::new(RedisStore {
+        let store = Arc::new_cyclic(|store: &Weak<RedisStore>| RedisStore {
             conn,
+            reads: ReadBatcher::start(pipeline_runner(store.clone())),
             l1,
             prefix: settings.key_prefix.clone(),
             operation_timeout: settings.operation_timeout,
@@ -224,41 +235,66 @@ impl RedisStore {
         pipe.query_async::<()>(&mut conn).await
     }
 
-    /// Checks an L1 copy against Redis in one round trip: the stamp of the
-    /// stored value (its first bytes, not the body) and the generations of
-    /// `tags`. Returns the answer if that settles it, `None` if Redis holds
-    /// another value (or none) and the entry must be read.
-    async fn confirm_copy(
+    /// Reads `part` of the entry under `key` and the generations of `tags`,
+    /// in the next batch.
+    async fn read(
+        &self,
+        part: Part,
+        key: &CacheKey,
+        tags: &[String],
+    ) -> Result<(Option<Bytes>, Vec<Option<Bytes>>), StoreError> {
+        if !self.breaker.allows() {
+            return Err(StoreError::Unavailable);
+        }
+        let read = Read {
+            entry_key: self.entry_key(key),
+            part,
+            generation_keys: tags.iter().map(|t| self.generation_key(t)).collect(),
+        };
+        let mut values = self.reads.read(read).await?;
+        let entry = values.remove(0);
+        Ok((entry, values))
+    }
+
+    /// Creates the generations of `tags` that do not exist yet (first use,
+    /// or lost with Redis's data) and reads back whichever token won.
+    async fn create_generations(&self, tags: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let keys: Vec<String> = tags.iter().map(|t| self.generation_key(t)).collect();
+        self.guarded(|mut conn| async move {
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("SET").arg(k).arg(new_generation()).arg("NX").ignore();
+                pipe.cmd("GET").arg(k);
+            }
+            pipe.query_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// Decides on an L1 copy from the stamp Redis holds for its key and the
+    /// current generations of `tags`. Returns the answer if that settles
+    /// it, `None` if Redis holds another value (or none) and the entry must
+    /// be read.
+    fn check_copy(
         &self,
         l1: &Cache<CacheKey, LocalCopy>,
         key: &CacheKey,
         copy: LocalCopy,
-        entry_key: &str,
-        generation_keys: &[String],
+        stored_stamp: Option<Bytes>,
+        current: Vec<Option<Bytes>>,
         tags: &[String],
-    ) -> Result<Option<Lookup>, StoreError> {
-        let mut current: Vec<Option<Bytes>> = self
-            .guarded(|mut conn| async move {
-                let mut pipe = redis::pipe();
-                pipe.cmd("GETRANGE").arg(entry_key).arg(0).arg(STAMP_LEN - 1);
-                for k in generation_keys {
-                    pipe.cmd("GET").arg(k);
-                }
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
-        let stored_stamp = current.remove(0);
+    ) -> Option<Lookup> {
         let same_value = stored_stamp.as_deref() == Some(&copy.stamp[..]);
         if same_value && copy.entry.is_fresh(now_ms()) && recorded_under(&copy.entry.generations, tags, &current) {
             self.metrics.l1_lookup("hit");
-            return Ok(Some(Lookup::Hit(copy.entry)));
+            return Some(Lookup::Hit(copy.entry));
         }
         self.metrics.l1_lookup("outdated");
         l1.invalidate(key);
         // Redis holds this very entry and it is no longer current: reading
         // it would tell nothing more. Missing generations are left to the
         // full read, which creates them.
-        Ok((same_value && current.iter().all(Option::is_some)).then(|| miss(tags, current)))
+        (same_value && current.iter().all(Option::is_some)).then(|| miss(tags, current))
     }
 
     fn remember_pending(&self, tags: &[String]) {
@@ -280,6 +316,21 @@ fn recorded_under(recorded: &Generations, tags: &[String], current: &[Option<Byt
             .zip(tags)
             .zip(current)
             .all(|(((tag, generation), wanted), now)| tag == wanted && now.as_deref() == Some(generation.as_bytes()))
+}
+
+/// Sends a batch's pipeline behind the breaker, within the time budget.
+fn pipeline_runner(
+    store: Weak<RedisStore>,
+) -> impl Fn(redis::Pipeline) -> Pin<Box<dyn Future<Output = ReadResult> + Send>> {
+    move |pipeline| {
+        let store = store.clone();
+        Box::pin(async move {
+            let store = store.upgrade().ok_or(StoreError::Unavailable)?;
+            store
+                .guarded(|mut conn| async move { pipeline.query_async(&mut conn).await })
+                .await
+        })
+    }
 }
 
 /// A miss under `current`, the generations just read for `tags`.
@@ -333,40 +384,18 @@ async fn retry_pending(store: Weak<RedisStore>) {
 #[async_trait]
 impl CacheStore for RedisStore {
     async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError> {
-        let entry_key = self.entry_key(key);
-        let generation_keys: Vec<String> = tags.iter().map(|t| self.generation_key(t)).collect();
         if let Some((l1, copy)) = self.l1.as_ref().and_then(|l1| Some((l1, l1.get(key)?))) {
-            if let Some(found) = self
-                .confirm_copy(l1, key, copy, &entry_key, &generation_keys, tags)
-                .await?
-            {
+            let (stamp, current) = self.read(Part::Stamp, key, tags).await?;
+            if let Some(found) = self.check_copy(l1, key, copy, stamp, current, tags) {
                 return Ok(found);
             }
         }
-        let (raw_entry, current) = self
-            .guarded(|mut conn| async move {
-                // One round trip: the entry and its tags' generations.
-                let mut mget = redis::cmd("MGET");
-                mget.arg(&entry_key).arg(&generation_keys);
-                let mut values: Vec<Option<Bytes>> = mget.query_async(&mut conn).await?;
-                let raw_entry = values.remove(0);
-                if values.iter().all(Option::is_some) {
-                    return Ok((raw_entry, values));
-                }
-                // Missing generations (first use, or lost): create them if
-                // still absent and read back whichever token won.
-                let mut pipe = redis::pipe();
-                for (k, v) in generation_keys.iter().zip(&values) {
-                    if v.is_none() {
-                        pipe.cmd("SET").arg(k).arg(new_generation()).arg("NX").ignore();
-                    }
-                    pipe.cmd("GET").arg(k);
-                }
-                let filled: Vec<Option<Bytes>> = pipe.query_async(&mut conn).await?;
-                // A missing generation is a miss, whatever the entry says.
-                Ok((None, filled))
-            })
-            .await?;
+        // One round trip: the entry and its tags' generations.
+        let (raw_entry, current) = self.read(Part::Value, key, tags).await?;
+        if current.iter().any(Option::is_none) {
+            // A missing generation is a miss, whatever the entry says.
+            return Ok(miss(tags, self.create_generations(tags).await?));
+        }
         if let Some(copy) = raw_entry.and_then(decode_stamped) {
             // Compared in place: the owned generation list is only built
             // for a miss, which needs it to record in the new entry.
