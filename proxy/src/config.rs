@@ -65,6 +65,9 @@ pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
 /// How long the breaker stays open before one probe is let through.
 pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(1);
 pub const DEFAULT_KEY_PREFIX: &str = "cgw:";
+/// How long one instance may fetch a missing entry while the others sharing
+/// its Redis wait for it instead of fetching too.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// Tolerated clock skew between token issuer and proxy.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_ROLE_CLAIM: &str = "role";
@@ -135,6 +138,8 @@ pub struct RawCache {
     #[serde(default, with = "humantime_serde")]
     pub breaker_open_for: Option<Duration>,
     pub key_prefix: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
     pub forward_headers: Option<Vec<String>>,
 }
 
@@ -366,6 +371,7 @@ pub struct CacheSettings {
     pub breaker_failures: u32,
     pub breaker_open_for: Duration,
     pub key_prefix: String,
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -636,6 +642,7 @@ fn cache_settings(
             DEFAULT_BREAKER_OPEN_FOR,
         ),
         key_prefix: raw.key_prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
+        lease_ttl: positive(p, "cache.lease_ttl", raw.lease_ttl, DEFAULT_LEASE_TTL),
     }
 }
 

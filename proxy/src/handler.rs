@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, AGE, CONTENT_LENGTH};
@@ -22,8 +22,10 @@ use crate::auth::{self, Claims};
 use crate::body::{self, Buffered};
 use crate::cache::entry::now_ms;
 use crate::cache::{
-    storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, KeyParts, Lookup, Scope, ScopeKey,
+    storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, Generations, KeyParts, Lease, Lookup,
+    Scope, ScopeKey,
 };
+use crate::coalesce::{Flights, Outcome, Role};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::invalidate::should_invalidate;
@@ -34,11 +36,14 @@ use crate::upstream::{self, BoxError, HeaderPolicy, Outbound, ProxyBody, Upstrea
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// How often an instance waiting on another's lease checks for the entry.
+const LEASE_POLL: Duration = Duration::from_millis(10);
 
 /// Everything a request needs, built once at start-up and shared.
 pub struct Proxy {
     pub config: Arc<Config>,
     pub store: Arc<dyn CacheStore>,
+    pub flights: Arc<Flights>,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
 }
@@ -141,7 +146,8 @@ impl Proxy {
         }
     }
 
-    /// GET/HEAD on a cacheable rule: lookup, else forward, store, answer.
+    /// GET/HEAD on a cacheable rule: lookup, else forward (once per key
+    /// for concurrent misses), store, answer.
     async fn cached_read(
         &self,
         req: &Admitted<'_>,
@@ -152,13 +158,7 @@ impl Proxy {
         let key = cache_key(rule, policy, &req.target, &req.parts.headers, req.claims.as_deref());
 
         let generations = match self.store.lookup(&key, &policy.tags).await {
-            Ok(Lookup::Hit(entry)) => {
-                let now = now_ms();
-                ctx.cache_status = CacheStatus::Hit {
-                    ttl_left: entry.ttl_left(now),
-                };
-                return Ok(response_from_entry(entry, now, is_head));
-            }
+            Ok(Lookup::Hit(entry)) => return Ok(serve_hit(entry, is_head, ctx)),
             Ok(Lookup::Miss(generations)) => Some(generations),
             Err(err) => {
                 self.metrics.store_error("lookup");
@@ -166,7 +166,80 @@ impl Proxy {
                 None
             }
         };
+        // Misses coalesce only when the store answered: the generations it
+        // read are what proves a leader's entry may be served to a waiter.
+        let (mut leader, mut lease) = (None, None);
+        if let Some(generations) = &generations {
+            match self.flights.join(key) {
+                Role::Waiter(waiter) => {
+                    self.metrics.coalesced("joined");
+                    if let Some(entry) = waiter.entry(generations, self.config.upstream.response_timeout).await {
+                        self.metrics.coalesced("shared");
+                        return Ok(serve_hit(entry, is_head, ctx));
+                    }
+                }
+                Role::Leader(this) => {
+                    match self.store.lease(&key, self.config.cache.lease_ttl).await {
+                        Ok(Lease::Granted(token)) => {
+                            lease = token.map(|token| LeaseGuard::new(&self.store, key, token))
+                        }
+                        Ok(Lease::HeldElsewhere) => {
+                            if let Some(entry) = self.entry_from_elsewhere(&key, &policy.tags).await {
+                                this.finish(Outcome::Entry(entry.clone()));
+                                return Ok(serve_hit(entry, is_head, ctx));
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                    leader = Some(this);
+                }
+            }
+        }
 
+        let (response, stored) = self.fetch_and_store(req, policy, &key, generations, ctx).await?;
+        if let Some(leader) = leader {
+            leader.finish(stored.map_or(Outcome::Uncacheable, Outcome::Entry));
+        }
+        drop(lease);
+        Ok(response)
+    }
+
+    /// Another instance holds the lease on `key`: waits for the entry it
+    /// is fetching, until the lease is given back or expires (at most
+    /// `cache.lease_ttl`). `None`: fetch it yourself.
+    async fn entry_from_elsewhere(&self, key: &CacheKey, tags: &[String]) -> Option<Arc<Entry>> {
+        self.metrics.lease("held_elsewhere");
+        let give_up_at = Instant::now() + self.config.cache.lease_ttl;
+        while Instant::now() < give_up_at {
+            tokio::time::sleep(LEASE_POLL).await;
+            let still_leased = matches!(self.store.leased(key).await, Ok(true));
+            // Looked up after the lease check: a holder stores before it
+            // gives the lease back, so a lease found gone means the entry
+            // is there now or will not be.
+            match self.store.lookup(key, tags).await {
+                Ok(Lookup::Hit(entry)) => {
+                    self.metrics.lease("entry_from_elsewhere");
+                    return Some(entry);
+                }
+                Ok(Lookup::Miss(_)) if still_leased => {}
+                _ => break,
+            }
+        }
+        self.metrics.lease("fetched_anyway");
+        None
+    }
+
+    /// Forwards a miss and stores the answer if it may be. Returns the
+    /// response and, when the answer was storable, the entry made of it.
+    async fn fetch_and_store(
+        &self,
+        req: &Admitted<'_>,
+        policy: &CachePolicy,
+        key: &CacheKey,
+        generations: Option<Generations>,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Result<(Response<ProxyBody>, Option<Arc<Entry>>), ProxyError> {
+        let (rule, is_head) = (req.rule, req.parts.method == Method::HEAD);
         let headers = self.upstream_headers(
             req,
             HeaderPolicy::Only {
@@ -189,19 +262,19 @@ impl Proxy {
 
         let Some(generations) = generations else {
             ctx.cache_status = CacheStatus::Bypass(Bypass::StoreUnavailable);
-            return Ok(self.streamed(head, upstream_body, is_head));
+            return Ok((self.streamed(head, upstream_body, is_head), None));
         };
         ctx.cache_status = CacheStatus::Miss { stored: false };
         let ttl = match storability(policy, head.status, &head.headers) {
             Ok(ttl) => ttl,
             Err(reason) => {
                 tracing::debug!(rule = %rule.name, ?reason, "response not stored");
-                return Ok(self.streamed(head, upstream_body, is_head));
+                return Ok((self.streamed(head, upstream_body, is_head), None));
             }
         };
         let max_entry = self.config.cache.max_entry_bytes;
         if content_length(&head.headers).is_some_and(|len| len > max_entry) {
-            return Ok(self.streamed(head, upstream_body, is_head));
+            return Ok((self.streamed(head, upstream_body, is_head), None));
         }
         // Buffering is bounded by the response timeout, like the headers
         // were: nothing has been sent to the client yet, so a stall is a 504.
@@ -217,22 +290,22 @@ impl Proxy {
                 } else {
                     self.idle_limited(rest)
                 };
-                return Ok(Response::from_parts(head, body));
+                return Ok((Response::from_parts(head, body), None));
             }
             Ok(Err(err)) => return Err(ProxyError::UpstreamBody(err.to_string())),
             Err(_) => return Err(ProxyError::Upstream(UpstreamError::Timeout)),
         };
 
         let now = now_ms();
-        let entry = Entry {
+        let entry = Arc::new(Entry {
             status: head.status,
             headers: storable_headers(&head.headers),
             body: bytes.clone(),
             stored_at_ms: now,
             expires_at_ms: now + ttl.as_millis() as u64,
             generations,
-        };
-        match self.store.store(&key, &entry).await {
+        });
+        match self.store.store(key, &entry).await {
             Ok(()) => ctx.cache_status = CacheStatus::Miss { stored: true },
             Err(err) => {
                 self.metrics.store_error("store");
@@ -240,7 +313,7 @@ impl Proxy {
             }
         }
         let body = if is_head { body::empty() } else { body::full(bytes) };
-        Ok(Response::from_parts(head, body))
+        Ok((Response::from_parts(head, body), Some(entry)))
     }
 
     /// Uncacheable rules and writes: stream both ways; writes invalidate
@@ -323,6 +396,42 @@ impl Proxy {
                 tracing::warn!(rule = %rule.name, tags = ?rule.invalidates, error = %err, "invalidation deferred until the cache store is reachable");
             }
         }
+    }
+}
+
+/// Answers from `entry`, recording the hit.
+fn serve_hit(entry: Arc<Entry>, is_head: bool, ctx: &mut RequestCtx<'_>) -> Response<ProxyBody> {
+    let now = now_ms();
+    ctx.cache_status = CacheStatus::Hit {
+        ttl_left: entry.ttl_left(now),
+    };
+    response_from_entry(entry, now, is_head)
+}
+
+/// A granted lease, given back when dropped: after the entry was stored,
+/// and also when the fetch failed or the client went away, so the other
+/// instances do not wait out its expiry for nothing.
+struct LeaseGuard {
+    store: Arc<dyn CacheStore>,
+    key: CacheKey,
+    token: String,
+}
+
+impl LeaseGuard {
+    fn new(store: &Arc<dyn CacheStore>, key: CacheKey, token: String) -> LeaseGuard {
+        LeaseGuard {
+            store: store.clone(),
+            key,
+            token,
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let (store, key, token) = (self.store.clone(), self.key, std::mem::take(&mut self.token));
+        // Off the request path: the answer need not wait for it.
+        tokio::spawn(async move { store.release(&key, &token).await });
     }
 }
 

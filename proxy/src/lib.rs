@@ -14,6 +14,7 @@
 //! - [`auth`]: bearer extraction and JWT verification.
 //! - [`rbac`]: rule access against claims.
 //! - [`cache`]: key, entry, storability, and the Redis and memory stores.
+//! - [`coalesce`]: concurrent misses for one key fetch once.
 //! - [`upstream`]: request shaping and the pooled client.
 //! - [`invalidate`]: which write outcomes invalidate.
 //! - [`admin`]: health, readiness, metrics listener.
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod handler;
@@ -60,6 +62,7 @@ pub fn build_proxy(config: Arc<Config>) -> anyhow::Result<Arc<Proxy>> {
     let metrics = Arc::new(Metrics::new());
     Ok(Arc::new(Proxy {
         store: build_store(&config, metrics.clone())?,
+        flights: Arc::default(),
         upstream: Upstream::new(&config.upstream),
         metrics,
         config,

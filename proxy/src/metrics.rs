@@ -60,6 +60,8 @@ pub struct Metrics {
     redis_errors: Family<OperationLabels, Counter>,
     l1_lookups: Family<OutcomeLabels, Counter>,
     l1_evictions: Family<CauseLabels, Counter>,
+    coalesced: Family<OutcomeLabels, Counter>,
+    leases: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -110,6 +112,18 @@ impl Metrics {
             "L1 copies dropped, by cause (size, expired, outdated)",
             l1_evictions.clone(),
         );
+        let coalesced = Family::default();
+        registry.register(
+            "coalesced",
+            "Misses that found another request for the same key in flight here (joined), and those served its answer (shared)",
+            coalesced.clone(),
+        );
+        let leases = Family::default();
+        registry.register(
+            "leases",
+            "Misses whose key another instance was fetching (held_elsewhere), and whether its entry came (entry_from_elsewhere) or this one fetched anyway",
+            leases.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -120,6 +134,8 @@ impl Metrics {
             redis_errors,
             l1_lookups,
             l1_evictions,
+            coalesced,
+            leases,
         }
     }
 
@@ -161,6 +177,14 @@ impl Metrics {
 
     pub fn l1_eviction(&self, cause: &'static str) {
         self.l1_evictions.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    pub fn coalesced(&self, outcome: &'static str) {
+        self.coalesced.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn lease(&self, outcome: &'static str) {
+        self.leases.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// The Prometheus text exposition.

@@ -76,6 +76,18 @@ impl CacheKey {
         CacheKey(h.finalize().into())
     }
 
+    /// The shared-scope key of `path` on a rule named `r`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(path: &str) -> CacheKey {
+        CacheKey::build(&KeyParts {
+            rule: "r",
+            path,
+            query: None,
+            vary: &[],
+            scope: ScopeKey::Shared,
+        })
+    }
+
     /// Lower-case hex, as used in store keys.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)

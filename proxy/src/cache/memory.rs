@@ -114,19 +114,8 @@ impl CacheStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{KeyParts, ScopeKey};
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
-
-    fn key(path: &str) -> CacheKey {
-        CacheKey::build(&KeyParts {
-            rule: "r",
-            path,
-            query: None,
-            vary: &[],
-            scope: ScopeKey::Shared,
-        })
-    }
 
     fn entry(generations: Generations, ttl_ms: u64) -> Entry {
         let now = now_ms();
@@ -147,16 +136,19 @@ mod tests {
     #[tokio::test]
     async fn stores_then_hits_under_current_generations() {
         let store = MemoryStore::new(1 << 20);
-        let Lookup::Miss(gens) = store.lookup(&key("/a"), &tags()).await.unwrap() else {
+        let Lookup::Miss(gens) = store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap() else {
             panic!("cold store hit")
         };
-        store.store(&key("/a"), &entry(gens, 60_000)).await.unwrap();
+        store
+            .store(&CacheKey::for_test("/a"), &entry(gens, 60_000))
+            .await
+            .unwrap();
         assert!(matches!(
-            store.lookup(&key("/a"), &tags()).await.unwrap(),
+            store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap(),
             Lookup::Hit(_)
         ));
         assert!(matches!(
-            store.lookup(&key("/b"), &tags()).await.unwrap(),
+            store.lookup(&CacheKey::for_test("/b"), &tags()).await.unwrap(),
             Lookup::Miss(_)
         ));
     }
@@ -164,14 +156,17 @@ mod tests {
     #[tokio::test]
     async fn invalidation_hides_entries_recorded_under_old_generations() {
         let store = MemoryStore::new(1 << 20);
-        let Lookup::Miss(before) = store.lookup(&key("/a"), &tags()).await.unwrap() else {
+        let Lookup::Miss(before) = store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap() else {
             panic!()
         };
         store.invalidate(&tags()).await.unwrap();
         // A read that fetched generations before the write stores late:
-        store.store(&key("/a"), &entry(before, 60_000)).await.unwrap();
+        store
+            .store(&CacheKey::for_test("/a"), &entry(before, 60_000))
+            .await
+            .unwrap();
         assert!(matches!(
-            store.lookup(&key("/a"), &tags()).await.unwrap(),
+            store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap(),
             Lookup::Miss(_)
         ));
     }
@@ -179,12 +174,12 @@ mod tests {
     #[tokio::test]
     async fn expired_entries_are_not_served() {
         let store = MemoryStore::new(1 << 20);
-        let Lookup::Miss(gens) = store.lookup(&key("/a"), &tags()).await.unwrap() else {
+        let Lookup::Miss(gens) = store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap() else {
             panic!()
         };
-        store.store(&key("/a"), &entry(gens, 0)).await.unwrap();
+        store.store(&CacheKey::for_test("/a"), &entry(gens, 0)).await.unwrap();
         assert!(matches!(
-            store.lookup(&key("/a"), &tags()).await.unwrap(),
+            store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap(),
             Lookup::Miss(_)
         ));
     }

@@ -274,8 +274,33 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Last chance, at shutdown, to apply invalidations still pending.
     async fn close(&self) {}
 
+    /// Claims, for at most `ttl`, the fetch of the missing entry `key` on
+    /// behalf of every instance sharing this store. A store no other
+    /// instance shares always grants it, without a token.
+    async fn lease(&self, _key: &CacheKey, _ttl: Duration) -> Result<Lease, StoreError> {
+        Ok(Lease::Granted(None))
+    }
+
+    /// Gives back a lease granted with `token`, unless it already expired
+    /// (and may belong to someone else by now).
+    async fn release(&self, _key: &CacheKey, _token: &str) {}
+
+    /// Whether another instance still holds the lease on `key`.
+    async fn leased(&self, _key: &CacheKey) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// `"redis"` or `"memory"`, for logs and metrics.
     fn kind(&self) -> &'static str;
+}
+
+/// The answer to a lease request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Fetch; give it back with the token (if any) once stored.
+    Granted(Option<String>),
+    /// Another instance is fetching: wait for its entry.
+    HeldElsewhere,
 }
 
 /// A new random generation token: 128 bits, hex.

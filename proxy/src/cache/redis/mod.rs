@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -53,7 +53,7 @@ use self::batch::{Part, Read, ReadBatcher, ReadResult};
 use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
 use super::memory::bounded_entries;
-use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lookup, StoreError};
+use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lease, Lookup, StoreError};
 use crate::config::CacheSettings;
 use crate::metrics::Metrics;
 
@@ -63,6 +63,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often remembered invalidations are retried, and how often a write's
 /// invalidation is retried within `invalidation_wait`.
 pub const PENDING_RETRY: Duration = Duration::from_millis(100);
+/// Deletes a lease only if it still holds the caller's token.
+static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0"#,
+    )
+});
+
 /// Bytes of the stamp in front of every stored entry.
 const STAMP_LEN: usize = 8;
 
@@ -142,6 +149,10 @@ impl RedisStore {
 
     fn entry_key(&self, key: &CacheKey) -> String {
         format!("{}e:{}", self.prefix, key.to_hex())
+    }
+
+    fn lease_key(&self, key: &CacheKey) -> String {
+        format!("{}l:{}", self.prefix, key.to_hex())
     }
 
     fn generation_key(&self, tag: &str) -> String {
@@ -464,6 +475,53 @@ impl CacheStore for RedisStore {
             let lost: Vec<String> = self.pending.lock().expect("pending lock").keys().cloned().collect();
             tracing::error!(tags = ?lost, "exiting with invalidations redis never acknowledged; other instances may serve entries these writes replaced until they expire");
         }
+    }
+
+    async fn lease(&self, key: &CacheKey, ttl: Duration) -> Result<Lease, StoreError> {
+        let (lease_key, token) = (self.lease_key(key), new_generation());
+        let granted: Option<String> = self
+            .guarded(|mut conn| {
+                let token = token.clone();
+                async move {
+                    redis::cmd("SET")
+                        .arg(lease_key)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl.as_millis() as u64)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        Ok(match granted {
+            Some(_) => Lease::Granted(Some(token)),
+            None => Lease::HeldElsewhere,
+        })
+    }
+
+    async fn release(&self, key: &CacheKey, token: &str) {
+        let lease_key = self.lease_key(key);
+        // Deleted only if still ours: an expired lease may have been
+        // granted to another instance since.
+        let released = self
+            .guarded(|mut conn| async move {
+                RELEASE_SCRIPT
+                    .key(lease_key)
+                    .arg(token)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+        if let Err(e) = released {
+            tracing::debug!(error = %e, "lease not released; it expires on its own");
+        }
+    }
+
+    async fn leased(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        let lease_key = self.lease_key(key);
+        self.guarded(|mut conn| async move { redis::cmd("EXISTS").arg(lease_key).query_async(&mut conn).await })
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
