@@ -150,6 +150,8 @@ fn entry_codec(c: &mut Criterion) {
         body: Bytes::from(vec![b'x'; 2048]),
         stored_at_ms: 1,
         expires_at_ms: 2,
+        stale_while_revalidate_ms: 0,
+        stale_if_error_ms: 0,
         generations: vec![("users".into(), "0123456789abcdef0123456789abcdef".into())],
     };
     let encoded = entry.encode();

@@ -126,6 +126,8 @@ mod tests {
             body: Bytes::from_static(b"{}"),
             stored_at_ms: now_ms(),
             expires_at_ms: now_ms() + 60_000,
+            stale_while_revalidate_ms: 0,
+            stale_if_error_ms: 0,
             generations: generations(g),
         })
     }

@@ -187,6 +187,10 @@ pub struct RawRouteCache {
     pub statuses: Option<Vec<u16>>,
     pub vary: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub stale_while_revalidate: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stale_if_error: Option<Duration>,
 }
 
 impl RawConfig {
@@ -891,6 +895,8 @@ fn route_cache(
         statuses,
         vary,
         tags,
+        stale_while_revalidate: raw.stale_while_revalidate.unwrap_or_default(),
+        stale_if_error: raw.stale_if_error.unwrap_or_default(),
     })
 }
 

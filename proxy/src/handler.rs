@@ -8,7 +8,7 @@
 //! live in their own modules and take explicit inputs.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use crate::body::{self, Buffered};
 use crate::cache::entry::now_ms;
 use crate::cache::{
     storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, Generations, KeyParts, Lease, Lookup,
-    Scope, ScopeKey,
+    Scope, ScopeKey, StaleReason,
 };
 use crate::coalesce::{Flights, Outcome, Role};
 use crate::config::Config;
@@ -44,6 +44,8 @@ pub struct Proxy {
     pub config: Arc<Config>,
     pub store: Arc<dyn CacheStore>,
     pub flights: Arc<Flights>,
+    /// This proxy, for background refreshes that outlive their request.
+    pub me: Weak<Proxy>,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
 }
@@ -55,6 +57,17 @@ struct Admitted<'a> {
     rule: &'a Rule,
     claims: Option<Arc<Claims>>,
     peer: SocketAddr,
+}
+
+/// An upstream fetch for a cacheable rule, owned so that a background
+/// refresh can outlive the request that started it.
+struct Fetch<'r> {
+    rule: &'r Rule,
+    policy: &'r CachePolicy,
+    path_and_query: String,
+    headers: HeaderMap,
+    key: CacheKey,
+    is_head: bool,
 }
 
 /// What later steps and the outer handler need to know about a request.
@@ -157,13 +170,21 @@ impl Proxy {
         let (rule, is_head) = (req.rule, req.parts.method == Method::HEAD);
         let key = cache_key(rule, policy, &req.target, &req.parts.headers, req.claims.as_deref());
 
-        let generations = match self.store.lookup(&key, &policy.tags).await {
+        let (generations, stale) = match self.store.lookup(&key, &policy.tags).await {
             Ok(Lookup::Hit(entry)) => return Ok(serve_hit(entry, is_head, ctx)),
-            Ok(Lookup::Miss(generations)) => Some(generations),
+            Ok(Lookup::Stale(entry)) => {
+                if entry.may_serve_while_revalidating(now_ms()) {
+                    self.refresh_in_background(req, policy, key, entry.generations.clone());
+                    return Ok(self.serve_stale(entry, StaleReason::WhileRevalidate, is_head, ctx));
+                }
+                // Kept for stale-if-error; fetched under current generations.
+                (Some(entry.generations.clone()), Some(entry))
+            }
+            Ok(Lookup::Miss(generations)) => (Some(generations), None),
             Err(err) => {
                 self.metrics.store_error("lookup");
                 tracing::debug!(rule = %rule.name, error = %err, "cache lookup failed; bypassing");
-                None
+                (None, None)
             }
         };
         // Misses coalesce only when the store answered: the generations it
@@ -196,12 +217,115 @@ impl Proxy {
             }
         }
 
-        let (response, stored) = self.fetch_and_store(req, policy, &key, generations, ctx).await?;
+        let fetch = Fetch {
+            rule,
+            policy,
+            path_and_query: req.target.path_and_query(),
+            headers: self.cache_headers(req, policy)?,
+            key,
+            is_head,
+        };
+        let result = self.fetch_and_store(&fetch, generations, &mut ctx.cache_status).await;
+        let (response, stored) = match (result, stale) {
+            (Ok((response, _)), Some(entry))
+                if response.status().is_server_error() && entry.may_serve_on_error(now_ms()) =>
+            {
+                tracing::debug!(rule = %rule.name, status = %response.status(), "upstream failed; serving the stale entry");
+                return Ok(self.serve_stale(entry, StaleReason::IfError, is_head, ctx));
+            }
+            (Err(err), Some(entry)) if entry.may_serve_on_error(now_ms()) => {
+                tracing::debug!(rule = %rule.name, error = %err, "upstream failed; serving the stale entry");
+                return Ok(self.serve_stale(entry, StaleReason::IfError, is_head, ctx));
+            }
+            (result, _) => result?,
+        };
         if let Some(leader) = leader {
             leader.finish(stored.map_or(Outcome::Uncacheable, Outcome::Entry));
         }
         drop(lease);
         Ok(response)
+    }
+
+    /// Refreshes an entry served stale, once: unless this instance is
+    /// already fetching the key, or another instance holds its lease.
+    fn refresh_in_background(&self, req: &Admitted<'_>, policy: &CachePolicy, key: CacheKey, generations: Generations) {
+        let Role::Leader(leader) = self.flights.join(key) else {
+            return;
+        };
+        let (Some(proxy), Ok(headers)) = (self.me.upgrade(), self.cache_headers(req, policy)) else {
+            return;
+        };
+        let (rule_name, path_and_query) = (req.rule.name, req.target.path_and_query());
+        tokio::spawn(async move {
+            let Some(rule) = proxy.config.routes.by_name(rule_name) else {
+                return;
+            };
+            let Some(policy) = rule.cache.as_ref() else {
+                return;
+            };
+            let lease = match proxy.store.lease(&key, proxy.config.cache.lease_ttl).await {
+                Ok(Lease::Granted(token)) => token.map(|token| LeaseGuard::new(&proxy.store, key, token)),
+                Ok(Lease::HeldElsewhere) => return,
+                Err(_) => None,
+            };
+            let fetch = Fetch {
+                rule,
+                policy,
+                path_and_query,
+                headers,
+                key,
+                is_head: false,
+            };
+            let mut status = CacheStatus::Miss { stored: false };
+            match proxy.fetch_and_store(&fetch, Some(generations), &mut status).await {
+                Ok((_, Some(entry))) => {
+                    proxy.metrics.stale("refreshed");
+                    leader.finish(Outcome::Entry(entry));
+                }
+                Ok((response, None)) => {
+                    proxy.metrics.stale("refresh_failed");
+                    tracing::debug!(rule = %rule.name, status = %response.status(), "background refresh not stored");
+                }
+                Err(err) => {
+                    proxy.metrics.stale("refresh_failed");
+                    tracing::debug!(rule = %rule.name, error = %err, "background refresh failed");
+                }
+            }
+            drop(lease);
+        });
+    }
+
+    /// Answers from an expired entry, recording why.
+    fn serve_stale(
+        &self,
+        entry: Arc<Entry>,
+        reason: StaleReason,
+        is_head: bool,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Response<ProxyBody> {
+        let now = now_ms();
+        self.metrics.stale(match reason {
+            StaleReason::WhileRevalidate => "while_revalidate",
+            StaleReason::IfError => "if_error",
+        });
+        ctx.cache_status = CacheStatus::Stale {
+            expired_for: Duration::from_millis(now.saturating_sub(entry.expires_at_ms)),
+            reason,
+        };
+        response_from_entry(entry, now, is_head)
+    }
+
+    /// Step 4 for a cacheable rule: only the allowlisted headers, the
+    /// rule's `vary` headers and, on authenticated rules, `Authorization`.
+    fn cache_headers(&self, req: &Admitted<'_>, policy: &CachePolicy) -> Result<HeaderMap, ProxyError> {
+        self.upstream_headers(
+            req,
+            HeaderPolicy::Only {
+                names: &req.rule.forward_headers,
+                vary: &policy.vary,
+                authorization: !req.rule.access.is_public(),
+            },
+        )
     }
 
     /// Another instance holds the lease on `key`: waits for the entry it
@@ -233,26 +357,16 @@ impl Proxy {
     /// response and, when the answer was storable, the entry made of it.
     async fn fetch_and_store(
         &self,
-        req: &Admitted<'_>,
-        policy: &CachePolicy,
-        key: &CacheKey,
+        fetch: &Fetch<'_>,
         generations: Option<Generations>,
-        ctx: &mut RequestCtx<'_>,
+        cache_status: &mut CacheStatus,
     ) -> Result<(Response<ProxyBody>, Option<Arc<Entry>>), ProxyError> {
-        let (rule, is_head) = (req.rule, req.parts.method == Method::HEAD);
-        let headers = self.upstream_headers(
-            req,
-            HeaderPolicy::Only {
-                names: &rule.forward_headers,
-                vary: &policy.vary,
-                authorization: !rule.access.is_public(),
-            },
-        )?;
+        let (rule, policy, is_head) = (fetch.rule, fetch.policy, fetch.is_head);
         // HEAD is fetched as GET so its answer can fill the entry GET uses.
         let outbound = Outbound {
             method: Method::GET,
-            path_and_query: req.target.path_and_query(),
-            headers,
+            path_and_query: fetch.path_and_query.clone(),
+            headers: fetch.headers.clone(),
             body: body::empty(),
             replayable: true,
         };
@@ -261,12 +375,12 @@ impl Proxy {
         upstream::strip_hop_by_hop(&mut head.headers);
 
         let Some(generations) = generations else {
-            ctx.cache_status = CacheStatus::Bypass(Bypass::StoreUnavailable);
+            *cache_status = CacheStatus::Bypass(Bypass::StoreUnavailable);
             return Ok((self.streamed(head, upstream_body, is_head), None));
         };
-        ctx.cache_status = CacheStatus::Miss { stored: false };
-        let ttl = match storability(policy, head.status, &head.headers) {
-            Ok(ttl) => ttl,
+        *cache_status = CacheStatus::Miss { stored: false };
+        let lifetime = match storability(policy, head.status, &head.headers) {
+            Ok(lifetime) => lifetime,
             Err(reason) => {
                 tracing::debug!(rule = %rule.name, ?reason, "response not stored");
                 return Ok((self.streamed(head, upstream_body, is_head), None));
@@ -302,11 +416,13 @@ impl Proxy {
             headers: storable_headers(&head.headers),
             body: bytes.clone(),
             stored_at_ms: now,
-            expires_at_ms: now + ttl.as_millis() as u64,
+            expires_at_ms: now + lifetime.ttl.as_millis() as u64,
+            stale_while_revalidate_ms: lifetime.stale_while_revalidate.as_millis() as u64,
+            stale_if_error_ms: lifetime.stale_if_error.as_millis() as u64,
             generations,
         });
-        match self.store.store(key, &entry).await {
-            Ok(()) => ctx.cache_status = CacheStatus::Miss { stored: true },
+        match self.store.store(&fetch.key, &entry).await {
+            Ok(()) => *cache_status = CacheStatus::Miss { stored: true },
             Err(err) => {
                 self.metrics.store_error("store");
                 tracing::debug!(rule = %rule.name, error = %err, "cache store failed");
@@ -501,7 +617,7 @@ fn storable_headers(headers: &HeaderMap) -> HeaderMap {
 fn stamp_cache_headers(headers: &mut HeaderMap, status: &CacheStatus) {
     headers.insert(X_CACHE, status.x_cache());
     headers.append(CACHE_STATUS, status.cache_status());
-    if !matches!(status, CacheStatus::Hit { .. }) {
+    if !matches!(status, CacheStatus::Hit { .. } | CacheStatus::Stale { .. }) {
         headers.remove(AGE);
     }
 }

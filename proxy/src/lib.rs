@@ -60,9 +60,11 @@ pub fn build_store(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc
 /// Builds everything a request needs.
 pub fn build_proxy(config: Arc<Config>) -> anyhow::Result<Arc<Proxy>> {
     let metrics = Arc::new(Metrics::new());
-    Ok(Arc::new(Proxy {
-        store: build_store(&config, metrics.clone())?,
+    let store = build_store(&config, metrics.clone())?;
+    Ok(Arc::new_cyclic(|me| Proxy {
+        store,
         flights: Arc::default(),
+        me: me.clone(),
         upstream: Upstream::new(&config.upstream),
         metrics,
         config,

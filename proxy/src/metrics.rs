@@ -62,6 +62,7 @@ pub struct Metrics {
     l1_evictions: Family<CauseLabels, Counter>,
     coalesced: Family<OutcomeLabels, Counter>,
     leases: Family<OutcomeLabels, Counter>,
+    stale: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -124,6 +125,12 @@ impl Metrics {
             "Misses whose key another instance was fetching (held_elsewhere), and whether its entry came (entry_from_elsewhere) or this one fetched anyway",
             leases.clone(),
         );
+        let stale = Family::default();
+        registry.register(
+            "stale",
+            "Expired entries served (while_revalidate, if_error) and background refreshes (refreshed, refresh_failed)",
+            stale.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -136,6 +143,7 @@ impl Metrics {
             l1_evictions,
             coalesced,
             leases,
+            stale,
         }
     }
 
@@ -185,6 +193,10 @@ impl Metrics {
 
     pub fn lease(&self, outcome: &'static str) {
         self.leases.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn stale(&self, outcome: &'static str) {
+        self.stale.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// The Prometheus text exposition.

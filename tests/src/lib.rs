@@ -26,7 +26,7 @@ pub mod token;
 pub mod upstream;
 
 pub use crate::client::{raw_http, ApiClient, RawResponse};
-pub use crate::origin::{spawn_origin, spawn_origin_with, OriginHandle};
+pub use crate::origin::{spawn_origin, spawn_origin_with, OriginHandle, StoppedOrigin};
 pub use crate::proxy::{proxy_config, spawn_proxy, ProxyHandle, SHIPPED_CONFIG};
 pub use crate::servers::{MongoServer, RedisServer};
 pub use crate::stack::Stack;

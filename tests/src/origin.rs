@@ -16,7 +16,22 @@ pub const ADMIN_PASSWORD: &str = "admin-password";
 pub struct OriginHandle {
     pub addr: SocketAddr,
     pub database: String,
+    env: HashMap<String, String>,
     task: ServerTask,
+}
+
+/// An origin stopped with [`OriginHandle::stop`]: its port refuses
+/// connections until [`restart`](Self::restart).
+pub struct StoppedOrigin {
+    addr: SocketAddr,
+    env: HashMap<String, String>,
+}
+
+impl StoppedOrigin {
+    /// Starts the origin again on the same port and database.
+    pub async fn restart(self) -> OriginHandle {
+        start(self.env, &self.addr.to_string()).await
+    }
 }
 
 impl OriginHandle {
@@ -27,6 +42,15 @@ impl OriginHandle {
     /// Stops the origin and waits for it, re-raising a panic from its task.
     pub async fn join(mut self) -> anyhow::Result<()> {
         self.task.join().await
+    }
+
+    /// Stops the origin, keeping what restarting it on the same port needs.
+    pub async fn stop(mut self) -> StoppedOrigin {
+        self.task.join().await.expect("origin stopped cleanly");
+        StoppedOrigin {
+            addr: self.addr,
+            env: std::mem::take(&mut self.env),
+        }
     }
 }
 
@@ -54,13 +78,22 @@ pub async fn spawn_origin(mongo: &MongoServer) -> OriginHandle {
 /// Starts the origin with the given environment; returns once it listens
 /// and has prepared its database.
 pub async fn spawn_origin_with(env: HashMap<String, String>) -> OriginHandle {
+    start(env, "127.0.0.1:0").await
+}
+
+async fn start(env: HashMap<String, String>, listen: &str) -> OriginHandle {
     crate::init_logging();
     let config = origin::config::Config::from_env(&env).expect("valid origin test config");
     let database = config.mongo_database.clone().unwrap_or_default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    let listener = tokio::net::TcpListener::bind(listen).await.expect("bind origin");
     let addr = listener.local_addr().expect("origin addr");
     let task = ServerTask::spawn(|shutdown| origin::run(listener, Arc::new(config), shutdown));
-    let mut handle = OriginHandle { addr, database, task };
+    let mut handle = OriginHandle {
+        addr,
+        database,
+        env,
+        task,
+    };
     wait_for_health(&mut handle).await;
     handle
 }

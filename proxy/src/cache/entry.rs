@@ -6,6 +6,8 @@
 //!
 //! Layout (all integers big-endian):
 //! `"CG" version:u8 status:u16 stored_at_ms:u64 expires_at_ms:u64`
+//! `stale_while_revalidate_ms:u64 stale_if_error_ms:u64` (version 2 only;
+//! version 1 entries, written before stale serving, decode with both 0)
 //! `ngen:u16 { tag_len:u16 tag gen_len:u16 gen }`
 //! `nhdr:u16 { name_len:u16 name value_len:u32 value }`
 //! `body_len:u32 body`
@@ -16,7 +18,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 2] = b"CG";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// The tag generations an entry was fetched under, in the rule's tag order.
 /// The entry is valid only while every generation is still current.
@@ -32,6 +34,12 @@ pub struct Entry {
     /// Milliseconds since the Unix epoch; `Age` is computed from it.
     pub stored_at_ms: u64,
     pub expires_at_ms: u64,
+    /// How long past `expires_at_ms` the entry may still be served while
+    /// a refresh runs in the background (RFC 5861).
+    pub stale_while_revalidate_ms: u64,
+    /// How long past `expires_at_ms` the entry may still be served when
+    /// the upstream fails (RFC 5861).
+    pub stale_if_error_ms: u64,
     pub generations: Generations,
 }
 
@@ -60,11 +68,27 @@ impl Entry {
         now_ms < self.expires_at_ms
     }
 
+    /// Expired, but still to be served while a background refresh runs.
+    pub fn may_serve_while_revalidating(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms.saturating_add(self.stale_while_revalidate_ms)
+    }
+
+    /// Expired, but still to be served if the upstream fails.
+    pub fn may_serve_on_error(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms.saturating_add(self.stale_if_error_ms)
+    }
+
+    /// Time left before no use of the entry remains: how long stores keep it.
+    pub fn retention_left(&self, now_ms: u64) -> Duration {
+        let stale = self.stale_while_revalidate_ms.max(self.stale_if_error_ms);
+        Duration::from_millis(self.expires_at_ms.saturating_add(stale).saturating_sub(now_ms))
+    }
+
     /// Bytes the encoding takes; also the memory store's weight.
     pub fn encoded_len(&self) -> usize {
         let gens: usize = self.generations.iter().map(|(t, g)| 4 + t.len() + g.len()).sum();
         let headers: usize = self.headers.iter().map(|(n, v)| 6 + n.as_str().len() + v.len()).sum();
-        2 + 1 + 2 + 8 + 8 + 2 + gens + 2 + headers + 4 + self.body.len()
+        2 + 1 + 2 + 8 + 8 + 8 + 8 + 2 + gens + 2 + headers + 4 + self.body.len()
     }
 
     pub fn encode(&self) -> Bytes {
@@ -80,6 +104,8 @@ impl Entry {
         out.put_u16(self.status.as_u16());
         out.put_u64(self.stored_at_ms);
         out.put_u64(self.expires_at_ms);
+        out.put_u64(self.stale_while_revalidate_ms);
+        out.put_u64(self.stale_if_error_ms);
         out.put_u16(self.generations.len() as u16);
         for (tag, generation) in &self.generations {
             put_str16(out, tag.as_bytes());
@@ -98,7 +124,8 @@ impl Entry {
     pub fn decode(mut buf: Bytes) -> Result<Entry, DecodeError> {
         let original = buf.clone();
         need(&buf, 3)?;
-        if &buf[..2] != MAGIC || buf[2] != VERSION {
+        let version = buf[2];
+        if &buf[..2] != MAGIC || !(1..=VERSION).contains(&version) {
             return Err(DecodeError("unknown format or version"));
         }
         buf.advance(3);
@@ -106,6 +133,12 @@ impl Entry {
         let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| DecodeError("status"))?;
         let stored_at_ms = buf.get_u64();
         let expires_at_ms = buf.get_u64();
+        let (stale_while_revalidate_ms, stale_if_error_ms) = if version >= 2 {
+            need(&buf, 8 + 8 + 2)?;
+            (buf.get_u64(), buf.get_u64())
+        } else {
+            (0, 0)
+        };
         let ngen = buf.get_u16() as usize;
         let mut generations = Vec::with_capacity(ngen);
         for _ in 0..ngen {
@@ -140,6 +173,8 @@ impl Entry {
             body: original.slice(start..),
             stored_at_ms,
             expires_at_ms,
+            stale_while_revalidate_ms,
+            stale_if_error_ms,
             generations,
         })
     }
@@ -184,6 +219,8 @@ mod tests {
             body: Bytes::from_static(br#"{"users":[]}"#),
             stored_at_ms: 1_700_000_000_000,
             expires_at_ms: 1_700_000_060_000,
+            stale_while_revalidate_ms: 30_000,
+            stale_if_error_ms: 300_000,
             generations: vec![("users".into(), "3f2a".into())],
         }
     }
@@ -214,6 +251,34 @@ mod tests {
         let mut longer = BytesMut::from(&encoded[..]);
         longer.put_u8(0);
         assert!(Entry::decode(longer.freeze()).is_err());
+    }
+
+    #[test]
+    fn version_1_entries_still_decode_with_no_stale_use() {
+        let mut v1 = BytesMut::new();
+        v1.put_slice(b"CG\x01");
+        v1.put_u16(200);
+        v1.put_u64(1_700_000_000_000);
+        v1.put_u64(1_700_000_060_000);
+        v1.put_u16(0);
+        v1.put_u16(0);
+        v1.put_u32(2);
+        v1.put_slice(b"{}");
+        let entry = Entry::decode(v1.freeze()).unwrap();
+        assert_eq!((entry.stale_while_revalidate_ms, entry.stale_if_error_ms), (0, 0));
+        assert_eq!(&entry.body[..], b"{}");
+    }
+
+    #[test]
+    fn stale_windows_extend_past_expiry_and_set_the_retention() {
+        let e = sample();
+        let expired = e.expires_at_ms + 1;
+        assert!(!e.is_fresh(expired));
+        assert!(e.may_serve_while_revalidating(expired));
+        assert!(!e.may_serve_while_revalidating(e.expires_at_ms + 30_000));
+        assert!(e.may_serve_on_error(e.expires_at_ms + 30_000));
+        assert!(!e.may_serve_on_error(e.expires_at_ms + 300_000));
+        assert_eq!(e.retention_left(e.stored_at_ms), Duration::from_secs(360));
     }
 
     #[test]

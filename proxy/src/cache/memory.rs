@@ -19,12 +19,12 @@ pub struct MemoryStore {
     generations: RwLock<HashMap<String, String>>,
 }
 
-/// Expires each value at its entry's own `expires_at_ms`.
+/// Drops each value once its entry is of no use, fresh or stale.
 struct EntryExpiry;
 
 impl<V: AsRef<Entry>> moka::Expiry<CacheKey, V> for EntryExpiry {
     fn expire_after_create(&self, _key: &CacheKey, value: &V, _now: Instant) -> Option<Duration> {
-        Some(value.as_ref().ttl_left(now_ms()))
+        Some(value.as_ref().retention_left(now_ms()))
     }
 }
 
@@ -78,12 +78,24 @@ impl MemoryStore {
     }
 }
 
+/// A hit or a stale hit for an entry whose generations are current;
+/// `None` once it is of no use at all.
+pub(super) fn usable(entry: Arc<Entry>, now_ms: u64) -> Option<Lookup> {
+    if entry.is_fresh(now_ms) {
+        Some(Lookup::Hit(entry))
+    } else if !entry.retention_left(now_ms).is_zero() {
+        Some(Lookup::Stale(entry))
+    } else {
+        None
+    }
+}
+
 #[async_trait]
 impl CacheStore for MemoryStore {
     async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError> {
         if let Some(entry) = self.entries.get(key) {
-            if entry.is_fresh(now_ms()) && self.is_current(&entry.generations, tags) {
-                return Ok(Lookup::Hit(entry));
+            if self.is_current(&entry.generations, tags) {
+                return Ok(usable(entry, now_ms()).unwrap_or_else(|| Lookup::Miss(self.current_generations(tags))));
             }
         }
         Ok(Lookup::Miss(self.current_generations(tags)))
@@ -125,6 +137,8 @@ mod tests {
             body: Bytes::from_static(b"{}"),
             stored_at_ms: now,
             expires_at_ms: now + ttl_ms,
+            stale_while_revalidate_ms: 0,
+            stale_if_error_ms: 0,
             generations,
         }
     }

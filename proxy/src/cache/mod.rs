@@ -56,6 +56,17 @@ pub struct CachePolicy {
     pub vary: Vec<HeaderName>,
     /// Tags whose invalidation removes this rule's entries.
     pub tags: Vec<String>,
+    /// RFC 5861 windows past expiry, unless the origin sends its own.
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}
+
+/// How long a stored response is fresh, then usable stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    pub ttl: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
 }
 
 /// Why a response was not stored.
@@ -74,7 +85,7 @@ pub enum NotStorable {
 
 /// Decides whether a response may be stored under `policy`, and for how
 /// long. Pure: depends on nothing but its arguments.
-pub fn storability(policy: &CachePolicy, status: StatusCode, headers: &HeaderMap) -> Result<Duration, NotStorable> {
+pub fn storability(policy: &CachePolicy, status: StatusCode, headers: &HeaderMap) -> Result<Lifetime, NotStorable> {
     if !policy.statuses.contains(&status.as_u16()) {
         return Err(NotStorable::Status);
     }
@@ -116,7 +127,11 @@ pub fn storability(policy: &CachePolicy, status: StatusCode, headers: &HeaderMap
     if ttl < Duration::from_secs(1) {
         return Err(NotStorable::ZeroTtl);
     }
-    Ok(ttl)
+    Ok(Lifetime {
+        ttl,
+        stale_while_revalidate: cc.stale_while_revalidate.unwrap_or(policy.stale_while_revalidate),
+        stale_if_error: cc.stale_if_error.unwrap_or(policy.stale_if_error),
+    })
 }
 
 /// The response `Cache-Control` directives storability depends on.
@@ -127,6 +142,8 @@ struct CacheControl {
     private: bool,
     max_age: Option<Duration>,
     s_maxage: Option<Duration>,
+    stale_while_revalidate: Option<Duration>,
+    stale_if_error: Option<Duration>,
 }
 
 impl CacheControl {
@@ -153,6 +170,9 @@ impl CacheControl {
                     // A malformed age is treated as 0: do not cache.
                     "max-age" => cc.max_age = Some(seconds().unwrap_or(Duration::ZERO)),
                     "s-maxage" => cc.s_maxage = Some(seconds().unwrap_or(Duration::ZERO)),
+                    // RFC 5861; a malformed window is no window.
+                    "stale-while-revalidate" => cc.stale_while_revalidate = Some(seconds().unwrap_or(Duration::ZERO)),
+                    "stale-if-error" => cc.stale_if_error = Some(seconds().unwrap_or(Duration::ZERO)),
                     _ => {}
                 }
             }
@@ -178,12 +198,29 @@ pub enum Bypass {
     Error,
 }
 
+/// Why an expired entry was served (RFC 5861).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    WhileRevalidate,
+    IfError,
+}
+
 /// How the cache took part in a request; becomes `X-Cache` and
 /// `Cache-Status` on the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
-    Hit { ttl_left: Duration },
-    Miss { stored: bool },
+    Hit {
+        ttl_left: Duration,
+    },
+    /// Served past expiry: while a background refresh runs, or because the
+    /// upstream failed.
+    Stale {
+        expired_for: Duration,
+        reason: StaleReason,
+    },
+    Miss {
+        stored: bool,
+    },
     Bypass(Bypass),
 }
 
@@ -191,6 +228,7 @@ impl CacheStatus {
     pub fn x_cache(&self) -> HeaderValue {
         HeaderValue::from_static(match self {
             CacheStatus::Hit { .. } => "HIT",
+            CacheStatus::Stale { .. } => "STALE",
             CacheStatus::Miss { .. } => "MISS",
             CacheStatus::Bypass(_) => "BYPASS",
         })
@@ -202,6 +240,14 @@ impl CacheStatus {
         match self {
             CacheStatus::Hit { ttl_left } => {
                 HeaderValue::from_str(&format!("proxy; hit; ttl={}", ttl_left.as_secs())).expect("ascii")
+            }
+            CacheStatus::Stale { expired_for, reason } => {
+                let detail = match reason {
+                    StaleReason::WhileRevalidate => "stale-while-revalidate",
+                    StaleReason::IfError => "stale-if-error",
+                };
+                HeaderValue::from_str(&format!("proxy; hit; ttl=-{}; detail={detail}", expired_for.as_secs()))
+                    .expect("ascii")
             }
             CacheStatus::Miss { stored: true } => HeaderValue::from_static("proxy; fwd=miss; stored"),
             CacheStatus::Miss { stored: false } => HeaderValue::from_static("proxy; fwd=miss"),
@@ -219,6 +265,7 @@ impl CacheStatus {
     pub fn outcome(&self) -> &'static str {
         match self {
             CacheStatus::Hit { .. } => "hit",
+            CacheStatus::Stale { .. } => "stale",
             CacheStatus::Miss { .. } => "miss",
             CacheStatus::Bypass(_) => "bypass",
         }
@@ -233,6 +280,10 @@ pub enum Lookup {
     /// A fresh entry whose every tag generation is current. Shared, so the
     /// memory store hands out its own copy without cloning headers.
     Hit(std::sync::Arc<Entry>),
+    /// An expired entry still within a stale window, its every tag
+    /// generation current (so its `generations` are the current ones): an
+    /// invalidated entry is never returned, stale or not.
+    Stale(std::sync::Arc<Entry>),
     /// Nothing servable. Carries the current generations of the rule's
     /// tags (created when missing), to be recorded in the entry stored for
     /// this miss.
@@ -319,6 +370,8 @@ mod tests {
             statuses: vec![200],
             vary: vec![HeaderName::from_static("accept-language")],
             tags: vec![],
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::ZERO,
         }
     }
 
@@ -333,8 +386,29 @@ mod tests {
         h
     }
 
+    fn lifetime(pairs: &[(&str, &str)]) -> Lifetime {
+        storability(&policy(Scope::Shared), StatusCode::OK, &headers(pairs)).unwrap()
+    }
+
     fn verdict(scope: Scope, status: u16, pairs: &[(&str, &str)]) -> Result<Duration, NotStorable> {
-        storability(&policy(scope), StatusCode::from_u16(status).unwrap(), &headers(pairs))
+        storability(&policy(scope), StatusCode::from_u16(status).unwrap(), &headers(pairs)).map(|l| l.ttl)
+    }
+
+    #[test]
+    fn stale_windows_come_from_the_rule_unless_the_origin_sends_its_own() {
+        let from_rule = lifetime(&[]);
+        assert_eq!(from_rule.stale_while_revalidate, Duration::from_secs(30));
+        assert_eq!(from_rule.stale_if_error, Duration::ZERO);
+        let from_origin = lifetime(&[(
+            "cache-control",
+            "max-age=5, stale-while-revalidate=0, stale-if-error=600",
+        )]);
+        assert_eq!(from_origin.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(from_origin.stale_if_error, Duration::from_secs(600));
+        assert_eq!(
+            lifetime(&[("cache-control", "stale-if-error=soon")]).stale_if_error,
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -433,6 +507,12 @@ mod tests {
             "proxy; fwd=uri-miss"
         );
         assert_eq!(CacheStatus::Bypass(Bypass::StoreUnavailable).x_cache(), "BYPASS");
+        let stale = CacheStatus::Stale {
+            expired_for: Duration::from_secs(3),
+            reason: StaleReason::IfError,
+        };
+        assert_eq!(stale.x_cache(), "STALE");
+        assert_eq!(stale.cache_status(), "proxy; hit; ttl=-3; detail=stale-if-error");
     }
 
     #[test]

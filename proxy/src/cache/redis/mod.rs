@@ -52,7 +52,7 @@ mod batch;
 use self::batch::{Part, Read, ReadBatcher, ReadResult};
 use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
-use super::memory::bounded_entries;
+use super::memory::{bounded_entries, usable};
 use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lease, Lookup, StoreError};
 use crate::config::CacheSettings;
 use crate::metrics::Metrics;
@@ -296,9 +296,11 @@ impl RedisStore {
         tags: &[String],
     ) -> Option<Lookup> {
         let same_value = stored_stamp.as_deref() == Some(&copy.stamp[..]);
-        if same_value && copy.entry.is_fresh(now_ms()) && recorded_under(&copy.entry.generations, tags, &current) {
-            self.metrics.l1_lookup("hit");
-            return Some(Lookup::Hit(copy.entry));
+        if same_value && recorded_under(&copy.entry.generations, tags, &current) {
+            if let Some(found) = usable(copy.entry, now_ms()) {
+                self.metrics.l1_lookup("hit");
+                return Some(found);
+            }
         }
         self.metrics.l1_lookup("outdated");
         l1.invalidate(key);
@@ -410,19 +412,20 @@ impl CacheStore for RedisStore {
         if let Some(copy) = raw_entry.and_then(decode_stamped) {
             // Compared in place: the owned generation list is only built
             // for a miss, which needs it to record in the new entry.
-            if copy.entry.is_fresh(now_ms()) && recorded_under(&copy.entry.generations, tags, &current) {
-                let entry = copy.entry.clone();
-                if let Some(l1) = &self.l1 {
-                    l1.insert(*key, copy);
+            if recorded_under(&copy.entry.generations, tags, &current) {
+                if let Some(found) = usable(copy.entry.clone(), now_ms()) {
+                    if let Some(l1) = &self.l1 {
+                        l1.insert(*key, copy);
+                    }
+                    return Ok(found);
                 }
-                return Ok(Lookup::Hit(entry));
             }
         }
         Ok(miss(tags, current))
     }
 
     async fn store(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError> {
-        let ttl_ms = entry.ttl_left(now_ms()).as_millis() as u64;
+        let ttl_ms = entry.retention_left(now_ms()).as_millis() as u64;
         if ttl_ms == 0 {
             return Ok(());
         }
