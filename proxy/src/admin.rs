@@ -1,4 +1,4 @@
-//! The admin listener: liveness, readiness and metrics.
+//! The admin listener: liveness, readiness, metrics and purge.
 //!
 //! Served on its own address (`admin_listen`, never the client listener),
 //! so operators can firewall it separately.
@@ -10,13 +10,21 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use hyper::body::Body;
+
 use crate::body;
 use crate::handler::Proxy;
-use crate::upstream::ProxyBody;
+use crate::purge;
+use crate::upstream::{BoxError, ProxyBody};
 
 /// Answers one admin request.
-pub async fn handle<B>(proxy: Arc<Proxy>, request: Request<B>) -> Response<ProxyBody> {
+pub async fn handle<B>(proxy: Arc<Proxy>, request: Request<B>) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     match (request.method(), request.uri().path()) {
+        (&Method::POST, "/purge") => purge::purge(&proxy, request).await,
         (&Method::GET, "/healthz") => body::json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readiness(&proxy).await,
         (&Method::GET, "/metrics") => {
@@ -27,7 +35,7 @@ pub async fn handle<B>(proxy: Arc<Proxy>, request: Request<B>) -> Response<Proxy
             );
             response
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/purge") => {
             body::json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"}))
         }
         _ => body::json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),

@@ -65,6 +65,8 @@ pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
 /// How long the breaker stays open before one probe is let through.
 pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(1);
 pub const DEFAULT_KEY_PREFIX: &str = "cgw:";
+/// Shorter admin tokens are refused: they guard cache-wide purges.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// How long one instance may fetch a missing entry while the others sharing
 /// its Redis wait for it instead of fetching too.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
@@ -238,6 +240,8 @@ pub struct Overrides {
     /// `.env` keeps issuer and verifier in agreement.
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
+    /// `PROXY_ADMIN_TOKEN`: a bearer token for `POST /purge`.
+    pub admin_token: Option<String>,
 }
 
 impl Overrides {
@@ -264,6 +268,7 @@ impl Overrides {
             jwt_secret: env.get("JWT_SECRET_KEY"),
             jwt_issuer: env.get("JWT_ISSUER"),
             jwt_audience: env.get("JWT_AUDIENCE"),
+            admin_token: env.get("PROXY_ADMIN_TOKEN"),
         }
     }
 
@@ -278,6 +283,7 @@ impl Overrides {
             jwt_secret: higher.jwt_secret.or(self.jwt_secret),
             jwt_issuer: higher.jwt_issuer.or(self.jwt_issuer),
             jwt_audience: higher.jwt_audience.or(self.jwt_audience),
+            admin_token: higher.admin_token.or(self.admin_token),
         }
     }
 }
@@ -342,6 +348,8 @@ pub struct Config {
     pub jwt: Option<Arc<JwtVerifier>>,
     pub identity: IdentitySettings,
     pub routes: RuleSet,
+    /// Authorises `POST /purge` besides an admin-role JWT; `None`: JWT only.
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -476,6 +484,13 @@ impl Config {
         raw_jwt.issuer = overrides.jwt_issuer.or(raw_jwt.issuer);
         raw_jwt.audience = overrides.jwt_audience.or(raw_jwt.audience);
         let jwt = jwt_verifier(&mut p, &raw_jwt, overrides.jwt_secret, base_dir, needs_jwt);
+        let admin_token = overrides.admin_token.filter(|t| !t.is_empty());
+        if admin_token.as_ref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN) {
+            p.add(
+                "PROXY_ADMIN_TOKEN",
+                format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+            );
+        }
 
         if !p.0.is_empty() {
             return Err(ConfigErrors(p.0));
@@ -489,6 +504,7 @@ impl Config {
             jwt,
             identity,
             routes: RuleSet::new(rules),
+            admin_token: admin_token.map(Secret),
         })
     }
 }
@@ -887,8 +903,11 @@ fn route_cache(
         }
     }
     let vary = header_names(p, &format!("{field}.vary"), raw.vary.as_deref().unwrap_or_default());
-    let tags = raw.tags.unwrap_or_default();
+    let mut tags = raw.tags.unwrap_or_default();
     tag_list(p, &format!("{field}.tags"), &tags);
+    // Every entry also records the generation `POST /purge {"all": true}`
+    // replaces.
+    tags.push(crate::cache::purge::ALL_TAG.to_owned());
     Some(CachePolicy {
         scope,
         ttl,
@@ -907,6 +926,8 @@ fn tag_list(p: &mut Problems, field: &str, tags: &[String]) {
                 format!("{field}[{j}]"),
                 format!("{tag:?} must be a non-empty word without spaces"),
             );
+        } else if tag == crate::cache::purge::ALL_TAG {
+            p.add(format!("{field}[{j}]"), "\"*\" is reserved for purging everything");
         }
     }
 }

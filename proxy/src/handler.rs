@@ -22,8 +22,8 @@ use crate::auth::{self, Claims};
 use crate::body::{self, Buffered};
 use crate::cache::entry::now_ms;
 use crate::cache::{
-    storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, Generations, KeyParts, Lease, Lookup,
-    Scope, ScopeKey, StaleReason,
+    storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, Generations, IndexInfo, KeyParts,
+    Lease, Lookup, Scope, ScopeKey, StaleReason,
 };
 use crate::coalesce::{Flights, Outcome, Role};
 use crate::config::Config;
@@ -64,6 +64,8 @@ struct Admitted<'a> {
 struct Fetch<'r> {
     rule: &'r Rule,
     policy: &'r CachePolicy,
+    /// Normalised, without the query: what the purge index files it under.
+    path: String,
     path_and_query: String,
     headers: HeaderMap,
     key: CacheKey,
@@ -220,6 +222,7 @@ impl Proxy {
         let fetch = Fetch {
             rule,
             policy,
+            path: req.target.path.clone(),
             path_and_query: req.target.path_and_query(),
             headers: self.cache_headers(req, policy)?,
             key,
@@ -255,7 +258,7 @@ impl Proxy {
         let (Some(proxy), Ok(headers)) = (self.me.upgrade(), self.cache_headers(req, policy)) else {
             return;
         };
-        let (rule_name, path_and_query) = (req.rule.name, req.target.path_and_query());
+        let (rule_name, path, path_and_query) = (req.rule.name, req.target.path.clone(), req.target.path_and_query());
         tokio::spawn(async move {
             let Some(rule) = proxy.config.routes.by_name(rule_name) else {
                 return;
@@ -271,6 +274,7 @@ impl Proxy {
             let fetch = Fetch {
                 rule,
                 policy,
+                path,
                 path_and_query,
                 headers,
                 key,
@@ -421,7 +425,11 @@ impl Proxy {
             stale_if_error_ms: lifetime.stale_if_error.as_millis() as u64,
             generations,
         });
-        match self.store.store(&fetch.key, &entry).await {
+        let index = IndexInfo {
+            path: &fetch.path,
+            tags: &policy.tags,
+        };
+        match self.store.store(&fetch.key, &entry, &index).await {
             Ok(()) => *cache_status = CacheStatus::Miss { stored: true },
             Err(err) => {
                 self.metrics.store_error("store");

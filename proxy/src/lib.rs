@@ -17,7 +17,7 @@
 //! - [`coalesce`]: concurrent misses for one key fetch once.
 //! - [`upstream`]: request shaping and the pooled client.
 //! - [`invalidate`]: which write outcomes invalidate.
-//! - [`admin`]: health, readiness, metrics listener.
+//! - [`admin`]: health, readiness, metrics listener; [`purge`]: `POST /purge`.
 //! - [`metrics`], [`error`], [`body`]: support.
 
 pub mod admin;
@@ -30,6 +30,7 @@ pub mod error;
 pub mod handler;
 pub mod invalidate;
 pub mod metrics;
+pub mod purge;
 pub mod rbac;
 pub mod route;
 pub mod server;

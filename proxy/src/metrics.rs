@@ -63,6 +63,7 @@ pub struct Metrics {
     coalesced: Family<OutcomeLabels, Counter>,
     leases: Family<OutcomeLabels, Counter>,
     stale: Family<OutcomeLabels, Counter>,
+    purges: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -131,6 +132,12 @@ impl Metrics {
             "Expired entries served (while_revalidate, if_error) and background refreshes (refreshed, refresh_failed)",
             stale.clone(),
         );
+        let purges = Family::default();
+        registry.register(
+            "purges",
+            "Purges performed through POST /purge, by kind (hard, soft)",
+            purges.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -144,6 +151,7 @@ impl Metrics {
             coalesced,
             leases,
             stale,
+            purges,
         }
     }
 
@@ -197,6 +205,10 @@ impl Metrics {
 
     pub fn stale(&self, outcome: &'static str) {
         self.stale.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn purge(&self, kind: &'static str) {
+        self.purges.get_or_create(&OutcomeLabels { outcome: kind }).inc();
     }
 
     /// The Prometheus text exposition.

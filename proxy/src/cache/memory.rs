@@ -2,21 +2,82 @@
 //!
 //! The default when no Redis is configured. Entries live in a moka cache
 //! (a well-kept concurrent cache with size-aware eviction and per-entry
-//! expiry); tag generations in a map beside it. Never fails.
+//! expiry); tag generations in a map beside it, and the purge index in
+//! another. Never fails.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use moka::notification::RemovalCause;
 use moka::sync::{Cache, CacheBuilder};
 
 use super::entry::now_ms;
-use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lookup, StoreError};
+use super::purge::{index_prefix, prefixes_of, softly_expired, ALL_TAG};
+use super::{
+    new_generation, CacheKey, CacheStore, Entry, Generations, IndexInfo, Lookup, PurgeRequest, Purged, StoreError,
+};
 
 pub struct MemoryStore {
     entries: Cache<CacheKey, Arc<Entry>>,
     generations: RwLock<HashMap<String, String>>,
+    /// Never locked while calling into `entries`, whose eviction listener
+    /// takes it.
+    index: Arc<Mutex<Index>>,
+}
+
+/// Keys by path, by segment-aligned prefix and by tag.
+#[derive(Default)]
+struct Index {
+    /// Each indexed entry's path and tags, to unindex it when it goes.
+    places: HashMap<CacheKey, (String, Vec<String>)>,
+    by_path: HashMap<String, HashSet<CacheKey>>,
+    by_prefix: HashMap<String, HashSet<CacheKey>>,
+    by_tag: HashMap<String, HashSet<CacheKey>>,
+}
+
+impl Index {
+    fn add(&mut self, key: CacheKey, index: &IndexInfo<'_>) {
+        if self.places.contains_key(&key) {
+            return;
+        }
+        self.by_path.entry(index.path.to_owned()).or_default().insert(key);
+        for prefix in prefixes_of(index.path) {
+            self.by_prefix.entry(prefix.to_owned()).or_default().insert(key);
+        }
+        for tag in index.tags {
+            self.by_tag.entry(tag.clone()).or_default().insert(key);
+        }
+        self.places.insert(key, (index.path.to_owned(), index.tags.to_vec()));
+    }
+
+    fn remove(&mut self, key: &CacheKey) {
+        let Some((path, tags)) = self.places.remove(key) else {
+            return;
+        };
+        let unlink = |map: &mut HashMap<String, HashSet<CacheKey>>, name: &str| {
+            if let Some(keys) = map.get_mut(name) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    map.remove(name);
+                }
+            }
+        };
+        unlink(&mut self.by_path, &path);
+        for prefix in prefixes_of(&path) {
+            unlink(&mut self.by_prefix, prefix);
+        }
+        for tag in &tags {
+            unlink(&mut self.by_tag, tag);
+        }
+    }
+
+    fn keys(map: &HashMap<String, HashSet<CacheKey>>, name: &str) -> Vec<CacheKey> {
+        map.get(name)
+            .map(|keys| keys.iter().copied().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// Drops each value once its entry is of no use, fresh or stale.
@@ -42,10 +103,41 @@ where
 
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> MemoryStore {
+        let index = Arc::new(Mutex::new(Index::default()));
+        let unindex = index.clone();
+        let entries = bounded_entries(max_bytes)
+            .eviction_listener(move |key: Arc<CacheKey>, _, cause| {
+                if cause != RemovalCause::Replaced {
+                    unindex.lock().expect("index lock").remove(&key);
+                }
+            })
+            .build();
         MemoryStore {
-            entries: bounded_entries(max_bytes).build(),
+            entries,
             generations: RwLock::new(HashMap::new()),
+            index,
         }
+    }
+
+    /// Removes, or with `soft` marks expired, the entries under `keys`;
+    /// returns how many there were.
+    fn purge_keys(&self, keys: Vec<CacheKey>, soft: bool) -> u64 {
+        let now = now_ms();
+        let mut purged = 0;
+        for key in keys {
+            let Some(entry) = self.entries.get(&key) else { continue };
+            purged += 1;
+            if soft {
+                self.entries.insert(key, Arc::new(softly_expired(&entry, now)));
+            } else {
+                self.entries.invalidate(&key);
+            }
+        }
+        purged
+    }
+
+    fn keys_by(&self, pick: impl FnOnce(&Index) -> Vec<CacheKey>) -> Vec<CacheKey> {
+        pick(&self.index.lock().expect("index lock"))
     }
 
     /// Whether `recorded` holds exactly the current generation of each of
@@ -101,9 +193,40 @@ impl CacheStore for MemoryStore {
         Ok(Lookup::Miss(self.current_generations(tags)))
     }
 
-    async fn store(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError> {
+    async fn store(&self, key: &CacheKey, entry: &Entry, index: &IndexInfo<'_>) -> Result<(), StoreError> {
+        // Indexed first: an insert may evict at once, and the eviction
+        // listener then unindexes it.
+        self.index.lock().expect("index lock").add(*key, index);
         self.entries.insert(*key, Arc::new(entry.clone()));
         Ok(())
+    }
+
+    async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
+        let mut purged = Purged::default();
+        if request.soft {
+            for tag in &request.tags {
+                self.purge_keys(self.keys_by(|i| Index::keys(&i.by_tag, tag)), true);
+            }
+        } else {
+            self.invalidate(&request.tags).await?;
+        }
+        purged.tags = request.tags.len() as u64;
+        for path in &request.paths {
+            purged.paths += self.purge_keys(self.keys_by(|i| Index::keys(&i.by_path, path)), request.soft);
+        }
+        for prefix in &request.prefixes {
+            let keys = self.keys_by(|i| Index::keys(&i.by_prefix, index_prefix(prefix)));
+            purged.prefixes += self.purge_keys(keys, request.soft);
+        }
+        if request.all {
+            if request.soft {
+                purged.prefixes += self.purge_keys(self.keys_by(|i| Index::keys(&i.by_prefix, "/")), true);
+            } else {
+                purged.prefixes += self.keys_by(|i| Index::keys(&i.by_prefix, "/")).len() as u64;
+                self.invalidate(&[ALL_TAG.to_owned()]).await?;
+            }
+        }
+        Ok(purged)
     }
 
     async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError> {
@@ -147,6 +270,82 @@ mod tests {
         vec!["users".to_string()]
     }
 
+    const INDEX: IndexInfo<'static> = IndexInfo { path: "/a", tags: &[] };
+
+    /// Stores a fresh entry for each path, tagged with its first segment.
+    async fn filled(paths: &[&str]) -> MemoryStore {
+        let store = MemoryStore::new(1 << 20);
+        for path in paths {
+            let tag = vec![path.split('/').nth(1).unwrap().to_owned()];
+            let Lookup::Miss(gens) = store.lookup(&CacheKey::for_test(path), &tag).await.unwrap() else {
+                panic!("cold store hit")
+            };
+            let mut e = entry(gens, 60_000);
+            e.stale_while_revalidate_ms = 60_000;
+            let index = IndexInfo { path, tags: &tag };
+            store.store(&CacheKey::for_test(path), &e, &index).await.unwrap();
+        }
+        store
+    }
+
+    async fn state(store: &MemoryStore, path: &str) -> &'static str {
+        let tag = vec![path.split('/').nth(1).unwrap().to_owned()];
+        match store.lookup(&CacheKey::for_test(path), &tag).await.unwrap() {
+            Lookup::Hit(_) => "hit",
+            Lookup::Stale(_) => "stale",
+            Lookup::Miss(_) => "miss",
+        }
+    }
+
+    #[tokio::test]
+    async fn purges_by_path_prefix_and_tag_empty_exactly_what_they_name() {
+        let paths = ["/users", "/users/1", "/users/1/posts", "/usersx", "/posts/1"];
+        let purge = |request: PurgeRequest| async move {
+            let store = filled(&paths).await;
+            let purged = store.purge(&request).await.unwrap();
+            let mut states = Vec::new();
+            for path in paths {
+                states.push(state(&store, path).await);
+            }
+            (purged, states)
+        };
+        let by_path = purge(PurgeRequest {
+            paths: vec!["/users/1".into()],
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(by_path.0.paths, 1);
+        assert_eq!(by_path.1, ["hit", "miss", "hit", "hit", "hit"]);
+        let by_prefix = purge(PurgeRequest {
+            prefixes: vec!["/users/".into()],
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(by_prefix.0.prefixes, 3);
+        assert_eq!(by_prefix.1, ["miss", "miss", "miss", "hit", "hit"]);
+        let by_tag = purge(PurgeRequest {
+            tags: vec!["posts".into()],
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(by_tag.0.tags, 1);
+        assert_eq!(by_tag.1, ["hit", "hit", "hit", "hit", "miss"]);
+        let soft = purge(PurgeRequest {
+            prefixes: vec!["/users".into()],
+            soft: true,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(soft.1, ["stale", "stale", "stale", "hit", "hit"]);
+        let soft_tag = purge(PurgeRequest {
+            tags: vec!["posts".into()],
+            soft: true,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(soft_tag.1, ["hit", "hit", "hit", "hit", "stale"]);
+    }
+
     #[tokio::test]
     async fn stores_then_hits_under_current_generations() {
         let store = MemoryStore::new(1 << 20);
@@ -154,7 +353,7 @@ mod tests {
             panic!("cold store hit")
         };
         store
-            .store(&CacheKey::for_test("/a"), &entry(gens, 60_000))
+            .store(&CacheKey::for_test("/a"), &entry(gens, 60_000), &INDEX)
             .await
             .unwrap();
         assert!(matches!(
@@ -176,7 +375,7 @@ mod tests {
         store.invalidate(&tags()).await.unwrap();
         // A read that fetched generations before the write stores late:
         store
-            .store(&CacheKey::for_test("/a"), &entry(before, 60_000))
+            .store(&CacheKey::for_test("/a"), &entry(before, 60_000), &INDEX)
             .await
             .unwrap();
         assert!(matches!(
@@ -191,7 +390,10 @@ mod tests {
         let Lookup::Miss(gens) = store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap() else {
             panic!()
         };
-        store.store(&CacheKey::for_test("/a"), &entry(gens, 0)).await.unwrap();
+        store
+            .store(&CacheKey::for_test("/a"), &entry(gens, 0), &INDEX)
+            .await
+            .unwrap();
         assert!(matches!(
             store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap(),
             Lookup::Miss(_)

@@ -21,6 +21,7 @@ pub mod breaker;
 pub mod entry;
 pub mod key;
 pub mod memory;
+pub mod purge;
 pub mod redis;
 
 use std::time::Duration;
@@ -31,6 +32,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 pub use self::entry::{Entry, Generations};
 pub use self::key::{CacheKey, KeyParts, ScopeKey};
+pub use self::purge::{IndexInfo, PurgeRequest, Purged};
 
 /// Whose responses an entry may be served to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,8 +313,12 @@ pub trait CacheStore: Send + Sync + 'static {
     /// the current ones of `tags` in the same round trip.
     async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError>;
 
-    /// Stores `entry` until its `expires_at_ms`.
-    async fn store(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError>;
+    /// Stores `entry` for as long as it may be used (fresh or stale),
+    /// indexed for purging as `index` says.
+    async fn store(&self, key: &CacheKey, entry: &Entry, index: &IndexInfo<'_>) -> Result<(), StoreError>;
+
+    /// Purges what `request` names (see [`purge`]).
+    async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError>;
 
     /// Gives each tag a fresh generation, so no entry recorded under the
     /// old one is served again. Returns only once the change is durable in

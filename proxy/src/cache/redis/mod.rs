@@ -53,7 +53,11 @@ use self::batch::{Part, Read, ReadBatcher, ReadResult};
 use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
 use super::memory::{bounded_entries, usable};
-use super::{new_generation, CacheKey, CacheStore, Entry, Generations, Lease, Lookup, StoreError};
+use super::purge::{index_prefix, prefixes_of, softly_expired, ALL_TAG};
+use super::{
+    new_generation, CacheKey, CacheStore, Entry, Generations, IndexInfo, Lease, Lookup, PurgeRequest, Purged,
+    StoreError,
+};
 use crate::config::CacheSettings;
 use crate::metrics::Metrics;
 
@@ -67,6 +71,30 @@ pub const PENDING_RETRY: Duration = Duration::from_millis(100);
 static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0"#,
+    )
+});
+
+/// Adds ARGV[1] (an entry's key) to each index set in KEYS, making each
+/// set live at least ARGV[2] ms: as long as the longest-lived entry in it.
+static INDEX_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"for _, k in ipairs(KEYS) do
+             redis.call("SADD", k, ARGV[1])
+             if redis.call("PTTL", k) < tonumber(ARGV[2]) then redis.call("PEXPIRE", k, ARGV[2]) end
+           end
+           return 1"#,
+    )
+});
+
+/// Replaces the entry KEYS[1] with ARGV[2] (for ARGV[3] ms; deletes it at
+/// 0) only if it still carries the stamp ARGV[1]: a soft purge never
+/// overwrites an entry stored since it read it.
+static MARK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"if redis.call("GETRANGE", KEYS[1], 0, 7) ~= ARGV[1] then return 0 end
+           if tonumber(ARGV[3]) > 0 then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
+           else redis.call("DEL", KEYS[1]) end
+           return 1"#,
     )
 });
 
@@ -149,6 +177,68 @@ impl RedisStore {
 
     fn entry_key(&self, key: &CacheKey) -> String {
         format!("{}e:{}", self.prefix, key.to_hex())
+    }
+
+    /// The index sets of the purge index: exact path, subtree, tag.
+    fn path_set(&self, path: &str) -> String {
+        format!("{}ip:{}", self.prefix, path)
+    }
+
+    fn subtree_set(&self, prefix: &str) -> String {
+        format!("{}ix:{}", self.prefix, prefix)
+    }
+
+    fn tag_set(&self, tag: &str) -> String {
+        format!("{}it:{}", self.prefix, tag)
+    }
+
+    /// The entry keys an index set names.
+    async fn members(&self, set: String) -> Result<Vec<String>, StoreError> {
+        self.guarded(|mut conn| async move { redis::cmd("SMEMBERS").arg(set).query_async(&mut conn).await })
+            .await
+    }
+
+    /// Deletes, or with `soft` marks expired, the entries whose key hexes
+    /// are `hexes`; returns how many there were.
+    async fn purge_entries(&self, hexes: Vec<String>, soft: bool) -> Result<u64, StoreError> {
+        if hexes.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<String> = hexes.iter().map(|h| format!("{}e:{}", self.prefix, h)).collect();
+        if !soft {
+            return self
+                .guarded(|mut conn| async move { redis::cmd("DEL").arg(&keys).query_async(&mut conn).await })
+                .await;
+        }
+        let mut marked = 0;
+        for key in keys {
+            let raw: Option<Bytes> = self
+                .guarded(|mut conn| {
+                    let key = key.clone();
+                    async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
+                })
+                .await?;
+            let Some(copy) = raw.and_then(decode_stamped) else {
+                continue;
+            };
+            let now = now_ms();
+            let expired = softly_expired(&copy.entry, now);
+            let ttl_ms = expired.retention_left(now).as_millis() as u64;
+            let value = stamped(&expired).1;
+            let changed: i64 = self
+                .guarded(|mut conn| async move {
+                    MARK_SCRIPT
+                        .key(key)
+                        .arg(&copy.stamp[..])
+                        .arg(value.as_ref())
+                        .arg(ttl_ms)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await?;
+            marked += changed as u64;
+        }
+        Ok(marked)
     }
 
     fn lease_key(&self, key: &CacheKey) -> String {
@@ -346,6 +436,15 @@ fn pipeline_runner(
     }
 }
 
+/// A new random stamp and `entry` encoded behind it, as stored.
+fn stamped(entry: &Entry) -> ([u8; STAMP_LEN], Bytes) {
+    let stamp: [u8; STAMP_LEN] = rand::random();
+    let mut value = BytesMut::with_capacity(STAMP_LEN + entry.encoded_len());
+    value.put_slice(&stamp);
+    entry.encode_into(&mut value);
+    (stamp, value.freeze())
+}
+
 /// A miss under `current`, the generations just read for `tags`.
 fn miss(tags: &[String], current: Vec<Option<Bytes>>) -> Lookup {
     let generations: Generations = tags
@@ -424,16 +523,17 @@ impl CacheStore for RedisStore {
         Ok(miss(tags, current))
     }
 
-    async fn store(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError> {
+    async fn store(&self, key: &CacheKey, entry: &Entry, index: &IndexInfo<'_>) -> Result<(), StoreError> {
         let ttl_ms = entry.retention_left(now_ms()).as_millis() as u64;
         if ttl_ms == 0 {
             return Ok(());
         }
-        let stamp: [u8; STAMP_LEN] = rand::random();
-        let mut value = BytesMut::with_capacity(STAMP_LEN + entry.encoded_len());
-        value.put_slice(&stamp);
-        entry.encode_into(&mut value);
+        let (stamp, value) = stamped(entry);
         let entry_key = self.entry_key(key);
+        let mut sets = vec![self.path_set(index.path)];
+        sets.extend(prefixes_of(index.path).map(|p| self.subtree_set(p)));
+        sets.extend(index.tags.iter().filter(|t| *t != ALL_TAG).map(|t| self.tag_set(t)));
+        let hex = key.to_hex();
         self.guarded(|mut conn| async move {
             redis::cmd("SET")
                 .arg(entry_key)
@@ -441,7 +541,14 @@ impl CacheStore for RedisStore {
                 .arg("PX")
                 .arg(ttl_ms)
                 .query_async::<()>(&mut conn)
+                .await?;
+            INDEX_SCRIPT
+                .key(sets)
+                .arg(hex)
+                .arg(ttl_ms)
+                .invoke_async::<i64>(&mut conn)
                 .await
+                .map(drop)
         })
         .await?;
         if let Some(l1) = &self.l1 {
@@ -449,6 +556,41 @@ impl CacheStore for RedisStore {
             l1.insert(*key, LocalCopy { stamp, entry });
         }
         Ok(())
+    }
+
+    async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
+        let mut purged = Purged::default();
+        if request.soft {
+            for tag in &request.tags {
+                self.purge_entries(self.members(self.tag_set(tag)).await?, true).await?;
+            }
+        } else {
+            self.invalidate(&request.tags).await?;
+        }
+        purged.tags = request.tags.len() as u64;
+        for path in &request.paths {
+            purged.paths += self
+                .purge_entries(self.members(self.path_set(path)).await?, request.soft)
+                .await?;
+        }
+        let mut prefixes: Vec<&str> = request.prefixes.iter().map(|p| index_prefix(p)).collect();
+        if request.all && request.soft {
+            prefixes.push("/");
+        }
+        for prefix in prefixes {
+            purged.prefixes += self
+                .purge_entries(self.members(self.subtree_set(prefix)).await?, request.soft)
+                .await?;
+        }
+        if request.all && !request.soft {
+            let every = self.subtree_set("/");
+            let count: u64 = self
+                .guarded(|mut conn| async move { redis::cmd("SCARD").arg(every).query_async(&mut conn).await })
+                .await?;
+            purged.prefixes += count;
+            self.invalidate(&[ALL_TAG.to_owned()]).await?;
+        }
+        Ok(purged)
     }
 
     async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError> {

@@ -1,0 +1,113 @@
+//! What `POST /purge` asks of a store, and the index that lets a store
+//! find entries by path, path prefix or tag without scanning its keys.
+//!
+//! Every stored entry is indexed under its normalised path (any query,
+//! scope or variant), under each segment-aligned prefix of that path
+//! (`/users/42` under `/users/42`, `/users` and `/`), and under each of its
+//! rule's tags. A hard purge removes entries (or, for tags and `all`,
+//! replaces generations, which is exact and O(1)); a soft purge marks the
+//! entries it finds expired, so they are served only as stale answers
+//! (while a refresh runs, or on upstream errors) until replaced.
+
+use serde::Deserialize;
+
+use super::entry::Entry;
+
+/// The implicit tag every cacheable rule carries: replacing its generation
+/// purges every entry at once.
+pub const ALL_TAG: &str = "*";
+
+/// A purge request, as `POST /purge` accepts it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+    /// Mark entries expired instead of removing them.
+    #[serde(default)]
+    pub soft: bool,
+}
+
+impl PurgeRequest {
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.paths.is_empty() && self.prefixes.is_empty() && !self.all
+    }
+}
+
+/// What a purge did: tags whose entries were purged, and entries purged by
+/// path and by prefix (`all` counts under prefixes, as the prefix `/`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Purged {
+    pub tags: u64,
+    pub paths: u64,
+    pub prefixes: u64,
+}
+
+/// Where an entry is indexed: its normalised path and its rule's tags.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexInfo<'a> {
+    pub path: &'a str,
+    pub tags: &'a [String],
+}
+
+/// The path itself and each of its segment-aligned prefixes, longest first:
+/// `/a/b` gives `/a/b`, `/a`, `/`.
+pub fn prefixes_of(path: &str) -> impl Iterator<Item = &str> {
+    let cuts = path.match_indices('/').map(|(i, _)| i).filter(|&i| i > 0);
+    std::iter::once(path)
+        .chain(cuts.collect::<Vec<_>>().into_iter().rev().map(|i| &path[..i]))
+        .filter(|p| *p != "/")
+        .chain(std::iter::once("/"))
+}
+
+/// A prefix as the index stores it: no trailing `/` except the root.
+pub fn index_prefix(prefix: &str) -> &str {
+    match prefix.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    }
+}
+
+/// `entry` marked expired as of `now_ms`, keeping its stale windows.
+pub fn softly_expired(entry: &Entry, now_ms: u64) -> Entry {
+    let mut marked = entry.clone();
+    marked.expires_at_ms = marked.expires_at_ms.min(now_ms);
+    marked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_indexed_under_itself_and_each_segment_aligned_prefix() {
+        assert_eq!(
+            prefixes_of("/users/42").collect::<Vec<_>>(),
+            ["/users/42", "/users", "/"]
+        );
+        assert_eq!(prefixes_of("/users/").collect::<Vec<_>>(), ["/users/", "/users", "/"]);
+        assert_eq!(prefixes_of("/").collect::<Vec<_>>(), ["/"]);
+    }
+
+    #[test]
+    fn prefixes_lose_their_trailing_slash_except_the_root() {
+        assert_eq!(index_prefix("/users/"), "/users");
+        assert_eq!(index_prefix("/users"), "/users");
+        assert_eq!(index_prefix("/"), "/");
+    }
+
+    #[test]
+    fn a_request_names_what_to_purge_and_nothing_else() {
+        let parsed: PurgeRequest = serde_json::from_str(r#"{"paths": ["/a"], "soft": true}"#).unwrap();
+        assert_eq!(parsed.paths, ["/a"]);
+        assert!(parsed.soft && !parsed.is_empty());
+        assert!(serde_json::from_str::<PurgeRequest>(r#"{"path": "/a"}"#).is_err());
+        assert!(serde_json::from_str::<PurgeRequest>("{}").unwrap().is_empty());
+    }
+}
