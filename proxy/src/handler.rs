@@ -12,9 +12,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, AGE, CONTENT_LENGTH};
+use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 
@@ -26,6 +26,7 @@ use crate::cache::{
     Lease, Lookup, Scope, ScopeKey, StaleReason,
 };
 use crate::coalesce::{Flights, Outcome, Role};
+use crate::conditional;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::invalidate::should_invalidate;
@@ -70,6 +71,9 @@ struct Fetch<'r> {
     headers: HeaderMap,
     key: CacheKey,
     is_head: bool,
+    /// An expired entry to revalidate: its validators go upstream, and an
+    /// upstream 304 refreshes it.
+    stale: Option<Arc<Entry>>,
 }
 
 /// What later steps and the outer handler need to know about a request.
@@ -161,9 +165,25 @@ impl Proxy {
         }
     }
 
-    /// GET/HEAD on a cacheable rule: lookup, else forward (once per key
-    /// for concurrent misses), store, answer.
+    /// GET/HEAD on a cacheable rule, answering 304 to a client that
+    /// already holds the answer.
     async fn cached_read(
+        &self,
+        req: &Admitted<'_>,
+        policy: &CachePolicy,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let response = self.cached_answer(req, policy, ctx).await?;
+        if response.status() == StatusCode::OK && conditional::client_has_it(&req.parts.headers, response.headers()) {
+            self.metrics.conditional("not_modified");
+            return Ok(conditional::not_modified(response));
+        }
+        Ok(response)
+    }
+
+    /// Lookup, else forward (once per key for concurrent misses), store,
+    /// answer.
+    async fn cached_answer(
         &self,
         req: &Admitted<'_>,
         policy: &CachePolicy,
@@ -176,7 +196,7 @@ impl Proxy {
             Ok(Lookup::Hit(entry)) => return Ok(serve_hit(entry, is_head, ctx)),
             Ok(Lookup::Stale(entry)) => {
                 if entry.may_serve_while_revalidating(now_ms()) {
-                    self.refresh_in_background(req, policy, key, entry.generations.clone());
+                    self.refresh_in_background(req, policy, key, entry.clone());
                     return Ok(self.serve_stale(entry, StaleReason::WhileRevalidate, is_head, ctx));
                 }
                 // Kept for stale-if-error; fetched under current generations.
@@ -227,6 +247,7 @@ impl Proxy {
             headers: self.cache_headers(req, policy)?,
             key,
             is_head,
+            stale: stale.clone(),
         };
         let result = self.fetch_and_store(&fetch, generations, &mut ctx.cache_status).await;
         let (response, stored) = match (result, stale) {
@@ -251,7 +272,7 @@ impl Proxy {
 
     /// Refreshes an entry served stale, once: unless this instance is
     /// already fetching the key, or another instance holds its lease.
-    fn refresh_in_background(&self, req: &Admitted<'_>, policy: &CachePolicy, key: CacheKey, generations: Generations) {
+    fn refresh_in_background(&self, req: &Admitted<'_>, policy: &CachePolicy, key: CacheKey, stale: Arc<Entry>) {
         let Role::Leader(leader) = self.flights.join(key) else {
             return;
         };
@@ -279,9 +300,13 @@ impl Proxy {
                 headers,
                 key,
                 is_head: false,
+                stale: Some(stale.clone()),
             };
             let mut status = CacheStatus::Miss { stored: false };
-            match proxy.fetch_and_store(&fetch, Some(generations), &mut status).await {
+            match proxy
+                .fetch_and_store(&fetch, Some(stale.generations.clone()), &mut status)
+                .await
+            {
                 Ok((_, Some(entry))) => {
                     proxy.metrics.stale("refreshed");
                     leader.finish(Outcome::Entry(entry));
@@ -317,6 +342,55 @@ impl Proxy {
             reason,
         };
         response_from_entry(entry, now, is_head)
+    }
+
+    /// The upstream answered 304 to a revalidation: the stored answer with
+    /// the 304's headers, stored afresh (RFC 9111 §4.3.4).
+    async fn revalidated(
+        &self,
+        fetch: &Fetch<'_>,
+        stale: &Entry,
+        update: &HeaderMap,
+        generations: Generations,
+        cache_status: &mut CacheStatus,
+    ) -> (Response<ProxyBody>, Option<Arc<Entry>>) {
+        self.metrics.conditional("revalidated");
+        let mut headers = stale.headers.clone();
+        for name in update.keys() {
+            if *name != CONTENT_LENGTH {
+                headers.remove(name);
+                for value in update.get_all(name) {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        let headers = storable_headers(&headers);
+        let now = now_ms();
+        let mut entry = Entry {
+            status: stale.status,
+            headers,
+            body: stale.body.clone(),
+            stored_at_ms: now,
+            expires_at_ms: now,
+            stale_while_revalidate_ms: 0,
+            stale_if_error_ms: 0,
+            generations,
+        };
+        let Ok(lifetime) = storability(fetch.policy, entry.status, &entry.headers) else {
+            return (response_from_entry(Arc::new(entry), now, fetch.is_head), None);
+        };
+        entry.expires_at_ms = now + lifetime.ttl.as_millis() as u64;
+        entry.stale_while_revalidate_ms = lifetime.stale_while_revalidate.as_millis() as u64;
+        entry.stale_if_error_ms = lifetime.stale_if_error.as_millis() as u64;
+        let entry = Arc::new(entry);
+        let index = IndexInfo {
+            path: &fetch.path,
+            tags: &fetch.policy.tags,
+        };
+        *cache_status = CacheStatus::Revalidated {
+            stored: self.store.store(&fetch.key, &entry, &index).await.is_ok(),
+        };
+        (response_from_entry(entry.clone(), now, fetch.is_head), Some(entry))
     }
 
     /// Step 4 for a cacheable rule: only the allowlisted headers, the
@@ -366,11 +440,15 @@ impl Proxy {
         cache_status: &mut CacheStatus,
     ) -> Result<(Response<ProxyBody>, Option<Arc<Entry>>), ProxyError> {
         let (rule, policy, is_head) = (fetch.rule, fetch.policy, fetch.is_head);
+        let mut headers = fetch.headers.clone();
+        if let Some(stale) = &fetch.stale {
+            conditional::add_validators(&mut headers, &stale.headers);
+        }
         // HEAD is fetched as GET so its answer can fill the entry GET uses.
         let outbound = Outbound {
             method: Method::GET,
             path_and_query: fetch.path_and_query.clone(),
-            headers: fetch.headers.clone(),
+            headers,
             body: body::empty(),
             replayable: true,
         };
@@ -383,6 +461,11 @@ impl Proxy {
             return Ok((self.streamed(head, upstream_body, is_head), None));
         };
         *cache_status = CacheStatus::Miss { stored: false };
+        if let (StatusCode::NOT_MODIFIED, Some(stale)) = (head.status, &fetch.stale) {
+            return Ok(self
+                .revalidated(fetch, stale, &head.headers, generations, cache_status)
+                .await);
+        }
         let lifetime = match storability(policy, head.status, &head.headers) {
             Ok(lifetime) => lifetime,
             Err(reason) => {
@@ -414,10 +497,13 @@ impl Proxy {
             Err(_) => return Err(ProxyError::Upstream(UpstreamError::Timeout)),
         };
 
+        let mut stored_headers = storable_headers(&head.headers);
+        let etag = conditional::ensure_strong_etag(&mut stored_headers, &bytes);
+        head.headers.insert(ETAG, etag);
         let now = now_ms();
         let entry = Arc::new(Entry {
             status: head.status,
-            headers: storable_headers(&head.headers),
+            headers: stored_headers,
             body: bytes.clone(),
             stored_at_ms: now,
             expires_at_ms: now + lifetime.ttl.as_millis() as u64,
@@ -625,7 +711,10 @@ fn storable_headers(headers: &HeaderMap) -> HeaderMap {
 fn stamp_cache_headers(headers: &mut HeaderMap, status: &CacheStatus) {
     headers.insert(X_CACHE, status.x_cache());
     headers.append(CACHE_STATUS, status.cache_status());
-    if !matches!(status, CacheStatus::Hit { .. } | CacheStatus::Stale { .. }) {
+    if !matches!(
+        status,
+        CacheStatus::Hit { .. } | CacheStatus::Stale { .. } | CacheStatus::Revalidated { .. }
+    ) {
         headers.remove(AGE);
     }
 }

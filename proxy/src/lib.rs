@@ -15,6 +15,7 @@
 //! - [`rbac`]: rule access against claims.
 //! - [`cache`]: key, entry, storability, and the Redis and memory stores.
 //! - [`coalesce`]: concurrent misses for one key fetch once.
+//! - [`conditional`]: validators, 304s and revalidation.
 //! - [`upstream`]: request shaping and the pooled client.
 //! - [`invalidate`]: which write outcomes invalidate.
 //! - [`admin`]: health, readiness, metrics listener; [`purge`]: `POST /purge`.
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod coalesce;
+pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod handler;

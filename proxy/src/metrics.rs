@@ -64,6 +64,7 @@ pub struct Metrics {
     leases: Family<OutcomeLabels, Counter>,
     stale: Family<OutcomeLabels, Counter>,
     purges: Family<OutcomeLabels, Counter>,
+    conditional: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -138,6 +139,12 @@ impl Metrics {
             "Purges performed through POST /purge, by kind (hard, soft)",
             purges.clone(),
         );
+        let conditional = Family::default();
+        registry.register(
+            "conditional",
+            "304s answered to clients (not_modified) and expired entries refreshed by an upstream 304 (revalidated)",
+            conditional.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -152,6 +159,7 @@ impl Metrics {
             leases,
             stale,
             purges,
+            conditional,
         }
     }
 
@@ -209,6 +217,10 @@ impl Metrics {
 
     pub fn purge(&self, kind: &'static str) {
         self.purges.get_or_create(&OutcomeLabels { outcome: kind }).inc();
+    }
+
+    pub fn conditional(&self, outcome: &'static str) {
+        self.conditional.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// The Prometheus text exposition.

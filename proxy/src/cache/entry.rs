@@ -15,6 +15,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 2] = b"CG";
@@ -78,9 +79,19 @@ impl Entry {
         now_ms < self.expires_at_ms.saturating_add(self.stale_if_error_ms)
     }
 
-    /// Time left before no use of the entry remains: how long stores keep it.
+    /// Time left before no use of the entry remains: how long stores keep
+    /// it. An entry with validators is kept past expiry for as long again,
+    /// to be revalidated upstream (a 304) rather than fetched whole.
     pub fn retention_left(&self, now_ms: u64) -> Duration {
-        let stale = self.stale_while_revalidate_ms.max(self.stale_if_error_ms);
+        let revalidation = if self.headers.contains_key(ETAG) || self.headers.contains_key(LAST_MODIFIED) {
+            self.expires_at_ms.saturating_sub(self.stored_at_ms)
+        } else {
+            0
+        };
+        let stale = self
+            .stale_while_revalidate_ms
+            .max(self.stale_if_error_ms)
+            .max(revalidation);
         Duration::from_millis(self.expires_at_ms.saturating_add(stale).saturating_sub(now_ms))
     }
 

@@ -220,6 +220,10 @@ pub enum CacheStatus {
         expired_for: Duration,
         reason: StaleReason,
     },
+    /// Expired, revalidated upstream (304) and served from the cache.
+    Revalidated {
+        stored: bool,
+    },
     Miss {
         stored: bool,
     },
@@ -231,6 +235,7 @@ impl CacheStatus {
         HeaderValue::from_static(match self {
             CacheStatus::Hit { .. } => "HIT",
             CacheStatus::Stale { .. } => "STALE",
+            CacheStatus::Revalidated { .. } => "HIT",
             CacheStatus::Miss { .. } => "MISS",
             CacheStatus::Bypass(_) => "BYPASS",
         })
@@ -251,6 +256,10 @@ impl CacheStatus {
                 HeaderValue::from_str(&format!("proxy; hit; ttl=-{}; detail={detail}", expired_for.as_secs()))
                     .expect("ascii")
             }
+            CacheStatus::Revalidated { stored: true } => {
+                HeaderValue::from_static("proxy; fwd=stale; fwd-status=304; stored")
+            }
+            CacheStatus::Revalidated { stored: false } => HeaderValue::from_static("proxy; fwd=stale; fwd-status=304"),
             CacheStatus::Miss { stored: true } => HeaderValue::from_static("proxy; fwd=miss; stored"),
             CacheStatus::Miss { stored: false } => HeaderValue::from_static("proxy; fwd=miss"),
             CacheStatus::Bypass(Bypass::Method) => HeaderValue::from_static("proxy; fwd=method"),
@@ -268,6 +277,7 @@ impl CacheStatus {
         match self {
             CacheStatus::Hit { .. } => "hit",
             CacheStatus::Stale { .. } => "stale",
+            CacheStatus::Revalidated { .. } => "revalidated",
             CacheStatus::Miss { .. } => "miss",
             CacheStatus::Bypass(_) => "bypass",
         }

@@ -1,0 +1,145 @@
+//! Conditional requests (RFC 9110 §13) on cached answers: validators on
+//! every stored entry, 304s for clients that already hold it, and the
+//! validators an expired entry is revalidated upstream with.
+
+use bytes::Bytes;
+use http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, TRANSFER_ENCODING,
+};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::body;
+use crate::upstream::ProxyBody;
+
+/// Gives `headers` a strong `ETag`: the origin's if it sent a strong one,
+/// else one computed from `body` (so equal bodies share it across
+/// instances). Returns the value set.
+pub fn ensure_strong_etag(headers: &mut HeaderMap, body: &Bytes) -> HeaderValue {
+    if let Some(etag) = headers.get(ETAG).filter(|v| v.as_bytes().starts_with(b"\"")) {
+        return etag.clone();
+    }
+    let digest = Sha256::digest(body);
+    let etag = HeaderValue::from_str(&format!("\"{}\"", hex::encode(&digest[..16]))).expect("hex is a valid header");
+    headers.insert(ETAG, etag.clone());
+    etag
+}
+
+/// The validators to revalidate a stored answer with: its `ETag` as
+/// `If-None-Match`, its `Last-Modified` as `If-Modified-Since`.
+pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
+    if let Some(etag) = stored.get(ETAG) {
+        request.insert(IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = stored.get(LAST_MODIFIED) {
+        request.insert(IF_MODIFIED_SINCE, modified.clone());
+    }
+}
+
+/// Whether a client sending `request` headers already holds the answer
+/// whose headers are `response`: `If-None-Match` (weak comparison, `*`
+/// matches), or else `If-Modified-Since` against `Last-Modified`.
+pub fn client_has_it(request: &HeaderMap, response: &HeaderMap) -> bool {
+    if request.contains_key(IF_NONE_MATCH) {
+        let Some(etag) = response.get(ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        return request
+            .get_all(IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|candidate| candidate == "*" || opaque(candidate) == opaque(etag));
+    }
+    let date = |map: &HeaderMap, name| {
+        map.get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
+    match (date(request, IF_MODIFIED_SINCE), date(response, LAST_MODIFIED)) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
+/// The tag without its weakness marker, for the weak comparison.
+fn opaque(etag: &str) -> &str {
+    etag.strip_prefix("W/").unwrap_or(etag)
+}
+
+/// `response` as a 304: same headers minus those describing the body
+/// (RFC 9110 §15.4.5), no body.
+pub fn not_modified(response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut head, _) = response.into_parts();
+    head.status = StatusCode::NOT_MODIFIED;
+    for name in [CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING] {
+        head.headers.remove(name);
+    }
+    Response::from_parts(head, body::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_keeps_a_strong_origin_etag_and_otherwise_gets_one_from_its_body() {
+        let body = Bytes::from_static(b"{}");
+        let mut origin = headers(&[("etag", "\"v1\"")]);
+        assert_eq!(ensure_strong_etag(&mut origin, &body), "\"v1\"");
+        let mut weak = headers(&[("etag", "W/\"v1\"")]);
+        let computed = ensure_strong_etag(&mut weak, &body);
+        assert!(computed.to_str().unwrap().starts_with('"'));
+        assert_eq!(
+            computed,
+            ensure_strong_etag(&mut HeaderMap::new(), &body),
+            "same body, same tag"
+        );
+        assert_ne!(
+            computed,
+            ensure_strong_etag(&mut HeaderMap::new(), &Bytes::from_static(b"[]"))
+        );
+    }
+
+    #[test]
+    fn if_none_match_uses_the_weak_comparison_and_wins_over_if_modified_since() {
+        let stored = headers(&[("etag", "\"v1\""), ("last-modified", "Tue, 01 Jan 2030 00:00:00 GMT")]);
+        assert!(client_has_it(
+            &headers(&[("if-none-match", "\"v0\", W/\"v1\"")]),
+            &stored
+        ));
+        assert!(client_has_it(&headers(&[("if-none-match", "*")]), &stored));
+        assert!(!client_has_it(&headers(&[("if-none-match", "\"v0\"")]), &stored));
+        let both = headers(&[
+            ("if-none-match", "\"v0\""),
+            ("if-modified-since", "Wed, 02 Jan 2030 00:00:00 GMT"),
+        ]);
+        assert!(
+            !client_has_it(&both, &stored),
+            "If-Modified-Since is ignored with If-None-Match"
+        );
+    }
+
+    #[test]
+    fn if_modified_since_compares_dates_and_ignores_garbage() {
+        let stored = headers(&[("last-modified", "Tue, 01 Jan 2030 00:00:00 GMT")]);
+        assert!(client_has_it(
+            &headers(&[("if-modified-since", "Tue, 01 Jan 2030 00:00:00 GMT")]),
+            &stored
+        ));
+        assert!(!client_has_it(
+            &headers(&[("if-modified-since", "Mon, 31 Dec 2029 00:00:00 GMT")]),
+            &stored
+        ));
+        assert!(!client_has_it(&headers(&[("if-modified-since", "yesterday")]), &stored));
+        assert!(!client_has_it(&HeaderMap::new(), &stored));
+    }
+}
