@@ -34,6 +34,7 @@ use crate::metrics::{Metrics, NO_RULE};
 use crate::rbac;
 use crate::route::{self, Rule, Target};
 use crate::upstream::{self, BoxError, HeaderPolicy, Outbound, ProxyBody, Upstream, UpstreamError};
+use crate::vary::LearnedVary;
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -45,6 +46,7 @@ pub struct Proxy {
     pub config: Arc<Config>,
     pub store: Arc<dyn CacheStore>,
     pub flights: Arc<Flights>,
+    pub learned_vary: LearnedVary,
     /// This proxy, for background refreshes that outlive their request.
     pub me: Weak<Proxy>,
     pub upstream: Upstream,
@@ -74,6 +76,11 @@ struct Fetch<'r> {
     /// An expired entry to revalidate: its validators go upstream, and an
     /// upstream 304 refreshes it.
     stale: Option<Arc<Entry>>,
+    /// What `key` was built from, to build another if the answer varies on
+    /// more headers than `vary`.
+    target: Target,
+    claims: Option<Arc<Claims>>,
+    vary: Option<Arc<[HeaderName]>>,
 }
 
 /// What later steps and the outer handler need to know about a request.
@@ -190,7 +197,16 @@ impl Proxy {
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (rule, is_head) = (req.rule, req.parts.method == Method::HEAD);
-        let key = cache_key(rule, policy, &req.target, &req.parts.headers, req.claims.as_deref());
+        let learned_vary = self.learned_vary.names(rule.name);
+        let vary = learned_vary.as_deref().unwrap_or(&policy.vary);
+        let key = cache_key(
+            rule,
+            policy,
+            vary,
+            &req.target,
+            &req.parts.headers,
+            req.claims.as_deref(),
+        );
 
         let (generations, stale) = match self.store.lookup(&key, &policy.tags).await {
             Ok(Lookup::Hit(entry)) => return Ok(serve_hit(entry, is_head, ctx)),
@@ -248,6 +264,9 @@ impl Proxy {
             key,
             is_head,
             stale: stale.clone(),
+            target: req.target.clone(),
+            claims: req.claims.clone(),
+            vary: learned_vary.clone(),
         };
         let result = self.fetch_and_store(&fetch, generations, &mut ctx.cache_status).await;
         let (response, stored) = match (result, stale) {
@@ -280,6 +299,11 @@ impl Proxy {
             return;
         };
         let (rule_name, path, path_and_query) = (req.rule.name, req.target.path.clone(), req.target.path_and_query());
+        let (target, claims, vary) = (
+            req.target.clone(),
+            req.claims.clone(),
+            self.learned_vary.names(rule_name),
+        );
         tokio::spawn(async move {
             let Some(rule) = proxy.config.routes.by_name(rule_name) else {
                 return;
@@ -301,6 +325,9 @@ impl Proxy {
                 key,
                 is_head: false,
                 stale: Some(stale.clone()),
+                target,
+                claims,
+                vary,
             };
             let mut status = CacheStatus::Miss { stored: false };
             match proxy
@@ -376,7 +403,7 @@ impl Proxy {
             stale_if_error_ms: 0,
             generations,
         };
-        let Ok(lifetime) = storability(fetch.policy, entry.status, &entry.headers) else {
+        let Ok(lifetime) = storability(fetch.policy, &fetch.rule.forward_headers, entry.status, &entry.headers) else {
             return (response_from_entry(Arc::new(entry), now, fetch.is_head), None);
         };
         entry.expires_at_ms = now + lifetime.ttl.as_millis() as u64;
@@ -466,7 +493,7 @@ impl Proxy {
                 .revalidated(fetch, stale, &head.headers, generations, cache_status)
                 .await);
         }
-        let lifetime = match storability(policy, head.status, &head.headers) {
+        let lifetime = match storability(policy, &rule.forward_headers, head.status, &head.headers) {
             Ok(lifetime) => lifetime,
             Err(reason) => {
                 tracing::debug!(rule = %rule.name, ?reason, "response not stored");
@@ -477,6 +504,24 @@ impl Proxy {
         if content_length(&head.headers).is_some_and(|len| len > max_entry) {
             return Ok((self.streamed(head, upstream_body, is_head), None));
         }
+        // An answer varying on more than it was keyed on is stored under a
+        // key that includes those headers, and not handed to waiters, whose
+        // values may differ.
+        let keyed = fetch.vary.as_deref().unwrap_or(&policy.vary);
+        let (key, shareable) = match self.learned_vary.learn(rule.name, keyed, &head.headers) {
+            None => (fetch.key, true),
+            Some(vary) => (
+                cache_key(
+                    rule,
+                    policy,
+                    &vary,
+                    &fetch.target,
+                    &fetch.headers,
+                    fetch.claims.as_deref(),
+                ),
+                false,
+            ),
+        };
         // Buffering is bounded by the response timeout, like the headers
         // were: nothing has been sent to the client yet, so a stall is a 504.
         let buffered = tokio::time::timeout(
@@ -515,7 +560,7 @@ impl Proxy {
             path: &fetch.path,
             tags: &policy.tags,
         };
-        match self.store.store(&fetch.key, &entry, &index).await {
+        match self.store.store(&key, &entry, &index).await {
             Ok(()) => *cache_status = CacheStatus::Miss { stored: true },
             Err(err) => {
                 self.metrics.store_error("store");
@@ -523,7 +568,7 @@ impl Proxy {
             }
         }
         let body = if is_head { body::empty() } else { body::full(bytes) };
-        Ok((Response::from_parts(head, body), Some(entry)))
+        Ok((Response::from_parts(head, body), shareable.then_some(entry)))
     }
 
     /// Uncacheable rules and writes: stream both ways; writes invalidate
@@ -645,15 +690,16 @@ impl Drop for LeaseGuard {
     }
 }
 
+/// The key of a request for `rule`, keyed on the `vary` headers' values.
 fn cache_key(
     rule: &Rule,
     policy: &CachePolicy,
+    vary: &[HeaderName],
     target: &Target,
     headers: &HeaderMap,
     claims: Option<&Claims>,
 ) -> CacheKey {
-    let joined: Vec<(&str, Vec<u8>)> = policy
-        .vary
+    let joined: Vec<(&str, Vec<u8>)> = vary
         .iter()
         .map(|name| {
             let mut value = Vec::new();

@@ -17,6 +17,7 @@
 //! - [`coalesce`]: concurrent misses for one key fetch once.
 //! - [`conditional`]: validators, 304s and revalidation.
 //! - [`upstream`]: request shaping and the pooled client.
+//! - [`vary`]: headers the origin varies on, learned per rule.
 //! - [`invalidate`]: which write outcomes invalidate.
 //! - [`admin`]: health, readiness, metrics listener; [`purge`]: `POST /purge`.
 //! - [`metrics`], [`error`], [`body`]: support.
@@ -37,6 +38,7 @@ pub mod rbac;
 pub mod route;
 pub mod server;
 pub mod upstream;
+pub mod vary;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -67,6 +69,7 @@ pub fn build_proxy(config: Arc<Config>) -> anyhow::Result<Arc<Proxy>> {
     Ok(Arc::new_cyclic(|me| Proxy {
         store,
         flights: Arc::default(),
+        learned_vary: Default::default(),
         me: me.clone(),
         upstream: Upstream::new(&config.upstream),
         metrics,

@@ -80,14 +80,22 @@ pub enum NotStorable {
     Private,
     SetCookie,
     VaryStar,
-    /// The origin varies on a header that is not in the key.
+    /// The origin varies on a header that does not reach it.
     VaryUnkeyed,
     ZeroTtl,
 }
 
 /// Decides whether a response may be stored under `policy`, and for how
 /// long. Pure: depends on nothing but its arguments.
-pub fn storability(policy: &CachePolicy, status: StatusCode, headers: &HeaderMap) -> Result<Lifetime, NotStorable> {
+/// `forwarded` are the request headers that reach the origin besides the
+/// rule's `vary`: an answer may vary on those (they join its key), on
+/// nothing else.
+pub fn storability(
+    policy: &CachePolicy,
+    forwarded: &[HeaderName],
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Lifetime, NotStorable> {
     if !policy.statuses.contains(&status.as_u16()) {
         return Err(NotStorable::Status);
     }
@@ -117,7 +125,12 @@ pub fn storability(policy: &CachePolicy, status: StatusCode, headers: &HeaderMap
             if name == "*" {
                 return Err(NotStorable::VaryStar);
             }
-            if !policy.vary.iter().any(|v| v.as_str().eq_ignore_ascii_case(name)) {
+            if !policy
+                .vary
+                .iter()
+                .chain(forwarded)
+                .any(|v| v.as_str().eq_ignore_ascii_case(name))
+            {
                 return Err(NotStorable::VaryUnkeyed);
             }
         }
@@ -403,11 +416,36 @@ mod tests {
     }
 
     fn lifetime(pairs: &[(&str, &str)]) -> Lifetime {
-        storability(&policy(Scope::Shared), StatusCode::OK, &headers(pairs)).unwrap()
+        storability(&policy(Scope::Shared), &[], StatusCode::OK, &headers(pairs)).unwrap()
     }
 
     fn verdict(scope: Scope, status: u16, pairs: &[(&str, &str)]) -> Result<Duration, NotStorable> {
-        storability(&policy(scope), StatusCode::from_u16(status).unwrap(), &headers(pairs)).map(|l| l.ttl)
+        storability(
+            &policy(scope),
+            &[],
+            StatusCode::from_u16(status).unwrap(),
+            &headers(pairs),
+        )
+        .map(|l| l.ttl)
+    }
+
+    #[test]
+    fn an_answer_may_vary_on_forwarded_headers_but_not_on_others_or_star() {
+        let vary = |on: &'static str, forwarded: &[HeaderName]| {
+            storability(
+                &policy(Scope::Shared),
+                forwarded,
+                StatusCode::OK,
+                &headers(&[("vary", on)]),
+            )
+            .map(|_| ())
+        };
+        let accept = [HeaderName::from_static("accept")];
+        assert_eq!(vary("Accept", &accept), Ok(()));
+        assert_eq!(vary("Accept", &[]), Err(NotStorable::VaryUnkeyed));
+        assert_eq!(vary("Accept-Language, accept", &accept), Ok(()));
+        assert_eq!(vary("X-Other", &accept), Err(NotStorable::VaryUnkeyed));
+        assert_eq!(vary("*", &accept), Err(NotStorable::VaryStar));
     }
 
     #[test]
