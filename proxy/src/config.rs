@@ -65,6 +65,7 @@ pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
 /// How long the breaker stays open before one probe is let through.
 pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(1);
 pub const DEFAULT_KEY_PREFIX: &str = "cgw:";
+pub const DEFAULT_SURROGATE_KEY_HEADER: &str = "surrogate-key";
 /// Shorter admin tokens are refused: they guard cache-wide purges.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// How long one instance may fetch a missing entry while the others sharing
@@ -142,6 +143,7 @@ pub struct RawCache {
     pub key_prefix: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub lease_ttl: Option<Duration>,
+    pub surrogate_key_header: Option<String>,
     pub forward_headers: Option<Vec<String>>,
 }
 
@@ -384,6 +386,9 @@ pub struct CacheSettings {
     pub breaker_open_for: Duration,
     pub key_prefix: String,
     pub lease_ttl: Duration,
+    /// Response header naming an answer's extra tags; stripped before
+    /// clients see it. `None`: off.
+    pub surrogate_key_header: Option<HeaderName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -663,6 +668,14 @@ fn cache_settings(
         ),
         key_prefix: raw.key_prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
         lease_ttl: positive(p, "cache.lease_ttl", raw.lease_ttl, DEFAULT_LEASE_TTL),
+        surrogate_key_header: match raw.surrogate_key_header.as_deref() {
+            Some("") => None,
+            name => Some(header_name(
+                p,
+                "cache.surrogate_key_header",
+                name.unwrap_or(DEFAULT_SURROGATE_KEY_HEADER),
+            )),
+        },
     }
 }
 

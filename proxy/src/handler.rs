@@ -21,6 +21,8 @@ use hyper::body::{Body, Incoming};
 use crate::auth::{self, Claims};
 use crate::body::{self, Buffered};
 use crate::cache::entry::now_ms;
+use crate::cache::purge::surrogate_keys;
+use crate::cache::PurgeRequest;
 use crate::cache::{
     storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, Generations, IndexInfo, KeyParts,
     Lease, Lookup, Scope, ScopeKey, StaleReason,
@@ -119,6 +121,10 @@ impl Proxy {
                 err.into_response()
             }
         };
+        if let Some(name) = &self.config.cache.surrogate_key_header {
+            // The origin's tags are for caches, not clients.
+            response.headers_mut().remove(name);
+        }
         stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
         let rule = ctx.rule.map_or(NO_RULE, |r| r.name);
         self.metrics
@@ -379,6 +385,7 @@ impl Proxy {
         stale: &Entry,
         update: &HeaderMap,
         generations: Generations,
+        index: &IndexInfo<'_>,
         cache_status: &mut CacheStatus,
     ) -> (Response<ProxyBody>, Option<Arc<Entry>>) {
         self.metrics.conditional("revalidated");
@@ -410,12 +417,8 @@ impl Proxy {
         entry.stale_while_revalidate_ms = lifetime.stale_while_revalidate.as_millis() as u64;
         entry.stale_if_error_ms = lifetime.stale_if_error.as_millis() as u64;
         let entry = Arc::new(entry);
-        let index = IndexInfo {
-            path: &fetch.path,
-            tags: &fetch.policy.tags,
-        };
         *cache_status = CacheStatus::Revalidated {
-            stored: self.store.store(&fetch.key, &entry, &index).await.is_ok(),
+            stored: self.store.store(&fetch.key, &entry, index).await.is_ok(),
         };
         (response_from_entry(entry.clone(), now, fetch.is_head), Some(entry))
     }
@@ -482,6 +485,11 @@ impl Proxy {
         let response = self.forward(outbound, rule).await?;
         let (mut head, upstream_body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut head.headers);
+        let mut tags = policy.tags.clone();
+        if let Some(name) = &self.config.cache.surrogate_key_header {
+            tags.extend(surrogate_keys(&head.headers, name));
+            head.headers.remove(name);
+        }
 
         let Some(generations) = generations else {
             *cache_status = CacheStatus::Bypass(Bypass::StoreUnavailable);
@@ -489,8 +497,12 @@ impl Proxy {
         };
         *cache_status = CacheStatus::Miss { stored: false };
         if let (StatusCode::NOT_MODIFIED, Some(stale)) = (head.status, &fetch.stale) {
+            let index = IndexInfo {
+                path: &fetch.path,
+                tags: &tags,
+            };
             return Ok(self
-                .revalidated(fetch, stale, &head.headers, generations, cache_status)
+                .revalidated(fetch, stale, &head.headers, generations, &index, cache_status)
                 .await);
         }
         let lifetime = match storability(policy, &rule.forward_headers, head.status, &head.headers) {
@@ -558,7 +570,7 @@ impl Proxy {
         });
         let index = IndexInfo {
             path: &fetch.path,
-            tags: &policy.tags,
+            tags: &tags,
         };
         match self.store.store(&key, &entry, &index).await {
             Ok(()) => *cache_status = CacheStatus::Miss { stored: true },
@@ -591,8 +603,12 @@ impl Proxy {
         };
         let result = self.forward(outbound, rule).await;
 
-        if !rule.invalidates.is_empty() && should_invalidate(result.as_ref().map(|r| r.status())) {
-            self.invalidate(rule).await;
+        if should_invalidate(result.as_ref().map(|r| r.status())) {
+            let named = match (&self.config.cache.surrogate_key_header, &result) {
+                (Some(name), Ok(response)) => surrogate_keys(response.headers(), name),
+                _ => Vec::new(),
+            };
+            self.invalidate(rule, named).await;
         }
         let response = result?;
         let (mut head, upstream_body) = response.into_parts();
@@ -641,14 +657,31 @@ impl Proxy {
 
     /// Bumps the rule's tags and waits for the store to acknowledge. On
     /// failure the store has recorded them and pauses caching until they
-    /// are applied, so the write is still answered.
-    async fn invalidate(&self, rule: &Rule) {
-        match self.store.invalidate(&rule.invalidates).await {
-            Ok(()) => self.metrics.invalidation("applied"),
-            Err(err) => {
-                self.metrics.invalidation("deferred");
-                self.metrics.store_error("invalidate");
-                tracing::warn!(rule = %rule.name, tags = ?rule.invalidates, error = %err, "invalidation deferred until the cache store is reachable");
+    /// are applied, so the write is still answered. Tags the origin named
+    /// in its answer (surrogate keys) are purged too, before the answer is
+    /// released.
+    async fn invalidate(&self, rule: &Rule, named: Vec<String>) {
+        if !rule.invalidates.is_empty() {
+            match self.store.invalidate(&rule.invalidates).await {
+                Ok(()) => self.metrics.invalidation("applied"),
+                Err(err) => {
+                    self.metrics.invalidation("deferred");
+                    self.metrics.store_error("invalidate");
+                    tracing::warn!(rule = %rule.name, tags = ?rule.invalidates, error = %err, "invalidation deferred until the cache store is reachable");
+                }
+            }
+        }
+        if !named.is_empty() {
+            let purge = PurgeRequest {
+                tags: named,
+                ..PurgeRequest::default()
+            };
+            match self.store.purge(&purge).await {
+                Ok(_) => self.metrics.invalidation("applied"),
+                Err(err) => {
+                    self.metrics.store_error("invalidate");
+                    tracing::warn!(rule = %rule.name, tags = ?purge.tags, error = %err, "surrogate-key invalidation failed");
+                }
             }
         }
     }

@@ -203,12 +203,14 @@ impl CacheStore for MemoryStore {
 
     async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
         let mut purged = Purged::default();
-        if request.soft {
-            for tag in &request.tags {
-                self.purge_keys(self.keys_by(|i| Index::keys(&i.by_tag, tag)), true);
-            }
-        } else {
+        // Hard: new generations for rule tags, and removal for entries
+        // filed under a tag only by their origin (surrogate keys), which
+        // record no generation for it.
+        if !request.soft {
             self.invalidate(&request.tags).await?;
+        }
+        for tag in &request.tags {
+            self.purge_keys(self.keys_by(|i| Index::keys(&i.by_tag, tag)), request.soft);
         }
         purged.tags = request.tags.len() as u64;
         for path in &request.paths {

@@ -9,6 +9,7 @@
 //! entries it finds expired, so they are served only as stale answers
 //! (while a refresh runs, or on upstream errors) until replaced.
 
+use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 
 use super::entry::Entry;
@@ -74,6 +75,27 @@ pub fn index_prefix(prefix: &str) -> &str {
     }
 }
 
+/// Most tags one answer's surrogate-key header may name, and their
+/// longest: enough for real use, bounded against a hostile origin.
+const MAX_SURROGATE_KEYS: usize = 64;
+const MAX_SURROGATE_KEY_LEN: usize = 256;
+
+/// The tags an answer names in its surrogate-key header (space separated,
+/// as Fastly and Varnish read it).
+pub fn surrogate_keys(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for value in headers.get_all(name) {
+        let Ok(value) = value.to_str() else { continue };
+        for key in value.split_ascii_whitespace() {
+            if key.len() <= MAX_SURROGATE_KEY_LEN && key != ALL_TAG && !keys.iter().any(|k| k == key) {
+                keys.push(key.to_owned());
+            }
+        }
+    }
+    keys.truncate(MAX_SURROGATE_KEYS);
+    keys
+}
+
 /// `entry` marked expired as of `now_ms`, keeping its stale windows.
 pub fn softly_expired(entry: &Entry, now_ms: u64) -> Entry {
     let mut marked = entry.clone();
@@ -93,6 +115,15 @@ mod tests {
         );
         assert_eq!(prefixes_of("/users/").collect::<Vec<_>>(), ["/users/", "/users", "/"]);
         assert_eq!(prefixes_of("/").collect::<Vec<_>>(), ["/"]);
+    }
+
+    #[test]
+    fn surrogate_keys_are_read_once_each_and_never_name_everything() {
+        let name = HeaderName::from_static("surrogate-key");
+        let mut headers = HeaderMap::new();
+        headers.append(&name, "users  user:42 *".parse().unwrap());
+        headers.append(&name, "user:42 posts".parse().unwrap());
+        assert_eq!(surrogate_keys(&headers, &name), ["users", "user:42", "posts"]);
     }
 
     #[test]

@@ -560,12 +560,15 @@ impl CacheStore for RedisStore {
 
     async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
         let mut purged = Purged::default();
-        if request.soft {
-            for tag in &request.tags {
-                self.purge_entries(self.members(self.tag_set(tag)).await?, true).await?;
-            }
-        } else {
+        // Hard: new generations for rule tags, and removal for entries
+        // filed under a tag only by their origin (surrogate keys), which
+        // record no generation for it.
+        if !request.soft {
             self.invalidate(&request.tags).await?;
+        }
+        for tag in &request.tags {
+            self.purge_entries(self.members(self.tag_set(tag)).await?, request.soft)
+                .await?;
         }
         purged.tags = request.tags.len() as u64;
         for path in &request.paths {
