@@ -111,6 +111,13 @@ path = "/items"
 methods = ["GET"]
 access = "public"
 cache = { tags = ["items"] }
+
+[[routes]]
+name = "items-write"
+path = "/items"
+methods = ["POST"]
+access = "public"
+invalidates = ["items"]
 "#;
 
 #[tokio::test]
@@ -151,4 +158,50 @@ async fn an_l1_copy_is_not_served_once_redis_no_longer_holds_its_entry() {
     assert_eq!(read().await, ("MISS".into(), Some(1)));
     assert_eq!(read().await, ("HIT".into(), Some(1)));
     assert_eq!(upstream.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_write_through_one_instance_evicts_the_others_l1_copies_at_once() {
+    let upstream = ScriptedUpstream::start(|_| async { json_reply(200, "{}", &[]) }).await;
+    let redis = RedisServer::start();
+    let a = spawn_proxy(proxy_config(ITEMS, upstream.addr, Some(redis.url()), None)).await;
+    let b = spawn_proxy(proxy_config(ITEMS, upstream.addr, Some(redis.url()), None)).await;
+    let b_api = ApiClient::new(b.base_url());
+    assert_eq!(b_api.get("/items", None).await.header("x-cache"), Some("MISS"));
+    assert_eq!(b_api.get("/items", None).await.header("x-cache"), Some("HIT"));
+    assert_eq!(b.metric(L1_HITS).await, 1, "B holds an L1 copy");
+    // Both instances subscribe in the background; announcements sent
+    // before that are not for them.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("cgw:events")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if subscribers == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "instances never subscribed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let write = ApiClient::new(a.base_url())
+        .send(Method::POST, "/items", None, None)
+        .await;
+    assert_eq!(write.status, 200);
+    // No request reaches B: only the announcement can evict its copy.
+    let evicted = r#"proxy_l1_evictions_total{cause="outdated"}"#;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while b.metric(evicted).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "B kept its copy");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(b_api.get("/items", None).await.header("x-cache"), Some("MISS"));
 }

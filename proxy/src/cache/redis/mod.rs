@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -116,6 +117,8 @@ impl AsRef<Entry> for LocalCopy {
 
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// The pub/sub channel invalidations are announced on.
+    events: String,
     /// Lookups' reads, coalesced into one pipeline per round trip.
     reads: ReadBatcher,
     l1: Option<Cache<CacheKey, LocalCopy>>,
@@ -146,10 +149,11 @@ impl RedisStore {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let l1 = (l1_max_bytes > 0).then(|| {
             let metrics = metrics.clone();
             bounded_entries(l1_max_bytes)
+                .support_invalidation_closures()
                 .eviction_listener(move |_key, _copy, cause| match cause {
                     RemovalCause::Size => metrics.l1_eviction("size"),
                     RemovalCause::Expired => metrics.l1_eviction("expired"),
@@ -158,8 +162,10 @@ impl RedisStore {
                 })
                 .build()
         });
+        let events = format!("{}events", settings.key_prefix);
         let store = Arc::new_cyclic(|store: &Weak<RedisStore>| RedisStore {
             conn,
+            events: events.clone(),
             reads: ReadBatcher::start(pipeline_runner(store.clone())),
             l1,
             prefix: settings.key_prefix.clone(),
@@ -172,6 +178,9 @@ impl RedisStore {
             metrics,
         });
         tokio::spawn(retry_pending(Arc::downgrade(&store)));
+        if store.l1.is_some() {
+            tokio::spawn(follow_invalidations(client, events, Arc::downgrade(&store)));
+        }
         Ok(store)
     }
 
@@ -333,7 +342,22 @@ impl RedisStore {
                 .arg(new_generation())
                 .ignore();
         }
+        // Tells every instance to drop its L1 copies of these tags now,
+        // rather than on their next lookup.
+        pipe.cmd("PUBLISH").arg(&self.events).arg(tags.join(" ")).ignore();
         pipe.query_async::<()>(&mut conn).await
+    }
+
+    /// Drops the L1 copies recorded under any of `tags`.
+    fn evict_tagged(&self, tags: Vec<String>) {
+        let Some(l1) = &self.l1 else { return };
+        let evict_all = tags.iter().any(|t| t == ALL_TAG);
+        let registered = l1.invalidate_entries_if(move |_, copy| {
+            evict_all || copy.entry.generations.iter().any(|(tag, _)| tags.contains(tag))
+        });
+        if registered.is_ok() {
+            l1.run_pending_tasks();
+        }
     }
 
     /// Reads `part` of the entry under `key` and the generations of `tags`,
@@ -476,6 +500,30 @@ fn decode_stamped(raw: Bytes) -> Option<LocalCopy> {
             tracing::warn!(error = %e, "ignoring undecodable cache entry");
             None
         }
+    }
+}
+
+/// Evicts L1 copies as invalidations are announced, reconnecting after
+/// [`PENDING_RETRY`] whenever the subscription drops. Only an early
+/// eviction: an L1 copy is never served without Redis confirming its
+/// generations, whether or not a message arrived.
+async fn follow_invalidations(client: redis::Client, channel: String, store: Weak<RedisStore>) {
+    loop {
+        if let Ok(mut pubsub) = client.get_async_pubsub().await {
+            if pubsub.subscribe(&channel).await.is_ok() {
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    let Some(store) = store.upgrade() else { return };
+                    if let Ok(tags) = message.get_payload::<String>() {
+                        store.evict_tagged(tags.split(' ').map(str::to_owned).collect());
+                    }
+                }
+            }
+        }
+        if store.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(PENDING_RETRY).await;
     }
 }
 
