@@ -12,6 +12,10 @@ use sha2::{Digest, Sha256};
 use crate::body;
 use crate::upstream::ProxyBody;
 
+/// How an ETag this proxy computed starts: only the origin's own validators
+/// are worth sending back to it.
+const COMPUTED_ETAG_PREFIX: &[u8] = b"\"cg-";
+
 /// Gives `headers` a strong `ETag`: the origin's if it sent a strong one,
 /// else one computed from `body` (so equal bodies share it across
 /// instances). Returns the value set.
@@ -20,15 +24,27 @@ pub fn ensure_strong_etag(headers: &mut HeaderMap, body: &Bytes) -> HeaderValue 
         return etag.clone();
     }
     let digest = Sha256::digest(body);
-    let etag = HeaderValue::from_str(&format!("\"{}\"", hex::encode(&digest[..16]))).expect("hex is a valid header");
+    let etag = HeaderValue::from_str(&format!("\"cg-{}\"", hex::encode(&digest[..16]))).expect("hex is a valid header");
     headers.insert(ETAG, etag.clone());
     etag
 }
 
-/// The validators to revalidate a stored answer with: its `ETag` as
-/// `If-None-Match`, its `Last-Modified` as `If-Modified-Since`.
+/// Whether the origin gave `stored` a validator it can revalidate: its
+/// own `ETag` or a `Last-Modified`.
+pub fn has_origin_validator(stored: &HeaderMap) -> bool {
+    stored.contains_key(LAST_MODIFIED) || origin_etag(stored).is_some()
+}
+
+fn origin_etag(stored: &HeaderMap) -> Option<&HeaderValue> {
+    stored
+        .get(ETAG)
+        .filter(|v| !v.as_bytes().starts_with(COMPUTED_ETAG_PREFIX))
+}
+
+/// The validators to revalidate a stored answer with: the origin's `ETag`
+/// as `If-None-Match`, its `Last-Modified` as `If-Modified-Since`.
 pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
-    if let Some(etag) = stored.get(ETAG) {
+    if let Some(etag) = origin_etag(stored) {
         request.insert(IF_NONE_MATCH, etag.clone());
     }
     if let Some(modified) = stored.get(LAST_MODIFIED) {
@@ -97,7 +113,12 @@ mod tests {
         assert_eq!(ensure_strong_etag(&mut origin, &body), "\"v1\"");
         let mut weak = headers(&[("etag", "W/\"v1\"")]);
         let computed = ensure_strong_etag(&mut weak, &body);
-        assert!(computed.to_str().unwrap().starts_with('"'));
+        assert!(computed.to_str().unwrap().starts_with("\"cg-"));
+        assert!(!has_origin_validator(&weak), "a computed tag is not the origin's");
+        let mut revalidate = HeaderMap::new();
+        add_validators(&mut revalidate, &weak);
+        assert!(revalidate.is_empty(), "the origin never issued it");
+        assert!(has_origin_validator(&origin));
         assert_eq!(
             computed,
             ensure_strong_etag(&mut HeaderMap::new(), &body),

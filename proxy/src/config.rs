@@ -484,6 +484,7 @@ impl Config {
             raw.cache.forward_headers.as_deref().unwrap_or_default(),
         );
         let rules = rules(&mut p, raw.routes, &cache, &default_forward);
+        proxy_owned_headers(&mut p, &rules, &identity);
         let needs_jwt = rules.iter().any(|r| !r.access.is_public());
         let mut raw_jwt = raw.jwt;
         raw_jwt.issuer = overrides.jwt_issuer.or(raw_jwt.issuer);
@@ -550,6 +551,23 @@ fn header_name(p: &mut Problems, field: &str, value: &str) -> HeaderName {
         p.add(field, format!("{value:?} is not a valid header name"));
         HeaderName::from_static("invalid")
     })
+}
+
+/// A route may not forward or vary on a header the proxy sets itself: the
+/// client's value never reaches the origin, so keying on it would file one
+/// client's answer under another's claim (e.g. a spoofed subject header).
+fn proxy_owned_headers(p: &mut Problems, rules: &[Rule], identity: &IdentitySettings) {
+    for (i, rule) in rules.iter().enumerate() {
+        let vary = rule.cache.iter().flat_map(|c| &c.vary).map(|n| ("cache.vary", n));
+        for (field, name) in rule.forward_headers.iter().map(|n| ("forward_headers", n)).chain(vary) {
+            if crate::upstream::is_proxy_owned(name, identity) {
+                p.add(
+                    format!("routes[{i}].{field}"),
+                    format!("{name:?} is set by the proxy; it cannot be forwarded or keyed on"),
+                );
+            }
+        }
+    }
 }
 
 fn header_names(p: &mut Problems, field: &str, values: &[String]) -> Vec<HeaderName> {
@@ -1067,6 +1085,16 @@ mod tests {
         let both = Overrides::from_env(&env(&[("REDIS_HOST", "10.0.0.1"), ("REDIS_URL", "redis://x:1/0")]));
         assert_eq!(both.redis_url.as_deref(), Some("redis://x:1/0"));
         assert_eq!(Overrides::from_env(&env(&[])).redis_url, None);
+    }
+
+    #[test]
+    fn routes_may_not_forward_or_vary_on_headers_the_proxy_sets() {
+        let text = MINIMAL.replace(
+            "access = \"public\"",
+            "access = \"public\"\nforward_headers = [\"accept\", \"X-Auth-Subject\", \"x-forwarded-for\"]",
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(fields(err), ["routes[0].forward_headers", "routes[0].forward_headers"]);
     }
 
     #[test]

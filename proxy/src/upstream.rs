@@ -55,6 +55,16 @@ const FORWARDING_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-real-ip"),
 ];
 
+/// Whether `name` is a header the proxy sets or strips itself, so a
+/// client's value never reaches the origin (and must not key an entry).
+pub fn is_proxy_owned(name: &HeaderName, identity: &IdentitySettings) -> bool {
+    HOP_BY_HOP.contains(name)
+        || FORWARDING_HEADERS.contains(name)
+        || *name == header::HOST
+        || *name == identity.subject_header
+        || *name == identity.role_header
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -279,12 +289,7 @@ pub fn upstream_headers(
         HeaderPolicy::All => {
             let connection_listed = connection_listed(client);
             for (name, value) in client {
-                let dropped = HOP_BY_HOP.contains(name)
-                    || FORWARDING_HEADERS.contains(name)
-                    || *name == header::HOST
-                    || *name == identity.subject_header
-                    || *name == identity.role_header
-                    || connection_listed.contains(name);
+                let dropped = is_proxy_owned(name, identity) || connection_listed.contains(name);
                 if !dropped {
                     out.append(name.clone(), value.clone());
                 }
@@ -297,12 +302,7 @@ pub fn upstream_headers(
         } => {
             let authorization = authorization.then_some(&header::AUTHORIZATION);
             for name in names.iter().chain(vary).chain(authorization) {
-                let reserved = HOP_BY_HOP.contains(name)
-                    || FORWARDING_HEADERS.contains(name)
-                    || *name == header::HOST
-                    || *name == identity.subject_header
-                    || *name == identity.role_header;
-                if reserved || out.contains_key(name) {
+                if is_proxy_owned(name, identity) || out.contains_key(name) {
                     continue;
                 }
                 for value in client.get_all(name) {

@@ -15,7 +15,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 2] = b"CG";
@@ -80,10 +79,11 @@ impl Entry {
     }
 
     /// Time left before no use of the entry remains: how long stores keep
-    /// it. An entry with validators is kept past expiry for as long again,
-    /// to be revalidated upstream (a 304) rather than fetched whole.
+    /// it. An entry with the origin's validators is kept past expiry for as
+    /// long again, to be revalidated upstream (a 304) rather than fetched
+    /// whole.
     pub fn retention_left(&self, now_ms: u64) -> Duration {
-        let revalidation = if self.headers.contains_key(ETAG) || self.headers.contains_key(LAST_MODIFIED) {
+        let revalidation = if crate::conditional::has_origin_validator(&self.headers) {
             self.expires_at_ms.saturating_sub(self.stored_at_ms)
         } else {
             0

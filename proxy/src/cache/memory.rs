@@ -39,8 +39,11 @@ struct Index {
 
 impl Index {
     fn add(&mut self, key: CacheKey, index: &IndexInfo<'_>) {
-        if self.places.contains_key(&key) {
-            return;
+        match self.places.get(&key) {
+            Some((path, tags)) if path == index.path && tags[..] == index.tags[..] => return,
+            // Filed differently (the origin now names other tags): refile.
+            Some(_) => self.remove(&key),
+            None => {}
         }
         self.by_path.entry(index.path.to_owned()).or_default().insert(key);
         for prefix in prefixes_of(index.path) {
@@ -85,6 +88,17 @@ struct EntryExpiry;
 
 impl<V: AsRef<Entry>> moka::Expiry<CacheKey, V> for EntryExpiry {
     fn expire_after_create(&self, _key: &CacheKey, value: &V, _now: Instant) -> Option<Duration> {
+        Some(value.as_ref().retention_left(now_ms()))
+    }
+
+    /// A replaced value lives as long as the new entry needs, not the old.
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &V,
+        _now: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
         Some(value.as_ref().retention_left(now_ms()))
     }
 }
@@ -297,6 +311,43 @@ mod tests {
             Lookup::Stale(_) => "stale",
             Lookup::Miss(_) => "miss",
         }
+    }
+
+    #[tokio::test]
+    async fn a_replaced_entry_lives_as_long_as_it_needs_and_is_refiled_under_its_new_tags() {
+        let store = MemoryStore::new(1 << 20);
+        let key = CacheKey::for_test("/a");
+        let Lookup::Miss(gens) = store.lookup(&key, &tags()).await.unwrap() else {
+            panic!("cold store hit")
+        };
+        let old_tags = vec!["author:7".to_owned()];
+        let new_tags = vec!["author:8".to_owned()];
+        let filed = |tags| IndexInfo { path: "/a", tags };
+        store
+            .store(&key, &entry(gens.clone(), 50), &filed(&old_tags))
+            .await
+            .unwrap();
+        store
+            .store(&key, &entry(gens, 60_000), &filed(&new_tags))
+            .await
+            .unwrap();
+        // Expiry is what is tested: wait out the old entry's 50 ms.
+        std::thread::sleep(Duration::from_millis(120));
+        store.entries.run_pending_tasks();
+        assert!(
+            store.entries.contains_key(&key),
+            "evicted at the replaced entry's deadline"
+        );
+        let by = |tag: &str| PurgeRequest {
+            tags: vec![tag.to_owned()],
+            soft: true,
+            ..Default::default()
+        };
+        store.purge(&by("author:7")).await.unwrap();
+        assert!(matches!(store.lookup(&key, &tags()).await.unwrap(), Lookup::Hit(_)));
+        store.purge(&by("author:8")).await.unwrap();
+        // Marked expired, with no stale window to be served in.
+        assert!(matches!(store.lookup(&key, &tags()).await.unwrap(), Lookup::Miss(_)));
     }
 
     #[tokio::test]

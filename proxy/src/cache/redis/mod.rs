@@ -75,13 +75,18 @@ static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// Adds ARGV[1] (an entry's key) to each index set in KEYS, making each
-/// set live at least ARGV[2] ms: as long as the longest-lived entry in it.
-static INDEX_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+/// Stores an entry and files it in the purge index, atomically: KEYS[1]
+/// is the entry, KEYS[2..] its index sets (sorted by expiry, so each is
+/// trimmed to live entries as it is written); ARGV: value, time to live
+/// (ms), the entry key's hex, now (ms since the epoch).
+static STORE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
-        r#"for _, k in ipairs(KEYS) do
-             redis.call("SADD", k, ARGV[1])
-             if redis.call("PTTL", k) < tonumber(ARGV[2]) then redis.call("PEXPIRE", k, ARGV[2]) end
+        r#"local ttl, now = tonumber(ARGV[2]), tonumber(ARGV[4])
+           redis.call("SET", KEYS[1], ARGV[1], "PX", ttl)
+           for i = 2, #KEYS do
+             redis.call("ZADD", KEYS[i], now + ttl, ARGV[3])
+             redis.call("ZREMRANGEBYSCORE", KEYS[i], "-inf", now)
+             if redis.call("PTTL", KEYS[i]) < ttl then redis.call("PEXPIRE", KEYS[i], ttl) end
            end
            return 1"#,
     )
@@ -99,6 +104,9 @@ static MARK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// Time budget of one step of a purge (reading an index, deleting what it
+/// names): indexes can be large, and nobody's request waits on it.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of the stamp in front of every stored entry.
 const STAMP_LEN: usize = 8;
 
@@ -201,10 +209,33 @@ impl RedisStore {
         format!("{}it:{}", self.prefix, tag)
     }
 
-    /// The entry keys an index set names.
+    /// Runs a purge step: outside the breaker (an admin action must not
+    /// pause caching for everyone) and with [`PURGE_TIMEOUT`], since an
+    /// index can be large.
+    async fn purge_step<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout(PURGE_TIMEOUT, op(self.conn.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Backend(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// The keys of the live entries an index set names.
     async fn members(&self, set: String) -> Result<Vec<String>, StoreError> {
-        self.guarded(|mut conn| async move { redis::cmd("SMEMBERS").arg(set).query_async(&mut conn).await })
-            .await
+        let now = now_ms();
+        self.purge_step(|mut conn| async move {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(set)
+                .arg(now)
+                .arg("+inf")
+                .query_async(&mut conn)
+                .await
+        })
+        .await
     }
 
     /// Deletes, or with `soft` marks expired, the entries whose key hexes
@@ -216,13 +247,13 @@ impl RedisStore {
         let keys: Vec<String> = hexes.iter().map(|h| format!("{}e:{}", self.prefix, h)).collect();
         if !soft {
             return self
-                .guarded(|mut conn| async move { redis::cmd("DEL").arg(&keys).query_async(&mut conn).await })
+                .purge_step(|mut conn| async move { redis::cmd("DEL").arg(&keys).query_async(&mut conn).await })
                 .await;
         }
         let mut marked = 0;
         for key in keys {
             let raw: Option<Bytes> = self
-                .guarded(|mut conn| {
+                .purge_step(|mut conn| {
                     let key = key.clone();
                     async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
                 })
@@ -235,7 +266,7 @@ impl RedisStore {
             let ttl_ms = expired.retention_left(now).as_millis() as u64;
             let value = stamped(&expired).1;
             let changed: i64 = self
-                .guarded(|mut conn| async move {
+                .purge_step(|mut conn| async move {
                     MARK_SCRIPT
                         .key(key)
                         .arg(&copy.stamp[..])
@@ -581,19 +612,15 @@ impl CacheStore for RedisStore {
         let mut sets = vec![self.path_set(index.path)];
         sets.extend(prefixes_of(index.path).map(|p| self.subtree_set(p)));
         sets.extend(index.tags.iter().filter(|t| *t != ALL_TAG).map(|t| self.tag_set(t)));
-        let hex = key.to_hex();
+        let (hex, now) = (key.to_hex(), now_ms());
         self.guarded(|mut conn| async move {
-            redis::cmd("SET")
-                .arg(entry_key)
-                .arg(value.as_ref())
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async::<()>(&mut conn)
-                .await?;
-            INDEX_SCRIPT
+            STORE_SCRIPT
+                .key(entry_key)
                 .key(sets)
-                .arg(hex)
+                .arg(value.as_ref())
                 .arg(ttl_ms)
+                .arg(hex)
+                .arg(now)
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(drop)
@@ -635,8 +662,16 @@ impl CacheStore for RedisStore {
         }
         if request.all && !request.soft {
             let every = self.subtree_set("/");
+            let now = now_ms();
             let count: u64 = self
-                .guarded(|mut conn| async move { redis::cmd("SCARD").arg(every).query_async(&mut conn).await })
+                .purge_step(|mut conn| async move {
+                    redis::cmd("ZCOUNT")
+                        .arg(every)
+                        .arg(now)
+                        .arg("+inf")
+                        .query_async(&mut conn)
+                        .await
+                })
                 .await?;
             purged.prefixes += count;
             self.invalidate(&[ALL_TAG.to_owned()]).await?;
