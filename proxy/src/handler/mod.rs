@@ -1,0 +1,281 @@
+//! The request pipeline: each DESIGN.md step, in order.
+//!
+//! `handle` is the outer layer: it logs once, records metrics, turns errors
+//! into responses and stamps `X-Cache`/`Cache-Status`/`Age` on every answer.
+//! `handle_inner` runs the steps with early returns: normalise and match,
+//! authenticate, authorise, then either the cached read path or the
+//! pass-through path (with invalidation for writes). The steps themselves
+//! live in their own modules and take explicit inputs; the cached read
+//! path (coalescing, stale serving, revalidation, storing) is in [`cached`].
+
+mod cached;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, AGE, CONTENT_LENGTH};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Incoming};
+
+use crate::auth::{self, Claims};
+use crate::body;
+use crate::cache::purge::surrogate_keys;
+use crate::cache::{Bypass, CacheStatus, CacheStore, PurgeRequest};
+use crate::coalesce::Flights;
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::invalidate::should_invalidate;
+use crate::metrics::{Metrics, NO_RULE};
+use crate::rbac;
+use crate::route::{self, Rule, Target};
+use crate::upstream::{self, BoxError, HeaderPolicy, Outbound, ProxyBody, Upstream, UpstreamError};
+use crate::vary::LearnedVary;
+
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Everything a request needs, built once at start-up and shared.
+pub struct Proxy {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn CacheStore>,
+    pub flights: Arc<Flights>,
+    pub learned_vary: LearnedVary,
+    /// This proxy, for background refreshes that outlive their request.
+    pub me: Weak<Proxy>,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A request that passed steps 1–3: where it goes and who sent it.
+struct Admitted<'a> {
+    parts: Parts,
+    target: Target,
+    rule: &'a Rule,
+    claims: Option<Arc<Claims>>,
+    peer: SocketAddr,
+}
+
+/// What later steps and the outer handler need to know about a request.
+struct RequestCtx<'a> {
+    rule: Option<&'a Rule>,
+    cache_status: CacheStatus,
+}
+
+impl Proxy {
+    /// Answers one request; never fails (errors become responses).
+    pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let mut ctx = RequestCtx {
+            rule: None,
+            cache_status: CacheStatus::Bypass(Bypass::Error),
+        };
+        let result = self.handle_inner(request, peer, &mut ctx).await;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                let status = err.status();
+                let rule = ctx.rule.map(|r| r.name);
+                if status.is_server_error() {
+                    tracing::warn!(%method, rule, %status, error = %err, "request failed");
+                } else {
+                    tracing::debug!(%method, rule, %status, error = %err, "request refused");
+                }
+                if matches!(err, ProxyError::Route(route::RouteError::NoRule)) {
+                    ctx.cache_status = CacheStatus::Bypass(Bypass::NoRule);
+                }
+                err.into_response()
+            }
+        };
+        if let Some(name) = &self.config.cache.surrogate_key_header {
+            // The origin's tags are for caches, not clients.
+            response.headers_mut().remove(name);
+        }
+        stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
+        let rule = ctx.rule.map_or(NO_RULE, |r| r.name);
+        self.metrics
+            .request(rule, response.status().as_u16(), ctx.cache_status.outcome());
+        tracing::debug!(%method, rule, status = response.status().as_u16(), cache = ctx.cache_status.outcome(), micros = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    async fn handle_inner<'a, B>(
+        &'a self,
+        request: Request<B>,
+        peer: SocketAddr,
+        ctx: &mut RequestCtx<'a>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        let target = route::normalise(parts.uri.path(), parts.uri.query())?;
+        let rule = self.config.routes.match_rule(&parts.method, &target)?;
+        ctx.rule = Some(rule);
+
+        // A token on a public rule is ignored, not verified: public routes
+        // must keep working for clients holding an expired token.
+        let claims = match (&self.config.jwt, rule.access.is_public()) {
+            (Some(verifier), false) => auth::authenticate(&parts.headers, verifier)?,
+            _ => None,
+        };
+        rbac::authorize(&rule.access, claims.as_deref())?;
+
+        let declared_length = content_length(&parts.headers);
+        if declared_length.is_some_and(|len| len > self.config.server.max_request_body_bytes) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+
+        let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+        let admitted = Admitted {
+            parts,
+            target,
+            rule,
+            claims,
+            peer,
+        };
+        match &rule.cache {
+            Some(policy) if is_read => self.cached_read(&admitted, policy, ctx).await,
+            _ => {
+                ctx.cache_status = CacheStatus::Bypass(if is_read { Bypass::Uncacheable } else { Bypass::Method });
+                self.pass_through(admitted, body).await
+            }
+        }
+    }
+
+    /// Uncacheable rules and writes: stream both ways; writes invalidate
+    /// their tags before the response is released.
+    async fn pass_through<B>(&self, req: Admitted<'_>, body: B) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let rule = req.rule;
+        let headers = self.upstream_headers(&req, HeaderPolicy::All)?;
+        let replayable = is_idempotent(&req.parts.method) && body.is_end_stream();
+        let limited = Limited::new(body, self.config.server.max_request_body_bytes as usize);
+        let outbound = Outbound {
+            method: req.parts.method,
+            path_and_query: req.target.path_and_query(),
+            headers,
+            body: limited.boxed(),
+            replayable,
+        };
+        let result = self.forward(outbound, rule).await;
+
+        if should_invalidate(result.as_ref().map(|r| r.status())) {
+            let named = match (&self.config.cache.surrogate_key_header, &result) {
+                (Some(name), Ok(response)) => surrogate_keys(response.headers(), name),
+                _ => Vec::new(),
+            };
+            self.invalidate(rule, named).await;
+        }
+        let response = result?;
+        let (mut head, upstream_body) = response.into_parts();
+        upstream::strip_hop_by_hop(&mut head.headers);
+        Ok(self.streamed(head, upstream_body, false))
+    }
+
+    /// Step 4: the headers sent upstream for an admitted request.
+    fn upstream_headers(&self, req: &Admitted<'_>, policy: HeaderPolicy<'_>) -> Result<HeaderMap, ProxyError> {
+        upstream::upstream_headers(
+            &req.parts.headers,
+            policy,
+            req.claims.as_deref(),
+            &self.config.identity,
+            req.peer.ip(),
+            self.upstream.host(),
+        )
+        .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()).into())
+    }
+
+    /// Streams an upstream body to the client, failing it (the client sees
+    /// a truncated response) if the upstream stalls for the response timeout.
+    fn streamed(&self, head: http::response::Parts, body: Incoming, is_head: bool) -> Response<ProxyBody> {
+        let body = if is_head {
+            body::empty()
+        } else {
+            self.idle_limited(body)
+        };
+        Response::from_parts(head, body)
+    }
+
+    fn idle_limited<B>(&self, body: B) -> ProxyBody
+    where
+        B: Body<Data = Bytes> + Unpin + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        body::IdleTimeout::new(body, self.config.upstream.response_timeout).boxed()
+    }
+
+    async fn forward(&self, outbound: Outbound, rule: &Rule) -> Result<Response<Incoming>, UpstreamError> {
+        let started = Instant::now();
+        let result = self.upstream.send(outbound).await;
+        self.metrics.upstream_latency(rule.name, started.elapsed());
+        result
+    }
+
+    /// Bumps the rule's tags and waits for the store to acknowledge. On
+    /// failure the store has recorded them and pauses caching until they
+    /// are applied, so the write is still answered. Tags the origin named
+    /// in its answer (surrogate keys) are purged too, before the answer is
+    /// released.
+    async fn invalidate(&self, rule: &Rule, named: Vec<String>) {
+        if !rule.invalidates.is_empty() {
+            match self.store.invalidate(&rule.invalidates).await {
+                Ok(()) => self.metrics.invalidation("applied"),
+                Err(err) => {
+                    self.metrics.invalidation("deferred");
+                    self.metrics.store_error("invalidate");
+                    tracing::warn!(rule = %rule.name, tags = ?rule.invalidates, error = %err, "invalidation deferred until the cache store is reachable");
+                }
+            }
+        }
+        if !named.is_empty() {
+            let purge = PurgeRequest {
+                tags: named,
+                ..PurgeRequest::default()
+            };
+            match self.store.purge(&purge).await {
+                Ok(_) => self.metrics.invalidation("applied"),
+                Err(err) => {
+                    self.metrics.store_error("invalidate");
+                    tracing::warn!(rule = %rule.name, tags = ?purge.tags, error = %err, "surrogate-key invalidation failed");
+                }
+            }
+        }
+    }
+}
+
+/// Sets `X-Cache`, appends this cache's `Cache-Status` member (RFC 9211
+/// keeps upstream caches' members before ours) and keeps `Age` only on hits.
+fn stamp_cache_headers(headers: &mut HeaderMap, status: &CacheStatus) {
+    headers.insert(X_CACHE, status.x_cache());
+    headers.append(CACHE_STATUS, status.cache_status());
+    if !matches!(
+        status,
+        CacheStatus::Hit { .. } | CacheStatus::Stale { .. } | CacheStatus::Revalidated { .. }
+    ) {
+        headers.remove(AGE);
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
