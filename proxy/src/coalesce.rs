@@ -8,8 +8,10 @@
 //! fetched under the generations the waiter's own lookup read (so a write
 //! completed before the waiter arrived is never undone). An uncacheable
 //! answer (`private`, `Set-Cookie`, an error, too large) is never handed
-//! over: each waiter fetches its own. Keys include the scope, so `user`
-//! scoped misses coalesce only within one subject.
+//! over: each waiter fetches its own. When the upstream failed, waiters
+//! holding a stale entry they may serve on error serve it rather than ask
+//! the failing upstream again. Keys include the scope, so `user` scoped
+//! misses coalesce only within one subject.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,18 @@ pub enum Outcome {
     Entry(Arc<Entry>),
     /// Nothing to share: each waiter fetches its own.
     Uncacheable,
+    /// The upstream failed (an error or a 5xx): a waiter holding a stale
+    /// entry it may serve on error serves it instead of asking again.
+    UpstreamFailed,
+}
+
+/// What a waiter learns from its leader.
+pub enum Handed {
+    /// An entry it may serve as a hit.
+    Entry(Arc<Entry>),
+    UpstreamFailed,
+    /// Nothing usable: fetch your own.
+    Nothing,
 }
 
 type Slot = watch::Receiver<Option<Outcome>>;
@@ -90,18 +104,17 @@ pub struct Waiter {
 
 impl Waiter {
     /// The leader's entry if it may be served to a miss that read
-    /// `generations`; `None` (fetch your own) if the answer was not
-    /// storable, was fetched under other generations, or did not come
-    /// within `limit`.
-    pub async fn entry(mut self, generations: &Generations, limit: Duration) -> Option<Arc<Entry>> {
-        let outcome = tokio::time::timeout(limit, self.slot.wait_for(Option::is_some))
-            .await
-            .ok()?
-            .ok()?
-            .clone();
-        match outcome {
-            Some(Outcome::Entry(entry)) if &entry.generations == generations => Some(entry),
-            _ => None,
+    /// `generations`, or news that the upstream failed; `Nothing` (fetch
+    /// your own) if the answer was not storable, was fetched under other
+    /// generations, or did not come within `limit`.
+    pub async fn outcome(mut self, generations: &Generations, limit: Duration) -> Handed {
+        let Ok(Ok(outcome)) = tokio::time::timeout(limit, self.slot.wait_for(Option::is_some)).await else {
+            return Handed::Nothing;
+        };
+        match outcome.clone() {
+            Some(Outcome::Entry(entry)) if &entry.generations == generations => Handed::Entry(entry),
+            Some(Outcome::UpstreamFailed) => Handed::UpstreamFailed,
+            _ => Handed::Nothing,
         }
     }
 }
@@ -154,7 +167,7 @@ mod tests {
         let other = leader(flights.join(CacheKey::for_test("/b")));
         lead.finish(Outcome::Entry(entry("g1")));
         for w in waiters {
-            assert!(w.entry(&generations("g1"), LIMIT).await.is_some());
+            assert!(matches!(w.outcome(&generations("g1"), LIMIT).await, Handed::Entry(_)));
         }
         assert_eq!(flights.len(), 1, "a finished flight is gone; /b's remains");
         drop(other);
@@ -168,20 +181,34 @@ mod tests {
         let lead = leader(flights.join(CacheKey::for_test("/a")));
         let w = waiter(flights.join(CacheKey::for_test("/a")));
         lead.finish(Outcome::Uncacheable);
-        assert!(w.entry(&generations("g1"), LIMIT).await.is_none());
+        assert!(matches!(w.outcome(&generations("g1"), LIMIT).await, Handed::Nothing));
         // Fetched under generations a write has since replaced.
         let lead = leader(flights.join(CacheKey::for_test("/a")));
         let w = waiter(flights.join(CacheKey::for_test("/a")));
         lead.finish(Outcome::Entry(entry("before-write")));
-        assert!(w.entry(&generations("after-write"), LIMIT).await.is_none());
+        assert!(matches!(
+            w.outcome(&generations("after-write"), LIMIT).await,
+            Handed::Nothing
+        ));
         // The leader went away.
         let lead = leader(flights.join(CacheKey::for_test("/a")));
         let w = waiter(flights.join(CacheKey::for_test("/a")));
         drop(lead);
-        assert!(w.entry(&generations("g1"), LIMIT).await.is_none());
+        assert!(matches!(w.outcome(&generations("g1"), LIMIT).await, Handed::Nothing));
         // The leader took too long.
         let _lead = leader(flights.join(CacheKey::for_test("/b")));
         let w = waiter(flights.join(CacheKey::for_test("/b")));
-        assert!(w.entry(&generations("g1"), Duration::from_millis(1)).await.is_none());
+        assert!(matches!(
+            w.outcome(&generations("g1"), Duration::from_millis(1)).await,
+            Handed::Nothing
+        ));
+        // The upstream failed: waiters are told so.
+        let lead = leader(flights.join(CacheKey::for_test("/c")));
+        let w = waiter(flights.join(CacheKey::for_test("/c")));
+        lead.finish(Outcome::UpstreamFailed);
+        assert!(matches!(
+            w.outcome(&generations("g1"), LIMIT).await,
+            Handed::UpstreamFailed
+        ));
     }
 }

@@ -225,3 +225,55 @@ async fn the_origins_own_stale_while_revalidate_is_honoured() {
     }
     assert_eq!(read(&api, "/windows").await, (200, "HIT".into(), Some(1)));
 }
+
+#[tokio::test]
+async fn coalesced_waiters_serve_the_stale_entry_when_their_leader_finds_the_upstream_failing() {
+    use tokio::sync::watch;
+    let (open, gate) = watch::channel(true);
+    let failing = Arc::new(AtomicU16::new(200));
+    let status = failing.clone();
+    let upstream = ScriptedUpstream::start(move |_| {
+        let (mut gate, status) = (gate.clone(), status.load(Ordering::SeqCst));
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            json_reply(status, &json!({ "version": 0 }).to_string(), &[])
+        }
+    })
+    .await;
+    let redis = RedisServer::start();
+    let proxy = spawn_proxy(proxy_config(ITEMS, upstream.addr, Some(redis.url()), None)).await;
+    let api = ApiClient::new(proxy.base_url());
+    assert_eq!(read(&api, "/items").await, (200, "MISS".into(), Some(0)));
+    failing.store(503, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while read(&api, "/items").await.1 != "STALE" {
+        assert!(tokio::time::Instant::now() < deadline, "never served stale");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Twenty concurrent requests; the leader's upstream request is held
+    // until every other one has joined it.
+    let (before, joined) = (upstream.hits(), r#"proxy_coalesced_total{outcome="joined"}"#);
+    let joined_before = proxy.metric(joined).await;
+    open.send_replace(false);
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move { read(&api, "/items").await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while proxy.metric(joined).await < joined_before + 19 {
+        assert!(tokio::time::Instant::now() < deadline, "requests never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open.send_replace(true);
+    for request in requests {
+        assert_eq!(request.await.unwrap(), (200, "STALE".into(), Some(0)));
+    }
+    assert_eq!(
+        upstream.hits(),
+        before + 1,
+        "the waiters asked the failing upstream again"
+    );
+}

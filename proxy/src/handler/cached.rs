@@ -17,7 +17,7 @@ use crate::cache::{
     storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, Generations, IndexInfo, KeyParts,
     Lease, Lookup, Scope, ScopeKey, StaleReason,
 };
-use crate::coalesce::{Outcome, Role};
+use crate::coalesce::{Handed, Outcome, Role};
 use crate::conditional;
 use crate::error::ProxyError;
 use crate::route::{Rule, Target};
@@ -108,9 +108,19 @@ impl Proxy {
             match self.flights.join(key) {
                 Role::Waiter(waiter) => {
                     self.metrics.coalesced("joined");
-                    if let Some(entry) = waiter.entry(generations, self.config.upstream.response_timeout).await {
-                        self.metrics.coalesced("shared");
-                        return Ok(serve_hit(entry, is_head, ctx));
+                    match waiter.outcome(generations, self.config.upstream.response_timeout).await {
+                        Handed::Entry(entry) => {
+                            self.metrics.coalesced("shared");
+                            return Ok(serve_hit(entry, is_head, ctx));
+                        }
+                        // Asking the failing upstream again would only add
+                        // load: serve the stale entry, if it may be.
+                        Handed::UpstreamFailed => {
+                            if let Some(entry) = stale.as_ref().filter(|e| e.may_serve_on_error(now_ms())) {
+                                return Ok(self.serve_stale(entry.clone(), StaleReason::IfError, is_head, ctx));
+                            }
+                        }
+                        Handed::Nothing => {}
                     }
                 }
                 Role::Leader(this) => {
@@ -145,19 +155,20 @@ impl Proxy {
             vary: learned_vary.clone(),
         };
         let result = self.fetch_and_store(&fetch, generations, &mut ctx.cache_status).await;
-        let (response, stored) = match (result, stale) {
-            (Ok((response, _)), Some(entry))
-                if response.status().is_server_error() && entry.may_serve_on_error(now_ms()) =>
-            {
-                tracing::debug!(rule = %rule.name, status = %response.status(), "upstream failed; serving the stale entry");
-                return Ok(self.serve_stale(entry, StaleReason::IfError, is_head, ctx));
-            }
-            (Err(err), Some(entry)) if entry.may_serve_on_error(now_ms()) => {
-                tracing::debug!(rule = %rule.name, error = %err, "upstream failed; serving the stale entry");
-                return Ok(self.serve_stale(entry, StaleReason::IfError, is_head, ctx));
-            }
-            (result, _) => result?,
+        let failed = match &result {
+            Ok((response, _)) => response.status().is_server_error(),
+            Err(_) => true,
         };
+        if failed {
+            if let Some(leader) = leader.take() {
+                leader.finish(Outcome::UpstreamFailed);
+            }
+            if let Some(entry) = stale.filter(|e| e.may_serve_on_error(now_ms())) {
+                tracing::debug!(rule = %rule.name, "upstream failed; serving the stale entry");
+                return Ok(self.serve_stale(entry, StaleReason::IfError, is_head, ctx));
+            }
+        }
+        let (response, stored) = result?;
         if let Some(leader) = leader {
             leader.finish(stored.map_or(Outcome::Uncacheable, Outcome::Entry));
         }
