@@ -81,6 +81,18 @@ async fn origin_tags_stay_hidden_and_a_write_or_purge_naming_them_empties_only_t
     assert_eq!(read(1).await, ("MISS".into(), 1));
     assert_eq!(read(2).await, ("HIT".into(), 0), "item:2 was not named");
     assert_eq!(read(1).await, ("HIT".into(), 1));
+    // No rule records item:1, so the write left no generation key behind.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let left: bool = redis::cmd("EXISTS")
+        .arg("cgw:g:item:1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!left, "a generation key for a surrogate-only tag");
 
     let purged = reqwest::Client::new()
         .post(proxy.admin_url("/purge"))

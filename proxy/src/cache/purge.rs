@@ -33,6 +33,12 @@ pub struct PurgeRequest {
     /// Mark entries expired instead of removing them.
     #[serde(default)]
     pub soft: bool,
+    /// Remove the entries filed under `tags` without giving the tags new
+    /// generations: for tags no rule records (an origin's surrogate keys),
+    /// whose generation keys would otherwise pile up unread. Never set by
+    /// `POST /purge`.
+    #[serde(skip)]
+    pub entries_only: bool,
 }
 
 impl PurgeRequest {

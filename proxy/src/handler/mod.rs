@@ -240,9 +240,22 @@ impl Proxy {
                 }
             }
         }
-        if !named.is_empty() {
+        // Tags some rule records get new generations, which also protects
+        // reads in flight; the rest (surrogate keys only) just lose their
+        // entries, so their generation keys do not pile up unread.
+        let (recorded, surrogate_only): (Vec<String>, Vec<String>) = named.into_iter().partition(|tag| {
+            self.config
+                .routes
+                .iter()
+                .any(|r| r.cache.as_ref().is_some_and(|c| c.tags.contains(tag)))
+        });
+        for (tags, entries_only) in [(recorded, false), (surrogate_only, true)] {
+            if tags.is_empty() {
+                continue;
+            }
             let purge = PurgeRequest {
-                tags: named,
+                tags,
+                entries_only,
                 ..PurgeRequest::default()
             };
             match self.store.purge(&purge).await {

@@ -638,7 +638,7 @@ impl CacheStore for RedisStore {
         // Hard: new generations for rule tags, and removal for entries
         // filed under a tag only by their origin (surrogate keys), which
         // record no generation for it.
-        if !request.soft {
+        if !request.soft && !request.entries_only {
             self.invalidate(&request.tags).await?;
         }
         for tag in &request.tags {
