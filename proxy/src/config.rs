@@ -952,7 +952,7 @@ fn route_cache(
 
 fn tag_list(p: &mut Problems, field: &str, tags: &[String]) {
     for (j, tag) in tags.iter().enumerate() {
-        if tag.is_empty() || tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if !crate::cache::purge::is_valid_tag(tag) {
             p.add(
                 format!("{field}[{j}]"),
                 format!("{tag:?} must be a non-empty word without spaces"),

@@ -15,6 +15,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::body;
+use crate::cache::purge::is_valid_tag;
 use crate::cache::PurgeRequest;
 use crate::handler::Proxy;
 use crate::route;
@@ -68,11 +69,7 @@ fn parse(bytes: &[u8]) -> Result<PurgeRequest, String> {
     if purge.is_empty() {
         return Err("name what to purge: tags, paths, prefixes or all".into());
     }
-    if let Some(tag) = purge
-        .tags
-        .iter()
-        .find(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()))
-    {
+    if let Some(tag) = purge.tags.iter().find(|t| !is_valid_tag(t)) {
         return Err(format!("tag {tag:?} must be a non-empty word without spaces"));
     }
     for path in purge.paths.iter_mut().chain(purge.prefixes.iter_mut()) {

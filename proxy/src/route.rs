@@ -6,6 +6,7 @@
 //! selects. Does not authenticate or look at headers.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use http::{HeaderValue, Method};
 
@@ -254,11 +255,23 @@ pub struct Rule {
 #[derive(Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    /// Every tag a cacheable rule's entries record a generation for.
+    recorded_tags: HashSet<String>,
 }
 
 impl RuleSet {
     pub fn new(rules: Vec<Rule>) -> RuleSet {
-        RuleSet { rules }
+        let recorded_tags = rules
+            .iter()
+            .filter_map(|r| r.cache.as_ref())
+            .flat_map(|c| c.tags.iter().cloned())
+            .collect();
+        RuleSet { rules, recorded_tags }
+    }
+
+    /// Whether some cacheable rule's entries record `tag`'s generation.
+    pub fn records_tag(&self, tag: &str) -> bool {
+        self.recorded_tags.contains(tag)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Rule> {

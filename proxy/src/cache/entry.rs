@@ -15,6 +15,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::Lifetime;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 2] = b"CG";
@@ -54,6 +56,27 @@ pub fn now_ms() -> u64 {
 }
 
 impl Entry {
+    /// An answer stored at `now_ms` for `lifetime`.
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        now_ms: u64,
+        lifetime: &Lifetime,
+        generations: Generations,
+    ) -> Entry {
+        Entry {
+            status,
+            headers,
+            body,
+            stored_at_ms: now_ms,
+            expires_at_ms: now_ms + lifetime.ttl.as_millis() as u64,
+            stale_while_revalidate_ms: lifetime.stale_while_revalidate.as_millis() as u64,
+            stale_if_error_ms: lifetime.stale_if_error.as_millis() as u64,
+            generations,
+        }
+    }
+
     /// Seconds since the entry was stored (the `Age` header).
     pub fn age_secs(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.stored_at_ms) / 1000

@@ -88,6 +88,13 @@ impl CacheKey {
         })
     }
 
+    /// The key whose [`to_hex`](Self::to_hex) is `hex`, if it is one.
+    pub fn from_hex(hex: &str) -> Option<CacheKey> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex, &mut bytes).ok()?;
+        Some(CacheKey(bytes))
+    }
+
     /// Lower-case hex, as used in store keys.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
@@ -111,6 +118,14 @@ mod tests {
             vary: &[],
             scope,
         })
+    }
+
+    #[test]
+    fn a_key_round_trips_through_hex_and_other_text_is_no_key() {
+        let k = key("r", "/a", None, ScopeKey::Shared);
+        assert_eq!(CacheKey::from_hex(&k.to_hex()), Some(k));
+        assert_eq!(CacheKey::from_hex("not hex"), None);
+        assert_eq!(CacheKey::from_hex("abcd"), None);
     }
 
     #[test]

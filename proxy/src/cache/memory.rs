@@ -14,10 +14,8 @@ use moka::notification::RemovalCause;
 use moka::sync::{Cache, CacheBuilder};
 
 use super::entry::now_ms;
-use super::purge::{index_prefix, prefixes_of, softly_expired, ALL_TAG};
-use super::{
-    new_generation, CacheKey, CacheStore, Entry, Generations, IndexInfo, Lookup, PurgeRequest, Purged, StoreError,
-};
+use super::purge::{prefixes_of, softly_expired};
+use super::{new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Lookup, StoreError};
 
 pub struct MemoryStore {
     entries: Cache<CacheKey, Arc<Entry>>,
@@ -133,27 +131,6 @@ impl MemoryStore {
         }
     }
 
-    /// Removes, or with `soft` marks expired, the entries under `keys`;
-    /// returns how many there were.
-    fn purge_keys(&self, keys: Vec<CacheKey>, soft: bool) -> u64 {
-        let now = now_ms();
-        let mut purged = 0;
-        for key in keys {
-            let Some(entry) = self.entries.get(&key) else { continue };
-            purged += 1;
-            if soft {
-                self.entries.insert(key, Arc::new(softly_expired(&entry, now)));
-            } else {
-                self.entries.invalidate(&key);
-            }
-        }
-        purged
-    }
-
-    fn keys_by(&self, pick: impl FnOnce(&Index) -> Vec<CacheKey>) -> Vec<CacheKey> {
-        pick(&self.index.lock().expect("index lock"))
-    }
-
     /// Whether `recorded` holds exactly the current generation of each of
     /// `tags`, in order. Allocates nothing: this runs on every hit.
     fn is_current(&self, recorded: &Generations, tags: &[String]) -> bool {
@@ -215,34 +192,28 @@ impl CacheStore for MemoryStore {
         Ok(())
     }
 
-    async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
-        let mut purged = Purged::default();
-        // Hard: new generations for rule tags, and removal for entries
-        // filed under a tag only by their origin (surrogate keys), which
-        // record no generation for it.
-        if !request.soft && !request.entries_only {
-            self.invalidate(&request.tags).await?;
-        }
-        for tag in &request.tags {
-            self.purge_keys(self.keys_by(|i| Index::keys(&i.by_tag, tag)), request.soft);
-        }
-        purged.tags = request.tags.len() as u64;
-        for path in &request.paths {
-            purged.paths += self.purge_keys(self.keys_by(|i| Index::keys(&i.by_path, path)), request.soft);
-        }
-        for prefix in &request.prefixes {
-            let keys = self.keys_by(|i| Index::keys(&i.by_prefix, index_prefix(prefix)));
-            purged.prefixes += self.purge_keys(keys, request.soft);
-        }
-        if request.all {
-            if request.soft {
-                purged.prefixes += self.purge_keys(self.keys_by(|i| Index::keys(&i.by_prefix, "/")), true);
+    async fn filed(&self, place: Filed<'_>) -> Result<Vec<CacheKey>, StoreError> {
+        let index = self.index.lock().expect("index lock");
+        Ok(match place {
+            Filed::Path(path) => Index::keys(&index.by_path, path),
+            Filed::Prefix(prefix) => Index::keys(&index.by_prefix, prefix),
+            Filed::Tag(tag) => Index::keys(&index.by_tag, tag),
+        })
+    }
+
+    async fn remove(&self, keys: Vec<CacheKey>, soft: bool) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut removed = 0;
+        for key in keys {
+            let Some(entry) = self.entries.get(&key) else { continue };
+            removed += 1;
+            if soft {
+                self.entries.insert(key, Arc::new(softly_expired(&entry, now)));
             } else {
-                purged.prefixes += self.keys_by(|i| Index::keys(&i.by_prefix, "/")).len() as u64;
-                self.invalidate(&[ALL_TAG.to_owned()]).await?;
+                self.entries.invalidate(&key);
             }
         }
-        Ok(purged)
+        Ok(removed)
     }
 
     async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError> {
@@ -265,6 +236,7 @@ impl CacheStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::PurgeRequest;
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
 

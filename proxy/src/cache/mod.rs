@@ -32,7 +32,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 pub use self::entry::{Entry, Generations};
 pub use self::key::{CacheKey, KeyParts, ScopeKey};
-pub use self::purge::{IndexInfo, PurgeRequest, Purged};
+pub use self::purge::{Filed, IndexInfo, PurgeRequest, Purged};
 
 /// Whose responses an entry may be served to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub struct CachePolicy {
 }
 
 /// How long a stored response is fresh, then usable stale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetime {
     pub ttl: Duration,
     pub stale_while_revalidate: Duration,
@@ -340,8 +340,17 @@ pub trait CacheStore: Send + Sync + 'static {
     /// indexed for purging as `index` says.
     async fn store(&self, key: &CacheKey, entry: &Entry, index: &IndexInfo<'_>) -> Result<(), StoreError>;
 
-    /// Purges what `request` names (see [`purge`]).
-    async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError>;
+    /// The keys of the entries filed under `place` in the purge index.
+    async fn filed(&self, place: Filed<'_>) -> Result<Vec<CacheKey>, StoreError>;
+
+    /// Removes, or with `soft` marks expired, the entries under `keys`;
+    /// returns how many there were.
+    async fn remove(&self, keys: Vec<CacheKey>, soft: bool) -> Result<u64, StoreError>;
+
+    /// Purges what `request` names (see [`purge::run`]).
+    async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
+        purge::run(self, request).await
+    }
 
     /// Gives each tag a fresh generation, so no entry recorded under the
     /// old one is served again. Returns only once the change is durable in

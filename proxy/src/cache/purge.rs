@@ -13,6 +13,14 @@ use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 
 use super::entry::Entry;
+use super::{CacheStore, StoreError};
+
+/// Whether `tag` can name a tag: a non-empty word without spaces or
+/// control characters (tags travel space-separated in surrogate-key
+/// headers and pub/sub messages).
+pub fn is_valid_tag(tag: &str) -> bool {
+    !tag.is_empty() && !tag.chars().any(|c| c.is_whitespace() || c.is_control())
+}
 
 /// The implicit tag every cacheable rule carries: replacing its generation
 /// purges every entry at once.
@@ -56,6 +64,51 @@ pub struct Purged {
     pub prefixes: u64,
 }
 
+/// A place in the purge index.
+#[derive(Debug, Clone, Copy)]
+pub enum Filed<'a> {
+    /// Entries of this normalised path, any query, scope or variant.
+    Path(&'a str),
+    /// Entries of this path and every path below it (segment-aligned).
+    Prefix(&'a str),
+    /// Entries whose rule or origin named this tag.
+    Tag(&'a str),
+}
+
+/// Carries out `request` on `store`: the one reading of a purge request
+/// both stores share. Hard tag and `all` purges replace generations (exact,
+/// and reaching every instance at once); entries are also removed through
+/// the index, which is what reaches tags only the origin named.
+pub async fn run<S: CacheStore + ?Sized>(store: &S, request: &PurgeRequest) -> Result<Purged, StoreError> {
+    let mut purged = Purged::default();
+    if !request.soft && !request.entries_only {
+        store.invalidate(&request.tags).await?;
+    }
+    for tag in &request.tags {
+        store.remove(store.filed(Filed::Tag(tag)).await?, request.soft).await?;
+    }
+    purged.tags = request.tags.len() as u64;
+    for path in &request.paths {
+        purged.paths += store
+            .remove(store.filed(Filed::Path(path)).await?, request.soft)
+            .await?;
+    }
+    let mut prefixes: Vec<&str> = request.prefixes.iter().map(|p| index_prefix(p)).collect();
+    if request.all && request.soft {
+        prefixes.push("/");
+    }
+    for prefix in prefixes {
+        purged.prefixes += store
+            .remove(store.filed(Filed::Prefix(prefix)).await?, request.soft)
+            .await?;
+    }
+    if request.all && !request.soft {
+        purged.prefixes += store.filed(Filed::Prefix("/")).await?.len() as u64;
+        store.invalidate(&[ALL_TAG.to_owned()]).await?;
+    }
+    Ok(purged)
+}
+
 /// Where an entry is indexed: its normalised path and its rule's tags.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexInfo<'a> {
@@ -74,7 +127,7 @@ pub fn prefixes_of(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// A prefix as the index stores it: no trailing `/` except the root.
-pub fn index_prefix(prefix: &str) -> &str {
+fn index_prefix(prefix: &str) -> &str {
     match prefix.trim_end_matches('/') {
         "" => "/",
         trimmed => trimmed,
@@ -93,7 +146,11 @@ pub fn surrogate_keys(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
     for value in headers.get_all(name) {
         let Ok(value) = value.to_str() else { continue };
         for key in value.split_ascii_whitespace() {
-            if key.len() <= MAX_SURROGATE_KEY_LEN && key != ALL_TAG && !keys.iter().any(|k| k == key) {
+            if is_valid_tag(key)
+                && key.len() <= MAX_SURROGATE_KEY_LEN
+                && key != ALL_TAG
+                && !keys.iter().any(|k| k == key)
+            {
                 keys.push(key.to_owned());
             }
         }

@@ -31,9 +31,6 @@ const LEASE_POLL: Duration = Duration::from_millis(10);
 struct Fetch<'r> {
     rule: &'r Rule,
     policy: &'r CachePolicy,
-    /// Normalised, without the query: what the purge index files it under.
-    path: String,
-    path_and_query: String,
     headers: HeaderMap,
     key: CacheKey,
     is_head: bool,
@@ -144,8 +141,6 @@ impl Proxy {
         let fetch = Fetch {
             rule,
             policy,
-            path: req.target.path.clone(),
-            path_and_query: req.target.path_and_query(),
             headers: self.cache_headers(req, policy)?,
             key,
             is_head,
@@ -185,7 +180,7 @@ impl Proxy {
         let (Some(proxy), Ok(headers)) = (self.me.upgrade(), self.cache_headers(req, policy)) else {
             return;
         };
-        let (rule_name, path, path_and_query) = (req.rule.name, req.target.path.clone(), req.target.path_and_query());
+        let rule_name = req.rule.name;
         let (target, claims, vary) = (
             req.target.clone(),
             req.claims.clone(),
@@ -206,8 +201,6 @@ impl Proxy {
             let fetch = Fetch {
                 rule,
                 policy,
-                path,
-                path_and_query,
                 headers,
                 key,
                 is_head: false,
@@ -281,22 +274,18 @@ impl Proxy {
         }
         let headers = storable_headers(&headers);
         let now = now_ms();
-        let mut entry = Entry {
-            status: stale.status,
+        let lifetime = storability(fetch.policy, &fetch.rule.forward_headers, stale.status, &headers).ok();
+        let entry = Entry::new(
+            stale.status,
             headers,
-            body: stale.body.clone(),
-            stored_at_ms: now,
-            expires_at_ms: now,
-            stale_while_revalidate_ms: 0,
-            stale_if_error_ms: 0,
+            stale.body.clone(),
+            now,
+            &lifetime.unwrap_or_default(),
             generations,
-        };
-        let Ok(lifetime) = storability(fetch.policy, &fetch.rule.forward_headers, entry.status, &entry.headers) else {
+        );
+        if lifetime.is_none() {
             return (response_from_entry(Arc::new(entry), now, fetch.is_head), None);
-        };
-        entry.expires_at_ms = now + lifetime.ttl.as_millis() as u64;
-        entry.stale_while_revalidate_ms = lifetime.stale_while_revalidate.as_millis() as u64;
-        entry.stale_if_error_ms = lifetime.stale_if_error.as_millis() as u64;
+        }
         let entry = Arc::new(entry);
         *cache_status = CacheStatus::Revalidated {
             stored: self.store.store(&fetch.key, &entry, index).await.is_ok(),
@@ -358,7 +347,7 @@ impl Proxy {
         // HEAD is fetched as GET so its answer can fill the entry GET uses.
         let outbound = Outbound {
             method: Method::GET,
-            path_and_query: fetch.path_and_query.clone(),
+            path_and_query: fetch.target.path_and_query(),
             headers,
             body: body::empty(),
             replayable: true,
@@ -379,7 +368,7 @@ impl Proxy {
         *cache_status = CacheStatus::Miss { stored: false };
         if let (StatusCode::NOT_MODIFIED, Some(stale)) = (head.status, &fetch.stale) {
             let index = IndexInfo {
-                path: &fetch.path,
+                path: &fetch.target.path,
                 tags: &tags,
             };
             return Ok(self
@@ -439,18 +428,16 @@ impl Proxy {
         let etag = conditional::ensure_strong_etag(&mut stored_headers, &bytes);
         head.headers.insert(ETAG, etag);
         let now = now_ms();
-        let entry = Arc::new(Entry {
-            status: head.status,
-            headers: stored_headers,
-            body: bytes.clone(),
-            stored_at_ms: now,
-            expires_at_ms: now + lifetime.ttl.as_millis() as u64,
-            stale_while_revalidate_ms: lifetime.stale_while_revalidate.as_millis() as u64,
-            stale_if_error_ms: lifetime.stale_if_error.as_millis() as u64,
+        let entry = Arc::new(Entry::new(
+            head.status,
+            stored_headers,
+            bytes.clone(),
+            now,
+            &lifetime,
             generations,
-        });
+        ));
         let index = IndexInfo {
-            path: &fetch.path,
+            path: &fetch.target.path,
             tags: &tags,
         };
         match self.store.store(&key, &entry, &index).await {

@@ -243,12 +243,8 @@ impl Proxy {
         // Tags some rule records get new generations, which also protects
         // reads in flight; the rest (surrogate keys only) just lose their
         // entries, so their generation keys do not pile up unread.
-        let (recorded, surrogate_only): (Vec<String>, Vec<String>) = named.into_iter().partition(|tag| {
-            self.config
-                .routes
-                .iter()
-                .any(|r| r.cache.as_ref().is_some_and(|c| c.tags.contains(tag)))
-        });
+        let (recorded, surrogate_only): (Vec<String>, Vec<String>) =
+            named.into_iter().partition(|tag| self.config.routes.records_tag(tag));
         for (tags, entries_only) in [(recorded, false), (surrogate_only, true)] {
             if tags.is_empty() {
                 continue;

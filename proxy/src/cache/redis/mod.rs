@@ -54,11 +54,8 @@ use self::batch::{Part, Read, ReadBatcher, ReadResult};
 use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
 use super::memory::{bounded_entries, usable};
-use super::purge::{index_prefix, prefixes_of, softly_expired, ALL_TAG};
-use super::{
-    new_generation, CacheKey, CacheStore, Entry, Generations, IndexInfo, Lease, Lookup, PurgeRequest, Purged,
-    StoreError,
-};
+use super::purge::{prefixes_of, softly_expired, ALL_TAG};
+use super::{new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Lease, Lookup, StoreError};
 use crate::config::CacheSettings;
 use crate::metrics::Metrics;
 
@@ -217,68 +214,35 @@ impl RedisStore {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        match tokio::time::timeout(PURGE_TIMEOUT, op(self.conn.clone())).await {
+        self.within(PURGE_TIMEOUT, op(self.conn.clone())).await
+    }
+
+    /// Runs `operation` within `budget`, counting its failures.
+    async fn within<T>(
+        &self,
+        budget: Duration,
+        operation: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(budget, operation).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Backend(e.to_string())),
-            Err(_) => Err(StoreError::Timeout),
+            Ok(Err(e)) => {
+                self.metrics.redis_error("error");
+                Err(StoreError::Backend(e.to_string()))
+            }
+            Err(_) => {
+                self.metrics.redis_error("timeout");
+                Err(StoreError::Timeout)
+            }
         }
     }
 
-    /// The keys of the live entries an index set names.
-    async fn members(&self, set: String) -> Result<Vec<String>, StoreError> {
-        let now = now_ms();
-        self.purge_step(|mut conn| async move {
-            redis::cmd("ZRANGEBYSCORE")
-                .arg(set)
-                .arg(now)
-                .arg("+inf")
-                .query_async(&mut conn)
-                .await
-        })
-        .await
-    }
-
-    /// Deletes, or with `soft` marks expired, the entries whose key hexes
-    /// are `hexes`; returns how many there were.
-    async fn purge_entries(&self, hexes: Vec<String>, soft: bool) -> Result<u64, StoreError> {
-        if hexes.is_empty() {
-            return Ok(0);
+    /// The index set filing `place`.
+    fn index_set(&self, place: Filed<'_>) -> String {
+        match place {
+            Filed::Path(path) => self.path_set(path),
+            Filed::Prefix(prefix) => self.subtree_set(prefix),
+            Filed::Tag(tag) => self.tag_set(tag),
         }
-        let keys: Vec<String> = hexes.iter().map(|h| format!("{}e:{}", self.prefix, h)).collect();
-        if !soft {
-            return self
-                .purge_step(|mut conn| async move { redis::cmd("DEL").arg(&keys).query_async(&mut conn).await })
-                .await;
-        }
-        let mut marked = 0;
-        for key in keys {
-            let raw: Option<Bytes> = self
-                .purge_step(|mut conn| {
-                    let key = key.clone();
-                    async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
-                })
-                .await?;
-            let Some(copy) = raw.and_then(decode_stamped) else {
-                continue;
-            };
-            let now = now_ms();
-            let expired = softly_expired(&copy.entry, now);
-            let ttl_ms = expired.retention_left(now).as_millis() as u64;
-            let value = stamped(&expired).1;
-            let changed: i64 = self
-                .purge_step(|mut conn| async move {
-                    MARK_SCRIPT
-                        .key(key)
-                        .arg(&copy.stamp[..])
-                        .arg(value.as_ref())
-                        .arg(ttl_ms)
-                        .invoke_async(&mut conn)
-                        .await
-                })
-                .await?;
-            marked += changed as u64;
-        }
-        Ok(marked)
     }
 
     fn lease_key(&self, key: &CacheKey) -> String {
@@ -314,18 +278,7 @@ impl RedisStore {
             }
             op(self.conn.clone()).await
         };
-        let outcome = tokio::time::timeout(self.operation_timeout, attempt).await;
-        let result = match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                self.metrics.redis_error("error");
-                Err(StoreError::Backend(e.to_string()))
-            }
-            Err(_) => {
-                self.metrics.redis_error("timeout");
-                Err(StoreError::Timeout)
-            }
-        };
+        let result = self.within(self.operation_timeout, attempt).await;
         let transition = match &result {
             Ok(_) => self.breaker.record_success(),
             Err(_) => self.breaker.record_failure(),
@@ -633,50 +586,60 @@ impl CacheStore for RedisStore {
         Ok(())
     }
 
-    async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
-        let mut purged = Purged::default();
-        // Hard: new generations for rule tags, and removal for entries
-        // filed under a tag only by their origin (surrogate keys), which
-        // record no generation for it.
-        if !request.soft && !request.entries_only {
-            self.invalidate(&request.tags).await?;
+    async fn filed(&self, place: Filed<'_>) -> Result<Vec<CacheKey>, StoreError> {
+        let (set, now) = (self.index_set(place), now_ms());
+        let hexes: Vec<String> = self
+            .purge_step(|mut conn| async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(set)
+                    .arg(now)
+                    .arg("+inf")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(hexes.iter().filter_map(|h| CacheKey::from_hex(h)).collect())
+    }
+
+    async fn remove(&self, keys: Vec<CacheKey>, soft: bool) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
         }
-        for tag in &request.tags {
-            self.purge_entries(self.members(self.tag_set(tag)).await?, request.soft)
+        let keys: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
+        if !soft {
+            return self
+                .purge_step(|mut conn| async move { redis::cmd("DEL").arg(&keys).query_async(&mut conn).await })
+                .await;
+        }
+        let mut marked = 0;
+        for key in keys {
+            let raw: Option<Bytes> = self
+                .purge_step(|mut conn| {
+                    let key = key.clone();
+                    async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
+                })
                 .await?;
-        }
-        purged.tags = request.tags.len() as u64;
-        for path in &request.paths {
-            purged.paths += self
-                .purge_entries(self.members(self.path_set(path)).await?, request.soft)
-                .await?;
-        }
-        let mut prefixes: Vec<&str> = request.prefixes.iter().map(|p| index_prefix(p)).collect();
-        if request.all && request.soft {
-            prefixes.push("/");
-        }
-        for prefix in prefixes {
-            purged.prefixes += self
-                .purge_entries(self.members(self.subtree_set(prefix)).await?, request.soft)
-                .await?;
-        }
-        if request.all && !request.soft {
-            let every = self.subtree_set("/");
+            let Some(copy) = raw.and_then(decode_stamped) else {
+                continue;
+            };
             let now = now_ms();
-            let count: u64 = self
+            let expired = softly_expired(&copy.entry, now);
+            let ttl_ms = expired.retention_left(now).as_millis() as u64;
+            let value = stamped(&expired).1;
+            let changed: i64 = self
                 .purge_step(|mut conn| async move {
-                    redis::cmd("ZCOUNT")
-                        .arg(every)
-                        .arg(now)
-                        .arg("+inf")
-                        .query_async(&mut conn)
+                    MARK_SCRIPT
+                        .key(key)
+                        .arg(&copy.stamp[..])
+                        .arg(value.as_ref())
+                        .arg(ttl_ms)
+                        .invoke_async(&mut conn)
                         .await
                 })
                 .await?;
-            purged.prefixes += count;
-            self.invalidate(&[ALL_TAG.to_owned()]).await?;
+            marked += changed as u64;
         }
-        Ok(purged)
+        Ok(marked)
     }
 
     async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError> {
