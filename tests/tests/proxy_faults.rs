@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::process::free_port;
 use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
 use http::Method;
 use serde_json::{json, Value};
@@ -203,8 +202,12 @@ async fn redis_restarted_empty_is_a_miss_then_a_hit_without_restarting_the_proxy
 
 #[tokio::test]
 async fn an_upstream_refusing_connections_is_502() {
-    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let proxy = spawn_proxy(proxy_config(CONFIG, dead, None, None)).await;
+    // A socket bound but never listening: connections to it are refused,
+    // and no other test can take its port meanwhile (a port merely found
+    // free could be).
+    let dead = tokio::net::TcpSocket::new_v4().unwrap();
+    dead.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let proxy = spawn_proxy(proxy_config(CONFIG, dead.local_addr().unwrap(), None, None)).await;
     let resp = reqwest::get(format!("{}/items", proxy.base_url())).await.unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"], "upstream unavailable");
