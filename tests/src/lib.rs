@@ -13,6 +13,7 @@
 //! - [`stack`]: [`Stack`], all of the above wired together.
 //! - [`task`]: [`task::ServerTask`], what both in-process server handles share.
 //! - [`token`]: HS256 tokens signed like the origin's, for tests and benches.
+//! - [`wait`]: polling for a condition with a deadline.
 //! - [`client`]: a small JSON client for the origin's API.
 
 pub mod client;
@@ -24,10 +25,11 @@ pub mod stack;
 pub mod task;
 pub mod token;
 pub mod upstream;
+pub mod wait;
 
 pub use crate::client::{raw_http, ApiClient, RawResponse};
 pub use crate::origin::{spawn_origin, spawn_origin_with, OriginHandle, StoppedOrigin};
-pub use crate::proxy::{proxy_config, spawn_proxy, ProxyHandle, SHIPPED_CONFIG};
+pub use crate::proxy::{proxy_config, spawn_proxy, ProxyHandle, ITEMS_CONFIG, SHIPPED_CONFIG};
 pub use crate::servers::{MongoServer, RedisServer};
 pub use crate::stack::Stack;
 pub use crate::upstream::{json_reply, ScriptedUpstream};

@@ -12,6 +12,25 @@ use crate::task::ServerTask;
 /// The `config.toml` the project ships; tests run the proxy with it.
 pub const SHIPPED_CONFIG: &str = include_str!("../../config.toml");
 
+/// A public, cached `GET /items` tagged `items`, and a `POST /items` that
+/// invalidates it: the smallest config with a read and the write that
+/// replaces it.
+pub const ITEMS_CONFIG: &str = r#"
+[[routes]]
+name = "items"
+path = "/items"
+methods = ["GET"]
+access = "public"
+cache = { tags = ["items"] }
+
+[[routes]]
+name = "items-write"
+path = "/items"
+methods = ["POST"]
+access = "public"
+invalidates = ["items"]
+"#;
+
 /// Builds a proxy config from TOML with the harness's overrides: the given
 /// upstream and Redis (`None`: memory store), the test JWT secret, ephemeral
 /// listeners. `CACHE_TTL`-style default TTL when `cache_ttl_secs` is set.

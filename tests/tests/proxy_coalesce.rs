@@ -4,9 +4,8 @@
 //! Deterministic: the upstream holds every answer until the test has seen,
 //! in the proxies' metrics, that every request is waiting where it should.
 
-use std::time::Duration;
-
 use e2e::token::mint;
+use e2e::wait::eventually;
 use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
 use futures_util::future::join_all;
 use proxy::cache::{CacheKey, KeyParts, ScopeKey};
@@ -59,22 +58,15 @@ async fn gated_upstream(headers: &'static [(&'static str, &'static str)]) -> (Sc
 
 /// Sums `series` over `proxies` until it reaches `wanted`.
 async fn until_total(proxies: &[&ProxyHandle], series: &str, wanted: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(&format!("{series} reaches {wanted}"), || async {
         let mut total = 0;
         for p in proxies {
             total += p.metric(series).await;
         }
-        if total == wanted {
-            return;
-        }
-        assert!(total < wanted, "{series} overshot: {total} > {wanted}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} stuck at {total}, wanted {wanted}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        assert!(total <= wanted, "{series} overshot: {total} > {wanted}");
+        total == wanted
+    })
+    .await;
 }
 
 /// Sends `count` GETs of `path`, spread over `proxies` in turn, each with
@@ -203,19 +195,15 @@ async fn a_lease_left_by_a_dead_instance_only_delays_the_others_until_it_expires
     assert_eq!(proxy.metric(HELD_ELSEWHERE).await, 1);
     assert_eq!(proxy.metric(FETCHED_ANYWAY).await, 1);
     // The dead instance's lease expired; this one gives its own back.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(format!("cgw:l:{}", key.to_hex()))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !exists {
-            break;
+    let lease = format!("cgw:l:{}", key.to_hex());
+    eventually("the lease is given back", || {
+        let (mut conn, lease) = (conn.clone(), lease.clone());
+        async move {
+            let exists: bool = redis::cmd("EXISTS").arg(lease).query_async(&mut conn).await.unwrap();
+            !exists
         }
-        assert!(tokio::time::Instant::now() < deadline, "the lease was never given back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -7,26 +7,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use e2e::{json_reply, proxy_config, spawn_proxy, RedisServer, ScriptedUpstream};
+use e2e::{json_reply, proxy_config, spawn_proxy, RedisServer, ScriptedUpstream, ITEMS_CONFIG};
 use http::Method;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
-
-const CONFIG: &str = r#"
-[[routes]]
-name = "items"
-path = "/items"
-methods = ["GET"]
-access = "public"
-cache = { tags = ["items"] }
-
-[[routes]]
-name = "items-write"
-path = "/items"
-methods = ["POST"]
-access = "public"
-invalidates = ["items"]
-"#;
 
 /// Upstream state: a version bumped by each POST; the first GET reads the
 /// version, announces itself, and waits for the gate before answering.
@@ -61,7 +45,7 @@ async fn race_leaves_no_stale_entry(redis_url: Option<String>) {
         }
     })
     .await;
-    let proxy = spawn_proxy(proxy_config(CONFIG, upstream.addr, redis_url, None)).await;
+    let proxy = spawn_proxy(proxy_config(ITEMS_CONFIG, upstream.addr, redis_url, None)).await;
     let client = reqwest::Client::new();
     let url = format!("{}/items", proxy.base_url());
 

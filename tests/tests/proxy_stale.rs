@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use e2e::wait::eventually;
 use e2e::{
     json_reply, proxy_config, spawn_origin, spawn_proxy, ApiClient, MongoServer, ProxyHandle, RedisServer,
     ScriptedUpstream, SHIPPED_CONFIG,
@@ -245,11 +246,10 @@ async fn coalesced_waiters_serve_the_stale_entry_when_their_leader_finds_the_ups
     let api = ApiClient::new(proxy.base_url());
     assert_eq!(read(&api, "/items").await, (200, "MISS".into(), Some(0)));
     failing.store(503, Ordering::SeqCst);
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while read(&api, "/items").await.1 != "STALE" {
-        assert!(tokio::time::Instant::now() < deadline, "never served stale");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the expired entry is served stale", || async {
+        read(&api, "/items").await.1 == "STALE"
+    })
+    .await;
 
     // Twenty concurrent requests; the leader's upstream request is held
     // until every other one has joined it.
@@ -262,11 +262,10 @@ async fn coalesced_waiters_serve_the_stale_entry_when_their_leader_finds_the_ups
             tokio::spawn(async move { read(&api, "/items").await })
         })
         .collect();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while proxy.metric(joined).await < joined_before + 19 {
-        assert!(tokio::time::Instant::now() < deadline, "requests never joined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("19 requests join the leader", || async {
+        proxy.metric(joined).await >= joined_before + 19
+    })
+    .await;
     open.send_replace(true);
     for request in requests {
         assert_eq!(request.await.unwrap(), (200, "STALE".into(), Some(0)));

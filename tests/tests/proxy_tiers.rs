@@ -6,7 +6,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use e2e::{json_reply, proxy_config, spawn_proxy, ApiClient, ProxyHandle, RedisServer, ScriptedUpstream, Stack};
+use e2e::wait::eventually;
+use e2e::{
+    json_reply, proxy_config, spawn_proxy, ApiClient, ProxyHandle, RedisServer, ScriptedUpstream, Stack, ITEMS_CONFIG,
+};
 use http::Method;
 use serde_json::json;
 
@@ -104,22 +107,6 @@ async fn four_readers_on_one_instance_never_see_a_write_made_through_another_und
     assert!(b_proxy.metric(L1_HITS).await > 0, "B's L1 was not in play");
 }
 
-const ITEMS: &str = r#"
-[[routes]]
-name = "items"
-path = "/items"
-methods = ["GET"]
-access = "public"
-cache = { tags = ["items"] }
-
-[[routes]]
-name = "items-write"
-path = "/items"
-methods = ["POST"]
-access = "public"
-invalidates = ["items"]
-"#;
-
 #[tokio::test]
 async fn an_l1_copy_is_not_served_once_redis_no_longer_holds_its_entry() {
     let version = Arc::new(AtomicU64::new(0));
@@ -130,7 +117,7 @@ async fn an_l1_copy_is_not_served_once_redis_no_longer_holds_its_entry() {
     })
     .await;
     let redis = RedisServer::start();
-    let proxy = spawn_proxy(proxy_config(ITEMS, upstream.addr, Some(redis.url()), None)).await;
+    let proxy = spawn_proxy(proxy_config(ITEMS_CONFIG, upstream.addr, Some(redis.url()), None)).await;
     let api = ApiClient::new(proxy.base_url());
     let read = || async {
         let r = api.get("/items", None).await;
@@ -164,33 +151,32 @@ async fn an_l1_copy_is_not_served_once_redis_no_longer_holds_its_entry() {
 async fn a_write_through_one_instance_evicts_the_others_l1_copies_at_once() {
     let upstream = ScriptedUpstream::start(|_| async { json_reply(200, "{}", &[]) }).await;
     let redis = RedisServer::start();
-    let a = spawn_proxy(proxy_config(ITEMS, upstream.addr, Some(redis.url()), None)).await;
-    let b = spawn_proxy(proxy_config(ITEMS, upstream.addr, Some(redis.url()), None)).await;
+    let a = spawn_proxy(proxy_config(ITEMS_CONFIG, upstream.addr, Some(redis.url()), None)).await;
+    let b = spawn_proxy(proxy_config(ITEMS_CONFIG, upstream.addr, Some(redis.url()), None)).await;
     let b_api = ApiClient::new(b.base_url());
     assert_eq!(b_api.get("/items", None).await.header("x-cache"), Some("MISS"));
     assert_eq!(b_api.get("/items", None).await.header("x-cache"), Some("HIT"));
     assert_eq!(b.metric(L1_HITS).await, 1, "B holds an L1 copy");
     // Both instances subscribe in the background; announcements sent
     // before that are not for them.
-    let mut conn = redis::Client::open(redis.url())
+    let conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("cgw:events")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if subscribers == 2 {
-            break;
+    eventually("both instances subscribe", || {
+        let mut conn = conn.clone();
+        async move {
+            let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("cgw:events")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            subscribers == 2
         }
-        assert!(tokio::time::Instant::now() < deadline, "instances never subscribed");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 
     let write = ApiClient::new(a.base_url())
         .send(Method::POST, "/items", None, None)
@@ -198,10 +184,6 @@ async fn a_write_through_one_instance_evicts_the_others_l1_copies_at_once() {
     assert_eq!(write.status, 200);
     // No request reaches B: only the announcement can evict its copy.
     let evicted = r#"proxy_l1_evictions_total{cause="outdated"}"#;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while b.metric(evicted).await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "B kept its copy");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually("B drops its copy", || async { b.metric(evicted).await > 0 }).await;
     assert_eq!(b_api.get("/items", None).await.header("x-cache"), Some("MISS"));
 }
