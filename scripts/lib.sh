@@ -69,7 +69,8 @@ ferretdb_path() {
 ensure_ferretdb() {
   local bin
   bin=$(ferretdb_path)
-  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "version: $FERRETDB_VERSION"; then
+  # Read whole before matching (see install-ferretdb: SIGPIPE under pipefail).
+  if [ -x "$bin" ] && grep -q "version: $FERRETDB_VERSION" <<<"$("$bin" --version 2>/dev/null || true)"; then
     return 0
   fi
   "$(dirname "${BASH_SOURCE[0]}")/install-ferretdb"
