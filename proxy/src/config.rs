@@ -34,6 +34,20 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Beyond this, new connections wait in the kernel backlog instead of
 /// exhausting file descriptors.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Connections one client address may hold: far above what a browser or a
+/// load generator opens, far below `DEFAULT_MAX_CONNECTIONS`, so one
+/// address cannot take every slot.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
+/// A connection with no request in flight is closed after this (nginx's
+/// `keepalive_timeout` is 75 s; HTTP/1 keep-alive is also bounded by the
+/// header-read timeout, which hyper starts while waiting for a head).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest pause between two pieces of a request body (nginx's
+/// `client_body_timeout` is 60 s).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a response write may make no progress because the client does
+/// not read (nginx's `send_timeout` is 60 s).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Same limit as the origin: JSON API requests are small.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 1024 * 1024;
 /// In-flight requests get this long to finish on shutdown.
@@ -106,6 +120,15 @@ pub struct RawServer {
     #[serde(default, with = "humantime_serde")]
     pub header_read_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub body_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub write_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_age: Option<Duration>,
     pub max_request_body_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
@@ -361,6 +384,16 @@ pub struct ServerSettings {
     /// request head.
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one client address may hold; 0: no cap.
+    pub max_connections_per_ip: usize,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Longest pause while a request body arrives; then 408.
+    pub body_read_timeout: Duration,
+    /// Longest a response write may stall on a client that does not read.
+    pub write_timeout: Duration,
+    /// Connections older than this are closed gracefully; `None`: no limit.
+    pub max_connection_age: Option<Duration>,
     pub max_request_body_bytes: u64,
     pub shutdown_grace: Duration,
 }
@@ -456,7 +489,32 @@ impl Config {
                 "server.max_connections",
                 raw.server.max_connections,
                 DEFAULT_MAX_CONNECTIONS,
+            )
+            // The drain at shutdown waits for every permit at once.
+            .min(u32::MAX as usize),
+            max_connections_per_ip: raw
+                .server
+                .max_connections_per_ip
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+            idle_timeout: positive(
+                &mut p,
+                "server.idle_timeout",
+                raw.server.idle_timeout,
+                DEFAULT_IDLE_TIMEOUT,
             ),
+            body_read_timeout: positive(
+                &mut p,
+                "server.body_read_timeout",
+                raw.server.body_read_timeout,
+                DEFAULT_BODY_READ_TIMEOUT,
+            ),
+            write_timeout: positive(
+                &mut p,
+                "server.write_timeout",
+                raw.server.write_timeout,
+                DEFAULT_WRITE_TIMEOUT,
+            ),
+            max_connection_age: raw.server.max_connection_age.filter(|age| !age.is_zero()),
             max_request_body_bytes: raw
                 .server
                 .max_request_body_bytes

@@ -107,6 +107,7 @@ pub async fn run(
     let admin_task = tokio::spawn(server::serve(
         admin,
         config.server.clone(),
+        proxy.metrics.clone(),
         move |req, _peer| admin::handle(admin_proxy.clone(), req),
         stopped(stop_rx.clone()),
     ));
@@ -114,6 +115,7 @@ pub async fn run(
     server::serve(
         listener,
         config.server.clone(),
+        proxy.metrics.clone(),
         move |req, peer| {
             let proxy = client_proxy.clone();
             async move { proxy.handle(req, peer).await }

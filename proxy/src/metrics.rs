@@ -12,6 +12,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -65,6 +66,13 @@ pub struct Metrics {
     stale: Family<OutcomeLabels, Counter>,
     purges: Family<OutcomeLabels, Counter>,
     conditional: Family<OutcomeLabels, Counter>,
+    connections_closed: Family<ReasonLabels, Counter>,
+    connections_open: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -145,6 +153,18 @@ impl Metrics {
             "304s answered to clients (not_modified) and expired entries refreshed by an upstream 304 (revalidated)",
             conditional.clone(),
         );
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Connections the proxy closed or refused itself, by reason (per_ip_limit, first_request_timeout, idle_timeout, max_age)",
+            connections_closed.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client and admin connections open now",
+            connections_open.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -160,6 +180,8 @@ impl Metrics {
             stale,
             purges,
             conditional,
+            connections_closed,
+            connections_open,
         }
     }
 
@@ -223,11 +245,30 @@ impl Metrics {
         self.conditional.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a connection as open until the returned guard drops.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections_open.inc();
+        OpenConnection(self.connections_open.clone())
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// One open connection in `proxy_connections_open`.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -1,10 +1,26 @@
-//! The accept loop: connection limit, HTTP/1.1 and h2c, graceful shutdown.
+//! The accept loop: connection limits, every phase of a connection bounded
+//! in time, HTTP/1.1 and h2c, graceful shutdown.
 //!
 //! Takes an already-bound listener and a shutdown future, so tests and
-//! `main` share it. Each connection is served by hyper-util's auto builder
-//! (HTTP/1.1, or HTTP/2 when the client opens with the h2 preface), with a
-//! Tokio timer so the header-read timeout — which also bounds idle
-//! keep-alive time — actually fires.
+//! `main` share it; both listeners (clients and admin) run it. Each
+//! connection is served by hyper-util's auto builder (HTTP/1.1, or HTTP/2
+//! when the client opens with the h2 preface) and bounded in every phase:
+//! - before the first request (protocol not yet known, partial preface):
+//!   `header_read_timeout` from accept ([`activity`]);
+//! - an HTTP/1 request head: `header_read_timeout` (hyper's own timer);
+//! - no request in flight (HTTP/1 keep-alive, an HTTP/2 connection that
+//!   only answers pings): `idle_timeout` ([`activity`]);
+//! - a request body that stops arriving: `body_read_timeout` (the
+//!   handler reads bodies through [`crate::body::IdleTimeout`]);
+//! - a client that stops reading its response: `write_timeout` ([`io`]);
+//! - optionally the whole connection: `max_connection_age`.
+//!
+//! One address may hold at most `max_connections_per_ip` connections, so
+//! one client cannot take every slot of `max_connections`.
+
+mod activity;
+mod io;
+mod per_ip;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,21 +33,39 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 
+use self::activity::{Activity, Limits, Tracked};
+use self::io::WriteDeadline;
+use self::per_ip::PerIpLimit;
 use crate::config::ServerSettings;
+use crate::metrics::Metrics;
 use crate::upstream::ProxyBody;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Where the server is in its life; connections watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Finish what is in flight, accept no new request.
+    Draining,
+    /// The grace period is over: close now.
+    Closing,
+}
+
 /// Serves `listener` with `handle` until `shutdown` resolves, then stops
 /// accepting and gives open connections `settings.shutdown_grace` to finish.
-pub async fn serve<H, F>(listener: TcpListener, settings: ServerSettings, handle: H, shutdown: impl Future<Output = ()>)
-where
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    settings: ServerSettings,
+    metrics: Arc<Metrics>,
+    handle: H,
+    shutdown: impl Future<Output = ()>,
+) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
@@ -47,7 +81,9 @@ where
         .keep_alive_interval(Some(settings.header_read_timeout));
     let builder = Arc::new(builder);
     let limit = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = GracefulShutdown::new();
+    let per_ip = PerIpLimit::new(settings.max_connections_per_ip);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+    let settings = Arc::new(settings);
     tokio::pin!(shutdown);
 
     loop {
@@ -66,27 +102,113 @@ where
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let handle = handle.clone();
-        let service = service_fn(move |req| {
-            let handle = handle.clone();
-            async move { Ok::<_, Infallible>(handle(req, peer).await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let Some(ip_slot) = per_ip.acquire(peer.ip()) else {
+            // Closed at once: the address already holds its share.
+            metrics.connection_closed("per_ip_limit");
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            continue;
+        };
+        let connection = serve_connection(
+            builder.clone(),
+            stream,
+            peer,
+            settings.clone(),
+            metrics.clone(),
+            handle.clone(),
+            phase_rx.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-            drop(permit);
+            connection.await;
+            drop((permit, ip_slot));
         });
     }
 
     drop(listener);
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = phase_tx.send(Phase::Draining);
+    let all_closed = limit.acquire_many(settings.max_connections as u32);
+    if tokio::time::timeout(settings.shutdown_grace, all_closed).await.is_err() {
         tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the shutdown grace period; closing them");
+        let _ = phase_tx.send(Phase::Closing);
+    }
+}
+
+/// Serves one connection until it ends, its watchdog expires it, or the
+/// server closes it.
+async fn serve_connection<H, F>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<ServerSettings>,
+    metrics: Arc<Metrics>,
+    handle: H,
+    mut phase: watch::Receiver<Phase>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let _open = metrics.connection_opened();
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
+    let limits = Limits {
+        first_request: settings.header_read_timeout,
+        idle: settings.idle_timeout,
+        max_age: settings.max_connection_age,
+    };
+    // A connection told to close gets this long to finish its last
+    // response; a client that stops reading would otherwise hold it.
+    let wind_down = settings.write_timeout;
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let in_flight = activity.start();
+            let handle = handle.clone();
+            async move {
+                let response = handle(req, peer).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
+        })
+    };
+    let io = TokioIo::new(WriteDeadline::new(stream, settings.write_timeout));
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+
+    let closing = tokio::select! {
+        result = connection.as_mut() => return log_end(peer, result),
+        why = activity.expired(limits) => {
+            metrics.connection_closed(why.label());
+            tracing::debug!(%peer, reason = why.label(), "closing connection");
+            why == activity::Expired::Age
+        }
+        () = wait_for(&mut phase, Phase::Draining) => true,
+    };
+    if closing {
+        // Finish what is in flight (HTTP/2: GOAWAY), accept nothing new.
+        connection.as_mut().graceful_shutdown();
+        tokio::select! {
+            result = connection.as_mut() => log_end(peer, result),
+            () = wait_for(&mut phase, Phase::Closing) => {}
+            () = tokio::time::sleep(wind_down), if *phase.borrow() == Phase::Serving => {}
+        }
+    }
+    // Idle (nothing in flight), or out of time: dropping the connection
+    // closes the socket.
+}
+
+/// Resolves once the server's phase is `at` or later.
+async fn wait_for(phase: &mut watch::Receiver<Phase>, at: Phase) {
+    let reached = |p: &Phase| match at {
+        Phase::Serving => true,
+        Phase::Draining => *p != Phase::Serving,
+        Phase::Closing => *p == Phase::Closing,
+    };
+    if phase.wait_for(reached).await.is_err() {
+        // The server is gone: nothing will ever change the phase.
+        std::future::pending::<()>().await;
+    }
+}
+
+fn log_end<E: std::fmt::Display>(peer: SocketAddr, result: Result<(), E>) {
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
     }
 }

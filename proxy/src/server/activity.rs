@@ -1,0 +1,202 @@
+//! Whether a connection is doing anything, and how long it may do nothing.
+//!
+//! hyper bounds the phases it knows about (an HTTP/1 request head), but not
+//! the time before the protocol is known, nor an HTTP/2 connection that
+//! keeps answering pings without opening a stream. So each connection has
+//! one watchdog over its whole life: it counts requests in flight (from the
+//! moment hyper hands a request to the service until its response body is
+//! finished or dropped) and closes the connection when nothing is in flight
+//! for too long — `header_read_timeout` before the first request (idle
+//! sockets, partial HTTP/2 prefaces), `idle_timeout` after one — and, when
+//! configured, when it reaches its maximum age.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Why a connection's watchdog ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// No request arrived within the header-read timeout of accepting.
+    FirstRequest,
+    /// No request in flight for the idle timeout.
+    Idle,
+    /// The connection reached its maximum age.
+    Age,
+}
+
+impl Expired {
+    pub fn label(self) -> &'static str {
+        match self {
+            Expired::FirstRequest => "first_request_timeout",
+            Expired::Idle => "idle_timeout",
+            Expired::Age => "max_age",
+        }
+    }
+}
+
+/// The limits one connection lives under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub first_request: Duration,
+    pub idle: Duration,
+    pub max_age: Option<Duration>,
+}
+
+/// One connection's requests in flight, shared by its service (which
+/// counts) and its watchdog (which waits).
+#[derive(Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// Requests ever started, so the watchdog can tell "still idle" from
+    /// "a request came and went while I slept".
+    started: AtomicU64,
+    /// Woken on every change; `notify_one` keeps a permit when nobody
+    /// waits, so a change between the watchdog's check and its wait is
+    /// never lost.
+    changed: Notify,
+}
+
+impl Activity {
+    /// Marks a request as started; it stays in flight until the returned
+    /// guard is dropped (move it into the response body).
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// Resolves when the connection should be closed, and says why.
+    pub async fn expired(&self, limits: Limits) -> Expired {
+        let born = Instant::now();
+        let mut idle_since = born;
+        loop {
+            let age_limit = limits.max_age.map(|age| born + age);
+            let seen = self.started.load(Ordering::Acquire);
+            let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
+                None
+            } else if seen == 0 {
+                Some((born + limits.first_request, Expired::FirstRequest))
+            } else {
+                Some((idle_since + limits.idle, Expired::Idle))
+            };
+            let deadline = match (deadline, age_limit) {
+                (Some((idle_at, _)), Some(age_at)) if age_at <= idle_at => Some((age_at, Expired::Age)),
+                (None, Some(age_at)) => Some((age_at, Expired::Age)),
+                (deadline, _) => deadline,
+            };
+            let Some((at, why)) = deadline else {
+                self.changed.notified().await;
+                idle_since = Instant::now();
+                continue;
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {
+                    let still_idle = self.in_flight.load(Ordering::Acquire) == 0
+                        && self.started.load(Ordering::Acquire) == seen;
+                    if why == Expired::Age || still_idle {
+                        return why;
+                    }
+                }
+                () = self.changed.notified() => {}
+            }
+            idle_since = Instant::now();
+        }
+    }
+}
+
+/// A request in flight; dropping it ends the request for the watchdog.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request in flight until hyper has sent
+/// it all (or given up on it).
+pub struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> Tracked<B> {
+        Tracked {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        first_request: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        max_age: None,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_sends_a_request_expires_after_the_first_request_limit() {
+        let activity = Arc::new(Activity::default());
+        let started = Instant::now();
+        assert_eq!(activity.expired(LIMITS).await, Expired::FirstRequest);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_holds_the_connection_open_and_idleness_counts_from_its_end() {
+        let activity = Arc::new(Activity::default());
+        let watchdog = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.expired(LIMITS).await }
+        });
+        let request = activity.start();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!watchdog.is_finished(), "closed with a request in flight");
+        let ended = Instant::now();
+        drop(request);
+        assert_eq!(watchdog.await.unwrap(), Expired::Idle);
+        assert_eq!(ended.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_age_limit_ends_even_a_busy_connection() {
+        let activity = Arc::new(Activity::default());
+        let _request = activity.start();
+        let limits = Limits {
+            max_age: Some(Duration::from_secs(300)),
+            ..LIMITS
+        };
+        assert_eq!(activity.expired(limits).await, Expired::Age);
+    }
+}
