@@ -115,7 +115,8 @@ where
 }
 
 /// A body that fails if `idle` passes without a frame: an upstream that
-/// stops sending mid-body must not hold a client connection forever.
+/// stops sending mid-body must not hold a client connection forever, nor a
+/// client that stops sending its request body a connection and a buffer.
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
@@ -132,10 +133,41 @@ impl<B> IdleTimeout<B> {
     }
 }
 
-/// The upstream sent nothing for the idle limit in the middle of a body.
+/// Nothing arrived for the idle limit in the middle of a body.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream body stalled for {0:?}")]
+#[error("body stalled for {0:?}")]
 pub struct BodyStalled(Duration);
+
+/// Why a client's request body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("request body stalled")]
+    Stalled,
+    /// Bad chunked framing, a reset stream, a connection closed early.
+    #[error("request body broken: {0}")]
+    Broken(String),
+}
+
+/// Reads a client's request body whole, at most `limit` bytes, failing if
+/// it pauses for `idle`. Writes are buffered before anything is sent
+/// upstream (as nginx's `proxy_request_buffering` does by default): a
+/// backend never sees a truncated body that looks complete, and a client's
+/// broken body is the client's error, never a write that "may have reached
+/// the backend".
+pub async fn read_request_body<B>(body: B, limit: u64, idle: Duration) -> Result<Bytes, RequestBodyError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match buffer_up_to(IdleTimeout::new(Box::pin(body), idle), limit).await {
+        Ok(Buffered::Complete(bytes)) => Ok(bytes),
+        Ok(Buffered::TooLarge(_)) => Err(RequestBodyError::TooLarge(limit)),
+        Err(err) if err.is::<BodyStalled>() => Err(RequestBodyError::Stalled),
+        Err(err) => Err(RequestBodyError::Broken(err.to_string())),
+    }
+}
 
 impl<B> Body for IdleTimeout<B>
 where
@@ -203,6 +235,27 @@ mod tests {
     async fn a_flowing_body_is_untouched() {
         let body = IdleTimeout::new(chunked(&[b"ab", b"cd"]), Duration::from_secs(5));
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcd");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_bodies_are_read_whole_or_refused_with_the_reason() {
+        let read = |body| read_request_body(body, 4, Duration::from_secs(5));
+        assert_eq!(&read(chunked(&[b"ab", b"cd"])).await.unwrap()[..], b"abcd");
+        assert!(matches!(
+            read(chunked(&[b"abc", b"de"])).await,
+            Err(RequestBodyError::TooLarge(4))
+        ));
+        let broken: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"a"))), Err("bad chunk size".into())];
+        assert!(matches!(
+            read_request_body(StreamBody::new(stream::iter(broken)), 4, Duration::from_secs(5)).await,
+            Err(RequestBodyError::Broken(_))
+        ));
+        let stalled = StreamBody::new(stream::pending::<Result<Frame<Bytes>, BoxError>>());
+        assert!(matches!(
+            read_request_body(stalled, 4, Duration::from_secs(5)).await,
+            Err(RequestBodyError::Stalled)
+        ));
     }
 
     #[tokio::test]

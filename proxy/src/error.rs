@@ -10,7 +10,7 @@ use http::header::WWW_AUTHENTICATE;
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::auth::AuthError;
-use crate::body;
+use crate::body::{self, RequestBodyError};
 use crate::rbac::AuthzError;
 use crate::route::RouteError;
 use crate::upstream::{ProxyBody, UpstreamError};
@@ -25,6 +25,15 @@ pub enum ProxyError {
     Authz(#[from] AuthzError),
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client paused too long while sending its body.
+    #[error("request body stalled")]
+    BodyTimeout,
+    /// The client's body framing was broken or the stream ended early.
+    #[error("{0}")]
+    BadBody(String),
+    /// A bug: the proxy could not finish what it started (a task panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// The upstream's response body failed while being read.
@@ -32,18 +41,28 @@ pub enum ProxyError {
     UpstreamBody(String),
 }
 
+impl From<RequestBodyError> for ProxyError {
+    fn from(err: RequestBodyError) -> ProxyError {
+        match err {
+            RequestBodyError::TooLarge(_) => ProxyError::BodyTooLarge,
+            RequestBodyError::Stalled => ProxyError::BodyTimeout,
+            RequestBodyError::Broken(why) => ProxyError::BadBody(why),
+        }
+    }
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Route(RouteError::BadPath(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Route(RouteError::BadPath(_)) | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Route(RouteError::NoRule) => StatusCode::NOT_FOUND,
             ProxyError::Route(RouteError::MethodNotAllowed(_)) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Auth(AuthError::MultipleAuthorization) => StatusCode::BAD_REQUEST,
             ProxyError::Auth(_) | ProxyError::Authz(AuthzError::Unauthenticated) => StatusCode::UNAUTHORIZED,
             ProxyError::Authz(AuthzError::Forbidden) => StatusCode::FORBIDDEN,
-            ProxyError::BodyTooLarge | ProxyError::Upstream(UpstreamError::BodyTooLarge) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
         }
@@ -54,13 +73,16 @@ impl ProxyError {
         match self {
             ProxyError::Route(RouteError::BadPath(why)) => why,
             ProxyError::Route(RouteError::NoRule) => "not found",
+            ProxyError::BadBody(_) => "malformed request body",
+            ProxyError::BodyTimeout => "request body not received in time",
+            ProxyError::Internal(_) => "internal error",
             ProxyError::Route(RouteError::MethodNotAllowed(_)) => "method not allowed",
             ProxyError::Auth(AuthError::MultipleAuthorization) => "more than one Authorization header",
             ProxyError::Auth(AuthError::MalformedHeader) => "malformed Authorization header",
             ProxyError::Auth(AuthError::InvalidToken(_)) => "invalid token",
             ProxyError::Authz(AuthzError::Unauthenticated) => "missing bearer token",
             ProxyError::Authz(AuthzError::Forbidden) => "insufficient role",
-            ProxyError::BodyTooLarge | ProxyError::Upstream(UpstreamError::BodyTooLarge) => "request body too large",
+            ProxyError::BodyTooLarge => "request body too large",
             ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => "upstream timed out",
             ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => "upstream unavailable",
         }
@@ -109,6 +131,8 @@ mod tests {
             (AuthzError::Unauthenticated.into(), 401),
             (AuthzError::Forbidden.into(), 403),
             (ProxyError::BodyTooLarge, 413),
+            (ProxyError::BodyTimeout, 408),
+            (ProxyError::BadBody("bad chunk".into()), 400),
             (UpstreamError::Connect("refused".into()).into(), 502),
             (UpstreamError::Timeout.into(), 504),
             (UpstreamError::ConnectTimeout.into(), 504),

@@ -73,6 +73,7 @@ pub fn build_proxy(config: Arc<Config>) -> anyhow::Result<Arc<Proxy>> {
         me: me.clone(),
         upstream: Upstream::new(&config.upstream),
         metrics,
+        writes: Arc::default(),
         config,
     }))
 }
@@ -124,6 +125,16 @@ pub async fn run(
     )
     .await;
     admin_task.await?;
+    // Writes already forwarded finish their invalidation even though their
+    // clients are gone; past the wait, their tags are invalidated here, as
+    // the write may yet commit.
+    let unsettled = proxy.writes.settle(config.cache.invalidation_wait).await;
+    if !unsettled.is_empty() {
+        tracing::warn!(tags = ?unsettled, "writes still in flight at exit; invalidating their tags now");
+        if let Err(err) = proxy.store.invalidate(&unsettled).await {
+            tracing::error!(tags = ?unsettled, error = %err, "could not invalidate the tags of writes still in flight at exit");
+        }
+    }
     proxy.store.close().await;
     Ok(())
 }

@@ -83,9 +83,6 @@ pub enum UpstreamError {
     /// The connection failed after the request was (possibly) sent.
     #[error("upstream failed: {0}")]
     Failed(String),
-    /// The client's body exceeded the limit while streaming.
-    #[error("request body too large")]
-    BodyTooLarge,
 }
 
 impl UpstreamError {
@@ -230,9 +227,6 @@ fn classify(err: hyper_util::client::legacy::Error) -> Attempt {
         });
     }
     for e in source_chain(&err) {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return Attempt::Other(UpstreamError::BodyTooLarge);
-        }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() || h.is_canceled() {
                 return Attempt::Closed(message);

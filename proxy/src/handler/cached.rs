@@ -17,7 +17,7 @@ use crate::cache::{
     storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, Generations, IndexInfo, KeyParts,
     Lease, Lookup, Scope, ScopeKey, StaleReason,
 };
-use crate::coalesce::{Handed, Outcome, Role};
+use crate::coalesce::{Handed, Leader, Outcome, Role};
 use crate::conditional;
 use crate::error::ProxyError;
 use crate::route::{Rule, Target};
@@ -26,11 +26,12 @@ use crate::upstream::{self, HeaderPolicy, Outbound, ProxyBody, UpstreamError};
 /// How often an instance waiting on another's lease checks for the entry.
 const LEASE_POLL: Duration = Duration::from_millis(10);
 
-/// An upstream fetch for a cacheable rule, owned so that a background
-/// refresh can outlive the request that started it.
-struct Fetch<'r> {
-    rule: &'r Rule,
-    policy: &'r CachePolicy,
+/// An upstream fetch for a cacheable rule, owned so that it can outlive
+/// the request that started it (a background refresh; a leader's fetch
+/// that its waiters depend on).
+struct Fetch {
+    /// The rule, by name: looked up where the fetch runs.
+    rule: &'static str,
     headers: HeaderMap,
     key: CacheKey,
     is_head: bool,
@@ -100,7 +101,7 @@ impl Proxy {
         };
         // Misses coalesce only when the store answered: the generations it
         // read are what proves a leader's entry may be served to a waiter.
-        let (mut leader, mut lease) = (None, None);
+        let (mut leader, mut lease) = (None::<Leader>, None);
         if let Some(generations) = &generations {
             match self.flights.join(key) {
                 Role::Waiter(waiter) => {
@@ -139,8 +140,7 @@ impl Proxy {
         }
 
         let fetch = Fetch {
-            rule,
-            policy,
+            rule: rule.name,
             headers: self.cache_headers(req, policy)?,
             key,
             is_head,
@@ -149,26 +149,53 @@ impl Proxy {
             claims: req.claims.clone(),
             vary: learned_vary.clone(),
         };
-        let result = self.fetch_and_store(&fetch, generations, &mut ctx.cache_status).await;
-        let failed = match &result {
-            Ok((response, _)) => response.status().is_server_error(),
-            Err(_) => true,
-        };
-        if failed {
-            if let Some(leader) = leader.take() {
-                leader.finish(Outcome::UpstreamFailed);
+        let result = match leader {
+            Some(leader) => {
+                self.lead(fetch, generations, leader, lease, &mut ctx.cache_status)
+                    .await
             }
+            None => self.fetch_and_store(&fetch, generations, &mut ctx.cache_status).await,
+        };
+        if fetch_failed(&result) {
             if let Some(entry) = stale.filter(|e| e.may_serve_on_error(now_ms())) {
                 tracing::debug!(rule = %rule.name, "upstream failed; serving the stale entry");
                 return Ok(self.serve_stale(entry, StaleReason::IfError, is_head, ctx));
             }
         }
-        let (response, stored) = result?;
-        if let Some(leader) = leader {
-            leader.finish(stored.map_or(Outcome::Uncacheable, Outcome::Entry));
-        }
-        drop(lease);
-        Ok(response)
+        Ok(result?.0)
+    }
+
+    /// Runs a coalesced miss's fetch in a task of its own and hands its
+    /// outcome to the waiters: if the leader's client goes away, the fetch
+    /// goes on, rather than turning every waiter into a fetch of its own.
+    async fn lead(
+        &self,
+        fetch: Fetch,
+        generations: Option<Generations>,
+        leader: Leader,
+        lease: Option<LeaseGuard>,
+        cache_status: &mut CacheStatus,
+    ) -> Result<(Response<ProxyBody>, Option<Arc<Entry>>), ProxyError> {
+        let proxy = self
+            .me
+            .upgrade()
+            .ok_or_else(|| ProxyError::Internal("proxy shut down".into()))?;
+        let task = tokio::spawn(async move {
+            let mut status = CacheStatus::Miss { stored: false };
+            let result = proxy.fetch_and_store(&fetch, generations, &mut status).await;
+            leader.finish(match &result {
+                _ if fetch_failed(&result) => Outcome::UpstreamFailed,
+                Ok((_, Some(entry))) => Outcome::Entry(entry.clone()),
+                _ => Outcome::Uncacheable,
+            });
+            drop(lease);
+            (result, status)
+        });
+        let (result, status) = task
+            .await
+            .map_err(|err| ProxyError::Internal(format!("fetch task failed: {err}")))?;
+        *cache_status = status;
+        result
     }
 
     /// Refreshes an entry served stale, once: unless this instance is
@@ -187,20 +214,13 @@ impl Proxy {
             self.learned_vary.names(rule_name),
         );
         tokio::spawn(async move {
-            let Some(rule) = proxy.config.routes.by_name(rule_name) else {
-                return;
-            };
-            let Some(policy) = rule.cache.as_ref() else {
-                return;
-            };
             let lease = match proxy.store.lease(&key, proxy.config.cache.lease_ttl).await {
                 Ok(Lease::Granted(token)) => token.map(|token| LeaseGuard::new(&proxy.store, key, token)),
                 Ok(Lease::HeldElsewhere) => return,
                 Err(_) => None,
             };
             let fetch = Fetch {
-                rule,
-                policy,
+                rule: rule_name,
                 headers,
                 key,
                 is_head: false,
@@ -220,11 +240,11 @@ impl Proxy {
                 }
                 Ok((response, None)) => {
                     proxy.metrics.stale("refresh_failed");
-                    tracing::debug!(rule = %rule.name, status = %response.status(), "background refresh not stored");
+                    tracing::debug!(rule = rule_name, status = %response.status(), "background refresh not stored");
                 }
                 Err(err) => {
                     proxy.metrics.stale("refresh_failed");
-                    tracing::debug!(rule = %rule.name, error = %err, "background refresh failed");
+                    tracing::debug!(rule = rule_name, error = %err, "background refresh failed");
                 }
             }
             drop(lease);
@@ -253,9 +273,12 @@ impl Proxy {
 
     /// The upstream answered 304 to a revalidation: the stored answer with
     /// the 304's headers, stored afresh (RFC 9111 §4.3.4).
+    #[allow(clippy::too_many_arguments)]
     async fn revalidated(
         &self,
-        fetch: &Fetch<'_>,
+        fetch: &Fetch,
+        rule: &Rule,
+        policy: &CachePolicy,
         stale: &Entry,
         update: &HeaderMap,
         generations: Generations,
@@ -274,7 +297,7 @@ impl Proxy {
         }
         let headers = storable_headers(&headers);
         let now = now_ms();
-        let lifetime = storability(fetch.policy, &fetch.rule.forward_headers, stale.status, &headers).ok();
+        let lifetime = storability(policy, &rule.forward_headers, stale.status, &headers).ok();
         let entry = Entry::new(
             stale.status,
             headers,
@@ -335,11 +358,17 @@ impl Proxy {
     /// response and, when the answer was storable, the entry made of it.
     async fn fetch_and_store(
         &self,
-        fetch: &Fetch<'_>,
+        fetch: &Fetch,
         generations: Option<Generations>,
         cache_status: &mut CacheStatus,
     ) -> Result<(Response<ProxyBody>, Option<Arc<Entry>>), ProxyError> {
-        let (rule, policy, is_head) = (fetch.rule, fetch.policy, fetch.is_head);
+        let is_head = fetch.is_head;
+        let (rule, policy) = self
+            .config
+            .routes
+            .by_name(fetch.rule)
+            .and_then(|rule| Some((rule, rule.cache.as_ref()?)))
+            .ok_or_else(|| ProxyError::Internal(format!("no cacheable rule {}", fetch.rule)))?;
         let mut headers = fetch.headers.clone();
         if let Some(stale) = &fetch.stale {
             conditional::add_validators(&mut headers, &stale.headers);
@@ -352,7 +381,7 @@ impl Proxy {
             body: body::empty(),
             replayable: true,
         };
-        let response = self.forward(outbound, rule).await?;
+        let response = self.forward(outbound, rule.name).await?;
         let (mut head, upstream_body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut head.headers);
         let mut tags = policy.tags.clone();
@@ -372,7 +401,16 @@ impl Proxy {
                 tags: &tags,
             };
             return Ok(self
-                .revalidated(fetch, stale, &head.headers, generations, &index, cache_status)
+                .revalidated(
+                    fetch,
+                    rule,
+                    policy,
+                    stale,
+                    &head.headers,
+                    generations,
+                    &index,
+                    cache_status,
+                )
                 .await);
         }
         let lifetime = match storability(policy, &rule.forward_headers, head.status, &head.headers) {
@@ -449,6 +487,15 @@ impl Proxy {
         }
         let body = if is_head { body::empty() } else { body::full(bytes) };
         Ok((Response::from_parts(head, body), shareable.then_some(entry)))
+    }
+}
+
+/// Whether a fetch's upstream failed (an error, or a 5xx): waiters and the
+/// request itself may then serve a stale entry instead.
+fn fetch_failed(result: &Result<(Response<ProxyBody>, Option<Arc<Entry>>), ProxyError>) -> bool {
+    match result {
+        Ok((response, _)) => response.status().is_server_error(),
+        Err(_) => true,
     }
 }
 

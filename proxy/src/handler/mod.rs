@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, AGE, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
 use crate::auth::{self, Claims};
@@ -28,7 +28,7 @@ use crate::cache::{Bypass, CacheStatus, CacheStore, PurgeRequest};
 use crate::coalesce::Flights;
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::invalidate::should_invalidate;
+use crate::invalidate::{should_invalidate, WritesInFlight};
 use crate::metrics::{Metrics, NO_RULE};
 use crate::rbac;
 use crate::route::{self, Rule, Target};
@@ -48,6 +48,8 @@ pub struct Proxy {
     pub me: Weak<Proxy>,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// Writes whose invalidation has not finished, for shutdown to wait on.
+    pub writes: Arc<WritesInFlight>,
 }
 
 /// A request that passed steps 1–3: where it goes and who sent it.
@@ -152,8 +154,9 @@ impl Proxy {
         }
     }
 
-    /// Uncacheable rules and writes: stream both ways; writes invalidate
-    /// their tags before the response is released.
+    /// Uncacheable rules and writes: the request body is read whole, then
+    /// forwarded; the response streams back. Writes invalidate their tags
+    /// before the response is released.
     async fn pass_through<B>(&self, req: Admitted<'_>, body: B) -> Result<Response<ProxyBody>, ProxyError>
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
@@ -161,28 +164,52 @@ impl Proxy {
     {
         let rule = req.rule;
         let headers = self.upstream_headers(&req, HeaderPolicy::All)?;
-        let replayable = is_idempotent(&req.parts.method) && body.is_end_stream();
-        let limited = Limited::new(body, self.config.server.max_request_body_bytes as usize);
+        let server = &self.config.server;
+        let bytes = body::read_request_body(body, server.max_request_body_bytes, server.body_read_timeout).await?;
         let outbound = Outbound {
+            replayable: is_idempotent(&req.parts.method) && bytes.is_empty(),
             method: req.parts.method,
             path_and_query: req.target.path_and_query(),
             headers,
-            body: limited.boxed(),
-            replayable,
+            body: body::full(bytes),
         };
-        let result = self.forward(outbound, rule).await;
-
-        if should_invalidate(result.as_ref().map(|r| r.status())) {
-            let named = match (&self.config.cache.surrogate_key_header, &result) {
-                (Some(name), Ok(response)) => surrogate_keys(response.headers(), name),
-                _ => Vec::new(),
-            };
-            self.invalidate(rule, named).await;
-        }
-        let response = result?;
+        let response = if outbound.method == Method::GET || outbound.method == Method::HEAD {
+            self.forward(outbound, rule.name).await?
+        } else {
+            self.write_detached(outbound, rule).await?
+        };
         let (mut head, upstream_body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut head.headers);
         Ok(self.streamed(head, upstream_body, false))
+    }
+
+    /// Forwards a write and invalidates what it may have changed, in a task
+    /// of its own: once the request is complete, neither a client hanging
+    /// up nor one resetting its stream can cancel the invalidation of a
+    /// write that may have reached the backend.
+    async fn write_detached(&self, outbound: Outbound, rule: &Rule) -> Result<Response<Incoming>, ProxyError> {
+        let proxy = self
+            .me
+            .upgrade()
+            .ok_or_else(|| ProxyError::Internal("proxy shut down".into()))?;
+        let (name, tags) = (rule.name, rule.invalidates.clone());
+        let in_flight = self.writes.register(&tags);
+        let write = tokio::spawn(async move {
+            let result = proxy.forward(outbound, name).await;
+            if should_invalidate(result.as_ref().map(|r| r.status())) {
+                let named = match (&proxy.config.cache.surrogate_key_header, &result) {
+                    (Some(header), Ok(response)) => surrogate_keys(response.headers(), header),
+                    _ => Vec::new(),
+                };
+                proxy.invalidate(name, &tags, named).await;
+            }
+            drop(in_flight);
+            result
+        });
+        match write.await {
+            Ok(result) => Ok(result?),
+            Err(err) => Err(ProxyError::Internal(format!("write task failed: {err}"))),
+        }
     }
 
     /// Step 4: the headers sent upstream for an admitted request.
@@ -217,10 +244,10 @@ impl Proxy {
         body::IdleTimeout::new(body, self.config.upstream.response_timeout).boxed()
     }
 
-    async fn forward(&self, outbound: Outbound, rule: &Rule) -> Result<Response<Incoming>, UpstreamError> {
+    async fn forward(&self, outbound: Outbound, rule: &'static str) -> Result<Response<Incoming>, UpstreamError> {
         let started = Instant::now();
         let result = self.upstream.send(outbound).await;
-        self.metrics.upstream_latency(rule.name, started.elapsed());
+        self.metrics.upstream_latency(rule, started.elapsed());
         result
     }
 
@@ -229,14 +256,14 @@ impl Proxy {
     /// are applied, so the write is still answered. Tags the origin named
     /// in its answer (surrogate keys) are purged too, before the answer is
     /// released.
-    async fn invalidate(&self, rule: &Rule, named: Vec<String>) {
-        if !rule.invalidates.is_empty() {
-            match self.store.invalidate(&rule.invalidates).await {
+    async fn invalidate(&self, rule: &'static str, tags: &[String], named: Vec<String>) {
+        if !tags.is_empty() {
+            match self.store.invalidate(tags).await {
                 Ok(()) => self.metrics.invalidation("applied"),
                 Err(err) => {
                     self.metrics.invalidation("deferred");
                     self.metrics.store_error("invalidate");
-                    tracing::warn!(rule = %rule.name, tags = ?rule.invalidates, error = %err, "invalidation deferred until the cache store is reachable");
+                    tracing::warn!(rule, ?tags, error = %err, "invalidation deferred until the cache store is reachable");
                 }
             }
         }
@@ -258,7 +285,7 @@ impl Proxy {
                 Ok(_) => self.metrics.invalidation("applied"),
                 Err(err) => {
                     self.metrics.store_error("invalidate");
-                    tracing::warn!(rule = %rule.name, tags = ?purge.tags, error = %err, "surrogate-key invalidation failed");
+                    tracing::warn!(rule, tags = ?purge.tags, error = %err, "surrogate-key invalidation failed");
                 }
             }
         }
