@@ -25,6 +25,10 @@ pub enum ApiError {
     /// A unique index refused the write; names the field that clashed.
     #[error("{0} is already taken")]
     Conflict(&'static str),
+    /// The value is set aside by configuration (the bootstrap admin's
+    /// email) and nobody may take it; names the field.
+    #[error("{0} is reserved")]
+    Reserved(&'static str),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     /// Our fault or the database's; the cause is logged, never sent.
@@ -39,7 +43,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Reserved(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -97,5 +101,8 @@ mod tests {
         let (status, body) = body_of(ApiError::Conflict("email")).await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(body["error"], "email is already taken");
+        let (status, body) = body_of(ApiError::Reserved("email")).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["error"], "email is reserved");
     }
 }

@@ -75,13 +75,23 @@ async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         passwords,
         tokens: token::Tokens::new(&config.jwt),
         body_limit: config.max_body_bytes,
+        reserved_email: config.admin.as_ref().map(|admin| admin.email.clone()),
     })
 }
 
-/// Promotes the user with the admin email, or creates it when a password is
-/// given. An existing user keeps its password: start-up must not silently
-/// reset a credential someone may have changed.
+/// Gives a database without any admin its first one: promotes the user with
+/// the admin email, or creates it when a password is given. An existing user
+/// keeps its password: start-up must not silently reset a credential someone
+/// may have changed.
+///
+/// Once any admin exists this does nothing. Emails are not verified, so
+/// promoting whoever holds `ADMIN_EMAIL` at every start let a user who took
+/// that address become admin at the next restart.
 async fn bootstrap_admin(users: &UserStore, passwords: &Passwords, admin: &AdminBootstrap) -> anyhow::Result<()> {
+    if users.admin_exists().await.map_err(api_error)? {
+        tracing::info!("an admin exists; ADMIN_EMAIL bootstrap skipped");
+        return Ok(());
+    }
     if users.promote_to_admin(&admin.email).await.map_err(api_error)? {
         tracing::info!("existing user promoted to admin from ADMIN_EMAIL");
         return Ok(());

@@ -234,6 +234,11 @@ impl UserStore {
         Ok(self.users.delete_one(doc! { "_id": oid }).await?.deleted_count == 1)
     }
 
+    /// True when at least one user has the admin role.
+    pub async fn admin_exists(&self) -> Result<bool, ApiError> {
+        Ok(self.users.find_one(doc! { "role": ROLE_ADMIN }).await?.is_some())
+    }
+
     /// Gives the user with this email the admin role; false when none exists.
     pub async fn promote_to_admin(&self, email: &str) -> Result<bool, ApiError> {
         let result = self

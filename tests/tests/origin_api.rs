@@ -5,6 +5,7 @@ use base64::Engine;
 use e2e::origin::{ADMIN_EMAIL, ADMIN_PASSWORD, TEST_JWT_SECRET};
 use e2e::token::{now, sign};
 use e2e::{spawn_origin, spawn_origin_with, ApiClient, MongoServer, OriginHandle};
+use mongodb::bson::{doc, oid::ObjectId, Document};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -618,6 +619,127 @@ async fn bootstrap_promotes_an_existing_user_and_keeps_their_password() {
     );
     let token = api.token("rita@example.com", "rita-password").await;
     assert_eq!(api.get("/admin", Some(&token)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn nobody_may_change_an_email_to_the_bootstrap_address() {
+    let s = stack().await;
+    let admin = s.admin_token().await;
+    let admin_id = s.api.get("/me", Some(&admin)).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin_path = format!("/users/{admin_id}");
+
+    // Its holder may restate it (any case): that changes nothing.
+    let restate = s
+        .api
+        .send(
+            Method::PUT,
+            &admin_path,
+            Some(&admin),
+            Some(json!({"email": ADMIN_EMAIL.to_uppercase()})),
+        )
+        .await;
+    assert_eq!(restate.status, StatusCode::OK, "{:?}", restate.body);
+    // The admin moves to another address, leaving the bootstrap one free.
+    let moved = s
+        .api
+        .send(
+            Method::PUT,
+            &admin_path,
+            Some(&admin),
+            Some(json!({"email": "ops@example.com"})),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{:?}", moved.body);
+
+    let (mallory, token) = s.api.register_and_login("mallory").await;
+    let path = format!("/users/{mallory}");
+    let taken = s
+        .api
+        .send(
+            Method::PUT,
+            &path,
+            Some(&token),
+            Some(json!({"email": "Admin@Example.COM"})),
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{:?}", taken.body);
+    assert_eq!(taken.error(), "email is reserved");
+    // Not even an admin may hand the address to someone else.
+    let handed = s
+        .api
+        .send(Method::PUT, &path, Some(&admin), Some(json!({"email": ADMIN_EMAIL})))
+        .await;
+    assert_eq!(handed.status, StatusCode::CONFLICT, "{:?}", handed.body);
+    assert_eq!(
+        s.api.get(&path, Some(&token)).await.body["email"],
+        "mallory@example.com"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_promotes_nobody_while_an_admin_exists() {
+    let mongo = MongoServer::start();
+    let origin = spawn_origin(&mongo).await;
+    let api = ApiClient::new(format!("http://{}", origin.addr));
+    let admin = api.token(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let admin_id = api.get("/me", Some(&admin)).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let moved = api
+        .send(
+            Method::PUT,
+            &format!("/users/{admin_id}"),
+            Some(&admin),
+            Some(json!({"email": "ops@example.com"})),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{:?}", moved.body);
+    let (mallory, token) = api.register_and_login("mallory").await;
+    // Before the fix a PUT could take the freed address; written directly
+    // here, as a user who took it back then would still hold it.
+    let users = Users::connect(&mongo, &origin.database).await;
+    let changed = users
+        .collection
+        .update_one(
+            doc! {"_id": ObjectId::parse_str(&mallory).unwrap()},
+            doc! {"$set": {"email": ADMIN_EMAIL}},
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.modified_count, 1);
+
+    let origin = origin.stop().await.restart().await;
+    let api = ApiClient::new(format!("http://{}", origin.addr));
+    assert_eq!(api.get("/admin", Some(&token)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(api.get("/me", Some(&token)).await.body["role"], "user");
+    let admin = api.token("ops@example.com", ADMIN_PASSWORD).await;
+    assert_eq!(api.get("/admin", Some(&admin)).await.status, StatusCode::OK);
+    users.close().await;
+}
+
+/// Direct access to the origin's `users` collection, for states the API
+/// cannot (or no longer can) produce.
+struct Users {
+    client: mongodb::Client,
+    collection: mongodb::Collection<Document>,
+}
+
+impl Users {
+    async fn connect(mongo: &MongoServer, database: &str) -> Users {
+        let client = mongodb::Client::with_uri_str(mongo.uri()).await.unwrap();
+        let collection = client.database(database).collection("users");
+        Users { client, collection }
+    }
+
+    /// Closed explicitly: a client dropped while its runtime shuts down
+    /// panics inside the driver.
+    async fn close(self) {
+        self.client.shutdown().await;
+    }
 }
 
 // === protocol ===
