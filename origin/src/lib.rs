@@ -9,7 +9,7 @@
 //! - [`config`]: settings from the environment, validated.
 //! - [`routes`]: URL layout, callers, response shapes.
 //! - [`users`]: the `users` collection and its unique indexes.
-//! - [`password`]: bcrypt off the async runtime.
+//! - [`password`]: bcrypt off the async runtime, a bounded number at once.
 //! - [`token`]: JWT issue and verify.
 //! - [`validate`]: request bodies and query strings.
 //! - [`error`]: the error type and its one mapping to a response.
@@ -66,7 +66,9 @@ async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         .ensure_indexes()
         .await
         .with_context(|| format!("creating indexes in database {database_name:?} (is MongoDB reachable?)"))?;
-    let passwords = Passwords::new(config.bcrypt_cost).await.context("preparing bcrypt")?;
+    let passwords = Passwords::with_limits(config.bcrypt_cost, config.bcrypt_limits)
+        .await
+        .context("preparing bcrypt")?;
     if let Some(admin) = &config.admin {
         bootstrap_admin(&users, &passwords, admin).await?;
     }

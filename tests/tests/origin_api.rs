@@ -742,6 +742,61 @@ impl Users {
     }
 }
 
+// === bcrypt limit ===
+
+#[tokio::test]
+async fn logins_beyond_the_bcrypt_limit_get_503_while_other_routes_answer() {
+    let mongo = MongoServer::start();
+    let mut env = e2e::origin::origin_env(&mongo);
+    // No bootstrap admin: one bcrypt fewer at start-up.
+    env.remove("ADMIN_EMAIL");
+    env.remove("ADMIN_PASSWORD");
+    // One bcrypt at a time and no waiting, at a cost where one verification
+    // (hundreds of milliseconds) outlasts the time the rest of the burst
+    // needs to reach the limiter, so some of it must find the slot taken.
+    for (name, value) in [
+        ("BCRYPT_COST", "12"),
+        ("BCRYPT_CONCURRENCY", "1"),
+        ("BCRYPT_QUEUE_TIMEOUT", "0"),
+    ] {
+        env.insert(name.into(), value.into());
+    }
+    let origin = spawn_origin_with(env).await;
+    let api = ApiClient::new(format!("http://{}", origin.addr));
+    assert_eq!(
+        api.register("burst", "burst@example.com", "burst-password")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    let logins: Vec<_> = (0..16)
+        .map(|i| {
+            let api = api.clone();
+            let password = if i % 2 == 0 { "burst-password" } else { "wrong-password" };
+            tokio::spawn(async move { api.login("burst@example.com", password).await })
+        })
+        .collect();
+    // bcrypt runs off the async workers, so other routes answer meanwhile.
+    assert_eq!(api.get("/healthz", None).await.status, StatusCode::OK);
+    let mut busy = 0;
+    for login in logins {
+        let resp = login.await.unwrap();
+        match resp.status {
+            StatusCode::OK | StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                busy += 1;
+                assert_eq!(resp.header("retry-after"), Some("1"));
+                assert!(!resp.error().is_empty(), "{:?}", resp.body);
+            }
+            other => panic!("unexpected {other}: {:?}", resp.body),
+        }
+    }
+    assert!(busy > 0, "no login was turned away");
+    // The slot is released once the burst is over.
+    api.token("burst@example.com", "burst-password").await;
+}
+
 // === protocol ===
 
 #[tokio::test]
