@@ -61,7 +61,7 @@ async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         .unwrap_or_else(|| DEFAULT_DATABASE.into());
     let client = mongodb::Client::with_options(options).context("creating the MongoDB client")?;
     let database = client.database(&database_name);
-    let users = UserStore::new(&database);
+    let mut users = UserStore::new(&database);
     users
         .ensure_indexes()
         .await

@@ -5,7 +5,7 @@ use base64::Engine;
 use e2e::origin::{ADMIN_EMAIL, ADMIN_PASSWORD, TEST_JWT_SECRET};
 use e2e::token::{now, sign};
 use e2e::{spawn_origin, spawn_origin_with, ApiClient, MongoServer, OriginHandle};
-use mongodb::bson::{doc, oid::ObjectId, Document};
+use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -795,6 +795,113 @@ async fn logins_beyond_the_bcrypt_limit_get_503_while_other_routes_answer() {
     assert!(busy > 0, "no login was turned away");
     // The slot is released once the burst is over.
     api.token("burst@example.com", "burst-password").await;
+}
+
+// === usernames ===
+
+#[tokio::test]
+async fn usernames_are_unique_and_matched_regardless_of_case() {
+    let s = stack().await;
+    assert_eq!(
+        s.api
+            .register("alice", "alice@example.com", "alice-password")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let variant = s.api.register("Alice", "alice2@example.com", "alice-password").await;
+    assert_eq!(variant.status, StatusCode::CONFLICT, "{:?}", variant.body);
+    assert_eq!(variant.error(), "username is already taken");
+
+    // The name is shown as given and logs in in any case.
+    let bob = s.api.register("Bob.Smith", "bob@example.com", "bob-password").await;
+    assert_eq!(bob.body["username"], "Bob.Smith");
+    for name in ["Bob.Smith", "bob.smith", "BOB.SMITH"] {
+        let body = json!({"username": name, "password": "bob-password"});
+        assert_eq!(
+            s.api.send(Method::POST, "/login", None, Some(body)).await.status,
+            StatusCode::OK,
+            "{name}"
+        );
+    }
+
+    let (carl, token) = s.api.register_and_login("carl").await;
+    let path = format!("/users/{carl}");
+    let clash = s
+        .api
+        .send(Method::PUT, &path, Some(&token), Some(json!({"username": "ALICE"})))
+        .await;
+    assert_eq!(clash.status, StatusCode::CONFLICT, "{:?}", clash.body);
+    assert_eq!(clash.error(), "username is already taken");
+    // Re-casing one's own name is no clash.
+    let recased = s
+        .api
+        .send(Method::PUT, &path, Some(&token), Some(json!({"username": "Carl"})))
+        .await;
+    assert_eq!(recased.status, StatusCode::OK, "{:?}", recased.body);
+    assert_eq!(recased.body["username"], "Carl");
+}
+
+#[tokio::test]
+async fn start_up_backfills_username_keys_and_survives_a_case_clash() {
+    let mongo = MongoServer::start();
+    let env = e2e::origin::origin_env(&mongo);
+    let users = Users::connect(&mongo, &env["MONGO_DB"]).await;
+    // Users as an origin without case-insensitive usernames stored them: no
+    // normalised key, and two names that differ only in case.
+    let hash = origin::password::Passwords::new(4)
+        .await
+        .unwrap()
+        .hash("legacy-password".into())
+        .await
+        .unwrap();
+    for (username, email) in [
+        ("Yan", "yan@example.com"),
+        ("Zed", "zed@example.com"),
+        ("zed", "zed2@example.com"),
+    ] {
+        users
+            .collection
+            .insert_one(doc! {
+                "_id": ObjectId::new(),
+                "username": username,
+                "email": email,
+                "role": "user",
+                "password_hash": hash.as_str(),
+                "created_at": DateTime::now(),
+            })
+            .await
+            .unwrap();
+    }
+
+    let origin = spawn_origin_with(env).await;
+    let api = ApiClient::new(format!("http://{}", origin.addr));
+    let login = |username: &'static str| {
+        let api = api.clone();
+        async move {
+            let body = json!({"username": username, "password": "legacy-password"});
+            api.send(Method::POST, "/login", None, Some(body)).await.status
+        }
+    };
+    assert_eq!(login("yan").await, StatusCode::OK);
+    // Each clashing user still logs in by their exact name.
+    assert_eq!(login("Zed").await, StatusCode::OK);
+    assert_eq!(login("zed").await, StatusCode::OK);
+    for name in ["YAN", "ZED"] {
+        let resp = api
+            .register(name, &format!("{name}@new.example.com"), "new-password")
+            .await;
+        assert_eq!(resp.status, StatusCode::CONFLICT, "{name}: {:?}", resp.body);
+        assert_eq!(resp.error(), "username is already taken");
+    }
+    let yan = users
+        .collection
+        .find_one(doc! {"username": "Yan"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(yan.get_str("username_lower"), Ok("yan"));
+    users.close().await;
 }
 
 // === protocol ===
