@@ -104,9 +104,14 @@ pub async fn seed_users(uri: &str, database: &str, n: usize) -> anyhow::Result<V
         .map(|i| {
             let id = ObjectId::new();
             ids.push(id.to_hex());
+            let username = format!("bench{i:05}");
             doc! {
                 "_id": id,
-                "username": format!("bench{i:05}"),
+                // The origin's case-insensitive unique index is on this
+                // field; MongoDB's unique indexes count every missing value
+                // as null, so there users without it would clash.
+                "username_lower": origin::users::username_key(&username),
+                "username": username,
                 "email": format!("bench{i:05}@example.com"),
                 "role": if i == 0 { "admin" } else { "user" },
                 "password_hash": hash.as_str(),

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::password::{default_concurrency, BcryptLimits, DEFAULT_QUEUE_TIMEOUT};
+
 /// Where the origin listens unless `ORIGIN_LISTEN` says otherwise (DESIGN.md's
 /// port table).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
@@ -20,6 +22,11 @@ pub const DEFAULT_JWT_ISSUER: &str = "origin";
 pub const DEFAULT_JWT_AUDIENCE: &str = "api";
 /// Short-lived access tokens: a leaked token is useful for 15 minutes.
 pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(900);
+/// Most bcrypt operations allowed at once: beyond this there is no limit
+/// worth the name (and tokio's semaphore has a ceiling of its own).
+pub const MAX_BCRYPT_CONCURRENCY: usize = 1024;
+/// Longest wait for a bcrypt slot; clients have given up long before.
+pub const MAX_BCRYPT_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request body accepted; a user document is a few hundred bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Below this an HS256 secret is guessable offline (RFC 7518 §3.2).
@@ -63,6 +70,9 @@ pub struct Config {
     pub mongo_database: Option<String>,
     pub jwt: JwtSettings,
     pub bcrypt_cost: u32,
+    /// How many bcrypt operations run at once and how long a request waits
+    /// for one (`BCRYPT_CONCURRENCY`, `BCRYPT_QUEUE_TIMEOUT`).
+    pub bcrypt_limits: BcryptLimits,
     pub max_body_bytes: usize,
     /// Admin to create or promote at start-up (`ADMIN_EMAIL`/`ADMIN_PASSWORD`).
     pub admin: Option<AdminBootstrap>,
@@ -119,6 +129,24 @@ impl Config {
         if !(4..=31).contains(&bcrypt_cost) {
             return Err(invalid("BCRYPT_COST", "must be between 4 and 31"));
         }
+        let concurrency = parse_or(env, "BCRYPT_CONCURRENCY", default_concurrency())?;
+        if !(1..=MAX_BCRYPT_CONCURRENCY).contains(&concurrency) {
+            return Err(invalid(
+                "BCRYPT_CONCURRENCY",
+                &format!("must be between 1 and {MAX_BCRYPT_CONCURRENCY}"),
+            ));
+        }
+        // Seconds, fractions allowed: a sub-second budget is a sensible choice.
+        let queue_secs = parse_or(env, "BCRYPT_QUEUE_TIMEOUT", DEFAULT_QUEUE_TIMEOUT.as_secs_f64())?;
+        let queue_timeout = Duration::try_from_secs_f64(queue_secs)
+            .ok()
+            .filter(|t| *t <= MAX_BCRYPT_QUEUE_TIMEOUT)
+            .ok_or_else(|| {
+                invalid(
+                    "BCRYPT_QUEUE_TIMEOUT",
+                    &format!("must be from 0 to {} seconds", MAX_BCRYPT_QUEUE_TIMEOUT.as_secs()),
+                )
+            })?;
         let max_body_bytes = parse_or(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?;
         let admin = match (env.get("ADMIN_EMAIL"), env.get("ADMIN_PASSWORD")) {
             (Some(email), password) => Some(AdminBootstrap {
@@ -135,6 +163,10 @@ impl Config {
             mongo_database: env.get("MONGO_DB"),
             jwt,
             bcrypt_cost,
+            bcrypt_limits: BcryptLimits {
+                concurrency,
+                queue_timeout,
+            },
             max_body_bytes,
             admin,
         })
@@ -181,6 +213,9 @@ mod tests {
         let cfg = Config::from_env(&env(&BASE)).unwrap();
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(cfg.bcrypt_cost, DEFAULT_BCRYPT_COST);
+        assert_eq!(cfg.bcrypt_limits, BcryptLimits::default());
+        assert!(cfg.bcrypt_limits.concurrency >= 1);
+        assert_eq!(cfg.bcrypt_limits.queue_timeout, Duration::from_secs(2));
         assert_eq!(cfg.jwt.ttl, DEFAULT_JWT_TTL);
         assert_eq!(cfg.jwt.issuer, "origin");
         assert_eq!(cfg.jwt.audience, "api");
@@ -205,6 +240,14 @@ mod tests {
         for (name, value) in [
             ("BCRYPT_COST", "3"),
             ("BCRYPT_COST", "x"),
+            ("BCRYPT_CONCURRENCY", "0"),
+            ("BCRYPT_CONCURRENCY", "99999999999999999999"),
+            ("BCRYPT_CONCURRENCY", "1025"),
+            ("BCRYPT_QUEUE_TIMEOUT", "-1"),
+            ("BCRYPT_QUEUE_TIMEOUT", "NaN"),
+            ("BCRYPT_QUEUE_TIMEOUT", "inf"),
+            ("BCRYPT_QUEUE_TIMEOUT", "61"),
+            ("BCRYPT_QUEUE_TIMEOUT", "soon"),
             ("JWT_TTL", "0"),
             ("ORIGIN_LISTEN", "nope"),
         ] {
@@ -213,6 +256,18 @@ mod tests {
             let err = Config::from_env(&e).err().expect("must fail").to_string();
             assert!(err.starts_with(name), "{err}");
         }
+    }
+
+    #[test]
+    fn bcrypt_limits_are_read_in_seconds_and_slots() {
+        let mut e = env(&BASE);
+        e.insert("BCRYPT_CONCURRENCY".into(), "3".into());
+        e.insert("BCRYPT_QUEUE_TIMEOUT".into(), "0.25".into());
+        let limits = Config::from_env(&e).unwrap().bcrypt_limits;
+        assert_eq!(limits.concurrency, 3);
+        assert_eq!(limits.queue_timeout, Duration::from_millis(250));
+        e.insert("BCRYPT_QUEUE_TIMEOUT".into(), "0".into());
+        assert!(Config::from_env(&e).unwrap().bcrypt_limits.queue_timeout.is_zero());
     }
 
     #[test]

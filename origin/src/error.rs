@@ -25,8 +25,16 @@ pub enum ApiError {
     /// A unique index refused the write; names the field that clashed.
     #[error("{0} is already taken")]
     Conflict(&'static str),
+    /// The value is set aside by configuration (the bootstrap admin's
+    /// email) and nobody may take it; names the field.
+    #[error("{0} is reserved")]
+    Reserved(&'static str),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// Every bcrypt slot stayed taken for the whole queue budget; the client
+    /// should retry shortly (503 with `Retry-After`).
+    #[error("too many logins and registrations in progress; retry shortly")]
+    Busy,
     /// Our fault or the database's; the cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -39,8 +47,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Reserved(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,6 +77,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::Busy = self {
+            // A slot frees as soon as one bcrypt finishes, well within a
+            // second at any sane cost.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -97,5 +113,18 @@ mod tests {
         let (status, body) = body_of(ApiError::Conflict("email")).await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(body["error"], "email is already taken");
+        let (status, body) = body_of(ApiError::Reserved("email")).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["error"], "email is reserved");
+    }
+
+    #[tokio::test]
+    async fn busy_is_503_with_retry_after() {
+        let resp = ApiError::Busy.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("retry")), "{body}");
     }
 }

@@ -9,7 +9,7 @@
 //! - [`config`]: settings from the environment, validated.
 //! - [`routes`]: URL layout, callers, response shapes.
 //! - [`users`]: the `users` collection and its unique indexes.
-//! - [`password`]: bcrypt off the async runtime.
+//! - [`password`]: bcrypt off the async runtime, a bounded number at once.
 //! - [`token`]: JWT issue and verify.
 //! - [`validate`]: request bodies and query strings.
 //! - [`error`]: the error type and its one mapping to a response.
@@ -61,12 +61,14 @@ async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         .unwrap_or_else(|| DEFAULT_DATABASE.into());
     let client = mongodb::Client::with_options(options).context("creating the MongoDB client")?;
     let database = client.database(&database_name);
-    let users = UserStore::new(&database);
+    let mut users = UserStore::new(&database);
     users
         .ensure_indexes()
         .await
         .with_context(|| format!("creating indexes in database {database_name:?} (is MongoDB reachable?)"))?;
-    let passwords = Passwords::new(config.bcrypt_cost).await.context("preparing bcrypt")?;
+    let passwords = Passwords::with_limits(config.bcrypt_cost, config.bcrypt_limits)
+        .await
+        .context("preparing bcrypt")?;
     if let Some(admin) = &config.admin {
         bootstrap_admin(&users, &passwords, admin).await?;
     }
@@ -75,13 +77,23 @@ async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         passwords,
         tokens: token::Tokens::new(&config.jwt),
         body_limit: config.max_body_bytes,
+        reserved_email: config.admin.as_ref().map(|admin| admin.email.clone()),
     })
 }
 
-/// Promotes the user with the admin email, or creates it when a password is
-/// given. An existing user keeps its password: start-up must not silently
-/// reset a credential someone may have changed.
+/// Gives a database without any admin its first one: promotes the user with
+/// the admin email, or creates it when a password is given. An existing user
+/// keeps its password: start-up must not silently reset a credential someone
+/// may have changed.
+///
+/// Once any admin exists this does nothing. Emails are not verified, so
+/// promoting whoever holds `ADMIN_EMAIL` at every start let a user who took
+/// that address become admin at the next restart.
 async fn bootstrap_admin(users: &UserStore, passwords: &Passwords, admin: &AdminBootstrap) -> anyhow::Result<()> {
+    if users.admin_exists().await.map_err(api_error)? {
+        tracing::info!("an admin exists; ADMIN_EMAIL bootstrap skipped");
+        return Ok(());
+    }
     if users.promote_to_admin(&admin.email).await.map_err(api_error)? {
         tracing::info!("existing user promoted to admin from ADMIN_EMAIL");
         return Ok(());

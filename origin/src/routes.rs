@@ -24,6 +24,10 @@ pub struct AppState {
     pub passwords: Passwords,
     pub tokens: Tokens,
     pub body_limit: usize,
+    /// The bootstrap admin's email (`ADMIN_EMAIL`, lower-cased), which no
+    /// user may change their email to: should every admin go, the next
+    /// start-up promotes whoever holds it.
+    pub reserved_email: Option<String>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -206,6 +210,13 @@ async fn update_user(
         caller
             .require_admin()
             .map_err(|_| ApiError::Forbidden("only an admin can change roles"))?;
+    }
+    // Refused for admins too: handing the address to anyone is how an
+    // account could be lined up for the bootstrap. Restating it is fine.
+    if let (Some(email), Some(reserved)) = (&request.email, &state.reserved_email) {
+        if email == reserved && target.email != *reserved {
+            return Err(ApiError::Reserved("email"));
+        }
     }
     let password_hash = match request.password {
         Some(password) => Some(state.passwords.hash(password).await?),

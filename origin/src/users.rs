@@ -4,6 +4,12 @@
 //! query against it. Uniqueness of email and username is decided by unique
 //! indexes, never by a check-then-insert (two concurrent registrations would
 //! both pass the check). Knows nothing of HTTP beyond returning [`ApiError`].
+//!
+//! Usernames are unique regardless of case but shown as given: each user
+//! also stores `username_lower`, and the unique index is on that. FerretDB
+//! 1.24 has no collation indexes, so a normalised field is the portable way.
+
+use std::collections::HashMap;
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
@@ -16,6 +22,11 @@ use crate::error::ApiError;
 
 /// MongoDB's code for a unique index violation.
 const DUPLICATE_KEY: i32 = 11000;
+/// Name of the case-insensitive username index, also what start-up checks
+/// for before building it.
+const USERNAME_KEY_INDEX: &str = "username_lower_unique";
+/// Users given their `username_lower` per round trip by the start-up backfill.
+const BACKFILL_BATCH: i64 = 500;
 
 pub const ROLE_USER: &str = "user";
 pub const ROLE_ADMIN: &str = "admin";
@@ -27,10 +38,20 @@ pub struct UserDoc {
     #[serde(rename = "_id")]
     pub id: ObjectId,
     pub username: String,
+    /// [`username_key`] of `username`, the field the case-insensitive unique
+    /// index is on. Empty on a document written without it (by an older
+    /// origin or another tool) until the next start-up backfills it.
+    #[serde(default)]
+    pub username_lower: String,
     pub email: String,
     pub role: String,
     pub password_hash: String,
     pub created_at: DateTime,
+}
+
+/// The form of a username its uniqueness is judged on.
+pub fn username_key(username: &str) -> String {
+    username.to_lowercase()
 }
 
 /// A user as clients see it: never the hash.
@@ -84,18 +105,30 @@ pub struct Page {
 #[derive(Clone)]
 pub struct UserStore {
     users: Collection<UserDoc>,
+    /// Whether the case-insensitive username index is in place. It cannot be
+    /// built while stored usernames differ only in case; until an operator
+    /// renames them, writes look for a case variant themselves (see
+    /// [`UserStore::check_username_free`]). False until
+    /// [`UserStore::ensure_indexes`] has run.
+    username_key_indexed: bool,
 }
 
 impl UserStore {
     pub fn new(db: &Database) -> UserStore {
         UserStore {
             users: db.collection("users"),
+            username_key_indexed: false,
         }
     }
 
     /// Creates the unique indexes uniqueness depends on, and the index the
-    /// list order uses. Idempotent; run at every start-up.
-    pub async fn ensure_indexes(&self) -> Result<(), mongodb::error::Error> {
+    /// list order uses, after giving users stored before `username_lower`
+    /// existed their key. Idempotent; run at every start-up.
+    ///
+    /// Usernames that differ only in case do not stop start-up: they are
+    /// logged as an error naming them, and the store runs without the
+    /// case-insensitive index until a restart after they are renamed.
+    pub async fn ensure_indexes(&mut self) -> Result<(), mongodb::error::Error> {
         let unique = |field: &str| {
             IndexModel::builder()
                 .keys(doc! { field: 1 })
@@ -128,12 +161,119 @@ impl UserStore {
         if !missing.is_empty() {
             self.users.create_indexes(missing).await?;
         }
+        self.backfill_username_keys().await?;
+        self.username_key_indexed = existing.iter().any(|e| e == USERNAME_KEY_INDEX)
+            || self.create_username_key_index(unique("username_lower")).await?;
         Ok(())
     }
 
+    /// Sets `username_lower` on every user without one, in batches by id so
+    /// memory stays bounded and a user that cannot be keyed is passed over,
+    /// not fetched again forever.
+    async fn backfill_username_keys(&self) -> Result<(), mongodb::error::Error> {
+        let raw = self.users.clone_with_type::<Document>();
+        let mut after: Option<ObjectId> = None;
+        let mut filled = 0u64;
+        loop {
+            let mut filter = doc! { "username_lower": { "$exists": false } };
+            if let Some(id) = after {
+                filter.insert("_id", doc! { "$gt": id });
+            }
+            let batch: Vec<Document> = raw
+                .find(filter)
+                .projection(doc! { "username": 1 })
+                .sort(doc! { "_id": 1 })
+                .limit(BACKFILL_BATCH)
+                .await?
+                .try_collect()
+                .await?;
+            let Some(last) = batch.last() else { break };
+            // Ids that are not ObjectIds were not written by the origin; the
+            // batch cannot be paged past them, so stop rather than loop.
+            let Ok(last_id) = last.get_object_id("_id") else {
+                tracing::warn!("a user id is not an ObjectId; username backfill stopped");
+                break;
+            };
+            after = Some(last_id);
+            for user in &batch {
+                let (Ok(id), Ok(username)) = (user.get_object_id("_id"), user.get_str("username")) else {
+                    tracing::warn!(user_id = ?user.get("_id"), "user without an ObjectId or a string username; not given a username key");
+                    continue;
+                };
+                raw.update_one(
+                    doc! { "_id": id, "username_lower": { "$exists": false } },
+                    doc! { "$set": { "username_lower": username_key(username) } },
+                )
+                .await?;
+                filled += 1;
+            }
+        }
+        if filled > 0 {
+            tracing::info!(users = filled, "username_lower backfilled");
+        }
+        Ok(())
+    }
+
+    /// Builds the case-insensitive username index; false when stored
+    /// usernames that differ only in case prevent it (each clash logged).
+    async fn create_username_key_index(&self, index: IndexModel) -> Result<bool, mongodb::error::Error> {
+        let err = match self.users.create_index(index).await {
+            Ok(_) => return Ok(true),
+            Err(err) => err,
+        };
+        let clashes = self.username_clashes().await?;
+        if clashes.is_empty() {
+            return Err(err);
+        }
+        for clash in clashes {
+            let (ids, usernames): (Vec<String>, Vec<String>) =
+                clash.into_iter().map(|(id, name)| (id.to_hex(), name)).unzip();
+            tracing::error!(
+                ?usernames,
+                ?ids,
+                "usernames differ only in case, so the case-insensitive unique index cannot be built; \
+                 rename all but one (PUT /users/{{id}}) and restart. Until then new clashes are refused \
+                 by a lookup that two concurrent requests can both pass"
+            );
+        }
+        Ok(false)
+    }
+
+    /// Groups of users whose usernames differ only in case, as (id, username).
+    async fn username_clashes(&self) -> Result<Vec<Vec<(ObjectId, String)>>, mongodb::error::Error> {
+        let raw = self.users.clone_with_type::<Document>();
+        let mut cursor = raw.find(doc! {}).projection(doc! { "username": 1 }).await?;
+        let mut by_key: HashMap<String, Vec<(ObjectId, String)>> = HashMap::new();
+        while let Some(user) = cursor.try_next().await? {
+            if let (Ok(id), Ok(username)) = (user.get_object_id("_id"), user.get_str("username")) {
+                by_key
+                    .entry(username_key(username))
+                    .or_default()
+                    .push((id, username.to_owned()));
+            }
+        }
+        Ok(by_key.into_values().filter(|users| users.len() > 1).collect())
+    }
+
+    /// Refuses a username another user holds in any case, when the
+    /// case-insensitive index is missing and cannot refuse it itself. A
+    /// check-then-write that racing requests can both pass: only the
+    /// degraded mode relies on it.
+    async fn check_username_free(&self, own_id: Option<ObjectId>, username: &str) -> Result<(), ApiError> {
+        if self.username_key_indexed {
+            return Ok(());
+        }
+        match self.find_by_username(username).await? {
+            Some(holder) if Some(holder.id) != own_id => Err(ApiError::Conflict("username")),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn insert(&self, new: NewUser) -> Result<User, ApiError> {
+        self.check_username_free(None, &new.username).await?;
         let doc = UserDoc {
             id: ObjectId::new(),
+            username_lower: username_key(&new.username),
             username: new.username,
             email: new.email,
             role: new.role.to_owned(),
@@ -161,8 +301,18 @@ impl UserStore {
         Ok(self.users.find_one(doc! { "email": email }).await?)
     }
 
+    /// Looks a user up by username in any case. The exact spelling is tried
+    /// first: it finds a user stored without `username_lower` (written by
+    /// another tool since start-up), and tells apart users whose names
+    /// clash only in case from before usernames were case-insensitive.
     pub async fn find_by_username(&self, username: &str) -> Result<Option<UserDoc>, ApiError> {
-        Ok(self.users.find_one(doc! { "username": username }).await?)
+        if let Some(user) = self.users.find_one(doc! { "username": username }).await? {
+            return Ok(Some(user));
+        }
+        Ok(self
+            .users
+            .find_one(doc! { "username_lower": username_key(username) })
+            .await?)
     }
 
     /// One page, ordered by `created_at` then `id` so pages never overlap.
@@ -195,7 +345,9 @@ impl UserStore {
         };
         let mut set = Document::new();
         if let Some(v) = &changes.username {
+            self.check_username_free(Some(oid), v).await?;
             set.insert("username", v);
+            set.insert("username_lower", username_key(v));
         }
         if let Some(v) = &changes.email {
             set.insert("email", v);
@@ -232,6 +384,11 @@ impl UserStore {
             return Ok(false);
         };
         Ok(self.users.delete_one(doc! { "_id": oid }).await?.deleted_count == 1)
+    }
+
+    /// True when at least one user has the admin role.
+    pub async fn admin_exists(&self) -> Result<bool, ApiError> {
+        Ok(self.users.find_one(doc! { "role": ROLE_ADMIN }).await?.is_some())
     }
 
     /// Gives the user with this email the admin role; false when none exists.

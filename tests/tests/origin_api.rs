@@ -5,6 +5,7 @@ use base64::Engine;
 use e2e::origin::{ADMIN_EMAIL, ADMIN_PASSWORD, TEST_JWT_SECRET};
 use e2e::token::{now, sign};
 use e2e::{spawn_origin, spawn_origin_with, ApiClient, MongoServer, OriginHandle};
+use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -618,6 +619,289 @@ async fn bootstrap_promotes_an_existing_user_and_keeps_their_password() {
     );
     let token = api.token("rita@example.com", "rita-password").await;
     assert_eq!(api.get("/admin", Some(&token)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn nobody_may_change_an_email_to_the_bootstrap_address() {
+    let s = stack().await;
+    let admin = s.admin_token().await;
+    let admin_id = s.api.get("/me", Some(&admin)).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin_path = format!("/users/{admin_id}");
+
+    // Its holder may restate it (any case): that changes nothing.
+    let restate = s
+        .api
+        .send(
+            Method::PUT,
+            &admin_path,
+            Some(&admin),
+            Some(json!({"email": ADMIN_EMAIL.to_uppercase()})),
+        )
+        .await;
+    assert_eq!(restate.status, StatusCode::OK, "{:?}", restate.body);
+    // The admin moves to another address, leaving the bootstrap one free.
+    let moved = s
+        .api
+        .send(
+            Method::PUT,
+            &admin_path,
+            Some(&admin),
+            Some(json!({"email": "ops@example.com"})),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{:?}", moved.body);
+
+    let (mallory, token) = s.api.register_and_login("mallory").await;
+    let path = format!("/users/{mallory}");
+    let taken = s
+        .api
+        .send(
+            Method::PUT,
+            &path,
+            Some(&token),
+            Some(json!({"email": "Admin@Example.COM"})),
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{:?}", taken.body);
+    assert_eq!(taken.error(), "email is reserved");
+    // Not even an admin may hand the address to someone else.
+    let handed = s
+        .api
+        .send(Method::PUT, &path, Some(&admin), Some(json!({"email": ADMIN_EMAIL})))
+        .await;
+    assert_eq!(handed.status, StatusCode::CONFLICT, "{:?}", handed.body);
+    assert_eq!(
+        s.api.get(&path, Some(&token)).await.body["email"],
+        "mallory@example.com"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_promotes_nobody_while_an_admin_exists() {
+    let mongo = MongoServer::start();
+    let origin = spawn_origin(&mongo).await;
+    let api = ApiClient::new(format!("http://{}", origin.addr));
+    let admin = api.token(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let admin_id = api.get("/me", Some(&admin)).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let moved = api
+        .send(
+            Method::PUT,
+            &format!("/users/{admin_id}"),
+            Some(&admin),
+            Some(json!({"email": "ops@example.com"})),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{:?}", moved.body);
+    let (mallory, token) = api.register_and_login("mallory").await;
+    // Before the fix a PUT could take the freed address; written directly
+    // here, as a user who took it back then would still hold it.
+    let users = Users::connect(&mongo, &origin.database).await;
+    let changed = users
+        .collection
+        .update_one(
+            doc! {"_id": ObjectId::parse_str(&mallory).unwrap()},
+            doc! {"$set": {"email": ADMIN_EMAIL}},
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.modified_count, 1);
+
+    let origin = origin.stop().await.restart().await;
+    let api = ApiClient::new(format!("http://{}", origin.addr));
+    assert_eq!(api.get("/admin", Some(&token)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(api.get("/me", Some(&token)).await.body["role"], "user");
+    let admin = api.token("ops@example.com", ADMIN_PASSWORD).await;
+    assert_eq!(api.get("/admin", Some(&admin)).await.status, StatusCode::OK);
+    users.close().await;
+}
+
+/// Direct access to the origin's `users` collection, for states the API
+/// cannot (or no longer can) produce.
+struct Users {
+    client: mongodb::Client,
+    collection: mongodb::Collection<Document>,
+}
+
+impl Users {
+    async fn connect(mongo: &MongoServer, database: &str) -> Users {
+        let client = mongodb::Client::with_uri_str(mongo.uri()).await.unwrap();
+        let collection = client.database(database).collection("users");
+        Users { client, collection }
+    }
+
+    /// Closed explicitly: a client dropped while its runtime shuts down
+    /// panics inside the driver.
+    async fn close(self) {
+        self.client.shutdown().await;
+    }
+}
+
+// === bcrypt limit ===
+
+#[tokio::test]
+async fn logins_beyond_the_bcrypt_limit_get_503_while_other_routes_answer() {
+    let mongo = MongoServer::start();
+    let mut env = e2e::origin::origin_env(&mongo);
+    // No bootstrap admin: one bcrypt fewer at start-up.
+    env.remove("ADMIN_EMAIL");
+    env.remove("ADMIN_PASSWORD");
+    // One bcrypt at a time and no waiting, at a cost where one verification
+    // (hundreds of milliseconds) outlasts the time the rest of the burst
+    // needs to reach the limiter, so some of it must find the slot taken.
+    for (name, value) in [
+        ("BCRYPT_COST", "12"),
+        ("BCRYPT_CONCURRENCY", "1"),
+        ("BCRYPT_QUEUE_TIMEOUT", "0"),
+    ] {
+        env.insert(name.into(), value.into());
+    }
+    let origin = spawn_origin_with(env).await;
+    let api = ApiClient::new(format!("http://{}", origin.addr));
+    assert_eq!(
+        api.register("burst", "burst@example.com", "burst-password")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    let logins: Vec<_> = (0..16)
+        .map(|i| {
+            let api = api.clone();
+            let password = if i % 2 == 0 { "burst-password" } else { "wrong-password" };
+            tokio::spawn(async move { api.login("burst@example.com", password).await })
+        })
+        .collect();
+    // bcrypt runs off the async workers, so other routes answer meanwhile.
+    assert_eq!(api.get("/healthz", None).await.status, StatusCode::OK);
+    let mut busy = 0;
+    for login in logins {
+        let resp = login.await.unwrap();
+        match resp.status {
+            StatusCode::OK | StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                busy += 1;
+                assert_eq!(resp.header("retry-after"), Some("1"));
+                assert!(!resp.error().is_empty(), "{:?}", resp.body);
+            }
+            other => panic!("unexpected {other}: {:?}", resp.body),
+        }
+    }
+    assert!(busy > 0, "no login was turned away");
+    // The slot is released once the burst is over.
+    api.token("burst@example.com", "burst-password").await;
+}
+
+// === usernames ===
+
+#[tokio::test]
+async fn usernames_are_unique_and_matched_regardless_of_case() {
+    let s = stack().await;
+    assert_eq!(
+        s.api
+            .register("alice", "alice@example.com", "alice-password")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let variant = s.api.register("Alice", "alice2@example.com", "alice-password").await;
+    assert_eq!(variant.status, StatusCode::CONFLICT, "{:?}", variant.body);
+    assert_eq!(variant.error(), "username is already taken");
+
+    // The name is shown as given and logs in in any case.
+    let bob = s.api.register("Bob.Smith", "bob@example.com", "bob-password").await;
+    assert_eq!(bob.body["username"], "Bob.Smith");
+    for name in ["Bob.Smith", "bob.smith", "BOB.SMITH"] {
+        let body = json!({"username": name, "password": "bob-password"});
+        assert_eq!(
+            s.api.send(Method::POST, "/login", None, Some(body)).await.status,
+            StatusCode::OK,
+            "{name}"
+        );
+    }
+
+    let (carl, token) = s.api.register_and_login("carl").await;
+    let path = format!("/users/{carl}");
+    let clash = s
+        .api
+        .send(Method::PUT, &path, Some(&token), Some(json!({"username": "ALICE"})))
+        .await;
+    assert_eq!(clash.status, StatusCode::CONFLICT, "{:?}", clash.body);
+    assert_eq!(clash.error(), "username is already taken");
+    // Re-casing one's own name is no clash.
+    let recased = s
+        .api
+        .send(Method::PUT, &path, Some(&token), Some(json!({"username": "Carl"})))
+        .await;
+    assert_eq!(recased.status, StatusCode::OK, "{:?}", recased.body);
+    assert_eq!(recased.body["username"], "Carl");
+}
+
+#[tokio::test]
+async fn start_up_backfills_username_keys_and_survives_a_case_clash() {
+    let mongo = MongoServer::start();
+    let env = e2e::origin::origin_env(&mongo);
+    let users = Users::connect(&mongo, &env["MONGO_DB"]).await;
+    // Users as an origin without case-insensitive usernames stored them: no
+    // normalised key, and two names that differ only in case.
+    let hash = origin::password::Passwords::new(4)
+        .await
+        .unwrap()
+        .hash("legacy-password".into())
+        .await
+        .unwrap();
+    for (username, email) in [
+        ("Yan", "yan@example.com"),
+        ("Zed", "zed@example.com"),
+        ("zed", "zed2@example.com"),
+    ] {
+        users
+            .collection
+            .insert_one(doc! {
+                "_id": ObjectId::new(),
+                "username": username,
+                "email": email,
+                "role": "user",
+                "password_hash": hash.as_str(),
+                "created_at": DateTime::now(),
+            })
+            .await
+            .unwrap();
+    }
+
+    let origin = spawn_origin_with(env).await;
+    let api = ApiClient::new(format!("http://{}", origin.addr));
+    let login = |username: &'static str| {
+        let api = api.clone();
+        async move {
+            let body = json!({"username": username, "password": "legacy-password"});
+            api.send(Method::POST, "/login", None, Some(body)).await.status
+        }
+    };
+    assert_eq!(login("yan").await, StatusCode::OK);
+    // Each clashing user still logs in by their exact name.
+    assert_eq!(login("Zed").await, StatusCode::OK);
+    assert_eq!(login("zed").await, StatusCode::OK);
+    for name in ["YAN", "ZED"] {
+        let resp = api
+            .register(name, &format!("{name}@new.example.com"), "new-password")
+            .await;
+        assert_eq!(resp.status, StatusCode::CONFLICT, "{name}: {:?}", resp.body);
+        assert_eq!(resp.error(), "username is already taken");
+    }
+    let yan = users
+        .collection
+        .find_one(doc! {"username": "Yan"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(yan.get_str("username_lower"), Ok("yan"));
+    users.close().await;
 }
 
 // === protocol ===
