@@ -64,6 +64,11 @@ async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     body::json_response(
         status,
-        &json!({"upstream": word(upstream_ok), "cache": word(store_ok), "cache_store": proxy.store.kind()}),
+        &json!({
+            "upstream": word(upstream_ok),
+            "cache": word(store_ok),
+            "cache_store": proxy.store.kind(),
+            "cache_namespace": proxy.config.cache.namespace,
+        }),
     )
 }

@@ -65,6 +65,10 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Larger responses are streamed through and not stored.
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 /// Bound of the in-process store when no Redis is configured.
+/// Largest key material (path, query, `vary` values) of a cached request:
+/// nginx's default request-line buffer is 8 KiB; longer URLs are rare in
+/// APIs and, cached, would bloat every index place they are filed under.
+pub const DEFAULT_MAX_KEY_BYTES: u64 = 8 * 1024;
 pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_L1_MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// A cache operation slower than this is abandoned and the request served
@@ -154,6 +158,7 @@ pub struct RawCache {
     #[serde(default, with = "humantime_serde")]
     pub default_ttl: Option<Duration>,
     pub max_entry_bytes: Option<u64>,
+    pub max_key_bytes: Option<u64>,
     pub memory_max_bytes: Option<u64>,
     pub l1_max_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
@@ -164,6 +169,7 @@ pub struct RawCache {
     #[serde(default, with = "humantime_serde")]
     pub breaker_open_for: Option<Duration>,
     pub key_prefix: Option<String>,
+    pub namespace: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub lease_ttl: Option<Duration>,
     pub surrogate_key_header: Option<String>,
@@ -413,11 +419,19 @@ pub struct CacheSettings {
     pub store: StoreSettings,
     pub default_ttl: Duration,
     pub max_entry_bytes: u64,
+    /// Requests whose key material (path, query, `vary` values) is larger
+    /// are served without the cache: no lookup, nothing stored or indexed.
+    pub max_key_bytes: u64,
     pub operation_timeout: Duration,
     pub invalidation_wait: Duration,
     pub breaker_failures: u32,
     pub breaker_open_for: Duration,
     pub key_prefix: String,
+    /// Separates deployments sharing one Redis: folded into every key,
+    /// generation and channel name. Defaults to the upstream's authority,
+    /// so proxies in front of different backends never share entries,
+    /// generations or purges.
+    pub namespace: String,
     pub lease_ttl: Duration,
     /// Response header naming an answer's extra tags; stripped before
     /// clients see it. `None`: off.
@@ -523,7 +537,22 @@ impl Config {
         };
 
         let upstream = upstream_settings(&mut p, raw.upstream, overrides.upstream);
-        let cache = cache_settings(&mut p, &raw.cache, overrides.redis_url, overrides.cache_ttl);
+        let mut cache = cache_settings(&mut p, &raw.cache, overrides.redis_url, overrides.cache_ttl);
+        cache.namespace = match (&raw.cache.namespace, &upstream) {
+            (Some(explicit), _) => explicit.clone(),
+            (None, Some(upstream)) => upstream
+                .base
+                .authority()
+                .map(|a| a.as_str().to_ascii_lowercase())
+                .unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        if raw.cache.namespace.is_some() && !is_valid_namespace(&cache.namespace) {
+            p.add(
+                "cache.namespace",
+                "must be 1 to 256 characters without spaces or control characters",
+            );
+        }
         let identity = IdentitySettings {
             subject_header: header_name(
                 &mut p,
@@ -686,6 +715,11 @@ fn upstream_settings(p: &mut Problems, raw: RawUpstream, url: Option<String>) ->
     })
 }
 
+/// A namespace travels in Redis key and channel names.
+fn is_valid_namespace(namespace: &str) -> bool {
+    (1..=256).contains(&namespace.len()) && !namespace.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 fn cache_settings(
     p: &mut Problems,
     raw: &RawCache,
@@ -723,6 +757,7 @@ fn cache_settings(
         store,
         default_ttl,
         max_entry_bytes: raw.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES),
+        max_key_bytes: raw.max_key_bytes.unwrap_or(DEFAULT_MAX_KEY_BYTES),
         operation_timeout: positive(
             p,
             "cache.operation_timeout",
@@ -743,6 +778,7 @@ fn cache_settings(
             DEFAULT_BREAKER_OPEN_FOR,
         ),
         key_prefix: raw.key_prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
+        namespace: String::new(),
         lease_ttl: positive(p, "cache.lease_ttl", raw.lease_ttl, DEFAULT_LEASE_TTL),
         surrogate_key_header: match raw.surrogate_key_header.as_deref() {
             Some("") => None,

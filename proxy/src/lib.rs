@@ -101,6 +101,7 @@ pub async fn run(
         admin = %admin.local_addr()?,
         upstream = %config.upstream.base,
         store = proxy.store.kind(),
+        namespace = %config.cache.namespace,
         routes = config.routes.iter().count(),
         "proxy listening"
     );

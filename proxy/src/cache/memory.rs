@@ -3,7 +3,8 @@
 //! The default when no Redis is configured. Entries live in a moka cache
 //! (a well-kept concurrent cache with size-aware eviction and per-entry
 //! expiry); tag generations in a map beside it, and the purge index in
-//! another. Never fails.
+//! another. Each entry weighs its encoded size plus what it costs the
+//! index, so the index counts against `memory_max_bytes` too. Never fails.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,11 +15,11 @@ use moka::notification::RemovalCause;
 use moka::sync::{Cache, CacheBuilder};
 
 use super::entry::now_ms;
-use super::purge::{prefixes_of, softly_expired};
+use super::purge::{is_under, place_of_prefix, prefixes_of, softly_expired};
 use super::{new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Lookup, StoreError};
 
 pub struct MemoryStore {
-    entries: Cache<CacheKey, Arc<Entry>>,
+    entries: Cache<CacheKey, Stored>,
     generations: RwLock<HashMap<String, String>>,
     /// Never locked while calling into `entries`, whose eviction listener
     /// takes it.
@@ -81,6 +82,43 @@ impl Index {
     }
 }
 
+/// An entry and what filing it in the index costs, which its weight
+/// includes.
+#[derive(Clone)]
+struct Stored {
+    entry: Arc<Entry>,
+    index_bytes: u32,
+}
+
+impl AsRef<Entry> for Stored {
+    fn as_ref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+impl Stored {
+    fn weight(&self) -> u32 {
+        encoded_weight(self).saturating_add(self.index_bytes)
+    }
+}
+
+/// An entry's weight in a bounded map: its encoded size.
+pub(super) fn encoded_weight<V: AsRef<Entry>>(value: &V) -> u32 {
+    u32::try_from(value.as_ref().encoded_len()).unwrap_or(u32::MAX)
+}
+
+/// Bytes filing an entry at `index` adds to the in-memory index: each
+/// place's name (shared places are counted for every entry: an upper
+/// bound), the entry's own record of its places, and the sets' slots.
+fn index_cost(index: &IndexInfo<'_>) -> u32 {
+    const PER_PLACE: usize = 64;
+    let places = 1 + prefixes_of(index.path).count() + index.tags.len();
+    let names: usize = index.path.len()
+        + prefixes_of(index.path).map(str::len).sum::<usize>()
+        + 2 * index.tags.iter().map(String::len).sum::<usize>();
+    u32::try_from(names + index.path.len() + places * PER_PLACE).unwrap_or(u32::MAX)
+}
+
 /// Drops each value once its entry is of no use, fresh or stale.
 struct EntryExpiry;
 
@@ -101,15 +139,15 @@ impl<V: AsRef<Entry>> moka::Expiry<CacheKey, V> for EntryExpiry {
     }
 }
 
-/// A concurrent map of entries bounded by their encoded size, each expiring
-/// with its entry; the memory store and the Redis store's L1 both use it.
-pub(super) fn bounded_entries<V>(max_bytes: u64) -> CacheBuilder<CacheKey, V, Cache<CacheKey, V>>
+/// A concurrent map of entries bounded by `weigh`, each expiring with its
+/// entry; the memory store and the Redis store's L1 both use it.
+pub(super) fn bounded_entries<V>(max_bytes: u64, weigh: fn(&V) -> u32) -> CacheBuilder<CacheKey, V, Cache<CacheKey, V>>
 where
     V: AsRef<Entry> + Clone + Send + Sync + 'static,
 {
     Cache::builder()
         .max_capacity(max_bytes)
-        .weigher(|_key, value: &V| u32::try_from(value.as_ref().encoded_len()).unwrap_or(u32::MAX))
+        .weigher(move |_key, value: &V| weigh(value))
         .expire_after(EntryExpiry)
 }
 
@@ -117,7 +155,7 @@ impl MemoryStore {
     pub fn new(max_bytes: u64) -> MemoryStore {
         let index = Arc::new(Mutex::new(Index::default()));
         let unindex = index.clone();
-        let entries = bounded_entries(max_bytes)
+        let entries = bounded_entries(max_bytes, Stored::weight)
             .eviction_listener(move |key: Arc<CacheKey>, _, cause| {
                 if cause != RemovalCause::Replaced {
                     unindex.lock().expect("index lock").remove(&key);
@@ -176,7 +214,7 @@ pub(super) fn usable(entry: Arc<Entry>, now_ms: u64) -> Option<Lookup> {
 #[async_trait]
 impl CacheStore for MemoryStore {
     async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError> {
-        if let Some(entry) = self.entries.get(key) {
+        if let Some(Stored { entry, .. }) = self.entries.get(key) {
             if self.is_current(&entry.generations, tags) {
                 return Ok(usable(entry, now_ms()).unwrap_or_else(|| Lookup::Miss(self.current_generations(tags))));
             }
@@ -188,7 +226,11 @@ impl CacheStore for MemoryStore {
         // Indexed first: an insert may evict at once, and the eviction
         // listener then unindexes it.
         self.index.lock().expect("index lock").add(*key, index);
-        self.entries.insert(*key, Arc::new(entry.clone()));
+        let stored = Stored {
+            entry: Arc::new(entry.clone()),
+            index_bytes: index_cost(index),
+        };
+        self.entries.insert(*key, stored);
         Ok(())
     }
 
@@ -196,7 +238,14 @@ impl CacheStore for MemoryStore {
         let index = self.index.lock().expect("index lock");
         Ok(match place {
             Filed::Path(path) => Index::keys(&index.by_path, path),
-            Filed::Prefix(prefix) => Index::keys(&index.by_prefix, prefix),
+            Filed::Prefix(prefix) => {
+                let (place, filter) = place_of_prefix(prefix);
+                let mut keys = Index::keys(&index.by_prefix, place);
+                if filter {
+                    keys.retain(|key| index.places.get(key).is_some_and(|(path, _)| is_under(path, prefix)));
+                }
+                keys
+            }
             Filed::Tag(tag) => Index::keys(&index.by_tag, tag),
         })
     }
@@ -205,10 +254,14 @@ impl CacheStore for MemoryStore {
         let now = now_ms();
         let mut removed = 0;
         for key in keys {
-            let Some(entry) = self.entries.get(&key) else { continue };
+            let Some(stored) = self.entries.get(&key) else { continue };
             removed += 1;
             if soft {
-                self.entries.insert(key, Arc::new(softly_expired(&entry, now)));
+                let expired = Stored {
+                    entry: Arc::new(softly_expired(&stored.entry, now)),
+                    ..stored
+                };
+                self.entries.insert(key, expired);
             } else {
                 self.entries.invalidate(&key);
             }
@@ -236,6 +289,7 @@ impl CacheStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::purge::INDEXED_PREFIX_DEPTH;
     use crate::cache::PurgeRequest;
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
@@ -369,6 +423,33 @@ mod tests {
         })
         .await;
         assert_eq!(soft_tag.1, ["hit", "hit", "hit", "hit", "stale"]);
+    }
+
+    #[tokio::test]
+    async fn huge_paths_count_their_index_against_the_bound_and_file_few_places() {
+        const BOUND: u64 = 256 * 1024;
+        let store = MemoryStore::new(BOUND);
+        for i in 0..64 {
+            let path = format!("/p{i}{}", "/a".repeat(8_000));
+            let key = CacheKey::for_test(&path);
+            let Lookup::Miss(gens) = store.lookup(&key, &tags()).await.unwrap() else {
+                panic!("cold store hit")
+            };
+            let index = IndexInfo {
+                path: &path,
+                tags: &tags(),
+            };
+            store.store(&key, &entry(gens, 60_000), &index).await.unwrap();
+            let weight = store.entries.get(&key).map(|s| s.weight());
+            assert!(weight.is_none_or(|w| w as usize > 2 * path.len()), "index not weighed");
+        }
+        store.entries.run_pending_tasks();
+        assert!(store.entries.weighted_size() <= BOUND);
+        let index = store.index.lock().unwrap();
+        let entries = store.entries.entry_count() as usize;
+        assert_eq!(index.places.len(), entries, "evicted entries left in the index");
+        // `/` is shared; each entry adds its depth-capped prefixes.
+        assert!(index.by_prefix.len() <= 1 + entries * INDEXED_PREFIX_DEPTH);
     }
 
     #[tokio::test]

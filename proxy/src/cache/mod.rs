@@ -209,6 +209,8 @@ pub enum Bypass {
     NoRule,
     /// The store failed or its circuit breaker is open.
     StoreUnavailable,
+    /// The request's key material exceeds `cache.max_key_bytes`.
+    KeyTooLarge,
     /// The proxy answered itself (an error) before any cache step.
     Error,
 }
@@ -278,6 +280,9 @@ impl CacheStatus {
             CacheStatus::Bypass(Bypass::Method) => HeaderValue::from_static("proxy; fwd=method"),
             CacheStatus::Bypass(Bypass::Uncacheable) => HeaderValue::from_static("proxy; fwd=bypass"),
             CacheStatus::Bypass(Bypass::NoRule) => HeaderValue::from_static("proxy; fwd=uri-miss"),
+            CacheStatus::Bypass(Bypass::KeyTooLarge) => {
+                HeaderValue::from_static("proxy; fwd=bypass; detail=key-too-large")
+            }
             CacheStatus::Bypass(Bypass::StoreUnavailable) => {
                 HeaderValue::from_static("proxy; fwd=bypass; detail=store-unavailable")
             }

@@ -2,9 +2,14 @@
 //! find entries by path, path prefix or tag without scanning its keys.
 //!
 //! Every stored entry is indexed under its normalised path (any query,
-//! scope or variant), under each segment-aligned prefix of that path
-//! (`/users/42` under `/users/42`, `/users` and `/`), and under each of its
-//! rule's tags. A hard purge removes entries (or, for tags and `all`,
+//! scope or variant), under each segment-aligned prefix of that path up to
+//! [`INDEXED_PREFIX_DEPTH`] segments (`/users/42` under `/users/42`,
+//! `/users` and `/`), and under each of its rule's tags. Filing under every
+//! prefix of an arbitrarily deep path would cost the square of its length
+//! (a 16 KB path made 8,012 Redis keys); capped, an entry costs at most
+//! `INDEXED_PREFIX_DEPTH + 2` index places and linear bytes. A purge by a
+//! deeper prefix reads its ancestor at the cap, whose places also record
+//! each entry's path, and keeps the entries under the prefix. A hard purge removes entries (or, for tags and `all`,
 //! replaces generations, which is exact and O(1)); a soft purge marks the
 //! entries it finds expired, so they are served only as stale answers
 //! (while a refresh runs, or on upstream errors) until replaced.
@@ -116,14 +121,52 @@ pub struct IndexInfo<'a> {
     pub tags: &'a [String],
 }
 
-/// The path itself and each of its segment-aligned prefixes, longest first:
-/// `/a/b` gives `/a/b`, `/a`, `/`.
+/// Deepest prefix, in segments, an entry is filed under: API paths are
+/// rarely deeper, and purges by deeper prefixes still work (see the module
+/// doc), only a little slower.
+pub const INDEXED_PREFIX_DEPTH: usize = 4;
+
+/// Segments in a normalised path: `/` has none, `/a/b` two.
+pub fn depth(path: &str) -> usize {
+    path.split('/').filter(|s| !s.is_empty()).count()
+}
+
+/// The path itself and each of its segment-aligned prefixes, longest
+/// first, none deeper than [`INDEXED_PREFIX_DEPTH`]: `/a/b` gives `/a/b`,
+/// `/a`, `/`.
 pub fn prefixes_of(path: &str) -> impl Iterator<Item = &str> {
     let cuts = path.match_indices('/').map(|(i, _)| i).filter(|&i| i > 0);
     std::iter::once(path)
         .chain(cuts.collect::<Vec<_>>().into_iter().rev().map(|i| &path[..i]))
-        .filter(|p| *p != "/")
+        .filter(|p| *p != "/" && depth(p) <= INDEXED_PREFIX_DEPTH)
         .chain(std::iter::once("/"))
+}
+
+/// Whether the places filed under `prefix` also record each entry's path:
+/// those at the depth cap, which deeper purges read and filter.
+pub fn records_paths(prefix: &str) -> bool {
+    depth(prefix) == INDEXED_PREFIX_DEPTH
+}
+
+/// Where a purge by `prefix` reads: the prefix's own place, or (deeper
+/// than the cap) its ancestor at the cap, whose entries must then be kept
+/// only if their path is under `prefix`.
+pub fn place_of_prefix(prefix: &str) -> (&str, bool) {
+    if depth(prefix) <= INDEXED_PREFIX_DEPTH {
+        return (prefix, false);
+    }
+    let cut = prefix
+        .match_indices('/')
+        .map(|(i, _)| i)
+        .nth(INDEXED_PREFIX_DEPTH)
+        .unwrap_or(prefix.len());
+    (&prefix[..cut], true)
+}
+
+/// Whether `path` is `prefix` or below it, segment-aligned (`/usersx` is
+/// not under `/users`).
+pub fn is_under(path: &str, prefix: &str) -> bool {
+    prefix == "/" || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A prefix as the index stores it: no trailing `/` except the root.
@@ -178,6 +221,30 @@ mod tests {
         );
         assert_eq!(prefixes_of("/users/").collect::<Vec<_>>(), ["/users/", "/users", "/"]);
         assert_eq!(prefixes_of("/").collect::<Vec<_>>(), ["/"]);
+    }
+
+    #[test]
+    fn the_index_stops_at_the_depth_cap_and_deeper_purges_read_the_ancestor_there() {
+        let deep = "/a/b/c/d/e/f";
+        assert_eq!(
+            prefixes_of(deep).collect::<Vec<_>>(),
+            ["/a/b/c/d", "/a/b/c", "/a/b", "/a", "/"]
+        );
+        assert_eq!(place_of_prefix("/a/b"), ("/a/b", false));
+        assert_eq!(place_of_prefix("/a/b/c/d"), ("/a/b/c/d", false));
+        assert_eq!(place_of_prefix("/a/b/c/d/e"), ("/a/b/c/d", true));
+        assert!(records_paths("/a/b/c/d") && !records_paths("/a/b/c"));
+        assert!(is_under("/a/b/c/d/e/f", "/a/b/c/d/e"));
+        assert!(!is_under("/a/b/c/d/ex", "/a/b/c/d/e"));
+        assert!(is_under("/anything", "/"));
+    }
+
+    #[test]
+    fn a_huge_path_costs_a_bounded_number_of_places_of_linear_size() {
+        let path = "/x".repeat(8 * 1024);
+        let places: Vec<&str> = prefixes_of(&path).collect();
+        assert_eq!(places.len(), INDEXED_PREFIX_DEPTH + 1);
+        assert!(places.iter().map(|p| p.len()).sum::<usize>() < 64);
     }
 
     #[test]

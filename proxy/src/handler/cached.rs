@@ -81,6 +81,23 @@ impl Proxy {
             &req.parts.headers,
             req.claims.as_deref(),
         );
+        if key_material_len(&req.target, vary, &req.parts.headers) > self.config.cache.max_key_bytes {
+            // Not cached at all: a huge URL must cost the shared store and
+            // its index nothing.
+            ctx.cache_status = CacheStatus::Bypass(Bypass::KeyTooLarge);
+            let fetch = Fetch {
+                rule: rule.name,
+                headers: self.cache_headers(req, policy)?,
+                key,
+                is_head,
+                stale: None,
+                target: req.target.clone(),
+                claims: req.claims.clone(),
+                vary: learned_vary.clone(),
+            };
+            let mut status = ctx.cache_status;
+            return Ok(self.fetch_and_store(&fetch, None, &mut status).await?.0);
+        }
 
         let (generations, stale) = match self.store.lookup(&key, &policy.tags).await {
             Ok(Lookup::Hit(entry)) => return Ok(serve_hit(entry, is_head, ctx)),
@@ -488,6 +505,17 @@ impl Proxy {
         let body = if is_head { body::empty() } else { body::full(bytes) };
         Ok((Response::from_parts(head, body), shareable.then_some(entry)))
     }
+}
+
+/// Bytes of what a request's key is built from: its path, query and the
+/// values of the headers it varies on.
+fn key_material_len(target: &Target, vary: &[HeaderName], headers: &HeaderMap) -> u64 {
+    let varied: usize = vary
+        .iter()
+        .flat_map(|name| headers.get_all(name))
+        .map(|value| value.len())
+        .sum();
+    (target.path.len() + target.query.as_deref().map_or(0, str::len) + varied) as u64
 }
 
 /// Whether a fetch's upstream failed (an error, or a 5xx): waiters and the

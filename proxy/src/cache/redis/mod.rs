@@ -15,7 +15,8 @@
 //! process dies first, they may serve entries the write replaced. That
 //! window is the price of letting writes pass while Redis is unreachable.
 //!
-//! Keys: entries at `<prefix>e:<sha256 hex>`, tag generations at
+//! Keys (`<prefix>` is `cache.key_prefix` then `cache.namespace` and `:`):
+//! entries at `<prefix>e:<sha256 hex>`, tag generations at
 //! `<prefix>g:<tag>` (no TTL: a lost generation would read as a miss, but
 //! letting them expire would only cause needless misses). An entry's value
 //! is a random 8-byte stamp followed by the encoded [`Entry`]: the stamp
@@ -53,8 +54,8 @@ mod batch;
 use self::batch::{Part, Read, ReadBatcher, ReadResult};
 use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
-use super::memory::{bounded_entries, usable};
-use super::purge::{prefixes_of, softly_expired, ALL_TAG};
+use super::memory::{bounded_entries, encoded_weight, usable};
+use super::purge::{is_under, place_of_prefix, prefixes_of, records_paths, softly_expired, ALL_TAG};
 use super::{new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Lease, Lookup, StoreError};
 use crate::config::CacheSettings;
 use crate::metrics::Metrics;
@@ -75,13 +76,15 @@ static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
 /// Stores an entry and files it in the purge index, atomically: KEYS[1]
 /// is the entry, KEYS[2..] its index sets (sorted by expiry, so each is
 /// trimmed to live entries as it is written); ARGV: value, time to live
-/// (ms), the entry key's hex, now (ms since the epoch).
+/// (ms), now (ms since the epoch), then the member filed in each index set
+/// (the entry key's hex; followed by its path in the sets at the prefix
+/// depth cap, see [`super::purge`]).
 static STORE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
-        r#"local ttl, now = tonumber(ARGV[2]), tonumber(ARGV[4])
+        r#"local ttl, now = tonumber(ARGV[2]), tonumber(ARGV[3])
            redis.call("SET", KEYS[1], ARGV[1], "PX", ttl)
            for i = 2, #KEYS do
-             redis.call("ZADD", KEYS[i], now + ttl, ARGV[3])
+             redis.call("ZADD", KEYS[i], now + ttl, ARGV[i + 2])
              redis.call("ZREMRANGEBYSCORE", KEYS[i], "-inf", now)
              if redis.call("PTTL", KEYS[i]) < ttl then redis.call("PEXPIRE", KEYS[i], ttl) end
            end
@@ -157,7 +160,7 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let l1 = (l1_max_bytes > 0).then(|| {
             let metrics = metrics.clone();
-            bounded_entries(l1_max_bytes)
+            bounded_entries(l1_max_bytes, encoded_weight)
                 .support_invalidation_closures()
                 .eviction_listener(move |_key, _copy, cause| match cause {
                     RemovalCause::Size => metrics.l1_eviction("size"),
@@ -167,13 +170,16 @@ impl RedisStore {
                 })
                 .build()
         });
-        let events = format!("{}events", settings.key_prefix);
+        // Every name carries the namespace: deployments sharing this Redis
+        // share nothing unless they say so.
+        let prefix = format!("{}{}:", settings.key_prefix, settings.namespace);
+        let events = format!("{prefix}events");
         let store = Arc::new_cyclic(|store: &Weak<RedisStore>| RedisStore {
             conn,
             events: events.clone(),
             reads: ReadBatcher::start(pipeline_runner(store.clone())),
             l1,
-            prefix: settings.key_prefix.clone(),
+            prefix,
             operation_timeout: settings.operation_timeout,
             invalidation_wait: settings.invalidation_wait,
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
@@ -562,18 +568,30 @@ impl CacheStore for RedisStore {
         }
         let (stamp, value) = stamped(entry);
         let entry_key = self.entry_key(key);
-        let mut sets = vec![self.path_set(index.path)];
-        sets.extend(prefixes_of(index.path).map(|p| self.subtree_set(p)));
-        sets.extend(index.tags.iter().filter(|t| *t != ALL_TAG).map(|t| self.tag_set(t)));
-        let (hex, now) = (key.to_hex(), now_ms());
+        let hex = key.to_hex();
+        let with_path = format!("{hex} {}", index.path);
+        let mut sets = vec![(self.path_set(index.path), &hex)];
+        sets.extend(prefixes_of(index.path).map(|p| {
+            let member = if records_paths(p) { &with_path } else { &hex };
+            (self.subtree_set(p), member)
+        }));
+        sets.extend(
+            index
+                .tags
+                .iter()
+                .filter(|t| *t != ALL_TAG)
+                .map(|t| (self.tag_set(t), &hex)),
+        );
+        let (sets, members): (Vec<String>, Vec<String>) = sets.into_iter().map(|(set, m)| (set, m.clone())).unzip();
+        let now = now_ms();
         self.guarded(|mut conn| async move {
             STORE_SCRIPT
                 .key(entry_key)
                 .key(sets)
                 .arg(value.as_ref())
                 .arg(ttl_ms)
-                .arg(hex)
                 .arg(now)
+                .arg(members)
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(drop)
@@ -587,8 +605,17 @@ impl CacheStore for RedisStore {
     }
 
     async fn filed(&self, place: Filed<'_>) -> Result<Vec<CacheKey>, StoreError> {
+        // A prefix deeper than the index's cap is read from its ancestor at
+        // the cap, whose members carry their path.
+        let (place, under) = match place {
+            Filed::Prefix(prefix) => match place_of_prefix(prefix) {
+                (ancestor, true) => (Filed::Prefix(ancestor), Some(prefix)),
+                (own, false) => (Filed::Prefix(own), None),
+            },
+            other => (other, None),
+        };
         let (set, now) = (self.index_set(place), now_ms());
-        let hexes: Vec<String> = self
+        let members: Vec<String> = self
             .purge_step(|mut conn| async move {
                 redis::cmd("ZRANGEBYSCORE")
                     .arg(set)
@@ -598,7 +625,21 @@ impl CacheStore for RedisStore {
                     .await
             })
             .await?;
-        Ok(hexes.iter().filter_map(|h| CacheKey::from_hex(h)).collect())
+        Ok(members
+            .iter()
+            .filter_map(|member| {
+                let (hex, path) = member
+                    .split_once(' ')
+                    .map_or((member.as_str(), None), |(h, p)| (h, Some(p)));
+                // A member without its path (filed by an older version) is
+                // kept: purging too much costs a miss, too little stale data.
+                let wanted = match (under, path) {
+                    (Some(prefix), Some(path)) => is_under(path, prefix),
+                    _ => true,
+                };
+                wanted.then(|| CacheKey::from_hex(hex)).flatten()
+            })
+            .collect())
     }
 
     async fn remove(&self, keys: Vec<CacheKey>, soft: bool) -> Result<u64, StoreError> {
