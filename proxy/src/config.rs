@@ -611,9 +611,11 @@ fn header_name(p: &mut Problems, field: &str, value: &str) -> HeaderName {
     })
 }
 
-/// A route may not forward or vary on a header the proxy sets itself: the
-/// client's value never reaches the origin, so keying on it would file one
-/// client's answer under another's claim (e.g. a spoofed subject header).
+/// A route may not forward or vary on a header the proxy sets or drops
+/// itself (or its `_` twin, which CGI-style backends read as the same
+/// header): the client's value never reaches the origin, so keying on it
+/// would file one client's answer under another's claim (e.g. a spoofed
+/// subject header).
 fn proxy_owned_headers(p: &mut Problems, rules: &[Rule], identity: &IdentitySettings) {
     for (i, rule) in rules.iter().enumerate() {
         let vary = rule.cache.iter().flat_map(|c| &c.vary).map(|n| ("cache.vary", n));
@@ -621,7 +623,7 @@ fn proxy_owned_headers(p: &mut Problems, rules: &[Rule], identity: &IdentitySett
             if crate::upstream::is_proxy_owned(name, identity) {
                 p.add(
                     format!("routes[{i}].{field}"),
-                    format!("{name:?} is set by the proxy; it cannot be forwarded or keyed on"),
+                    format!("{name:?} is set or dropped by the proxy; it cannot be forwarded or keyed on"),
                 );
             }
         }
@@ -1153,6 +1155,25 @@ mod tests {
         );
         let err = load(&text).unwrap_err();
         assert_eq!(fields(err), ["routes[0].forward_headers", "routes[0].forward_headers"]);
+    }
+
+    #[test]
+    fn routes_may_not_forward_or_vary_on_underscore_twins_or_override_headers() {
+        let text = r#"
+            [upstream]
+            url = "http://127.0.0.1:5000"
+            [[routes]]
+            name = "a"
+            path = "/a"
+            methods = ["GET"]
+            access = "public"
+            forward_headers = ["accept", "x_auth_role", "X-Original-URL", "x_forwarded_for"]
+            cache = { vary = ["accept-language", "X-HTTP-Method-Override", "x_auth_subject"] }
+        "#;
+        let got = fields(load(text).unwrap_err());
+        let mut want = vec!["routes[0].forward_headers"; 3];
+        want.extend(["routes[0].cache.vary"; 2]);
+        assert_eq!(got, want);
     }
 
     #[test]
