@@ -3,8 +3,9 @@
 //!
 //! Owns the accepted algorithm (pinned by config, never taken from the
 //! token), the keys, and the claim checks: `exp` required, `nbf` checked,
-//! `iss`/`aud` when configured, leeway. Produces [`Claims`]; what they may do
-//! is `rbac`'s business.
+//! `iss`/`aud` when configured, leeway, no `crit` extensions, and subject
+//! and roles that reach the backend's identity headers intact. Produces
+//! [`Claims`]; what they may do is `rbac`'s business.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -196,11 +197,22 @@ impl JwtVerifier {
             }
         };
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation).map_err(invalid)?;
+        // RFC 7515 §4.1.11: a recipient that does not understand every
+        // extension listed in `crit` must reject the token. We understand
+        // none. (jsonwebtoken parses `crit` but does not act on it.)
+        if data.header.crit.is_some() {
+            return Err(AuthError::InvalidToken(
+                "crit header extensions are not supported".into(),
+            ));
+        }
         let mut claims = data.claims;
         let subject = match claims.remove("sub") {
             Some(Value::String(s)) if !s.is_empty() => s,
             _ => return Err(AuthError::InvalidToken("sub must be a non-empty string".into())),
         };
+        if !is_header_safe(&subject) {
+            return Err(AuthError::InvalidToken("sub cannot be forwarded as a header".into()));
+        }
         let roles = match claims.remove(&self.role_claim) {
             Some(Value::String(role)) => vec![role],
             Some(Value::Array(items)) => items
@@ -209,6 +221,16 @@ impl JwtVerifier {
                 .collect(),
             _ => Vec::new(),
         };
+        // Roles travel upstream joined by `,` in one header, so a role
+        // containing `,` would reach the backend as two: `["user,admin"]`
+        // must not become `user` and `admin` there while the proxy itself
+        // saw neither. Refused rather than escaped: no backend would know
+        // the escaping.
+        if roles.iter().any(|r| r.contains(',') || !is_header_safe(r)) {
+            return Err(AuthError::InvalidToken(
+                "a role contains ',' or cannot be forwarded as a header".into(),
+            ));
+        }
         // `exp` is required and was validated as a number; `nbf` is optional.
         // Either may be a float (RFC 7519 NumericDate); rounded as
         // jsonwebtoken rounds them, so cached and full checks agree.
@@ -221,6 +243,14 @@ impl JwtVerifier {
             nbf,
         })
     }
+}
+
+/// Whether a claim reaches the backend, in an identity header, exactly as
+/// it was verified: headers cannot carry control characters, and parsers
+/// strip leading and trailing whitespace from values and list members
+/// (RFC 9110 §5.5, §5.6.1), so `" admin"` would arrive as `admin`.
+fn is_header_safe(value: &str) -> bool {
+    !value.bytes().any(|b| b.is_ascii_control()) && value.trim_matches(' ') == value
 }
 
 fn pem_key(algorithm: Algorithm, pem: &[u8]) -> Result<DecodingKey, String> {
@@ -422,6 +452,51 @@ mod tests {
         )
         .unwrap();
         assert!(v.verify(&hs512).is_err(), "algorithm is pinned");
+    }
+
+    #[test]
+    fn tokens_with_critical_header_extensions_are_rejected() {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".into()]);
+        let token = jsonwebtoken::encode(&header, &good_claims(), &EncodingKey::from_secret(SECRET)).unwrap();
+        let v = verifier();
+        assert!(matches!(v.verify(&token), Err(AuthError::InvalidToken(_))));
+        assert!(v.verified.get(token.as_str()).is_none(), "never remembered");
+    }
+
+    #[test]
+    fn roles_and_subjects_that_would_change_in_a_header_are_rejected() {
+        let v = verifier();
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut c = good_claims();
+            f(&mut c);
+            v.verify(&sign(c))
+        };
+        for (label, edit) in [
+            (
+                "comma in a role",
+                &(|c: &mut Value| c["role"] = json!("user,admin")) as &dyn Fn(&mut Value),
+            ),
+            ("comma in an array role", &|c| c["role"] = json!(["user,admin"])),
+            ("comma after a good role", &|c| c["role"] = json!(["user", "x,admin"])),
+            ("leading space", &|c| c["role"] = json!(["user", " admin"])),
+            ("trailing space", &|c| c["role"] = json!("admin ")),
+            ("control character", &|c| c["role"] = json!("ad\nmin")),
+            ("tab", &|c| c["role"] = json!("ad\tmin")),
+            ("subject with a newline", &|c| {
+                c["sub"] = json!("u1\r\nx-auth-role: admin")
+            }),
+            ("subject with a trailing space", &|c| c["sub"] = json!("admin ")),
+        ] {
+            assert!(matches!(with(edit), Err(AuthError::InvalidToken(_))), "{label}");
+        }
+        assert_eq!(
+            with(&|c| c["role"] = json!(["power user", "résumé-editor"]))
+                .unwrap()
+                .roles,
+            ["power user", "résumé-editor"],
+            "inner spaces and non-ASCII survive a header intact"
+        );
     }
 
     #[test]
