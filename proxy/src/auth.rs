@@ -111,10 +111,15 @@ impl JwtVerifier {
     ) -> Result<JwtVerifier, KeyError> {
         let keys = match source {
             KeySource::Secret(secret) => {
-                if secret.is_empty() {
+                let min = min_secret_bytes(algorithm);
+                if secret.len() < min {
                     return Err(KeyError {
                         field: "JWT_SECRET_KEY",
-                        message: "must not be empty".into(),
+                        message: format!(
+                            "is {} bytes; {algorithm:?} needs at least {min} (RFC 7518 §3.2), \
+                             or tokens can be forged by guessing the secret offline",
+                            secret.len()
+                        ),
                     });
                 }
                 Keys::Single(DecodingKey::from_secret(&secret))
@@ -245,6 +250,17 @@ impl JwtVerifier {
     }
 }
 
+/// RFC 7518 §3.2: an HMAC key must be at least as long as the hash
+/// output. Anyone holding one token can test guesses of a shorter secret
+/// offline, at no cost to us and invisible to us.
+fn min_secret_bytes(algorithm: Algorithm) -> usize {
+    match algorithm {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 32,
+    }
+}
+
 /// Whether a claim reaches the backend, in an identity header, exactly as
 /// it was verified: headers cannot carry control characters, and parsers
 /// strip leading and trailing whitespace from values and list members
@@ -313,7 +329,7 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
 
-    const SECRET: &[u8] = b"unit-test-secret";
+    const SECRET: &[u8] = b"unit-test-secret-of-at-least-32-bytes";
 
     fn now() -> u64 {
         std::time::SystemTime::now()
@@ -441,7 +457,7 @@ mod tests {
         let other = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &good_claims(),
-            &EncodingKey::from_secret(b"other"),
+            &EncodingKey::from_secret(b"another-unit-test-secret-32-bytes"),
         )
         .unwrap();
         assert!(v.verify(&other).is_err(), "wrong secret");
@@ -497,6 +513,29 @@ mod tests {
             ["power user", "résumé-editor"],
             "inner spaces and non-ASCII survive a header intact"
         );
+    }
+
+    #[test]
+    fn hmac_secrets_shorter_than_the_hash_are_a_config_error() {
+        let build = |alg, len: usize| {
+            JwtVerifier::new(
+                alg,
+                KeySource::Secret(vec![b'k'; len]),
+                None,
+                None,
+                Duration::ZERO,
+                "role".into(),
+            )
+        };
+        let err = build(Algorithm::HS256, 31).unwrap_err();
+        assert_eq!(err.field, "JWT_SECRET_KEY");
+        assert!(err.message.contains("at least 32"), "{}", err.message);
+        assert!(build(Algorithm::HS256, 0).is_err());
+        assert!(build(Algorithm::HS256, 32).is_ok());
+        assert!(build(Algorithm::HS384, 47).is_err());
+        assert!(build(Algorithm::HS384, 48).is_ok());
+        assert!(build(Algorithm::HS512, 63).is_err());
+        assert!(build(Algorithm::HS512, 64).is_ok());
     }
 
     #[test]

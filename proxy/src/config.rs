@@ -1029,6 +1029,9 @@ mod tests {
     use crate::cache::Scope;
     use crate::rbac::Access;
 
+    /// Long enough for HS256 (RFC 7518 §3.2).
+    const SECRET: &str = "config-test-secret-of-32-bytes-or-more";
+
     const MINIMAL: &str = r#"
         [upstream]
         url = "http://127.0.0.1:5000"
@@ -1256,7 +1259,7 @@ mod tests {
             cache = { scope = "role" }
         "#;
         let overrides = Overrides {
-            jwt_secret: Some("s".into()),
+            jwt_secret: Some(SECRET.into()),
             ..Overrides::default()
         };
         let cfg = Config::load(text, overrides, Path::new(".")).unwrap();
@@ -1274,6 +1277,21 @@ mod tests {
     fn authenticated_routes_need_a_secret_from_the_environment() {
         let text = MINIMAL.replace("access = \"public\"", "access = \"authenticated\"");
         assert_eq!(fields(load(&text).unwrap_err()), ["JWT_SECRET_KEY"]);
+    }
+
+    #[test]
+    fn a_short_hmac_secret_is_named_without_being_shown() {
+        let text = MINIMAL.replace("access = \"public\"", "access = \"authenticated\"");
+        let short = "thirty-one-bytes-is-one-too-few";
+        assert_eq!(short.len(), 31);
+        let overrides = Overrides {
+            jwt_secret: Some(short.into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(&text, overrides, Path::new(".")).unwrap_err();
+        let message = err.to_string();
+        assert!(!message.contains(short), "{message}");
+        assert_eq!(fields(err), ["JWT_SECRET_KEY"]);
     }
 
     #[test]
@@ -1304,7 +1322,7 @@ mod tests {
     fn the_shipped_config_is_valid() {
         let text = include_str!("../../config.toml");
         let overrides = Overrides {
-            jwt_secret: Some("secret".into()),
+            jwt_secret: Some(SECRET.into()),
             ..Overrides::default()
         };
         let cfg = Config::load(text, overrides, Path::new("..")).unwrap();
