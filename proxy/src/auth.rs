@@ -7,13 +7,13 @@
 //! and roles that reach the backend's identity headers intact. Produces
 //! [`Claims`]; what they may do is `rbac`'s business.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{JwkSet, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
@@ -283,12 +283,34 @@ fn pem_key(algorithm: Algorithm, pem: &[u8]) -> Result<DecodingKey, String> {
 fn jwks_keys(algorithm: Algorithm, json: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
     let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = HashMap::new();
+    let mut seen = HashSet::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         let kid = jwk
             .common
             .key_id
             .clone()
             .ok_or_else(|| format!("keys[{i}] has no kid"))?;
+        // Tokens pick their key by `kid` alone; two keys under one `kid`
+        // leave the choice to file order, which nobody reviewing the file
+        // would guess (RFC 7517 §4.5 asks for distinct values).
+        if !seen.insert(kid.clone()) {
+            return Err(format!("keys[{i}]: kid {kid:?} appears more than once"));
+        }
+        // RFC 7517 §4.2, §4.3: a key published for encryption, or whose
+        // permitted operations exclude verifying, must not verify tokens.
+        let for_signatures = jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_none_or(|u| *u == PublicKeyUse::Signature);
+        let may_verify = jwk
+            .common
+            .key_operations
+            .as_ref()
+            .is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+        if !for_signatures || !may_verify {
+            continue;
+        }
         if let Some(alg) = jwk.common.key_algorithm {
             if alg.to_string() != format!("{algorithm:?}") {
                 // A key meant for another algorithm must never verify ours.
@@ -689,5 +711,53 @@ mod tests {
         );
         assert!(v.verify(&sign_with(Algorithm::RS256, rsa(), Some("unknown"))).is_err());
         assert!(v.verify(&sign_with(Algorithm::RS256, rsa(), None)).is_err(), "no kid");
+    }
+
+    /// The test JWKS with `test-key` (the one `rsa-private.pem` signs for)
+    /// edited by `f`.
+    fn jwks_with(f: impl Fn(&mut Value)) -> Result<JwtVerifier, KeyError> {
+        let mut set: Value = serde_json::from_slice(&key("jwks.json")).unwrap();
+        let test_key = set["keys"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|k| k["kid"] == "test-key")
+            .unwrap();
+        f(test_key);
+        JwtVerifier::new(
+            Algorithm::RS256,
+            KeySource::Jwks(serde_json::to_vec(&set).unwrap()),
+            None,
+            None,
+            Duration::ZERO,
+            "role".into(),
+        )
+    }
+
+    #[test]
+    fn jwks_keys_not_meant_for_verifying_signatures_are_ignored() {
+        let token = sign_with(
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&key("rsa-private.pem")).unwrap(),
+            Some("test-key"),
+        );
+        let verifies = |f: &dyn Fn(&mut Value)| jwks_with(f).unwrap().verify(&token).is_ok();
+        assert!(verifies(&|_| {}));
+        assert!(verifies(&|k| k["key_ops"] = json!(["verify"])));
+        assert!(verifies(&|k| {
+            k.as_object_mut().unwrap().remove("use");
+        }));
+        assert!(!verifies(&|k| k["use"] = json!("enc")), "use: enc");
+        assert!(
+            !verifies(&|k| k["key_ops"] = json!(["encrypt", "wrapKey"])),
+            "key_ops without verify"
+        );
+    }
+
+    #[test]
+    fn a_jwks_with_duplicate_kids_is_a_config_error() {
+        let err = jwks_with(|k| k["kid"] = json!("other-key")).unwrap_err();
+        assert_eq!(err.field, "jwt.jwks_file");
+        assert!(err.message.contains("other-key"), "{}", err.message);
     }
 }
