@@ -330,6 +330,16 @@ fn jwks_keys(algorithm: Algorithm, json: &[u8]) -> Result<HashMap<String, Decodi
 /// `Authorization: Bearer` header is read — never the query string, where
 /// tokens leak into logs and caches.
 pub fn authenticate(headers: &HeaderMap, verifier: &JwtVerifier) -> Result<Option<Arc<Claims>>, AuthError> {
+    match bearer(headers)? {
+        Some(token) => verifier.verify(token).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The bearer token of a request, if it sent one: the one parser for every
+/// listener, so the request path and `POST /purge` agree on what a
+/// credential is (two `Authorization` headers are refused by both).
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -338,11 +348,12 @@ pub fn authenticate(headers: &HeaderMap, verifier: &JwtVerifier) -> Result<Optio
         return Err(AuthError::MultipleAuthorization);
     }
     let value = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
-        _ => return Err(AuthError::MalformedHeader),
-    };
-    verifier.verify(token).map(Some)
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(AuthError::MalformedHeader),
+    }
 }
 
 #[cfg(test)]
@@ -558,6 +569,17 @@ mod tests {
         assert!(build(Algorithm::HS384, 48).is_ok());
         assert!(build(Algorithm::HS512, 63).is_err());
         assert!(build(Algorithm::HS512, 64).is_ok());
+    }
+
+    #[test]
+    fn the_bearer_parser_takes_one_bearer_header_only() {
+        assert_eq!(bearer(&HeaderMap::new()), Ok(None));
+        assert_eq!(bearer(&headers(&["bearer  abc "])), Ok(Some("abc")));
+        assert_eq!(bearer(&headers(&["Basic abc"])), Err(AuthError::MalformedHeader));
+        assert_eq!(
+            bearer(&headers(&["Bearer a", "Bearer b"])),
+            Err(AuthError::MultipleAuthorization)
+        );
     }
 
     #[test]

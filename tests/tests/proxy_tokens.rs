@@ -1,11 +1,13 @@
 //! Token details a signature check alone does not settle: critical header
-//! extensions (RFC 7515 §4.1.11) and roles that would change meaning in the
-//! comma-joined role header.
+//! extensions (RFC 7515 §4.1.11), roles that would change meaning in the
+//! comma-joined role header, and `POST /purge` reading a bearer token
+//! exactly as the request path does.
 
 use e2e::origin::TEST_JWT_SECRET;
 use e2e::token::{claims, sign};
 use e2e::{json_reply, proxy_config, spawn_proxy, ScriptedUpstream};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use proxy::config::Secret;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -26,6 +28,8 @@ methods = ["GET"]
 access = "roles"
 roles = ["admin"]
 "#;
+
+const ADMIN_TOKEN: &str = "tokens-test-admin-token-0123456789";
 
 async fn upstream() -> ScriptedUpstream {
     ScriptedUpstream::start(|req| async move {
@@ -89,4 +93,45 @@ async fn crit_headers_and_roles_with_the_separator_are_401() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.json::<Value>().await.unwrap()["role"], "user,admin");
+}
+
+#[tokio::test]
+async fn purge_refuses_two_authorization_headers_as_the_request_path_does() {
+    let upstream = upstream().await;
+    let mut config = proxy_config(CONFIG, upstream.addr, None, None);
+    config.admin_token = Some(Secret(ADMIN_TOKEN.into()));
+    let proxy = spawn_proxy(config).await;
+    let client = reqwest::Client::new();
+    let purge = |values: &[&str]| {
+        let mut request = client.post(proxy.admin_url("/purge")).json(&json!({"all": true}));
+        for value in values {
+            request = request.header("authorization", *value);
+        }
+        request.send()
+    };
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+
+    let two = purge(&[&admin, "Bearer something-else"]).await.unwrap();
+    assert_eq!(two.status(), StatusCode::BAD_REQUEST);
+    let body: Value = two.json().await.unwrap();
+    assert_eq!(body["error"], "more than one Authorization header");
+    let reversed = purge(&["Bearer something-else", &admin]).await.unwrap();
+    assert_eq!(reversed.status(), StatusCode::BAD_REQUEST);
+
+    // As on the request path.
+    let resp = client
+        .get(format!("{}/me", proxy.base_url()))
+        .header("authorization", &admin)
+        .header("authorization", "Bearer something-else")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    assert_eq!(purge(&[&admin]).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        purge(&["Basic YWRtaW46YWRtaW4="]).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(purge(&[]).await.unwrap().status(), StatusCode::UNAUTHORIZED);
 }
