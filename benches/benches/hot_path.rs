@@ -42,7 +42,7 @@ fn normalise(c: &mut Criterion) {
 
 fn route_match(c: &mut Criterion) {
     let overrides = Overrides {
-        jwt_secret: Some("secret".into()),
+        jwt_secret: Some("hot-path-bench-secret-of-32-bytes+".into()),
         upstream: Some("http://127.0.0.1:5000".into()),
         ..Overrides::default()
     };

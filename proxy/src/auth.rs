@@ -3,16 +3,17 @@
 //!
 //! Owns the accepted algorithm (pinned by config, never taken from the
 //! token), the keys, and the claim checks: `exp` required, `nbf` checked,
-//! `iss`/`aud` when configured, leeway. Produces [`Claims`]; what they may do
-//! is `rbac`'s business.
+//! `iss`/`aud` when configured, leeway, no `crit` extensions, and subject
+//! and roles that reach the backend's identity headers intact. Produces
+//! [`Claims`]; what they may do is `rbac`'s business.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{JwkSet, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
@@ -110,10 +111,15 @@ impl JwtVerifier {
     ) -> Result<JwtVerifier, KeyError> {
         let keys = match source {
             KeySource::Secret(secret) => {
-                if secret.is_empty() {
+                let min = min_secret_bytes(algorithm);
+                if secret.len() < min {
                     return Err(KeyError {
                         field: "JWT_SECRET_KEY",
-                        message: "must not be empty".into(),
+                        message: format!(
+                            "is {} bytes; {algorithm:?} needs at least {min} (RFC 7518 §3.2), \
+                             or tokens can be forged by guessing the secret offline",
+                            secret.len()
+                        ),
                     });
                 }
                 Keys::Single(DecodingKey::from_secret(&secret))
@@ -196,11 +202,22 @@ impl JwtVerifier {
             }
         };
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation).map_err(invalid)?;
+        // RFC 7515 §4.1.11: a recipient that does not understand every
+        // extension listed in `crit` must reject the token. We understand
+        // none. (jsonwebtoken parses `crit` but does not act on it.)
+        if data.header.crit.is_some() {
+            return Err(AuthError::InvalidToken(
+                "crit header extensions are not supported".into(),
+            ));
+        }
         let mut claims = data.claims;
         let subject = match claims.remove("sub") {
             Some(Value::String(s)) if !s.is_empty() => s,
             _ => return Err(AuthError::InvalidToken("sub must be a non-empty string".into())),
         };
+        if !is_header_safe(&subject) {
+            return Err(AuthError::InvalidToken("sub cannot be forwarded as a header".into()));
+        }
         let roles = match claims.remove(&self.role_claim) {
             Some(Value::String(role)) => vec![role],
             Some(Value::Array(items)) => items
@@ -209,6 +226,16 @@ impl JwtVerifier {
                 .collect(),
             _ => Vec::new(),
         };
+        // Roles travel upstream joined by `,` in one header, so a role
+        // containing `,` would reach the backend as two: `["user,admin"]`
+        // must not become `user` and `admin` there while the proxy itself
+        // saw neither. Refused rather than escaped: no backend would know
+        // the escaping.
+        if roles.iter().any(|r| r.contains(',') || !is_header_safe(r)) {
+            return Err(AuthError::InvalidToken(
+                "a role contains ',' or cannot be forwarded as a header".into(),
+            ));
+        }
         // `exp` is required and was validated as a number; `nbf` is optional.
         // Either may be a float (RFC 7519 NumericDate); rounded as
         // jsonwebtoken rounds them, so cached and full checks agree.
@@ -221,6 +248,25 @@ impl JwtVerifier {
             nbf,
         })
     }
+}
+
+/// RFC 7518 §3.2: an HMAC key must be at least as long as the hash
+/// output. Anyone holding one token can test guesses of a shorter secret
+/// offline, at no cost to us and invisible to us.
+fn min_secret_bytes(algorithm: Algorithm) -> usize {
+    match algorithm {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 32,
+    }
+}
+
+/// Whether a claim reaches the backend, in an identity header, exactly as
+/// it was verified: headers cannot carry control characters, and parsers
+/// strip leading and trailing whitespace from values and list members
+/// (RFC 9110 §5.5, §5.6.1), so `" admin"` would arrive as `admin`.
+fn is_header_safe(value: &str) -> bool {
+    !value.bytes().any(|b| b.is_ascii_control()) && value.trim_matches(' ') == value
 }
 
 fn pem_key(algorithm: Algorithm, pem: &[u8]) -> Result<DecodingKey, String> {
@@ -237,12 +283,34 @@ fn pem_key(algorithm: Algorithm, pem: &[u8]) -> Result<DecodingKey, String> {
 fn jwks_keys(algorithm: Algorithm, json: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
     let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = HashMap::new();
+    let mut seen = HashSet::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         let kid = jwk
             .common
             .key_id
             .clone()
             .ok_or_else(|| format!("keys[{i}] has no kid"))?;
+        // Tokens pick their key by `kid` alone; two keys under one `kid`
+        // leave the choice to file order, which nobody reviewing the file
+        // would guess (RFC 7517 §4.5 asks for distinct values).
+        if !seen.insert(kid.clone()) {
+            return Err(format!("keys[{i}]: kid {kid:?} appears more than once"));
+        }
+        // RFC 7517 §4.2, §4.3: a key published for encryption, or whose
+        // permitted operations exclude verifying, must not verify tokens.
+        let for_signatures = jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_none_or(|u| *u == PublicKeyUse::Signature);
+        let may_verify = jwk
+            .common
+            .key_operations
+            .as_ref()
+            .is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+        if !for_signatures || !may_verify {
+            continue;
+        }
         if let Some(alg) = jwk.common.key_algorithm {
             if alg.to_string() != format!("{algorithm:?}") {
                 // A key meant for another algorithm must never verify ours.
@@ -262,6 +330,16 @@ fn jwks_keys(algorithm: Algorithm, json: &[u8]) -> Result<HashMap<String, Decodi
 /// `Authorization: Bearer` header is read — never the query string, where
 /// tokens leak into logs and caches.
 pub fn authenticate(headers: &HeaderMap, verifier: &JwtVerifier) -> Result<Option<Arc<Claims>>, AuthError> {
+    match bearer(headers)? {
+        Some(token) => verifier.verify(token).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The bearer token of a request, if it sent one: the one parser for every
+/// listener, so the request path and `POST /purge` agree on what a
+/// credential is (two `Authorization` headers are refused by both).
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -270,11 +348,12 @@ pub fn authenticate(headers: &HeaderMap, verifier: &JwtVerifier) -> Result<Optio
         return Err(AuthError::MultipleAuthorization);
     }
     let value = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
-        _ => return Err(AuthError::MalformedHeader),
-    };
-    verifier.verify(token).map(Some)
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(AuthError::MalformedHeader),
+    }
 }
 
 #[cfg(test)]
@@ -283,7 +362,7 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
 
-    const SECRET: &[u8] = b"unit-test-secret";
+    const SECRET: &[u8] = b"unit-test-secret-of-at-least-32-bytes";
 
     fn now() -> u64 {
         std::time::SystemTime::now()
@@ -411,7 +490,7 @@ mod tests {
         let other = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &good_claims(),
-            &EncodingKey::from_secret(b"other"),
+            &EncodingKey::from_secret(b"another-unit-test-secret-32-bytes"),
         )
         .unwrap();
         assert!(v.verify(&other).is_err(), "wrong secret");
@@ -422,6 +501,85 @@ mod tests {
         )
         .unwrap();
         assert!(v.verify(&hs512).is_err(), "algorithm is pinned");
+    }
+
+    #[test]
+    fn tokens_with_critical_header_extensions_are_rejected() {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".into()]);
+        let token = jsonwebtoken::encode(&header, &good_claims(), &EncodingKey::from_secret(SECRET)).unwrap();
+        let v = verifier();
+        assert!(matches!(v.verify(&token), Err(AuthError::InvalidToken(_))));
+        assert!(v.verified.get(token.as_str()).is_none(), "never remembered");
+    }
+
+    #[test]
+    fn roles_and_subjects_that_would_change_in_a_header_are_rejected() {
+        let v = verifier();
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut c = good_claims();
+            f(&mut c);
+            v.verify(&sign(c))
+        };
+        for (label, edit) in [
+            (
+                "comma in a role",
+                &(|c: &mut Value| c["role"] = json!("user,admin")) as &dyn Fn(&mut Value),
+            ),
+            ("comma in an array role", &|c| c["role"] = json!(["user,admin"])),
+            ("comma after a good role", &|c| c["role"] = json!(["user", "x,admin"])),
+            ("leading space", &|c| c["role"] = json!(["user", " admin"])),
+            ("trailing space", &|c| c["role"] = json!("admin ")),
+            ("control character", &|c| c["role"] = json!("ad\nmin")),
+            ("tab", &|c| c["role"] = json!("ad\tmin")),
+            ("subject with a newline", &|c| {
+                c["sub"] = json!("u1\r\nx-auth-role: admin")
+            }),
+            ("subject with a trailing space", &|c| c["sub"] = json!("admin ")),
+        ] {
+            assert!(matches!(with(edit), Err(AuthError::InvalidToken(_))), "{label}");
+        }
+        assert_eq!(
+            with(&|c| c["role"] = json!(["power user", "résumé-editor"]))
+                .unwrap()
+                .roles,
+            ["power user", "résumé-editor"],
+            "inner spaces and non-ASCII survive a header intact"
+        );
+    }
+
+    #[test]
+    fn hmac_secrets_shorter_than_the_hash_are_a_config_error() {
+        let build = |alg, len: usize| {
+            JwtVerifier::new(
+                alg,
+                KeySource::Secret(vec![b'k'; len]),
+                None,
+                None,
+                Duration::ZERO,
+                "role".into(),
+            )
+        };
+        let err = build(Algorithm::HS256, 31).unwrap_err();
+        assert_eq!(err.field, "JWT_SECRET_KEY");
+        assert!(err.message.contains("at least 32"), "{}", err.message);
+        assert!(build(Algorithm::HS256, 0).is_err());
+        assert!(build(Algorithm::HS256, 32).is_ok());
+        assert!(build(Algorithm::HS384, 47).is_err());
+        assert!(build(Algorithm::HS384, 48).is_ok());
+        assert!(build(Algorithm::HS512, 63).is_err());
+        assert!(build(Algorithm::HS512, 64).is_ok());
+    }
+
+    #[test]
+    fn the_bearer_parser_takes_one_bearer_header_only() {
+        assert_eq!(bearer(&HeaderMap::new()), Ok(None));
+        assert_eq!(bearer(&headers(&["bearer  abc "])), Ok(Some("abc")));
+        assert_eq!(bearer(&headers(&["Basic abc"])), Err(AuthError::MalformedHeader));
+        assert_eq!(
+            bearer(&headers(&["Bearer a", "Bearer b"])),
+            Err(AuthError::MultipleAuthorization)
+        );
     }
 
     #[test]
@@ -575,5 +733,53 @@ mod tests {
         );
         assert!(v.verify(&sign_with(Algorithm::RS256, rsa(), Some("unknown"))).is_err());
         assert!(v.verify(&sign_with(Algorithm::RS256, rsa(), None)).is_err(), "no kid");
+    }
+
+    /// The test JWKS with `test-key` (the one `rsa-private.pem` signs for)
+    /// edited by `f`.
+    fn jwks_with(f: impl Fn(&mut Value)) -> Result<JwtVerifier, KeyError> {
+        let mut set: Value = serde_json::from_slice(&key("jwks.json")).unwrap();
+        let test_key = set["keys"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|k| k["kid"] == "test-key")
+            .unwrap();
+        f(test_key);
+        JwtVerifier::new(
+            Algorithm::RS256,
+            KeySource::Jwks(serde_json::to_vec(&set).unwrap()),
+            None,
+            None,
+            Duration::ZERO,
+            "role".into(),
+        )
+    }
+
+    #[test]
+    fn jwks_keys_not_meant_for_verifying_signatures_are_ignored() {
+        let token = sign_with(
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&key("rsa-private.pem")).unwrap(),
+            Some("test-key"),
+        );
+        let verifies = |f: &dyn Fn(&mut Value)| jwks_with(f).unwrap().verify(&token).is_ok();
+        assert!(verifies(&|_| {}));
+        assert!(verifies(&|k| k["key_ops"] = json!(["verify"])));
+        assert!(verifies(&|k| {
+            k.as_object_mut().unwrap().remove("use");
+        }));
+        assert!(!verifies(&|k| k["use"] = json!("enc")), "use: enc");
+        assert!(
+            !verifies(&|k| k["key_ops"] = json!(["encrypt", "wrapKey"])),
+            "key_ops without verify"
+        );
+    }
+
+    #[test]
+    fn a_jwks_with_duplicate_kids_is_a_config_error() {
+        let err = jwks_with(|k| k["kid"] = json!("other-key")).unwrap_err();
+        assert_eq!(err.field, "jwt.jwks_file");
+        assert!(err.message.contains("other-key"), "{}", err.message);
     }
 }

@@ -640,9 +640,11 @@ fn header_name(p: &mut Problems, field: &str, value: &str) -> HeaderName {
     })
 }
 
-/// A route may not forward or vary on a header the proxy sets itself: the
-/// client's value never reaches the origin, so keying on it would file one
-/// client's answer under another's claim (e.g. a spoofed subject header).
+/// A route may not forward or vary on a header the proxy sets or drops
+/// itself (or its `_` twin, which CGI-style backends read as the same
+/// header): the client's value never reaches the origin, so keying on it
+/// would file one client's answer under another's claim (e.g. a spoofed
+/// subject header).
 fn proxy_owned_headers(p: &mut Problems, rules: &[Rule], identity: &IdentitySettings) {
     for (i, rule) in rules.iter().enumerate() {
         let vary = rule.cache.iter().flat_map(|c| &c.vary).map(|n| ("cache.vary", n));
@@ -650,7 +652,7 @@ fn proxy_owned_headers(p: &mut Problems, rules: &[Rule], identity: &IdentitySett
             if crate::upstream::is_proxy_owned(name, identity) {
                 p.add(
                     format!("routes[{i}].{field}"),
-                    format!("{name:?} is set by the proxy; it cannot be forwarded or keyed on"),
+                    format!("{name:?} is set or dropped by the proxy; it cannot be forwarded or keyed on"),
                 );
             }
         }
@@ -1063,6 +1065,9 @@ mod tests {
     use crate::cache::Scope;
     use crate::rbac::Access;
 
+    /// Long enough for HS256 (RFC 7518 §3.2).
+    const SECRET: &str = "config-test-secret-of-32-bytes-or-more";
+
     const MINIMAL: &str = r#"
         [upstream]
         url = "http://127.0.0.1:5000"
@@ -1192,6 +1197,25 @@ mod tests {
     }
 
     #[test]
+    fn routes_may_not_forward_or_vary_on_underscore_twins_or_override_headers() {
+        let text = r#"
+            [upstream]
+            url = "http://127.0.0.1:5000"
+            [[routes]]
+            name = "a"
+            path = "/a"
+            methods = ["GET"]
+            access = "public"
+            forward_headers = ["accept", "x_auth_role", "X-Original-URL", "x_forwarded_for"]
+            cache = { vary = ["accept-language", "X-HTTP-Method-Override", "x_auth_subject"] }
+        "#;
+        let got = fields(load(text).unwrap_err());
+        let mut want = vec!["routes[0].forward_headers"; 3];
+        want.extend(["routes[0].cache.vary"; 2]);
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn redis_gets_an_l1_unless_its_bound_is_zero() {
         let with_redis = |extra: &str| {
             let text = format!("{MINIMAL}\n[cache]\nredis_url = \"redis://127.0.0.1:6379/0\"\n{extra}");
@@ -1271,7 +1295,7 @@ mod tests {
             cache = { scope = "role" }
         "#;
         let overrides = Overrides {
-            jwt_secret: Some("s".into()),
+            jwt_secret: Some(SECRET.into()),
             ..Overrides::default()
         };
         let cfg = Config::load(text, overrides, Path::new(".")).unwrap();
@@ -1289,6 +1313,21 @@ mod tests {
     fn authenticated_routes_need_a_secret_from_the_environment() {
         let text = MINIMAL.replace("access = \"public\"", "access = \"authenticated\"");
         assert_eq!(fields(load(&text).unwrap_err()), ["JWT_SECRET_KEY"]);
+    }
+
+    #[test]
+    fn a_short_hmac_secret_is_named_without_being_shown() {
+        let text = MINIMAL.replace("access = \"public\"", "access = \"authenticated\"");
+        let short = "thirty-one-bytes-is-one-too-few";
+        assert_eq!(short.len(), 31);
+        let overrides = Overrides {
+            jwt_secret: Some(short.into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(&text, overrides, Path::new(".")).unwrap_err();
+        let message = err.to_string();
+        assert!(!message.contains(short), "{message}");
+        assert_eq!(fields(err), ["JWT_SECRET_KEY"]);
     }
 
     #[test]
@@ -1319,7 +1358,7 @@ mod tests {
     fn the_shipped_config_is_valid() {
         let text = include_str!("../../config.toml");
         let overrides = Overrides {
-            jwt_secret: Some("secret".into()),
+            jwt_secret: Some(SECRET.into()),
             ..Overrides::default()
         };
         let cfg = Config::load(text, overrides, Path::new("..")).unwrap();

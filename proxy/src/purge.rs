@@ -2,18 +2,20 @@
 //! name, and the answer.
 //!
 //! Authorised by `PROXY_ADMIN_TOKEN` (compared in constant time) or by a
-//! JWT the proxy accepts whose roles include `admin`. The body names tags,
+//! JWT the proxy accepts whose roles include `admin`, read by the request
+//! path's own bearer parser (`auth::bearer`). The body names tags,
 //! paths, prefixes or `all`, optionally `soft`; paths and prefixes are
 //! normalised as request paths are, so `/users/%34%32` purges `/users/42`.
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use crate::auth::{self, AuthError};
 use crate::body;
 use crate::cache::purge::is_valid_tag;
 use crate::cache::PurgeRequest;
@@ -33,6 +35,7 @@ where
 {
     match authorise(proxy, request.headers()) {
         Ok(()) => {}
+        Err(Refusal::Ambiguous) => return error(StatusCode::BAD_REQUEST, "more than one Authorization header"),
         Err(Refusal::Unauthorised) => return unauthorised(),
         Err(Refusal::Forbidden) => return error(StatusCode::FORBIDDEN, "purging needs the admin role"),
     }
@@ -82,6 +85,9 @@ fn parse(bytes: &[u8]) -> Result<PurgeRequest, String> {
 
 /// Why a purge was refused.
 enum Refusal {
+    /// Two `Authorization` headers (400), as on the request path: which
+    /// one counts must not depend on who reads them.
+    Ambiguous,
     /// No admin token and no valid JWT (401).
     Unauthorised,
     /// A valid JWT without the admin role (403).
@@ -90,14 +96,10 @@ enum Refusal {
 
 /// The admin token, or a JWT with the admin role.
 fn authorise(proxy: &Proxy, headers: &HeaderMap) -> Result<(), Refusal> {
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let Some(token) = token else {
-        return Err(Refusal::Unauthorised);
+    let token = match auth::bearer(headers) {
+        Ok(Some(token)) => token,
+        Err(AuthError::MultipleAuthorization) => return Err(Refusal::Ambiguous),
+        Ok(None) | Err(_) => return Err(Refusal::Unauthorised),
     };
     if let Some(admin) = &proxy.config.admin_token {
         if bool::from(admin.0.as_bytes().ct_eq(token.as_bytes())) {

@@ -3,7 +3,8 @@
 //!
 //! Owns which client headers reach the backend (all end-to-end ones on
 //! uncacheable rules; only the allowlist on cacheable rules, since anything
-//! that shapes a response without being in the key can poison it), the
+//! that shapes a response without being in the key can poison it; never
+//! the proxy's own headers, their `_` twins or method/URL overrides), the
 //! identity and forwarding headers the proxy adds, hop-by-hop handling
 //! (RFC 9110 §7.6.1), timeouts, and the single retry of an idempotent
 //! request whose pooled connection closed before answering.
@@ -55,14 +56,43 @@ const FORWARDING_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-real-ip"),
 ];
 
+/// Headers that make many frameworks act on another method or path than
+/// the one the proxy matched and authorised (Symfony, Laravel, Rails,
+/// ASP.NET, IIS URL rewrite): a `GET` on a public rule must not become a
+/// `DELETE`, nor `/public` become `/admin`, behind the proxy's back.
+const OVERRIDE_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
 /// Whether `name` is a header the proxy sets or strips itself, so a
 /// client's value never reaches the origin (and must not key an entry).
+///
+/// Names are compared with `_` and `-` as one character: CGI, WSGI and Rack
+/// turn both into `_` (`HTTP_X_AUTH_ROLE`), so a client's `x_auth_role`
+/// would otherwise reach such a backend as the proxy's `x-auth-role`, or
+/// shadow it (cf. CVE-2024-45614). The one place that decides this, so
+/// both forwarding and config validation follow it.
 pub fn is_proxy_owned(name: &HeaderName, identity: &IdentitySettings) -> bool {
-    HOP_BY_HOP.contains(name)
-        || FORWARDING_HEADERS.contains(name)
-        || *name == header::HOST
-        || *name == identity.subject_header
-        || *name == identity.role_header
+    let name = name.as_str();
+    let owned = |other: &HeaderName| same_to_cgi(name, other.as_str());
+    HOP_BY_HOP.iter().any(owned)
+        || FORWARDING_HEADERS.iter().any(owned)
+        || OVERRIDE_HEADERS.iter().any(owned)
+        || owned(&header::HOST)
+        || owned(&identity.subject_header)
+        || owned(&identity.role_header)
+}
+
+/// Equal once `_` and `-` are folded together; both are lower case
+/// (a `HeaderName` always is). Compares in place: this runs for every
+/// client header of every forwarded request.
+fn same_to_cgi(a: &str, b: &str) -> bool {
+    let dash = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| dash(x) == dash(y))
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -258,7 +288,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// Which client headers may reach the backend.
 pub enum HeaderPolicy<'a> {
-    /// Uncacheable rules: every end-to-end header.
+    /// Uncacheable rules: every end-to-end header not [`is_proxy_owned`].
     All,
     /// Cacheable rules: only these (the allowlist and the `vary` headers),
     /// plus `Authorization` when the rule is authenticated.
@@ -454,6 +484,81 @@ mod tests {
         assert_eq!(h["x-auth-subject"], "u42");
         assert_eq!(h["x-auth-role"], "user,editor");
         assert_eq!(h.get_all("x-auth-subject").iter().count(), 1);
+    }
+
+    /// Underscore twins of proxy-owned headers, and method/URL overrides:
+    /// none may reach the backend, whatever the rule forwards.
+    const SPOOFS: [&str; 14] = [
+        "x_auth_subject",
+        "x_auth_role",
+        "x-auth_role",
+        "x_forwarded_for",
+        "x_forwarded_proto",
+        "x_real_ip",
+        "transfer_encoding",
+        "proxy_authorization",
+        "x-http-method-override",
+        "x_http_method_override",
+        "x-method-override",
+        "x-http-method",
+        "x-original-url",
+        "x_rewrite_url",
+    ];
+
+    #[test]
+    fn underscore_twins_and_override_headers_never_reach_the_backend() {
+        let mut client = HeaderMap::new();
+        for name in SPOOFS.iter().chain(&["x-rewrite-url", "x_custom", "accept"]) {
+            client.append(HeaderName::from_static(name), HeaderValue::from_static("admin"));
+        }
+        let claims = Claims {
+            subject: "u42".into(),
+            roles: vec!["user".into()],
+        };
+        let host = HeaderValue::from_static("h");
+        let names: Vec<HeaderName> = SPOOFS.iter().map(|n| HeaderName::from_static(n)).collect();
+        let shaped = |policy| {
+            upstream_headers(
+                &client,
+                policy,
+                Some(&claims),
+                &identity(),
+                "10.0.0.9".parse().unwrap(),
+                &host,
+            )
+            .unwrap()
+        };
+        let all = shaped(HeaderPolicy::All);
+        let only = shaped(HeaderPolicy::Only {
+            names: &names,
+            vary: &names,
+            authorization: true,
+        });
+        for h in [&all, &only] {
+            for gone in SPOOFS.iter().chain(&["x-rewrite-url"]) {
+                assert!(!h.contains_key(*gone), "{gone} forwarded");
+            }
+            assert_eq!(h["x-auth-subject"], "u42");
+            assert_eq!(h["x-auth-role"], "user");
+            assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        }
+        // Underscores alone are not suspicious: only twins of owned names.
+        assert_eq!(all["x_custom"], "admin");
+        assert_eq!(all["accept"], "admin");
+    }
+
+    #[test]
+    fn configured_identity_headers_are_owned_in_either_spelling() {
+        let identity = IdentitySettings {
+            subject_header: HeaderName::from_static("x_user"),
+            role_header: HeaderName::from_static("x-user-roles"),
+        };
+        for name in ["x_user", "x-user", "x-user-roles", "x_user_roles", "x-user_roles"] {
+            assert!(is_proxy_owned(&HeaderName::from_static(name), &identity), "{name}");
+        }
+        for name in ["x-auth-subject", "x-users", "x-user-role", "accept", "x_custom"] {
+            assert!(!is_proxy_owned(&HeaderName::from_static(name), &identity), "{name}");
+        }
     }
 
     #[test]
