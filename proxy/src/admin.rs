@@ -69,6 +69,7 @@ async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
             "cache": word(store_ok),
             "cache_store": proxy.store.kind(),
             "cache_namespace": proxy.config.cache.namespace,
+            "warnings": proxy.store.warnings().await,
         }),
     )
 }

@@ -104,6 +104,12 @@ fn spawn_redis(port: u16, dir: &tempfile::TempDir) -> Result<ManagedChild, Strin
             "",
             "--appendonly",
             "no",
+            // As in production: bounded, and evicting only keys with a TTL
+            // (entries, index sets, leases), never tag generations.
+            "--maxmemory",
+            "256mb",
+            "--maxmemory-policy",
+            "volatile-lru",
         ])
         .args(["--dir".as_ref(), dir.path().as_os_str()])
         .args(["--logfile".as_ref(), dir.path().join("redis.log").as_os_str()])

@@ -47,6 +47,22 @@ invalidates = ["items"]
 
 const APPLIED: &str = r#"proxy_invalidations_total{operation="applied"}"#;
 const DEFERRED: &str = r#"proxy_invalidations_total{operation="deferred"}"#;
+
+/// Runs `CONFIG SET name value` on `redis`.
+async fn config_set(redis: &RedisServer, name: &str, value: &str) {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
 const JOINED: &str = r#"proxy_coalesced_total{outcome="joined"}"#;
 
 /// The backend: GET answers the current version; a write commits the next
@@ -156,19 +172,19 @@ async fn a_hung_up_write_whose_invalidation_redis_refuses_is_recorded_and_applie
     assert_eq!(get(&proxy).await, ("MISS".into(), 0));
     assert_eq!(get(&proxy).await, ("HIT".into(), 0));
 
-    // Out of memory under `noeviction`: Redis still answers reads but
-    // refuses every write, the invalidation's included.
+    // Demoted to a replica (of a primary that is not there), as in a
+    // failover: Redis still answers reads but refuses every write, deletes
+    // included (READONLY).
     let mut admin = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let set = |name: &'static str, value: &'static str| redis::cmd("CONFIG").arg("SET").arg(name).arg(value).clone();
-    set("maxmemory-policy", "noeviction")
+    let replica_of = |host: &'static str, port: &'static str| redis::cmd("REPLICAOF").arg(host).arg(port).clone();
+    replica_of("127.0.0.1", "1")
         .query_async::<()>(&mut admin)
         .await
         .unwrap();
-    set("maxmemory", "1").query_async::<()>(&mut admin).await.unwrap();
 
     put_and_hang_up(&proxy, &backend).await;
     backend.release.send_replace(true);
@@ -178,7 +194,7 @@ async fn a_hung_up_write_whose_invalidation_redis_refuses_is_recorded_and_applie
     let (_, version) = get(&proxy).await;
     assert_eq!(version, 1);
 
-    set("maxmemory", "0").query_async::<()>(&mut admin).await.unwrap();
+    replica_of("NO", "ONE").query_async::<()>(&mut admin).await.unwrap();
     let seen = std::sync::Mutex::new(Vec::new());
     eventually("the recorded invalidation was applied and caching resumed", || async {
         let answer = get(&proxy).await;
@@ -269,4 +285,62 @@ async fn a_request_body_that_stops_arriving_is_a_408_that_reaches_no_one_and_inv
         "the incomplete write reached the backend"
     );
     assert_eq!(get(&proxy).await, ("HIT".into(), 0), "the refused write invalidated");
+}
+
+/// Finding 6: with Redis full under `noeviction`, invalidations failed
+/// while reads still succeeded, so other instances kept serving entries a
+/// write had replaced (on 11a5e57 the second instance answered HIT with the
+/// pre-write version).
+#[tokio::test]
+async fn with_redis_full_no_instance_serves_what_a_write_replaced() {
+    let redis = RedisServer::start();
+    let backend = backend(false, false).await;
+    let config = || proxy_config(CONFIG, backend.upstream.addr, Some(redis.url()), None);
+    let (writer, other) = (spawn_proxy(config()).await, spawn_proxy(config()).await);
+    assert_eq!(get(&writer).await, ("MISS".into(), 0));
+    assert_eq!(get(&other).await, ("HIT".into(), 0));
+
+    config_set(&redis, "maxmemory-policy", "noeviction").await;
+    config_set(&redis, "maxmemory", "1").await;
+    let written = reqwest::Client::new()
+        .post(format!("{}/items", writer.base_url()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 200);
+    assert_eq!(backend.version.load(Ordering::SeqCst), 1);
+    for proxy in [&other, &writer] {
+        let (x_cache, version) = get(proxy).await;
+        assert_eq!(version, 1, "a pre-write answer ({x_cache}) while Redis was full");
+    }
+
+    config_set(&redis, "maxmemory", "0").await;
+    eventually("caching resumed once Redis had memory again", || async {
+        get(&other).await == ("HIT".to_owned(), 1)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn readyz_says_when_redis_may_evict_generations() {
+    let redis = RedisServer::start();
+    let backend = backend(false, false).await;
+    let proxy = spawn_proxy(proxy_config(CONFIG, backend.upstream.addr, Some(redis.url()), None)).await;
+    let warnings = || async {
+        let ready: Value = reqwest::get(proxy.admin_url("/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ready["warnings"].as_array().cloned().unwrap_or_default()
+    };
+    assert!(warnings().await.is_empty(), "volatile-lru is the safe policy");
+    config_set(&redis, "maxmemory-policy", "allkeys-lru").await;
+    let said = warnings().await;
+    assert!(
+        said.iter().any(|w| w.as_str().unwrap().contains("allkeys-lru")),
+        "{said:?}"
+    );
 }

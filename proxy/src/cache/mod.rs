@@ -365,6 +365,11 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Whether the store can serve right now (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// What in the store's own settings weakens a guarantee (`/readyz`).
+    async fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Last chance, at shutdown, to apply invalidations still pending.
     async fn close(&self) {}
 

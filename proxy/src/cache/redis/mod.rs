@@ -189,6 +189,7 @@ impl RedisStore {
             metrics,
         });
         tokio::spawn(retry_pending(Arc::downgrade(&store)));
+        tokio::spawn(warn_about_settings(Arc::downgrade(&store)));
         if store.l1.is_some() {
             tokio::spawn(follow_invalidations(client, events, Arc::downgrade(&store)));
         }
@@ -324,6 +325,12 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Gives `tags` fresh generations. When Redis is out of memory under
+    /// `noeviction` it refuses every write but still deletes: the
+    /// generations are then deleted instead, which fails closed on every
+    /// instance (a missing generation is a miss, and creating it again is
+    /// refused while memory is full), so the write still hides what it
+    /// replaced.
     async fn bump(&self, mut conn: ConnectionManager, tags: &[String]) -> RedisResult<()> {
         let mut pipe = redis::pipe();
         for tag in tags {
@@ -335,7 +342,39 @@ impl RedisStore {
         // Tells every instance to drop its L1 copies of these tags now,
         // rather than on their next lookup.
         pipe.cmd("PUBLISH").arg(&self.events).arg(tags.join(" ")).ignore();
-        pipe.query_async::<()>(&mut conn).await
+        match pipe.query_async::<()>(&mut conn).await {
+            Err(err) if is_out_of_memory(&err) => {
+                tracing::warn!(?tags, "redis is out of memory; deleting the generations of these tags instead of replacing them (every instance misses on them until memory frees)");
+                let mut pipe = redis::pipe();
+                for tag in tags {
+                    pipe.cmd("DEL").arg(self.generation_key(tag)).ignore();
+                }
+                pipe.cmd("PUBLISH").arg(&self.events).arg(tags.join(" ")).ignore();
+                pipe.query_async::<()>(&mut conn).await
+            }
+            other => other,
+        }
+    }
+
+    /// Problems with Redis's own settings that weaken a guarantee: an
+    /// `allkeys-*` eviction policy may evict tag generations, which carry
+    /// no TTL precisely so that `volatile-*` policies never touch them.
+    async fn setting_warnings(&self) -> Result<Vec<String>, StoreError> {
+        let policy: Vec<String> = self
+            .within(self.operation_timeout, async {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut self.conn.clone())
+                    .await
+            })
+            .await?;
+        Ok(match policy.get(1) {
+            Some(policy) if policy.starts_with("allkeys-") => vec![format!(
+                "redis maxmemory-policy is {policy}: it may evict tag generations, which costs misses and, for an entry stored by a read that raced a write, could serve it; use volatile-lru or noeviction"
+            )],
+            _ => Vec::new(),
+        })
     }
 
     /// Drops the L1 copies recorded under any of `tags`.
@@ -514,6 +553,30 @@ async fn follow_invalidations(client: redis::Client, channel: String, store: Wea
             return;
         }
         tokio::time::sleep(PENDING_RETRY).await;
+    }
+}
+
+/// Whether Redis refused a command, or any command of a pipeline, for
+/// lack of memory.
+fn is_out_of_memory(err: &redis::RedisError) -> bool {
+    err.clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
+}
+
+/// Says once, when Redis is first reachable, what in its settings weakens
+/// a guarantee.
+async fn warn_about_settings(store: Weak<RedisStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        if let Ok(warnings) = store.setting_warnings().await {
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
+            return;
+        }
     }
 }
 
@@ -762,6 +825,11 @@ impl CacheStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.guarded(|mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
             .await
+    }
+
+    async fn warnings(&self) -> Vec<String> {
+        // Managed Redis often disables CONFIG: nothing to say then.
+        self.setting_warnings().await.unwrap_or_default()
     }
 
     fn kind(&self) -> &'static str {
