@@ -3,8 +3,10 @@
 //! After `threshold` consecutive failures the breaker opens for `open_for`:
 //! cache operations fail at once instead of each waiting out its time
 //! budget, so an outage costs requests nothing. Once `open_for` has passed,
-//! operations are let through again; the first success closes the breaker,
-//! a failure reopens it.
+//! the breaker is half-open: exactly one operation is let through as a
+//! probe (the others are refused as if it were still open, rather than all
+//! piling onto a Redis that may still be failing); its success closes the
+//! breaker, its failure reopens it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -42,13 +44,28 @@ impl Breaker {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// False while open: the caller should not even try.
+    /// False while open: the caller should not even try. When half-open,
+    /// true for one caller only: the probe.
     pub fn allows(&self) -> bool {
-        self.now() >= self.open_until.load(Ordering::Acquire)
+        let until = self.open_until.load(Ordering::Acquire);
+        let now = self.now();
+        if now < until {
+            return false;
+        }
+        if self.consecutive_failures.load(Ordering::Acquire) < self.threshold {
+            return true;
+        }
+        // Half-open: whoever moves the reopening time forward probes; the
+        // others see it moved. The probe's outcome closes or reopens.
+        let reopen = now + self.open_for.as_nanos() as u64;
+        self.open_until
+            .compare_exchange(until, reopen, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     pub fn record_success(&self) -> Transition {
         if self.consecutive_failures.swap(0, Ordering::AcqRel) >= self.threshold {
+            self.open_until.store(0, Ordering::Release);
             Transition::Closed
         } else {
             Transition::None
@@ -95,6 +112,20 @@ mod tests {
             Transition::None,
             "still failing: reopened, not re-announced"
         );
+    }
+
+    #[test]
+    fn half_open_lets_exactly_one_probe_through_until_it_reports() {
+        let b = Breaker::new(1, Duration::from_millis(30));
+        assert_eq!(b.record_failure(), Transition::Opened);
+        assert!(!b.allows());
+        // What is tested is the end of the open period: wait it out.
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allows(), "the probe");
+        assert!(!b.allows(), "a second caller while the probe runs");
+        assert!(!b.allows());
+        assert_eq!(b.record_success(), Transition::Closed);
+        assert!(b.allows() && b.allows(), "closed: everyone");
     }
 
     #[test]
