@@ -60,6 +60,10 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// rarely reuse a connection the backend is closing.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 256;
+/// Requests at the backend at once: far above what a healthy backend
+/// behind one proxy has in flight, low enough that a stalled backend does
+/// not collect every client's request.
+pub const DEFAULT_UPSTREAM_MAX_CONCURRENT_REQUESTS: usize = 1024;
 /// The seed's Redis TTL default; `CACHE_TTL` overrides it.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Larger responses are streamed through and not stored.
@@ -69,6 +73,9 @@ pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 /// nginx's default request-line buffer is 8 KiB; longer URLs are rare in
 /// APIs and, cached, would bloat every index place they are filed under.
 pub const DEFAULT_MAX_KEY_BYTES: u64 = 8 * 1024;
+/// Cap on the stale windows an origin asks for: an origin sending
+/// `stale-if-error=31536000` would otherwise keep every entry a year.
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_L1_MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// A cache operation slower than this is abandoned and the request served
@@ -149,6 +156,7 @@ pub struct RawUpstream {
     #[serde(default, with = "humantime_serde")]
     pub pool_idle_timeout: Option<Duration>,
     pub pool_max_idle_per_host: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +167,8 @@ pub struct RawCache {
     pub default_ttl: Option<Duration>,
     pub max_entry_bytes: Option<u64>,
     pub max_key_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_stale: Option<Duration>,
     pub memory_max_bytes: Option<u64>,
     pub l1_max_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
@@ -209,6 +219,7 @@ pub struct RawRoute {
     pub forward_headers: Option<Vec<String>>,
     #[serde(default)]
     pub allow_encoded_separators: bool,
+    pub max_concurrent_requests: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -412,6 +423,8 @@ pub struct UpstreamSettings {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Requests at the backend at once, all rules together; 0: no limit.
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -422,6 +435,10 @@ pub struct CacheSettings {
     /// Requests whose key material (path, query, `vary` values) is larger
     /// are served without the cache: no lookup, nothing stored or indexed.
     pub max_key_bytes: u64,
+    /// Longest stale window (`stale-while-revalidate`, `stale-if-error`) an
+    /// origin may ask for; a rule's own windows are the operator's and
+    /// not capped.
+    pub max_stale: Duration,
     pub operation_timeout: Duration,
     pub invalidation_wait: Duration,
     pub breaker_failures: u32,
@@ -714,6 +731,9 @@ fn upstream_settings(p: &mut Problems, raw: RawUpstream, url: Option<String>) ->
             DEFAULT_POOL_IDLE_TIMEOUT,
         ),
         pool_max_idle_per_host: raw.pool_max_idle_per_host.unwrap_or(DEFAULT_POOL_MAX_IDLE_PER_HOST),
+        max_concurrent_requests: raw
+            .max_concurrent_requests
+            .unwrap_or(DEFAULT_UPSTREAM_MAX_CONCURRENT_REQUESTS),
     })
 }
 
@@ -760,6 +780,7 @@ fn cache_settings(
         default_ttl,
         max_entry_bytes: raw.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES),
         max_key_bytes: raw.max_key_bytes.unwrap_or(DEFAULT_MAX_KEY_BYTES),
+        max_stale: raw.max_stale.unwrap_or(DEFAULT_MAX_STALE),
         operation_timeout: positive(
             p,
             "cache.operation_timeout",
@@ -916,6 +937,12 @@ fn rules(p: &mut Problems, raw: Vec<RawRoute>, cache: &CacheSettings, default_fo
             None => default_forward.to_vec(),
         };
         let invalidates = route.invalidates.unwrap_or_default();
+        if route.max_concurrent_requests == Some(0) {
+            p.add(
+                at("max_concurrent_requests"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
         if !invalidates.is_empty() && is_read {
             p.add(at("invalidates"), "only write routes (not GET/HEAD) invalidate");
         }
@@ -930,6 +957,7 @@ fn rules(p: &mut Problems, raw: Vec<RawRoute>, cache: &CacheSettings, default_fo
                 invalidates,
                 forward_headers,
                 allow_encoded_separators: route.allow_encoded_separators,
+                max_concurrent_requests: route.max_concurrent_requests,
             });
         }
     }
@@ -1043,6 +1071,7 @@ fn route_cache(
         tags,
         stale_while_revalidate: raw.stale_while_revalidate.unwrap_or_default(),
         stale_if_error: raw.stale_if_error.unwrap_or_default(),
+        max_origin_stale: cache.max_stale,
     })
 }
 

@@ -64,6 +64,7 @@ impl ProxyError {
             ProxyError::Authz(AuthzError::Forbidden) => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -84,6 +85,7 @@ impl ProxyError {
             ProxyError::Authz(AuthzError::Forbidden) => "insufficient role",
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => "upstream timed out",
+            ProxyError::Upstream(UpstreamError::Busy) => "upstream busy",
             ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => "upstream unavailable",
         }
     }
@@ -104,6 +106,9 @@ impl ProxyError {
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
+            }
+            ProxyError::Upstream(UpstreamError::Busy) => {
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
@@ -136,6 +141,7 @@ mod tests {
             (UpstreamError::Connect("refused".into()).into(), 502),
             (UpstreamError::Timeout.into(), 504),
             (UpstreamError::ConnectTimeout.into(), 504),
+            (UpstreamError::Busy.into(), 503),
         ];
         for (err, status) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");

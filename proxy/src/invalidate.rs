@@ -127,5 +127,6 @@ mod tests {
         assert!(should_invalidate(Err(&UpstreamError::Failed("reset".into()))));
         assert!(!should_invalidate(Err(&UpstreamError::Connect("refused".into()))));
         assert!(!should_invalidate(Err(&UpstreamError::ConnectTimeout)));
+        assert!(!should_invalidate(Err(&UpstreamError::Busy)));
     }
 }

@@ -15,6 +15,7 @@
 //! - [`rbac`]: rule access against claims.
 //! - [`cache`]: key, entry, storability, and the Redis and memory stores.
 //! - [`coalesce`]: concurrent misses for one key fetch once.
+//! - [`concurrency`]: how many requests may be at the backend at once.
 //! - [`conditional`]: validators, 304s and revalidation.
 //! - [`upstream`]: request shaping and the pooled client.
 //! - [`vary`]: headers the origin varies on, learned per rule.
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod coalesce;
+pub mod concurrency;
 pub mod conditional;
 pub mod config;
 pub mod error;
@@ -48,6 +50,7 @@ use tokio::net::TcpListener;
 use crate::cache::memory::MemoryStore;
 use crate::cache::redis::RedisStore;
 use crate::cache::CacheStore;
+use crate::concurrency::UpstreamSlots;
 use crate::config::{Config, StoreSettings};
 use crate::handler::Proxy;
 use crate::metrics::Metrics;
@@ -74,6 +77,7 @@ pub fn build_proxy(config: Arc<Config>) -> anyhow::Result<Arc<Proxy>> {
         upstream: Upstream::new(&config.upstream),
         metrics,
         writes: Arc::default(),
+        upstream_slots: UpstreamSlots::new(config.upstream.max_concurrent_requests, config.routes.iter()),
         config,
     }))
 }

@@ -68,6 +68,7 @@ pub struct Metrics {
     conditional: Family<OutcomeLabels, Counter>,
     connections_closed: Family<ReasonLabels, Counter>,
     connections_open: Gauge,
+    upstream_rejected: Family<RuleLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -165,6 +166,12 @@ impl Metrics {
             "Client and admin connections open now",
             connections_open.clone(),
         );
+        let upstream_rejected = Family::default();
+        registry.register(
+            "upstream_rejected",
+            "Requests answered 503 because too many were at the backend already, by rule",
+            upstream_rejected.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -182,6 +189,7 @@ impl Metrics {
             conditional,
             connections_closed,
             connections_open,
+            upstream_rejected,
         }
     }
 
@@ -247,6 +255,10 @@ impl Metrics {
 
     pub fn connection_closed(&self, reason: &'static str) {
         self.connections_closed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn upstream_rejected(&self, rule: &'static str) {
+        self.upstream_rejected.get_or_create(&RuleLabels { rule }).inc();
     }
 
     /// Counts a connection as open until the returned guard drops.

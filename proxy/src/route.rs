@@ -249,6 +249,9 @@ pub struct Rule {
     pub forward_headers: Vec<http::HeaderName>,
     /// Lets `%2F`, `%5C`, `%00`, `\` and `;` through in this rule's paths.
     pub allow_encoded_separators: bool,
+    /// Requests of this rule at the backend at once; `None`: no limit of
+    /// its own.
+    pub max_concurrent_requests: Option<usize>,
 }
 
 /// Rules in config order; the first rule whose pattern and method match wins.
@@ -382,6 +385,7 @@ mod tests {
             invalidates: vec![],
             forward_headers: vec![],
             allow_encoded_separators: false,
+            max_concurrent_requests: None,
         }
     }
 

@@ -113,6 +113,9 @@ pub enum UpstreamError {
     /// The connection failed after the request was (possibly) sent.
     #[error("upstream failed: {0}")]
     Failed(String),
+    /// Too many requests at the backend already; nothing was sent.
+    #[error("upstream concurrency limit reached")]
+    Busy,
 }
 
 impl UpstreamError {

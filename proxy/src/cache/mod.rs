@@ -61,6 +61,8 @@ pub struct CachePolicy {
     /// RFC 5861 windows past expiry, unless the origin sends its own.
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// Cap on the windows the origin's `Cache-Control` asks for.
+    pub max_origin_stale: Duration,
 }
 
 /// How long a stored response is fresh, then usable stale.
@@ -144,8 +146,14 @@ pub fn storability(
     }
     Ok(Lifetime {
         ttl,
-        stale_while_revalidate: cc.stale_while_revalidate.unwrap_or(policy.stale_while_revalidate),
-        stale_if_error: cc.stale_if_error.unwrap_or(policy.stale_if_error),
+        stale_while_revalidate: cc
+            .stale_while_revalidate
+            .map_or(policy.stale_while_revalidate, |asked| {
+                asked.min(policy.max_origin_stale)
+            }),
+        stale_if_error: cc
+            .stale_if_error
+            .map_or(policy.stale_if_error, |asked| asked.min(policy.max_origin_stale)),
     })
 }
 
@@ -420,6 +428,7 @@ mod tests {
             tags: vec![],
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::ZERO,
+            max_origin_stale: Duration::from_secs(3600),
         }
     }
 
@@ -482,6 +491,12 @@ mod tests {
             lifetime(&[("cache-control", "stale-if-error=soon")]).stale_if_error,
             Duration::ZERO
         );
+        let greedy = lifetime(&[(
+            "cache-control",
+            "stale-while-revalidate=31536000, stale-if-error=31536000",
+        )]);
+        assert_eq!(greedy.stale_while_revalidate, Duration::from_secs(3600), "capped");
+        assert_eq!(greedy.stale_if_error, Duration::from_secs(3600), "capped");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::body;
 use crate::cache::purge::surrogate_keys;
 use crate::cache::{Bypass, CacheStatus, CacheStore, PurgeRequest};
 use crate::coalesce::Flights;
+use crate::concurrency::UpstreamSlots;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::invalidate::{should_invalidate, WritesInFlight};
@@ -50,6 +51,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Writes whose invalidation has not finished, for shutdown to wait on.
     pub writes: Arc<WritesInFlight>,
+    /// Limits on requests at the backend at once.
+    pub upstream_slots: UpstreamSlots,
 }
 
 /// A request that passed steps 1–3: where it goes and who sent it.
@@ -245,6 +248,11 @@ impl Proxy {
     }
 
     async fn forward(&self, outbound: Outbound, rule: &'static str) -> Result<Response<Incoming>, UpstreamError> {
+        let _slots = self.upstream_slots.try_hold(rule).map_err(|full| {
+            self.metrics.upstream_rejected(rule);
+            tracing::debug!(rule, ?full, "upstream concurrency limit reached");
+            UpstreamError::Busy
+        })?;
         let started = Instant::now();
         let result = self.upstream.send(outbound).await;
         self.metrics.upstream_latency(rule, started.elapsed());
