@@ -31,6 +31,13 @@ access = "public"
 invalidates = ["items"]
 "#;
 
+/// What every Redis name of a proxy in front of `upstream` starts with:
+/// the default `cache.key_prefix`, then the default `cache.namespace` (the
+/// upstream's authority).
+pub fn redis_prefix(upstream: SocketAddr) -> String {
+    format!("{}{upstream}:", proxy::config::DEFAULT_KEY_PREFIX)
+}
+
 /// Builds a proxy config from TOML with the harness's overrides: the given
 /// upstream and Redis (`None`: memory store), the test JWT secret, ephemeral
 /// listeners. `CACHE_TTL`-style default TTL when `cache_ttl_secs` is set.

@@ -6,7 +6,7 @@
 
 use e2e::token::mint;
 use e2e::wait::eventually;
-use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
+use e2e::{json_reply, proxy_config, redis_prefix, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
 use futures_util::future::join_all;
 use proxy::cache::{CacheKey, KeyParts, ScopeKey};
 use serde_json::{json, Value};
@@ -176,7 +176,7 @@ async fn a_lease_left_by_a_dead_instance_only_delays_the_others_until_it_expires
         .await
         .unwrap();
     let _: () = redis::cmd("SET")
-        .arg(format!("cgw:l:{}", key.to_hex()))
+        .arg(format!("{}l:{}", redis_prefix(upstream.addr), key.to_hex()))
         .arg("dead-instance")
         .arg("PX")
         .arg(1500)
@@ -195,7 +195,7 @@ async fn a_lease_left_by_a_dead_instance_only_delays_the_others_until_it_expires
     assert_eq!(proxy.metric(HELD_ELSEWHERE).await, 1);
     assert_eq!(proxy.metric(FETCHED_ANYWAY).await, 1);
     // The dead instance's lease expired; this one gives its own back.
-    let lease = format!("cgw:l:{}", key.to_hex());
+    let lease = format!("{}l:{}", redis_prefix(upstream.addr), key.to_hex());
     eventually("the lease is given back", || {
         let (mut conn, lease) = (conn.clone(), lease.clone());
         async move {

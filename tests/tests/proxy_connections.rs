@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use e2e::wait::eventually;
-use e2e::{json_reply, proxy_config, raw_http, spawn_proxy, ProxyHandle, ScriptedUpstream};
+use e2e::{json_reply, proxy_config, raw_http, spawn_proxy, ProxyHandle, ScriptedUpstream, ITEMS_CONFIG};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,21 +26,8 @@ write_timeout = "500ms"
 max_connections = 20
 "#;
 
-const ROUTES: &str = r#"
-[[routes]]
-name = "items"
-path = "/items"
-methods = ["GET"]
-access = "public"
-cache = { tags = ["items"], ttl = "1h" }
-
-[[routes]]
-name = "items-write"
-path = "/items"
-methods = ["POST"]
-access = "public"
-invalidates = ["items"]
-
+/// Besides the items routes: an uncacheable route with a large answer.
+const BIG_ROUTE: &str = r#"
 [[routes]]
 name = "big"
 path = "/big"
@@ -64,7 +51,7 @@ async fn upstream() -> ScriptedUpstream {
 
 /// A proxy with the limits above, plus `server_extra` in `[server]`.
 async fn proxy(upstream: &ScriptedUpstream, server_extra: &str) -> ProxyHandle {
-    let config = format!("[server]\n{SERVER}{server_extra}\n{ROUTES}");
+    let config = format!("[server]\n{SERVER}{server_extra}\n{ITEMS_CONFIG}{BIG_ROUTE}");
     spawn_proxy(proxy_config(&config, upstream.addr, None, None)).await
 }
 

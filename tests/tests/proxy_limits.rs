@@ -3,7 +3,7 @@
 //! client's request.
 
 use e2e::wait::eventually;
-use e2e::{json_reply, proxy_config, spawn_proxy, ScriptedUpstream};
+use e2e::{json_reply, proxy_config, spawn_proxy, ScriptedUpstream, ITEMS_CONFIG};
 use tokio::sync::watch;
 
 const CONFIG: &str = r#"
@@ -14,20 +14,6 @@ methods = ["GET", "POST"]
 access = "public"
 max_concurrent_requests = 1
 invalidates = []
-
-[[routes]]
-name = "items"
-path = "/items"
-methods = ["GET"]
-access = "public"
-cache = { tags = ["items"] }
-
-[[routes]]
-name = "items-write"
-path = "/items"
-methods = ["POST"]
-access = "public"
-invalidates = ["items"]
 "#;
 
 #[tokio::test]
@@ -41,7 +27,8 @@ async fn past_a_routes_limit_the_proxy_answers_503_without_asking_the_backend() 
         }
     })
     .await;
-    let proxy = spawn_proxy(proxy_config(CONFIG, upstream.addr, None, None)).await;
+    let config = format!("{CONFIG}{ITEMS_CONFIG}");
+    let proxy = spawn_proxy(proxy_config(&config, upstream.addr, None, None)).await;
     let url = format!("{}/slow", proxy.base_url());
     let first = tokio::spawn(reqwest::get(url.clone()));
     eventually("the first request reached the backend", || async {
@@ -73,7 +60,7 @@ async fn past_the_global_limit_a_write_is_refused_and_invalidates_nothing() {
         }
     })
     .await;
-    let config = format!("[upstream]\nmax_concurrent_requests = 1\n{CONFIG}");
+    let config = format!("[upstream]\nmax_concurrent_requests = 1\n{CONFIG}{ITEMS_CONFIG}");
     let proxy = spawn_proxy(proxy_config(&config, upstream.addr, None, None)).await;
     let items = format!("{}/items", proxy.base_url());
     assert_eq!(reqwest::get(&items).await.unwrap().headers()["x-cache"], "MISS");

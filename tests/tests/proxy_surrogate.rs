@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use e2e::{json_reply, proxy_config, spawn_proxy, ApiClient, RedisServer, ScriptedUpstream};
+use e2e::{json_reply, proxy_config, redis_prefix, spawn_proxy, ApiClient, RedisServer, ScriptedUpstream};
 use http::Method;
 use proxy::config::Secret;
 use serde_json::json;
@@ -88,7 +88,7 @@ async fn origin_tags_stay_hidden_and_a_write_or_purge_naming_them_empties_only_t
         .await
         .unwrap();
     let left: bool = redis::cmd("EXISTS")
-        .arg("cgw:g:item:1")
+        .arg(format!("{}g:item:1", redis_prefix(upstream.addr)))
         .query_async(&mut conn)
         .await
         .unwrap();

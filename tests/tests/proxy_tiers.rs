@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use e2e::wait::eventually;
 use e2e::{
-    json_reply, proxy_config, spawn_proxy, ApiClient, ProxyHandle, RedisServer, ScriptedUpstream, Stack, ITEMS_CONFIG,
+    json_reply, proxy_config, redis_prefix, spawn_proxy, ApiClient, ProxyHandle, RedisServer, ScriptedUpstream, Stack,
+    ITEMS_CONFIG,
 };
 use http::Method;
 use serde_json::json;
@@ -137,7 +138,11 @@ async fn an_l1_copy_is_not_served_once_redis_no_longer_holds_its_entry() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("cgw:e:*").query_async(&mut conn).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}e:*", redis_prefix(upstream.addr)))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
     let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
     version.store(1, Ordering::SeqCst);
@@ -169,7 +174,7 @@ async fn a_write_through_one_instance_evicts_the_others_l1_copies_at_once() {
         async move {
             let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
                 .arg("NUMSUB")
-                .arg("cgw:events")
+                .arg(format!("{}events", redis_prefix(upstream.addr)))
                 .query_async(&mut conn)
                 .await
                 .unwrap();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::wait::eventually;
-use e2e::{json_reply, proxy_config, raw_http, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
+use e2e::{json_reply, proxy_config, raw_http, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream, ITEMS_CONFIG};
 use http::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,27 +23,18 @@ use tokio::sync::watch;
 
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
-const CONFIG: &str = r#"
+const LIMITS: &str = r#"
 [server]
 body_read_timeout = "500ms"
 
 [cache]
 invalidation_wait = "200ms"
-
-[[routes]]
-name = "items"
-path = "/items"
-methods = ["GET"]
-access = "public"
-cache = { tags = ["items"], ttl = "1h" }
-
-[[routes]]
-name = "items-write"
-path = "/items"
-methods = ["POST", "PUT"]
-access = "public"
-invalidates = ["items"]
 "#;
+
+/// The items routes with the limits above.
+fn config() -> String {
+    format!("{LIMITS}{ITEMS_CONFIG}")
+}
 
 const APPLIED: &str = r#"proxy_invalidations_total{operation="applied"}"#;
 const DEFERRED: &str = r#"proxy_invalidations_total{operation="deferred"}"#;
@@ -120,12 +111,12 @@ async fn until_metric(proxy: &ProxyHandle, series: &str, at_least: u64) {
     .await;
 }
 
-/// Sends a PUT and hangs up once the backend has committed it, before
+/// Sends a write and hangs up once the backend has committed it, before
 /// its answer comes.
 async fn put_and_hang_up(proxy: &ProxyHandle, backend: &Backend) {
     let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
     socket
-        .write_all(b"PUT /items HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        .write_all(b"POST /items HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         .await
         .unwrap();
     eventually("the backend committed the write", || async {
@@ -138,7 +129,7 @@ async fn put_and_hang_up(proxy: &ProxyHandle, backend: &Backend) {
 async fn hang_up_after_commit_still_invalidates(redis: Option<&RedisServer>) {
     let backend = backend(true, false).await;
     let proxy = spawn_proxy(proxy_config(
-        CONFIG,
+        &config(),
         backend.upstream.addr,
         redis.map(|r| r.url()),
         None,
@@ -168,7 +159,7 @@ async fn a_client_hanging_up_after_its_write_committed_still_invalidates_in_redi
 async fn a_hung_up_write_whose_invalidation_redis_refuses_is_recorded_and_applied() {
     let redis = RedisServer::start();
     let backend = backend(true, false).await;
-    let proxy = spawn_proxy(proxy_config(CONFIG, backend.upstream.addr, Some(redis.url()), None)).await;
+    let proxy = spawn_proxy(proxy_config(&config(), backend.upstream.addr, Some(redis.url()), None)).await;
     assert_eq!(get(&proxy).await, ("MISS".into(), 0));
     assert_eq!(get(&proxy).await, ("HIT".into(), 0));
 
@@ -212,7 +203,7 @@ async fn a_hung_up_write_whose_invalidation_redis_refuses_is_recorded_and_applie
 #[tokio::test]
 async fn a_coalesced_leader_that_hangs_up_still_serves_its_waiters_with_one_fetch() {
     let backend = backend(false, true).await;
-    let proxy = spawn_proxy(proxy_config(CONFIG, backend.upstream.addr, None, None)).await;
+    let proxy = spawn_proxy(proxy_config(&config(), backend.upstream.addr, None, None)).await;
     let mut leader = TcpStream::connect(proxy.addr).await.unwrap();
     leader
         .write_all(b"GET /items HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -247,7 +238,7 @@ async fn a_coalesced_leader_that_hangs_up_still_serves_its_waiters_with_one_fetc
 #[tokio::test]
 async fn a_body_with_broken_chunked_framing_is_a_400_that_reaches_no_one_and_invalidates_nothing() {
     let backend = backend(false, false).await;
-    let proxy = spawn_proxy(proxy_config(CONFIG, backend.upstream.addr, None, None)).await;
+    let proxy = spawn_proxy(proxy_config(&config(), backend.upstream.addr, None, None)).await;
     assert_eq!(get(&proxy).await, ("MISS".into(), 0));
     let request = "POST /items HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
                    4\r\n{\"a\"\r\nzz\r\n:1}\r\n0\r\n\r\n";
@@ -266,7 +257,7 @@ async fn a_body_with_broken_chunked_framing_is_a_400_that_reaches_no_one_and_inv
 #[tokio::test]
 async fn a_request_body_that_stops_arriving_is_a_408_that_reaches_no_one_and_invalidates_nothing() {
     let backend = backend(false, false).await;
-    let proxy = spawn_proxy(proxy_config(CONFIG, backend.upstream.addr, None, None)).await;
+    let proxy = spawn_proxy(proxy_config(&config(), backend.upstream.addr, None, None)).await;
     assert_eq!(get(&proxy).await, ("MISS".into(), 0));
     let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
     socket
@@ -295,8 +286,8 @@ async fn a_request_body_that_stops_arriving_is_a_408_that_reaches_no_one_and_inv
 async fn with_redis_full_no_instance_serves_what_a_write_replaced() {
     let redis = RedisServer::start();
     let backend = backend(false, false).await;
-    let config = || proxy_config(CONFIG, backend.upstream.addr, Some(redis.url()), None);
-    let (writer, other) = (spawn_proxy(config()).await, spawn_proxy(config()).await);
+    let both = || proxy_config(&config(), backend.upstream.addr, Some(redis.url()), None);
+    let (writer, other) = (spawn_proxy(both()).await, spawn_proxy(both()).await);
     assert_eq!(get(&writer).await, ("MISS".into(), 0));
     assert_eq!(get(&other).await, ("HIT".into(), 0));
 
@@ -326,7 +317,7 @@ async fn with_redis_full_no_instance_serves_what_a_write_replaced() {
 async fn readyz_says_when_redis_may_evict_generations() {
     let redis = RedisServer::start();
     let backend = backend(false, false).await;
-    let proxy = spawn_proxy(proxy_config(CONFIG, backend.upstream.addr, Some(redis.url()), None)).await;
+    let proxy = spawn_proxy(proxy_config(&config(), backend.upstream.addr, Some(redis.url()), None)).await;
     let warnings = || async {
         let ready: Value = reqwest::get(proxy.admin_url("/readyz"))
             .await

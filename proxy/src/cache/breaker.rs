@@ -44,6 +44,12 @@ impl Breaker {
         self.epoch.elapsed().as_nanos() as u64
     }
 
+    /// Whether the breaker is open right now. Claims nothing: for a cheap
+    /// early refusal before work that will pass [`allows`](Self::allows).
+    pub fn is_open(&self) -> bool {
+        self.now() < self.open_until.load(Ordering::Acquire)
+    }
+
     /// False while open: the caller should not even try. When half-open,
     /// true for one caller only: the probe.
     pub fn allows(&self) -> bool {
@@ -121,8 +127,10 @@ mod tests {
         assert!(!b.allows());
         // What is tested is the end of the open period: wait it out.
         std::thread::sleep(Duration::from_millis(40));
+        assert!(!b.is_open(), "half-open");
+        assert!(!b.is_open(), "asking claims nothing");
         assert!(b.allows(), "the probe");
-        assert!(!b.allows(), "a second caller while the probe runs");
+        assert!(b.is_open() && !b.allows(), "a second caller while the probe runs");
         assert!(!b.allows());
         assert_eq!(b.record_success(), Transition::Closed);
         assert!(b.allows() && b.allows(), "closed: everyone");

@@ -397,7 +397,9 @@ impl RedisStore {
         key: &CacheKey,
         tags: &[String],
     ) -> Result<(Option<Bytes>, Vec<Option<Bytes>>), StoreError> {
-        if !self.breaker.allows() {
+        // Not `allows`: the batch's pipeline passes the breaker (and is the
+        // half-open probe); claiming it here too would refuse that probe.
+        if self.breaker.is_open() {
             return Err(StoreError::Unavailable);
         }
         let read = Read {
