@@ -5,10 +5,11 @@
 //!
 //! The bound stated in the README: by default (`cache.max_key_bytes` =
 //! 8 KiB) such a request adds no key at all; with the bound raised so it is
-//! cached, one entry adds at most `INDEXED_PREFIX_DEPTH + 3` keys (the
-//! entry, its exact-path set, one set per indexed prefix including `/`, its
-//! tag's set) whose names and members hold the path a bounded number of
-//! times, so Redis's memory grows linearly in the path's length.
+//! cached, one entry adds at most `INDEXED_PREFIX_DEPTH + 5` keys (the
+//! entry, its exact-path set, at most `INDEXED_PREFIX_DEPTH + 2` prefix
+//! sets including `/`, its one tag's set) whose names and members hold the
+//! path a bounded number of times, so Redis's memory grows linearly in the
+//! path's length.
 
 use e2e::{json_reply, proxy_config, spawn_proxy, RedisServer, ScriptedUpstream};
 use proxy::cache::purge::INDEXED_PREFIX_DEPTH;

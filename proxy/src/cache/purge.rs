@@ -7,7 +7,8 @@
 //! `/users` and `/`), and under each of its rule's tags. Filing under every
 //! prefix of an arbitrarily deep path would cost the square of its length
 //! (a 16 KB path made 8,012 Redis keys); capped, an entry costs at most
-//! `INDEXED_PREFIX_DEPTH + 2` index places and linear bytes. A purge by a
+//! its exact path's place, `INDEXED_PREFIX_DEPTH + 2` prefix places and one
+//! place per tag, of linear bytes, found in linear time. A purge by a
 //! deeper prefix reads its ancestor at the cap, whose places also record
 //! each entry's path, and keeps the entries under the prefix. A hard purge removes entries (or, for tags and `all`,
 //! replaces generations, which is exact and O(1)); a soft purge marks the
@@ -133,13 +134,15 @@ pub fn depth(path: &str) -> usize {
 
 /// The path itself and each of its segment-aligned prefixes, longest
 /// first, none deeper than [`INDEXED_PREFIX_DEPTH`]: `/a/b` gives `/a/b`,
-/// `/a`, `/`.
+/// `/a`, `/`. At most `INDEXED_PREFIX_DEPTH + 2` places (one more than the
+/// depth only for a trailing `/`), found in one pass over the path.
 pub fn prefixes_of(path: &str) -> impl Iterator<Item = &str> {
     let cuts = path.match_indices('/').map(|(i, _)| i).filter(|&i| i > 0);
-    std::iter::once(path)
-        .chain(cuts.collect::<Vec<_>>().into_iter().rev().map(|i| &path[..i]))
-        .filter(|p| *p != "/" && depth(p) <= INDEXED_PREFIX_DEPTH)
-        .chain(std::iter::once("/"))
+    let mut places: Vec<&str> = cuts.take(INDEXED_PREFIX_DEPTH).map(|i| &path[..i]).collect();
+    if path != "/" && depth(path) <= INDEXED_PREFIX_DEPTH {
+        places.push(path);
+    }
+    places.into_iter().rev().chain(std::iter::once("/"))
 }
 
 /// Whether the places filed under `prefix` also record each entry's path:
@@ -244,6 +247,7 @@ mod tests {
         let path = "/x".repeat(8 * 1024);
         let places: Vec<&str> = prefixes_of(&path).collect();
         assert_eq!(places.len(), INDEXED_PREFIX_DEPTH + 1);
+        assert_eq!(prefixes_of("/a/b/c/d/").count(), INDEXED_PREFIX_DEPTH + 2, "a trailing slash");
         assert!(places.iter().map(|p| p.len()).sum::<usize>() < 64);
     }
 
