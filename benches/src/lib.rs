@@ -5,7 +5,9 @@
 //! - [`load`]: the engine driving keep-alive connections.
 //! - [`scenarios`]: the stack (from the e2e harness) and each scenario.
 //! - [`report`]: table, JSON and SVG chart.
+//! - [`soak`]: the soak test under chaos, with its consistency checker.
 
 pub mod load;
 pub mod report;
 pub mod scenarios;
+pub mod soak;

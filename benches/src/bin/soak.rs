@@ -1,0 +1,188 @@
+//! `soak`: the soak test's driver (see `benches::soak`). Normally run by
+//! `benches/soak`, which builds the release binaries first.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use benches::soak::chaos::ChaosSchedule;
+use benches::soak::stack::{Binaries, RedisSettings};
+use benches::soak::workload::WorkloadSettings;
+use benches::soak::{self, SoakSettings};
+use clap::Parser;
+
+/// Soak test: fixed-rate load through two proxies on one Redis under chaos,
+/// checking every answer against every committed version.
+#[derive(Parser, Debug)]
+#[command(about)]
+struct Cli {
+    /// Load under chaos (after the warm-up).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    duration: Duration,
+    /// Load without chaos first; the proxies' starting RSS is taken after it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    warmup: Duration,
+    /// Offered requests per second (open loop: sent on time whatever the
+    /// answers do).
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Users registered at the start.
+    #[arg(long, default_value_t = 50)]
+    users: usize,
+    /// Share of requests that are writes (PUT /users/{id}), percent.
+    #[arg(long, default_value_t = 10)]
+    write_percent: u32,
+    /// Share of writes dropped by the client mid-write, percent.
+    #[arg(long, default_value_t = 10)]
+    drop_percent: u32,
+    /// Shortest gap between chaos events.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    chaos_min: Duration,
+    /// Longest gap between chaos events.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "40s")]
+    chaos_max: Duration,
+    /// Gap between dropped-write probes (writes paused, one write dropped
+    /// while the proxy waits for the origin, its user read again); 0s: none.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    probe_every: Duration,
+    /// Redis `--maxmemory` (policy volatile-lru).
+    #[arg(long, default_value = "64mb")]
+    redis_maxmemory: String,
+    /// The proxy binary (default: next to this one).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// The origin binary (default: next to this one).
+    #[arg(long)]
+    origin_bin: Option<PathBuf>,
+    /// redis-server (default: $REDIS_SERVER_BIN, then PATH).
+    #[arg(long)]
+    redis_bin: Option<PathBuf>,
+    /// FerretDB 1.24.2 (default: $FERRETDB_BIN, then PATH, then Go's bin
+    /// folder).
+    #[arg(long)]
+    ferretdb_bin: Option<PathBuf>,
+    /// The proxies' configuration.
+    #[arg(long, default_value = "config.toml")]
+    config: PathBuf,
+    /// Folder for soak.json and the servers' logs.
+    #[arg(long, default_value = "target/soak")]
+    out: PathBuf,
+}
+
+/// Exit status when the soak ran but found stale reads or wrong answers.
+const EXIT_FOUND: u8 = 1;
+/// Exit status when the soak could not run.
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_FOUND),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let here = std::env::current_exe()
+        .context("locating this binary")?
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let redis = cli.redis_bin.unwrap_or_else(|| {
+        e2e::process::find_binary(
+            "redis-server",
+            "REDIS_SERVER_BIN",
+            &[],
+            e2e::servers::REDIS_INSTALL_HINT,
+        )
+    });
+    let ferretdb = cli.ferretdb_bin.unwrap_or_else(|| {
+        let mut extra = Vec::new();
+        if let Ok(out) = std::process::Command::new("go").args(["env", "GOPATH"]).output() {
+            let gopath = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !gopath.is_empty() {
+                extra.push(PathBuf::from(gopath).join("bin"));
+            }
+        }
+        e2e::process::find_binary("ferretdb", "FERRETDB_BIN", &extra, e2e::servers::FERRETDB_INSTALL_HINT)
+    });
+    let binaries = Binaries {
+        proxy: cli.proxy_bin.unwrap_or_else(|| here.join("proxy")),
+        origin: cli.origin_bin.unwrap_or_else(|| here.join("origin")),
+        redis,
+        ferretdb,
+        config: std::fs::canonicalize(&cli.config).with_context(|| format!("finding {}", cli.config.display()))?,
+    };
+    for (name, path) in [("proxy", &binaries.proxy), ("origin", &binaries.origin)] {
+        anyhow::ensure!(
+            path.is_file(),
+            "no {name} binary at {} (build with `cargo build --release -p {name}`, or pass --{name}-bin)",
+            path.display()
+        );
+    }
+    let settings = SoakSettings {
+        duration: cli.duration,
+        warmup: cli.warmup,
+        workload: WorkloadSettings {
+            rate: cli.rate,
+            users: cli.users.max(2),
+            write_percent: cli.write_percent.min(100),
+            drop_percent: cli.drop_percent.min(100),
+        },
+        chaos: ChaosSchedule {
+            min: cli.chaos_min,
+            max: cli.chaos_max.max(cli.chaos_min),
+        },
+        probe_every: (!cli.probe_every.is_zero()).then_some(cli.probe_every),
+        redis: RedisSettings {
+            maxmemory: cli.redis_maxmemory,
+        },
+        binaries,
+        out: cli.out.clone(),
+    };
+    let report = soak::run(settings, interrupted()).await?;
+    println!("{}", soak::report::table(&report));
+    let path = cli.out.join("soak.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(report.passed)
+}
+
+/// Ctrl-C or SIGTERM: the soak stops its load early and still reports. A
+/// second one exits at once (the servers die with this process).
+async fn interrupted() {
+    signalled().await;
+    tokio::spawn(async {
+        signalled().await;
+        eprintln!("interrupted again: exiting without a report");
+        std::process::exit(130);
+    });
+}
+
+async fn signalled() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
