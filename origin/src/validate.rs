@@ -51,10 +51,16 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             }
             Err(_) => return Err(ApiError::BadRequest("request body could not be read".into())),
         };
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(map)) => Ok(JsonObject(map)),
-            _ => Err(ApiError::BadRequest("body must be a JSON object".into())),
-        }
+        json_object(&bytes).map(JsonObject)
+    }
+}
+
+/// Parses a request body that must be a JSON object. Separate from
+/// [`JsonObject`] so the fuzz targets reach it without an HTTP request.
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(bad("body must be a JSON object")),
     }
 }
 
