@@ -98,7 +98,7 @@ fn check_reachable(rule: &proxy::route::Rule, pattern: &str) {
         .map(|s| if s.starts_with('{') && s.ends_with('}') { "x" } else { s })
         .collect();
     let example = example.join("/");
-    let example = example.strip_suffix('*').unwrap_or(&example);
+    let example = crate::route::escaped(example.strip_suffix('*').unwrap_or(&example));
     let reached = example
         .parse::<Uri>()
         .ok()

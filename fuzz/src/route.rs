@@ -5,7 +5,9 @@
 //! origin-form `http::Uri`, when it parses as one) and as `POST /purge`
 //! hands paths over (any string, split at the first `?`).
 //!
-//! Invariants: the normal form normalises to itself; it has no empty, `.`
+//! Invariants: the normal form normalises to itself; a target and its
+//! spelling with escapes for bytes a URI cannot carry literally (raw
+//! UTF-8, which hyper accepts) have the same normal form; it has no empty, `.`
 //! or `..` segments and only upper-case escapes of reserved bytes; a path
 //! not flagged ambiguous decodes to no separator a back end could split on;
 //! and the rule chosen really matches the path and method.
@@ -84,9 +86,16 @@ pub fn route(data: &[u8]) {
 }
 
 fn check(method: &Method, path: &str, query: Option<&str>) {
+    let spelled = normalise(&escaped(path), query.map(escaped).as_deref());
     let Ok(target) = normalise(path, query) else {
+        assert!(spelled.is_err(), "only one spelling of {path:?} is refused");
         return;
     };
+    assert_eq!(
+        spelled.as_ref(),
+        Ok(&target),
+        "{path:?} and its escaped spelling normalise differently"
+    );
     let again = normalise(&target.path, target.query.as_deref()).expect("a normal form is a valid target");
     assert_eq!(again, target, "normalise is idempotent");
     check_shape(&target);
@@ -161,6 +170,22 @@ fn check_match(method: &Method, target: &Target) {
         }
         Err(RouteError::BadPath(_)) => assert!(target.has_ambiguous_chars),
     }
+}
+
+/// `text` with every byte a URI may not carry literally (RFC 3986 §2:
+/// non-ASCII, controls, space, `"<>^`{|}`) spelled as an escape, as a
+/// careful client sends it. Back ends decode both spellings to the same
+/// bytes, so both must normalise, route and key alike.
+pub(crate) fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if b >= 0x80 || b <= 0x20 || b == 0x7f || b"\"<>^`{|}".contains(&b) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
 }
 
 /// Every `%XX` decoded, as a back end would; anything else kept.

@@ -74,9 +74,10 @@ pub fn normalise(path: &str, query: Option<&str>) -> Result<Target, RouteError> 
 
 /// Decodes `%XX` that encode unreserved characters (RFC 3986 §2.3), which
 /// are equivalent to their literal form, and upper-cases the hex of the
-/// rest, which are not. Rejects malformed escapes.
+/// rest, which are not. Bytes a URI may not carry literally are escaped
+/// (see [`must_escape`]). Rejects malformed escapes.
 fn decode_unreserved(input: &str) -> Result<Cow<'_, str>, RouteError> {
-    if !input.contains('%') {
+    if !input.bytes().any(|b| b == b'%' || must_escape(b)) {
         return Ok(Cow::Borrowed(input));
     }
     let bytes = input.as_bytes();
@@ -101,14 +102,35 @@ fn decode_unreserved(input: &str) -> Result<Cow<'_, str>, RouteError> {
                 out.push_str(&String::from_utf8_lossy(hex).to_ascii_uppercase());
             }
             i += 3;
+        } else if must_escape(bytes[i]) {
+            push_escape(&mut out, bytes[i]);
+            i += 1;
         } else {
-            // Safe: non-'%' bytes are copied through whole UTF-8 sequences.
-            let next = input[i..].find('%').map_or(input.len(), |n| i + n);
+            // Safe: what is left between '%'s and escaped bytes is ASCII.
+            let next = input[i..]
+                .find(|c: char| c == '%' || !c.is_ascii() || must_escape(c as u8))
+                .map_or(input.len(), |n| i + n);
             out.push_str(&input[i..next]);
             i = next;
         }
     }
     Ok(Cow::Owned(out))
+}
+
+/// Bytes a URI may not carry literally (RFC 3986 §2): non-ASCII, controls,
+/// space and `"<>^`{|}`. Clients send raw UTF-8 anyway (hyper accepts it),
+/// and back ends decode `%C3%A9` and a raw `é` to the same bytes, so the
+/// normal form spells them as escapes: one spelling, one rule, one key.
+/// A backslash stays as it is: it is flagged as ambiguous either way.
+fn must_escape(b: u8) -> bool {
+    b >= 0x80 || b <= 0x20 || b == 0x7f || matches!(b, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
+}
+
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(HEX[usize::from(b >> 4)] as char);
+    out.push(HEX[usize::from(b & 15)] as char);
 }
 
 /// Removes `.` and `..` segments (RFC 3986 §5.2.4) and empty segments from
@@ -196,7 +218,17 @@ impl Pattern {
                     "{pattern:?}: segment {part:?} must be a literal, a {{param}}, or a final *"
                 ));
             } else {
-                Segment::Literal(part.to_owned())
+                // Spelled as a request's normal form spells it (`é` as
+                // `%C3%A9`), or no request could ever match it.
+                let mut literal = String::with_capacity(part.len());
+                for &b in part.as_bytes() {
+                    if must_escape(b) {
+                        push_escape(&mut literal, b);
+                    } else {
+                        literal.push(b as char);
+                    }
+                }
+                Segment::Literal(literal)
             };
             segments.push(segment);
         }
@@ -343,6 +375,21 @@ mod tests {
         assert_eq!(norm("/a%7eb"), "/a~b");
         assert_eq!(norm("/a%20b"), "/a%20b");
         assert_eq!(norm("/a%c3%a9"), "/a%C3%A9");
+    }
+
+    #[test]
+    fn bytes_a_uri_cannot_carry_are_escaped_so_each_path_has_one_spelling() {
+        assert_eq!(norm("/caf\u{e9}"), "/caf%C3%A9");
+        assert_eq!(norm("/caf%c3%a9"), "/caf%C3%A9");
+        assert_eq!(norm("/a b\"<>^`{|}"), "/a%20b%22%3C%3E%5E%60%7B%7C%7D");
+        assert_eq!(norm("/a\\b"), "/a\\b", "a backslash stays, flagged");
+        assert_eq!(
+            normalise("/", Some("q=\u{e9}")).unwrap().query.as_deref(),
+            Some("q=%C3%A9")
+        );
+        let p = Pattern::parse("/caf\u{e9}/{id}").unwrap();
+        assert!(p.matches(&norm("/caf\u{e9}/1")));
+        assert!(p.matches(&norm("/caf%C3%A9/1")));
     }
 
     #[test]
