@@ -163,18 +163,31 @@ fn resolve_segments(path: &str) -> String {
 
 /// Sorts `name=value` pairs by name, stably, so repeated names keep their
 /// order (`a=2&a=1` differs from `a=1&a=2`). Empty pairs are dropped.
+///
+/// Names compare as a form decoder reads them, so spellings a back end
+/// takes for the same name (`a+b`, `a%20b`) count as repeats of one name
+/// and keep their order: sorting them apart would change which value a
+/// back end reading the first (or last) one sees.
 fn sort_query(query: &str) -> Result<Option<String>, RouteError> {
     let decoded = decode_unreserved(query)?;
     let mut pairs: Vec<&str> = decoded.split('&').filter(|p| !p.is_empty()).collect();
     if pairs.is_empty() {
         return Ok(None);
     }
-    pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+    pairs.sort_by_cached_key(|&pair| param_name(pair));
     Ok(Some(pairs.join("&")))
 }
 
-fn param_name(pair: &str) -> &str {
-    pair.split_once('=').map_or(pair, |(name, _)| name)
+/// A parameter's name as `application/x-www-form-urlencoded` decoding reads
+/// it: `+` a space, escapes decoded, invalid UTF-8 replaced.
+fn param_name(pair: &str) -> Cow<'_, str> {
+    let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+    if !name.contains(['%', '+']) {
+        return Cow::Borrowed(name);
+    }
+    form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map_or(Cow::Borrowed(""), |(name, _)| Cow::Owned(name.into_owned()))
 }
 
 // === Pattern ===
@@ -417,6 +430,15 @@ mod tests {
         assert_eq!(q("a=%7e&&b"), Some("a=~&b".into()));
         assert_eq!(q(""), None);
         assert_eq!(q("&&"), None);
+    }
+
+    #[test]
+    fn names_a_form_decoder_reads_alike_keep_their_order() {
+        let q = |s: &str| normalise("/", Some(s)).unwrap().query.unwrap();
+        // Both are the name "a b" to a back end: it must still see 1 first.
+        assert_eq!(q("a+b=1&a%20b=2"), "a+b=1&a%20b=2");
+        assert_eq!(q("a%20b=2&a+b=1"), "a%20b=2&a+b=1");
+        assert_eq!(q("b=0&a%2Bb=1&a=2"), "a=2&a%2Bb=1&b=0");
     }
 
     fn rule(name: &str, pattern: &str, methods: &[Method]) -> Rule {
