@@ -191,6 +191,9 @@ fn username(value: &str) -> Result<String, ApiError> {
 /// A deliberately plain check: one `@`, a non-empty local part, a dotted
 /// domain, no whitespace. Deliverability is the mail system's business.
 fn email(value: &str) -> Result<String, ApiError> {
+    // The limit applies to what is stored: lower-casing can lengthen a
+    // string (`İ`, 2 bytes, becomes `i̇`, 3 bytes).
+    let value = value.to_lowercase();
     let valid = value.len() <= MAX_EMAIL_BYTES
         && !value.chars().any(|c| c.is_whitespace() || c.is_control())
         && match value.split_once('@') {
@@ -207,7 +210,7 @@ fn email(value: &str) -> Result<String, ApiError> {
     if !valid {
         return Err(bad("email must be a valid email address"));
     }
-    Ok(value.to_lowercase())
+    Ok(value)
 }
 
 fn password(value: &str) -> Result<String, ApiError> {
@@ -271,6 +274,10 @@ mod tests {
             assert!(email(bad_email).is_err(), "{bad_email}");
         }
         assert_eq!(email("A.B+tag@Sub.Example.ORG").unwrap(), "a.b+tag@sub.example.org");
+        // 250 bytes as sent, 374 once lower-cased: too long to store.
+        let dotted_capital_i = format!("{}@x.io", "\u{130}".repeat(124));
+        assert!(dotted_capital_i.len() <= MAX_EMAIL_BYTES);
+        assert!(email(&dotted_capital_i).is_err());
     }
 
     #[test]
