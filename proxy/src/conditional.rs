@@ -64,8 +64,7 @@ pub fn client_has_it(request: &HeaderMap, response: &HeaderMap) -> bool {
             .get_all(IF_NONE_MATCH)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(entity_tags)
             .any(|candidate| candidate == "*" || opaque(candidate) == opaque(etag));
     }
     let date = |map: &HeaderMap, name| {
@@ -77,6 +76,29 @@ pub fn client_has_it(request: &HeaderMap, response: &HeaderMap) -> bool {
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }
+}
+
+/// The members of an `If-None-Match` list (RFC 9110 §8.8.3): `*`, or
+/// `"…"` and `W/"…"` separated by commas. A comma inside the quotes belongs
+/// to the tag (`etagc` allows it), so the list is not simply split on
+/// commas: an origin's `"v1, gzip"` must match itself.
+fn entity_tags(list: &str) -> impl Iterator<Item = &str> {
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+        if rest.is_empty() {
+            return None;
+        }
+        let quoted = rest.strip_prefix("W/").unwrap_or(rest);
+        let end = match quoted.strip_prefix('"') {
+            // Through the closing quote; an unclosed tag runs to the end.
+            Some(inner) => inner.find('"').map_or(rest.len(), |at| rest.len() - inner.len() + at + 1),
+            None => rest.find(',').unwrap_or(rest.len()),
+        };
+        let (tag, tail) = rest.split_at(end);
+        rest = tail;
+        Some(tag.trim_end())
+    })
 }
 
 /// The tag without its weakness marker, for the weak comparison.
@@ -146,6 +168,21 @@ mod tests {
         assert!(
             !client_has_it(&both, &stored),
             "If-Modified-Since is ignored with If-None-Match"
+        );
+    }
+
+    #[test]
+    fn a_comma_inside_an_entity_tag_is_part_of_it() {
+        let stored = headers(&[("etag", "\"v1, gzip\"")]);
+        assert!(client_has_it(&headers(&[("if-none-match", "\"v1, gzip\"")]), &stored));
+        assert!(client_has_it(
+            &headers(&[("if-none-match", "\"x\",W/\"v1, gzip\" , \"y\"")]),
+            &stored
+        ));
+        assert!(!client_has_it(&headers(&[("if-none-match", "\"v1\", \"gzip\"")]), &stored));
+        assert_eq!(
+            entity_tags(" *, \"a,b\",W/\"c\", \"open").collect::<Vec<_>>(),
+            ["*", "\"a,b\"", "W/\"c\"", "\"open"]
         );
     }
 
