@@ -35,8 +35,9 @@ pub struct Target {
     pub path: String,
     /// Parameters stably sorted by name; `None` when empty.
     pub query: Option<String>,
-    /// The path still holds `%2F`, `%5C`, `%00`, `\` or `;`: characters
-    /// that back ends split or truncate paths on differently from us.
+    /// The path still holds `%2F`, `%5C`, `%00`, `\`, `;` or `%3B`:
+    /// characters that back ends split or truncate paths on differently
+    /// from us (some decode `%3B` before cutting `;params` off a segment).
     pub has_ambiguous_chars: bool,
 }
 
@@ -58,7 +59,7 @@ pub fn normalise(path: &str, query: Option<&str>) -> Result<Target, RouteError> 
     let decoded = decode_unreserved(path)?;
     let has_ambiguous_chars = {
         let upper = decoded.to_ascii_uppercase();
-        upper.contains("%2F") || upper.contains("%5C") || upper.contains("%00") || decoded.contains(['\\', ';'])
+        ["%2F", "%5C", "%00", "%3B"].iter().any(|e| upper.contains(e)) || decoded.contains(['\\', ';'])
     };
     let path = resolve_segments(&decoded);
     let query = match query {
@@ -292,7 +293,8 @@ pub struct Rule {
     /// On cacheable rules, the only client headers (besides `vary` ones)
     /// that reach the upstream.
     pub forward_headers: Vec<http::HeaderName>,
-    /// Lets `%2F`, `%5C`, `%00`, `\` and `;` through in this rule's paths.
+    /// Lets `%2F`, `%5C`, `%00`, `\`, `;` and `%3B` through in this rule's
+    /// paths.
     pub allow_encoded_separators: bool,
 }
 
@@ -416,7 +418,7 @@ mod tests {
 
     #[test]
     fn ambiguous_characters_are_flagged() {
-        for flagged in ["/admin%2f", "/admin%2Fx", "/a%5cb", "/a%00", "/a\\b", "/admin;x"] {
+        for flagged in ["/admin%2f", "/admin%2Fx", "/a%5cb", "/a%00", "/a\\b", "/admin;x", "/admin%3bx"] {
             assert!(normalise(flagged, None).unwrap().has_ambiguous_chars, "{flagged}");
         }
         assert!(!normalise("/a%20b", None).unwrap().has_ambiguous_chars);
