@@ -23,7 +23,7 @@ use crate::Input;
 
 pub fn entry(data: &[u8]) {
     let mut input = Input::new(data);
-    if input.byte() % 2 == 0 {
+    if input.byte() & 1 == 0 {
         decoded(input.rest());
     } else if let Some(entry) = described(&mut input) {
         let encoded = entry.encode();
