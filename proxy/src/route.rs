@@ -418,7 +418,15 @@ mod tests {
 
     #[test]
     fn ambiguous_characters_are_flagged() {
-        for flagged in ["/admin%2f", "/admin%2Fx", "/a%5cb", "/a%00", "/a\\b", "/admin;x", "/admin%3bx"] {
+        for flagged in [
+            "/admin%2f",
+            "/admin%2Fx",
+            "/a%5cb",
+            "/a%00",
+            "/a\\b",
+            "/admin;x",
+            "/admin%3bx",
+        ] {
             assert!(normalise(flagged, None).unwrap().has_ambiguous_chars, "{flagged}");
         }
         assert!(!normalise("/a%20b", None).unwrap().has_ambiguous_chars);
