@@ -20,13 +20,24 @@ const COMPUTED_ETAG_PREFIX: &[u8] = b"\"cg-";
 /// else one computed from `body` (so equal bodies share it across
 /// instances). Returns the value set.
 pub fn ensure_strong_etag(headers: &mut HeaderMap, body: &Bytes) -> HeaderValue {
-    if let Some(etag) = headers.get(ETAG).filter(|v| v.as_bytes().starts_with(b"\"")) {
+    if let Some(etag) = headers.get(ETAG).filter(|v| is_strong_etag(v)) {
         return etag.clone();
     }
     let digest = Sha256::digest(body);
     let etag = HeaderValue::from_str(&format!("\"cg-{}\"", hex::encode(&digest[..16]))).expect("hex is a valid header");
     headers.insert(ETAG, etag.clone());
     etag
+}
+
+/// A well-formed strong entity-tag (RFC 9110 §8.8.3): `"…"` with only
+/// visible ASCII other than `"` inside. Anything else an origin sends (junk
+/// after the quotes, obs-text) is replaced by a computed tag: a client
+/// echoing it back in `If-None-Match` could never match it.
+fn is_strong_etag(value: &HeaderValue) -> bool {
+    match value.as_bytes() {
+        [b'"', inner @ .., b'"'] => inner.iter().all(|&c| c == 0x21 || (0x23..=0x7e).contains(&c)),
+        _ => false,
+    }
 }
 
 /// Whether the origin gave `stored` a validator it can revalidate: its
@@ -64,8 +75,7 @@ pub fn client_has_it(request: &HeaderMap, response: &HeaderMap) -> bool {
             .get_all(IF_NONE_MATCH)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(entity_tags)
             .any(|candidate| candidate == "*" || opaque(candidate) == opaque(etag));
     }
     let date = |map: &HeaderMap, name| {
@@ -77,6 +87,31 @@ pub fn client_has_it(request: &HeaderMap, response: &HeaderMap) -> bool {
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }
+}
+
+/// The members of an `If-None-Match` list (RFC 9110 §8.8.3): `*`, or
+/// `"…"` and `W/"…"` separated by commas. A comma inside the quotes belongs
+/// to the tag (`etagc` allows it), so the list is not simply split on
+/// commas: an origin's `"v1, gzip"` must match itself.
+fn entity_tags(list: &str) -> impl Iterator<Item = &str> {
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+        if rest.is_empty() {
+            return None;
+        }
+        let quoted = rest.strip_prefix("W/").unwrap_or(rest);
+        let end = match quoted.strip_prefix('"') {
+            // Through the closing quote; an unclosed tag runs to the end.
+            Some(inner) => inner
+                .find('"')
+                .map_or(rest.len(), |at| rest.len() - inner.len() + at + 1),
+            None => rest.find(',').unwrap_or(rest.len()),
+        };
+        let (tag, tail) = rest.split_at(end);
+        rest = tail;
+        Some(tag.trim_end())
+    })
 }
 
 /// The tag without its weakness marker, for the weak comparison.
@@ -111,6 +146,11 @@ mod tests {
         let body = Bytes::from_static(b"{}");
         let mut origin = headers(&[("etag", "\"v1\"")]);
         assert_eq!(ensure_strong_etag(&mut origin, &body), "\"v1\"");
+        let mut junk = headers(&[("etag", "\"v1\"junk")]);
+        assert!(ensure_strong_etag(&mut junk, &body)
+            .to_str()
+            .unwrap()
+            .starts_with("\"cg-"));
         let mut weak = headers(&[("etag", "W/\"v1\"")]);
         let computed = ensure_strong_etag(&mut weak, &body);
         assert!(computed.to_str().unwrap().starts_with("\"cg-"));
@@ -146,6 +186,24 @@ mod tests {
         assert!(
             !client_has_it(&both, &stored),
             "If-Modified-Since is ignored with If-None-Match"
+        );
+    }
+
+    #[test]
+    fn a_comma_inside_an_entity_tag_is_part_of_it() {
+        let stored = headers(&[("etag", "\"v1, gzip\"")]);
+        assert!(client_has_it(&headers(&[("if-none-match", "\"v1, gzip\"")]), &stored));
+        assert!(client_has_it(
+            &headers(&[("if-none-match", "\"x\",W/\"v1, gzip\" , \"y\"")]),
+            &stored
+        ));
+        assert!(!client_has_it(
+            &headers(&[("if-none-match", "\"v1\", \"gzip\"")]),
+            &stored
+        ));
+        assert_eq!(
+            entity_tags(" *, \"a,b\",W/\"c\", \"open").collect::<Vec<_>>(),
+            ["*", "\"a,b\"", "W/\"c\"", "\"open"]
         );
     }
 

@@ -35,8 +35,9 @@ pub struct Target {
     pub path: String,
     /// Parameters stably sorted by name; `None` when empty.
     pub query: Option<String>,
-    /// The path still holds `%2F`, `%5C`, `%00`, `\` or `;`: characters
-    /// that back ends split or truncate paths on differently from us.
+    /// The path still holds `%2F`, `%5C`, `%00`, `\`, `;` or `%3B`:
+    /// characters that back ends split or truncate paths on differently
+    /// from us (some decode `%3B` before cutting `;params` off a segment).
     pub has_ambiguous_chars: bool,
 }
 
@@ -58,7 +59,7 @@ pub fn normalise(path: &str, query: Option<&str>) -> Result<Target, RouteError> 
     let decoded = decode_unreserved(path)?;
     let has_ambiguous_chars = {
         let upper = decoded.to_ascii_uppercase();
-        upper.contains("%2F") || upper.contains("%5C") || upper.contains("%00") || decoded.contains(['\\', ';'])
+        ["%2F", "%5C", "%00", "%3B"].iter().any(|e| upper.contains(e)) || decoded.contains(['\\', ';'])
     };
     let path = resolve_segments(&decoded);
     let query = match query {
@@ -74,9 +75,10 @@ pub fn normalise(path: &str, query: Option<&str>) -> Result<Target, RouteError> 
 
 /// Decodes `%XX` that encode unreserved characters (RFC 3986 §2.3), which
 /// are equivalent to their literal form, and upper-cases the hex of the
-/// rest, which are not. Rejects malformed escapes.
+/// rest, which are not. Bytes a URI may not carry literally are escaped
+/// (see [`must_escape`]). Rejects malformed escapes.
 fn decode_unreserved(input: &str) -> Result<Cow<'_, str>, RouteError> {
-    if !input.contains('%') {
+    if !input.bytes().any(|b| b == b'%' || must_escape(b)) {
         return Ok(Cow::Borrowed(input));
     }
     let bytes = input.as_bytes();
@@ -101,14 +103,35 @@ fn decode_unreserved(input: &str) -> Result<Cow<'_, str>, RouteError> {
                 out.push_str(&String::from_utf8_lossy(hex).to_ascii_uppercase());
             }
             i += 3;
+        } else if must_escape(bytes[i]) {
+            push_escape(&mut out, bytes[i]);
+            i += 1;
         } else {
-            // Safe: non-'%' bytes are copied through whole UTF-8 sequences.
-            let next = input[i..].find('%').map_or(input.len(), |n| i + n);
+            // Safe: what is left between '%'s and escaped bytes is ASCII.
+            let next = input[i..]
+                .find(|c: char| c == '%' || !c.is_ascii() || must_escape(c as u8))
+                .map_or(input.len(), |n| i + n);
             out.push_str(&input[i..next]);
             i = next;
         }
     }
     Ok(Cow::Owned(out))
+}
+
+/// Bytes a URI may not carry literally (RFC 3986 §2): non-ASCII, controls,
+/// space and `"<>^`{|}`. Clients send raw UTF-8 anyway (hyper accepts it),
+/// and back ends decode `%C3%A9` and a raw `é` to the same bytes, so the
+/// normal form spells them as escapes: one spelling, one rule, one key.
+/// A backslash stays as it is: it is flagged as ambiguous either way.
+fn must_escape(b: u8) -> bool {
+    b >= 0x80 || b <= 0x20 || b == 0x7f || matches!(b, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
+}
+
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(HEX[usize::from(b >> 4)] as char);
+    out.push(HEX[usize::from(b & 15)] as char);
 }
 
 /// Removes `.` and `..` segments (RFC 3986 §5.2.4) and empty segments from
@@ -141,18 +164,31 @@ fn resolve_segments(path: &str) -> String {
 
 /// Sorts `name=value` pairs by name, stably, so repeated names keep their
 /// order (`a=2&a=1` differs from `a=1&a=2`). Empty pairs are dropped.
+///
+/// Names compare as a form decoder reads them, so spellings a back end
+/// takes for the same name (`a+b`, `a%20b`) count as repeats of one name
+/// and keep their order: sorting them apart would change which value a
+/// back end reading the first (or last) one sees.
 fn sort_query(query: &str) -> Result<Option<String>, RouteError> {
     let decoded = decode_unreserved(query)?;
     let mut pairs: Vec<&str> = decoded.split('&').filter(|p| !p.is_empty()).collect();
     if pairs.is_empty() {
         return Ok(None);
     }
-    pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+    pairs.sort_by_cached_key(|&pair| param_name(pair));
     Ok(Some(pairs.join("&")))
 }
 
-fn param_name(pair: &str) -> &str {
-    pair.split_once('=').map_or(pair, |(name, _)| name)
+/// A parameter's name as `application/x-www-form-urlencoded` decoding reads
+/// it: `+` a space, escapes decoded, invalid UTF-8 replaced.
+fn param_name(pair: &str) -> Cow<'_, str> {
+    let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+    if !name.contains(['%', '+']) {
+        return Cow::Borrowed(name);
+    }
+    form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map_or(Cow::Borrowed(""), |(name, _)| Cow::Owned(name.into_owned()))
 }
 
 // === Pattern ===
@@ -196,7 +232,17 @@ impl Pattern {
                     "{pattern:?}: segment {part:?} must be a literal, a {{param}}, or a final *"
                 ));
             } else {
-                Segment::Literal(part.to_owned())
+                // Spelled as a request's normal form spells it (`é` as
+                // `%C3%A9`), or no request could ever match it.
+                let mut literal = String::with_capacity(part.len());
+                for &b in part.as_bytes() {
+                    if must_escape(b) {
+                        push_escape(&mut literal, b);
+                    } else {
+                        literal.push(b as char);
+                    }
+                }
+                Segment::Literal(literal)
             };
             segments.push(segment);
         }
@@ -247,7 +293,8 @@ pub struct Rule {
     /// On cacheable rules, the only client headers (besides `vary` ones)
     /// that reach the upstream.
     pub forward_headers: Vec<http::HeaderName>,
-    /// Lets `%2F`, `%5C`, `%00`, `\` and `;` through in this rule's paths.
+    /// Lets `%2F`, `%5C`, `%00`, `\`, `;` and `%3B` through in this rule's
+    /// paths.
     pub allow_encoded_separators: bool,
     /// Requests of this rule at the backend at once; `None`: no limit of
     /// its own.
@@ -349,6 +396,21 @@ mod tests {
     }
 
     #[test]
+    fn bytes_a_uri_cannot_carry_are_escaped_so_each_path_has_one_spelling() {
+        assert_eq!(norm("/caf\u{e9}"), "/caf%C3%A9");
+        assert_eq!(norm("/caf%c3%a9"), "/caf%C3%A9");
+        assert_eq!(norm("/a b\"<>^`{|}"), "/a%20b%22%3C%3E%5E%60%7B%7C%7D");
+        assert_eq!(norm("/a\\b"), "/a\\b", "a backslash stays, flagged");
+        assert_eq!(
+            normalise("/", Some("q=\u{e9}")).unwrap().query.as_deref(),
+            Some("q=%C3%A9")
+        );
+        let p = Pattern::parse("/caf\u{e9}/{id}").unwrap();
+        assert!(p.matches(&norm("/caf\u{e9}/1")));
+        assert!(p.matches(&norm("/caf%C3%A9/1")));
+    }
+
+    #[test]
     fn malformed_escapes_are_rejected() {
         for bad in ["/a%", "/a%4", "/a%zz", "/a%%20", "/x%+0y", "/x%-1"] {
             assert!(normalise(bad, None).is_err(), "{bad}");
@@ -359,7 +421,15 @@ mod tests {
 
     #[test]
     fn ambiguous_characters_are_flagged() {
-        for flagged in ["/admin%2f", "/admin%2Fx", "/a%5cb", "/a%00", "/a\\b", "/admin;x"] {
+        for flagged in [
+            "/admin%2f",
+            "/admin%2Fx",
+            "/a%5cb",
+            "/a%00",
+            "/a\\b",
+            "/admin;x",
+            "/admin%3bx",
+        ] {
             assert!(normalise(flagged, None).unwrap().has_ambiguous_chars, "{flagged}");
         }
         assert!(!normalise("/a%20b", None).unwrap().has_ambiguous_chars);
@@ -373,6 +443,15 @@ mod tests {
         assert_eq!(q("a=%7e&&b"), Some("a=~&b".into()));
         assert_eq!(q(""), None);
         assert_eq!(q("&&"), None);
+    }
+
+    #[test]
+    fn names_a_form_decoder_reads_alike_keep_their_order() {
+        let q = |s: &str| normalise("/", Some(s)).unwrap().query.unwrap();
+        // Both are the name "a b" to a back end: it must still see 1 first.
+        assert_eq!(q("a+b=1&a%20b=2"), "a+b=1&a%20b=2");
+        assert_eq!(q("a%20b=2&a+b=1"), "a%20b=2&a+b=1");
+        assert_eq!(q("b=0&a%2Bb=1&a=2"), "a=2&a%2Bb=1&b=0");
     }
 
     fn rule(name: &str, pattern: &str, methods: &[Method]) -> Rule {

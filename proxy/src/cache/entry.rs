@@ -70,9 +70,9 @@ impl Entry {
             headers,
             body,
             stored_at_ms: now_ms,
-            expires_at_ms: now_ms + lifetime.ttl.as_millis() as u64,
-            stale_while_revalidate_ms: lifetime.stale_while_revalidate.as_millis() as u64,
-            stale_if_error_ms: lifetime.stale_if_error.as_millis() as u64,
+            expires_at_ms: now_ms.saturating_add(millis(lifetime.ttl)),
+            stale_while_revalidate_ms: millis(lifetime.stale_while_revalidate),
+            stale_if_error_ms: millis(lifetime.stale_if_error),
             generations,
         }
     }
@@ -173,8 +173,10 @@ impl Entry {
         } else {
             (0, 0)
         };
+        // Counts come from the stored bytes: capacity is bounded by what the
+        // rest of the buffer could hold, not taken on trust.
         let ngen = buf.get_u16() as usize;
-        let mut generations = Vec::with_capacity(ngen);
+        let mut generations = Vec::with_capacity(ngen.min(buf.len() / 4));
         for _ in 0..ngen {
             let tag = take_str16(&mut buf)?;
             let generation = take_str16(&mut buf)?;
@@ -182,7 +184,10 @@ impl Entry {
         }
         need(&buf, 2)?;
         let nhdr = buf.get_u16() as usize;
-        let mut headers = HeaderMap::with_capacity(nhdr);
+        // `HeaderMap` panics past 32,768 entries; each header takes at
+        // least 7 bytes (lengths and a one-byte name).
+        let mut headers =
+            HeaderMap::try_with_capacity(nhdr.min(buf.len() / 7)).map_err(|_| DecodeError("header count"))?;
         for _ in 0..nhdr {
             need(&buf, 2)?;
             let len = buf.get_u16() as usize;
@@ -193,7 +198,9 @@ impl Entry {
             let len = buf.get_u32() as usize;
             need(&buf, len)?;
             let value = HeaderValue::from_maybe_shared(buf.split_to(len)).map_err(|_| DecodeError("header value"))?;
-            headers.append(name, value);
+            headers
+                .try_append(name, value)
+                .map_err(|_| DecodeError("header count"))?;
         }
         need(&buf, 4)?;
         let len = buf.get_u32() as usize;
@@ -212,6 +219,12 @@ impl Entry {
             generations,
         })
     }
+}
+
+/// Milliseconds, saturating: an origin's `stale-if-error=18446744073709552`
+/// is "for ever", where `as u64` would wrap it to 384 ms.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn need(buf: &Bytes, n: usize) -> Result<(), DecodeError> {
@@ -288,6 +301,17 @@ mod tests {
     }
 
     #[test]
+    fn a_header_count_beyond_what_a_header_map_holds_is_an_error() {
+        let mut bytes = BytesMut::from(&sample().encode()[..]);
+        // The header count sits after magic, version, status, four times,
+        // and the one generation ("users", "3f2a").
+        let at = 3 + 2 + 32 + 2 + (2 + 5 + 2 + 4);
+        assert_eq!(&bytes[at..at + 2], &[0, 3]);
+        bytes[at..at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(Entry::decode(bytes.freeze()).is_err());
+    }
+
+    #[test]
     fn version_1_entries_still_decode_with_no_stale_use() {
         let mut v1 = BytesMut::new();
         v1.put_slice(b"CG\x01");
@@ -313,6 +337,20 @@ mod tests {
         assert!(e.may_serve_on_error(e.expires_at_ms + 30_000));
         assert!(!e.may_serve_on_error(e.expires_at_ms + 300_000));
         assert_eq!(e.retention_left(e.stored_at_ms), Duration::from_secs(360));
+    }
+
+    #[test]
+    fn huge_lifetimes_saturate_instead_of_wrapping() {
+        let forever = Duration::from_secs(u64::MAX / 1000 + 1);
+        let lifetime = Lifetime {
+            ttl: forever,
+            stale_while_revalidate: forever,
+            stale_if_error: Duration::from_secs(u64::MAX),
+        };
+        let e = Entry::new(StatusCode::OK, HeaderMap::new(), Bytes::new(), 5, &lifetime, vec![]);
+        assert_eq!(e.expires_at_ms, u64::MAX);
+        assert_eq!(e.stale_while_revalidate_ms, u64::MAX);
+        assert_eq!(e.stale_if_error_ms, u64::MAX);
     }
 
     #[test]
