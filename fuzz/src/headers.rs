@@ -39,6 +39,7 @@ pub fn headers(data: &[u8]) {
         tags: vec!["users".into(), ALL_TAG.into()],
         stale_while_revalidate: Duration::from_secs(WINDOWS[usize::from(knobs >> 5)]),
         stale_if_error: Duration::from_secs(WINDOWS[usize::from(knobs >> 5) ^ 1]),
+        max_origin_stale: Duration::from_secs(3600),
     };
     let (request, response) = parse(rest);
     check_storability(&policy, &response);
@@ -72,6 +73,13 @@ fn check_storability(policy: &CachePolicy, response: &HeaderMap) {
         return;
     };
     assert!(lifetime.ttl >= Duration::from_secs(1) && lifetime.ttl <= policy.ttl);
+    // What the origin asks for is capped; the rule's own windows are not.
+    for (window, rule) in [
+        (lifetime.stale_while_revalidate, policy.stale_while_revalidate),
+        (lifetime.stale_if_error, policy.stale_if_error),
+    ] {
+        assert!(window <= rule.max(policy.max_origin_stale), "an uncapped stale window");
+    }
     assert!(!response.contains_key(http::header::SET_COOKIE));
     if policy.scope != Scope::User {
         let private = response

@@ -247,7 +247,11 @@ mod tests {
         let path = "/x".repeat(8 * 1024);
         let places: Vec<&str> = prefixes_of(&path).collect();
         assert_eq!(places.len(), INDEXED_PREFIX_DEPTH + 1);
-        assert_eq!(prefixes_of("/a/b/c/d/").count(), INDEXED_PREFIX_DEPTH + 2, "a trailing slash");
+        assert_eq!(
+            prefixes_of("/a/b/c/d/").count(),
+            INDEXED_PREFIX_DEPTH + 2,
+            "a trailing slash"
+        );
         assert!(places.iter().map(|p| p.len()).sum::<usize>() < 64);
     }
 
