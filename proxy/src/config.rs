@@ -1080,7 +1080,10 @@ fn tag_list(p: &mut Problems, field: &str, tags: &[String]) {
         if !crate::cache::purge::is_valid_tag(tag) {
             p.add(
                 format!("{field}[{j}]"),
-                format!("{tag:?} must be a non-empty word without spaces"),
+                format!(
+                    "{tag:?} must be a non-empty word of at most {} bytes without spaces",
+                    crate::cache::purge::MAX_TAG_LEN
+                ),
             );
         } else if tag == crate::cache::purge::ALL_TAG {
             p.add(format!("{field}[{j}]"), "\"*\" is reserved for purging everything");

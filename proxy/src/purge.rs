@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::{self, AuthError};
 use crate::body;
-use crate::cache::purge::is_valid_tag;
+use crate::cache::purge::{is_valid_tag, MAX_TAG_LEN};
 use crate::cache::PurgeRequest;
 use crate::handler::Proxy;
 use crate::route;
@@ -73,7 +73,9 @@ fn parse(bytes: &[u8]) -> Result<PurgeRequest, String> {
         return Err("name what to purge: tags, paths, prefixes or all".into());
     }
     if let Some(tag) = purge.tags.iter().find(|t| !is_valid_tag(t)) {
-        return Err(format!("tag {tag:?} must be a non-empty word without spaces"));
+        return Err(format!(
+            "tag {tag:?} must be a non-empty word of at most {MAX_TAG_LEN} bytes without spaces"
+        ));
     }
     for path in purge.paths.iter_mut().chain(purge.prefixes.iter_mut()) {
         *path = route::normalise(path, None)

@@ -21,11 +21,15 @@ use serde::Deserialize;
 use super::entry::Entry;
 use super::{CacheStore, StoreError};
 
-/// Whether `tag` can name a tag: a non-empty word without spaces or
-/// control characters (tags travel space-separated in surrogate-key
-/// headers and pub/sub messages).
+/// Longest tag: enough for real use, and well inside the 16-bit lengths
+/// an entry records its tags with.
+pub const MAX_TAG_LEN: usize = 256;
+
+/// Whether `tag` can name a tag: a non-empty word of at most
+/// [`MAX_TAG_LEN`] bytes without spaces or control characters (tags travel
+/// space-separated in surrogate-key headers and pub/sub messages).
 pub fn is_valid_tag(tag: &str) -> bool {
-    !tag.is_empty() && !tag.chars().any(|c| c.is_whitespace() || c.is_control())
+    (1..=MAX_TAG_LEN).contains(&tag.len()) && !tag.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// The implicit tag every cacheable rule carries: replacing its generation
@@ -180,10 +184,9 @@ fn index_prefix(prefix: &str) -> &str {
     }
 }
 
-/// Most tags one answer's surrogate-key header may name, and their
-/// longest: enough for real use, bounded against a hostile origin.
+/// Most tags one answer's surrogate-key header may name: enough for real
+/// use, bounded against a hostile origin.
 const MAX_SURROGATE_KEYS: usize = 64;
-const MAX_SURROGATE_KEY_LEN: usize = 256;
 
 /// The tags an answer names in its surrogate-key header (space separated,
 /// as Fastly and Varnish read it).
@@ -192,11 +195,7 @@ pub fn surrogate_keys(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
     for value in headers.get_all(name) {
         let Ok(value) = value.to_str() else { continue };
         for key in value.split_ascii_whitespace() {
-            if is_valid_tag(key)
-                && key.len() <= MAX_SURROGATE_KEY_LEN
-                && key != ALL_TAG
-                && !keys.iter().any(|k| k == key)
-            {
+            if is_valid_tag(key) && key != ALL_TAG && !keys.iter().any(|k| k == key) {
                 keys.push(key.to_owned());
             }
         }
@@ -253,6 +252,15 @@ mod tests {
             "a trailing slash"
         );
         assert!(places.iter().map(|p| p.len()).sum::<usize>() < 64);
+    }
+
+    #[test]
+    fn tags_are_bounded_words() {
+        assert!(is_valid_tag("user:42"));
+        assert!(is_valid_tag(&"t".repeat(MAX_TAG_LEN)));
+        // Longer tags would not fit the 16-bit lengths an entry records.
+        assert!(!is_valid_tag(&"t".repeat(MAX_TAG_LEN + 1)));
+        assert!(!is_valid_tag("") && !is_valid_tag("a b") && !is_valid_tag("a\u{7}"));
     }
 
     #[test]
