@@ -39,7 +39,7 @@ pub fn config(data: &[u8]) {
     confine(&mut raw.jwt.public_key_file);
     confine(&mut raw.jwt.jwks_file);
     let overrides = Overrides {
-        jwt_secret: Some("fuzz-secret".into()),
+        jwt_secret: Some("fuzz-secret-of-at-least-32-bytes-for-hs256".into()),
         ..Overrides::default()
     };
     match Config::build(raw, overrides, &crate::keys_dir()) {

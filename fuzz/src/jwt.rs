@@ -27,7 +27,8 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use proxy::auth::{authenticate, Claims, JwtVerifier, KeySource};
 use serde_json::{json, Map, Value};
 
-pub const SECRET: &[u8] = b"fuzz-secret";
+/// HS256 wants at least 32 bytes (RFC 7518 §3.2); the verifier refuses less.
+pub const SECRET: &[u8] = b"fuzz-secret-of-at-least-32-bytes-for-hs256";
 const ISSUER: &str = "origin";
 const AUDIENCE: &str = "api";
 const LEEWAY: u64 = 30;

@@ -58,7 +58,7 @@ pub fn rules() -> &'static RuleSet {
         .get_or_init(|| {
             let text = format!("{}\n{EXTRA_ROUTES}", include_str!("../../config.toml"));
             let overrides = Overrides {
-                jwt_secret: Some("fuzz-secret".into()),
+                jwt_secret: Some("fuzz-secret-of-at-least-32-bytes-for-hs256".into()),
                 ..Overrides::default()
             };
             Config::load(&text, overrides, std::path::Path::new(".")).expect("the shipped config loads")

@@ -26,7 +26,7 @@ fn rules() -> &'static RuleSet {
         .get_or_init(|| {
             let text = include_str!("../../config.toml");
             let overrides = Overrides {
-                jwt_secret: Some("property-secret".into()),
+                jwt_secret: Some("property-secret-of-at-least-32-bytes".into()),
                 ..Overrides::default()
             };
             Config::load(text, overrides, Path::new(".")).expect("the shipped config loads")
