@@ -17,7 +17,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Why a connection's watchdog ended it.
@@ -50,17 +49,28 @@ pub struct Limits {
 }
 
 /// One connection's requests in flight, shared by its service (which
-/// counts) and its watchdog (which waits).
-#[derive(Default)]
+/// counts) and its watchdog (which looks). Counting is a few atomic
+/// operations per request and never wakes the watchdog: it sleeps until
+/// the earliest moment the connection could expire and then looks again,
+/// so a busy connection costs one timer per `idle` period, not per request.
 pub struct Activity {
+    born: Instant,
     in_flight: AtomicUsize,
-    /// Requests ever started, so the watchdog can tell "still idle" from
-    /// "a request came and went while I slept".
+    /// Requests ever started: none yet means the first-request limit.
     started: AtomicU64,
-    /// Woken on every change; `notify_one` keeps a permit when nobody
-    /// waits, so a change between the watchdog's check and its wait is
-    /// never lost.
-    changed: Notify,
+    /// When the last request in flight ended, in nanoseconds since `born`.
+    last_end: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            last_end: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Activity {
@@ -69,45 +79,35 @@ impl Activity {
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.started.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
     /// Resolves when the connection should be closed, and says why.
     pub async fn expired(&self, limits: Limits) -> Expired {
-        let born = Instant::now();
-        let mut idle_since = born;
+        let age_limit = limits.max_age.map(|age| self.born + age);
         loop {
-            let age_limit = limits.max_age.map(|age| born + age);
-            let seen = self.started.load(Ordering::Acquire);
-            let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
-                None
-            } else if seen == 0 {
-                Some((born + limits.first_request, Expired::FirstRequest))
-            } else {
-                Some((idle_since + limits.idle, Expired::Idle))
-            };
-            let deadline = match (deadline, age_limit) {
-                (Some((idle_at, _)), Some(age_at)) if age_at <= idle_at => Some((age_at, Expired::Age)),
-                (None, Some(age_at)) => Some((age_at, Expired::Age)),
-                (deadline, _) => deadline,
-            };
-            let Some((at, why)) = deadline else {
-                self.changed.notified().await;
-                idle_since = Instant::now();
-                continue;
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(at) => {
-                    let still_idle = self.in_flight.load(Ordering::Acquire) == 0
-                        && self.started.load(Ordering::Acquire) == seen;
-                    if why == Expired::Age || still_idle {
-                        return why;
-                    }
-                }
-                () = self.changed.notified() => {}
+            let now = Instant::now();
+            if age_limit.is_some_and(|at| at <= now) {
+                return Expired::Age;
             }
-            idle_since = Instant::now();
+            // `started` before `in_flight`: a request counted in `started`
+            // is then seen in flight too (it adds to `in_flight` first).
+            let started = self.started.load(Ordering::Acquire);
+            let idle = self.in_flight.load(Ordering::Acquire) == 0;
+            let (at, why) = match (started, idle) {
+                (0, _) => (self.born + limits.first_request, Some(Expired::FirstRequest)),
+                (_, true) => {
+                    let ended = Duration::from_nanos(self.last_end.load(Ordering::Acquire));
+                    (self.born + ended + limits.idle, Some(Expired::Idle))
+                }
+                // Busy: look again after an idle period at the latest.
+                (_, false) => (now + limits.idle, None),
+            };
+            if let Some(why) = why.filter(|_| at <= now) {
+                return why;
+            }
+            let wake = age_limit.map_or(at, |age| age.min(at));
+            tokio::time::sleep_until(wake).await;
         }
     }
 }
@@ -117,8 +117,11 @@ pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
+        let activity = &self.0;
+        let since_born = u64::try_from(activity.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Before the count drops: whoever sees it at zero sees this end.
+        activity.last_end.fetch_max(since_born, Ordering::AcqRel);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
