@@ -31,9 +31,19 @@ body_read_timeout = "500ms"
 invalidation_wait = "200ms"
 "#;
 
+/// A PUT beside ITEMS_CONFIG's POST: the issue's case is a client closing a PUT.
+const PUT_ROUTE: &str = r#"
+[[routes]]
+name = "items-put"
+path = "/items"
+methods = ["PUT"]
+access = "public"
+invalidates = ["items"]
+"#;
+
 /// The items routes with the limits above.
 fn config() -> String {
-    format!("{LIMITS}{ITEMS_CONFIG}")
+    format!("{LIMITS}{ITEMS_CONFIG}{PUT_ROUTE}")
 }
 
 const APPLIED: &str = r#"proxy_invalidations_total{operation="applied"}"#;
@@ -111,12 +121,12 @@ async fn until_metric(proxy: &ProxyHandle, series: &str, at_least: u64) {
     .await;
 }
 
-/// Sends a write and hangs up once the backend has committed it, before
+/// Sends a PUT and hangs up once the backend has committed it, before
 /// its answer comes.
 async fn put_and_hang_up(proxy: &ProxyHandle, backend: &Backend) {
     let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
     socket
-        .write_all(b"POST /items HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        .write_all(b"PUT /items HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         .await
         .unwrap();
     eventually("the backend committed the write", || async {
