@@ -51,6 +51,7 @@ fn route_match(c: &mut Criterion) {
     c.bench_function("route/match_item", |b| {
         b.iter(|| {
             config
+                .runtime
                 .routes
                 .match_rule(black_box(&Method::GET), black_box(&target))
                 .is_ok()

@@ -63,20 +63,33 @@ fn confine(path: &mut Option<PathBuf>) {
 }
 
 fn check(config: &Config, paths: &[Option<String>]) {
-    assert!(config.listen != config.admin_listen || config.listen.port() == 0);
-    assert!(!config.server.header_read_timeout.is_zero());
-    assert!(config.server.max_connections > 0);
-    assert!(!config.cache.default_ttl.is_zero());
-    assert!(!config.cache.operation_timeout.is_zero());
-    assert!(config.cache.breaker_failures > 0);
+    let boot = &config.boot;
+    assert!(boot.listen != boot.admin_listen || boot.listen.port() == 0);
+    assert!(!boot.server.header_read_timeout.is_zero());
+    assert!(boot.server.max_connections > 0);
+    assert!(!boot.store.operation_timeout.is_zero());
+    assert!(boot.store.breaker_failures > 0);
+    if let Some(jwt) = &config.runtime.jwt {
+        // Key files are read when the settings are put to use: a bad one
+        // is named by its field, never a panic.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        if let Err(e) = runtime.block_on(proxy::auth::JwtVerifier::load(jwt)) {
+            assert!(e.field.starts_with("jwt.") || e.field == "JWT_SECRET_KEY", "{e:?}");
+        }
+    }
     let mut names = std::collections::HashSet::new();
-    let rules: Vec<_> = config.routes.iter().collect();
+    let rules: Vec<_> = config.runtime.routes.iter().collect();
     assert_eq!(rules.len(), paths.len());
     for (rule, path) in rules.iter().zip(paths) {
         assert!(!rule.name.is_empty() && names.insert(rule.name), "{}", rule.name);
         assert!(!rule.methods.is_empty());
         if !rule.access.is_public() {
-            assert!(config.jwt.is_some(), "a route needs tokens but nothing verifies them");
+            assert!(
+                config.runtime.jwt.is_some(),
+                "a route needs tokens but nothing verifies them"
+            );
         }
         if let Some(policy) = &rule.cache {
             assert!(rule.methods.iter().all(|m| *m == Method::GET || *m == Method::HEAD));

@@ -63,6 +63,7 @@ pub fn rules() -> &'static RuleSet {
             };
             Config::load(&text, overrides, std::path::Path::new(".")).expect("the shipped config loads")
         })
+        .runtime
         .routes
 }
 

@@ -1,4 +1,5 @@
-//! The admin listener: liveness, readiness, metrics and purge.
+//! The admin listener: liveness, readiness, metrics, and the operator's
+//! endpoints (purge, reload, the settings in use).
 //!
 //! Served on its own address (`admin_listen`, never the client listener),
 //! so operators can firewall it separately.
@@ -7,13 +8,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use hyper::body::Body;
 
 use crate::body;
 use crate::handler::Proxy;
+use crate::operator;
 use crate::purge;
 use crate::upstream::{BoxError, ProxyBody};
 
@@ -25,6 +27,8 @@ where
 {
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/purge") => purge::purge(&proxy, request).await,
+        (&Method::POST, "/reload") => reload(&proxy, request.headers()).await,
+        (&Method::GET, "/config") => active_config(&proxy, request.headers()),
         (&Method::GET, "/healthz") => body::json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readiness(&proxy).await,
         (&Method::GET, "/metrics") => {
@@ -35,7 +39,7 @@ where
             );
             response
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/purge") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/config") => {
             body::json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"}))
         }
         _ => body::json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
@@ -45,7 +49,7 @@ where
 /// Ready when the upstream accepts a connection and the cache store
 /// answers; 503 naming what is not.
 async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
-    let upstream = &proxy.config.upstream;
+    let upstream = &proxy.boot.upstream;
     let authority = upstream
         .base
         .authority()
@@ -68,8 +72,42 @@ async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
             "upstream": word(upstream_ok),
             "cache": word(store_ok),
             "cache_store": proxy.store.kind(),
-            "cache_namespace": proxy.config.cache.namespace,
+            "cache_namespace": proxy.boot.store.namespace,
             "warnings": proxy.store.warnings().await,
         }),
     )
+}
+
+/// `POST /reload`: the config file read anew and swapped in whole, or the
+/// running rules kept and every problem named (400).
+async fn reload(proxy: &Proxy, headers: &HeaderMap) -> Response<ProxyBody> {
+    if let Err(refused) = operator::authorise(&proxy.runtime.load(), headers) {
+        return refused.into_response("reloading");
+    }
+    match proxy.runtime.reload().await {
+        Ok(version) => body::json_response(StatusCode::OK, &json!({"reloaded": true, "version": &*version})),
+        Err(problems) => {
+            let errors: Vec<_> = problems
+                .iter()
+                .map(|p| json!({"field": p.field, "message": p.message}))
+                .collect();
+            body::json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"reloaded": false, "error": "invalid configuration; the running rules are unchanged", "errors": errors}),
+            )
+        }
+    }
+}
+
+/// `GET /config`: the runtime settings in use (secrets redacted), their
+/// version and the cache namespace.
+fn active_config(proxy: &Proxy, headers: &HeaderMap) -> Response<ProxyBody> {
+    let snap = proxy.runtime.load();
+    if let Err(refused) = operator::authorise(&snap, headers) {
+        return refused.into_response("reading the config");
+    }
+    let mut described = snap.describe();
+    described["cache_namespace"] = json!(proxy.boot.store.namespace);
+    described["cache_store"] = json!(proxy.boot.store.backend.kind());
+    body::json_response(StatusCode::OK, &described)
 }

@@ -8,6 +8,7 @@
 //! [`Claims`]; what they may do is `rbac`'s business.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +17,8 @@ use http::HeaderMap;
 use jsonwebtoken::jwk::{JwkSet, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+
+use crate::secret::Secret;
 
 /// The verified identity of a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +103,57 @@ impl std::fmt::Debug for JwtVerifier {
     }
 }
 
+/// How tokens are verified, as configured. Key files are named, not read:
+/// [`JwtVerifier::load`] reads them when the settings are put to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    pub algorithm: Algorithm,
+    pub keys: KeySetting,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub role_claim: String,
+}
+
+/// Where the verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySetting {
+    /// HMAC secret, from `JWT_SECRET_KEY`.
+    Secret(Secret),
+    /// `jwt.public_key_file`, resolved against the config file's folder.
+    PemFile(PathBuf),
+    /// `jwt.jwks_file`, likewise.
+    JwksFile(PathBuf),
+}
+
 impl JwtVerifier {
+    /// Reads the key files `settings` name and builds the verifier; a key
+    /// that cannot be read or used is named by its config field.
+    pub async fn load(settings: &JwtSettings) -> Result<JwtVerifier, KeyError> {
+        let read = |field: &'static str, path: &PathBuf| {
+            let path = path.clone();
+            async move {
+                tokio::fs::read(&path).await.map_err(|e| KeyError {
+                    field,
+                    message: format!("cannot read {}: {e}", path.display()),
+                })
+            }
+        };
+        let source = match &settings.keys {
+            KeySetting::Secret(secret) => KeySource::Secret(secret.0.as_bytes().to_vec()),
+            KeySetting::PemFile(path) => KeySource::Pem(read("jwt.public_key_file", path).await?),
+            KeySetting::JwksFile(path) => KeySource::Jwks(read("jwt.jwks_file", path).await?),
+        };
+        JwtVerifier::new(
+            settings.algorithm,
+            source,
+            settings.issuer.clone(),
+            settings.audience.clone(),
+            settings.leeway,
+            settings.role_claim.clone(),
+        )
+    }
+
     pub fn new(
         algorithm: Algorithm,
         source: KeySource,
@@ -111,17 +164,7 @@ impl JwtVerifier {
     ) -> Result<JwtVerifier, KeyError> {
         let keys = match source {
             KeySource::Secret(secret) => {
-                let min = min_secret_bytes(algorithm);
-                if secret.len() < min {
-                    return Err(KeyError {
-                        field: "JWT_SECRET_KEY",
-                        message: format!(
-                            "is {} bytes; {algorithm:?} needs at least {min} (RFC 7518 §3.2), \
-                             or tokens can be forged by guessing the secret offline",
-                            secret.len()
-                        ),
-                    });
-                }
+                check_secret(algorithm, secret.len())?;
                 Keys::Single(DecodingKey::from_secret(&secret))
             }
             KeySource::Pem(pem) => Keys::Single(pem_key(algorithm, &pem).map_err(|message| KeyError {
@@ -253,6 +296,22 @@ impl JwtVerifier {
 /// RFC 7518 §3.2: an HMAC key must be at least as long as the hash
 /// output. Anyone holding one token can test guesses of a shorter secret
 /// offline, at no cost to us and invisible to us.
+/// An HMAC secret shorter than the hash is refused: tokens could be forged
+/// by guessing it offline.
+pub fn check_secret(algorithm: Algorithm, len: usize) -> Result<(), KeyError> {
+    let min = min_secret_bytes(algorithm);
+    if len < min {
+        return Err(KeyError {
+            field: "JWT_SECRET_KEY",
+            message: format!(
+                "is {len} bytes; {algorithm:?} needs at least {min} (RFC 7518 §3.2), \
+                 or tokens can be forged by guessing the secret offline"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn min_secret_bytes(algorithm: Algorithm) -> usize {
     match algorithm {
         Algorithm::HS384 => 48,

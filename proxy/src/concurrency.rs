@@ -15,9 +15,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::route::Rule;
 
+/// The backend's limit, all rules together: a boot setting.
 pub struct UpstreamSlots {
     global: Option<Arc<Semaphore>>,
-    per_rule: HashMap<&'static str, Arc<Semaphore>>,
+}
+
+/// Each rule's own limit: runtime settings, rebuilt on reload.
+#[derive(Debug, Default)]
+pub struct RuleSlots {
+    /// `(limit, slots)` by rule name.
+    per_rule: HashMap<&'static str, (usize, Arc<Semaphore>)>,
 }
 
 /// Slots held while a request is at the backend.
@@ -35,21 +42,17 @@ pub enum Full {
 
 impl UpstreamSlots {
     /// `global` 0 means no global limit.
-    pub fn new<'a>(global: usize, rules: impl IntoIterator<Item = &'a Rule>) -> UpstreamSlots {
+    pub fn new(global: usize) -> UpstreamSlots {
         UpstreamSlots {
             global: (global > 0).then(|| Arc::new(Semaphore::new(global))),
-            per_rule: rules
-                .into_iter()
-                .filter_map(|rule| Some((rule.name, Arc::new(Semaphore::new(rule.max_concurrent_requests?)))))
-                .collect(),
         }
     }
 
     /// Slots for one request through `rule`, or which limit is full.
-    pub fn try_hold(&self, rule: &str) -> Result<Held, Full> {
+    pub fn try_hold(&self, rules: &RuleSlots, rule: &str) -> Result<Held, Full> {
         let take = |semaphore: &Arc<Semaphore>| semaphore.clone().try_acquire_owned().ok();
-        let rule = match self.per_rule.get(rule) {
-            Some(semaphore) => Some(take(semaphore).ok_or(Full::Rule)?),
+        let rule = match rules.per_rule.get(rule) {
+            Some((_, semaphore)) => Some(take(semaphore).ok_or(Full::Rule)?),
             None => None,
         };
         let global = match &self.global {
@@ -63,21 +66,44 @@ impl UpstreamSlots {
     }
 }
 
+impl RuleSlots {
+    /// Slots for the rules that have a limit. A rule whose name and limit
+    /// a reload kept keeps its slots, so requests still at the backend
+    /// under the previous rules count against the new ones too.
+    pub fn new<'a>(rules: impl IntoIterator<Item = &'a Rule>, previous: Option<&RuleSlots>) -> RuleSlots {
+        let per_rule = rules
+            .into_iter()
+            .filter_map(|rule| {
+                let limit = rule.max_concurrent_requests?;
+                let kept = previous
+                    .and_then(|p| p.per_rule.get(rule.name))
+                    .filter(|(old, _)| *old == limit)
+                    .map(|(_, slots)| slots.clone());
+                Some((
+                    rule.name,
+                    (limit, kept.unwrap_or_else(|| Arc::new(Semaphore::new(limit)))),
+                ))
+            })
+            .collect();
+        RuleSlots { per_rule }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_full_rule_or_a_full_backend_refuses_and_slots_come_back() {
-        let slots = UpstreamSlots {
-            global: Some(Arc::new(Semaphore::new(2))),
-            per_rule: HashMap::from([("slow", Arc::new(Semaphore::new(1)))]),
+        let slots = UpstreamSlots::new(2);
+        let rules = RuleSlots {
+            per_rule: HashMap::from([("slow", (1, Arc::new(Semaphore::new(1))))]),
         };
-        let first = slots.try_hold("slow").unwrap();
-        assert_eq!(slots.try_hold("slow").err(), Some(Full::Rule));
-        let other = slots.try_hold("fast").unwrap();
-        assert_eq!(slots.try_hold("fast").err(), Some(Full::Global));
+        let first = slots.try_hold(&rules, "slow").unwrap();
+        assert_eq!(slots.try_hold(&rules, "slow").err(), Some(Full::Rule));
+        let other = slots.try_hold(&rules, "fast").unwrap();
+        assert_eq!(slots.try_hold(&rules, "fast").err(), Some(Full::Global));
         drop((first, other));
-        assert!(slots.try_hold("slow").is_ok());
+        assert!(slots.try_hold(&rules, "slow").is_ok());
     }
 }

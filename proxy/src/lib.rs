@@ -7,8 +7,11 @@
 //! knows about the backend is in `config.toml`.
 //!
 //! # Layout
-//! - [`config`]: `config.toml` + environment + CLI, validated once.
-//! - [`server`]: accept loop, connection limit, graceful shutdown.
+//! - [`config`]: `config.toml` + `.env` + environment + CLI, validated;
+//!   imported only by this assembly and `main.rs`.
+//! - [`boot`]: settings fixed for the process's life; [`runtime`]: the
+//!   rules requests run under, swapped whole on reload.
+//! - [`server`]: accept loop, connection limits, graceful shutdown.
 //! - [`handler`]: the request pipeline, step by step.
 //! - [`route`]: path normalisation and rule matching.
 //! - [`auth`]: bearer extraction and JWT verification.
@@ -20,12 +23,14 @@
 //! - [`upstream`]: request shaping and the pooled client.
 //! - [`vary`]: headers the origin varies on, learned per rule.
 //! - [`invalidate`]: which write outcomes invalidate.
-//! - [`admin`]: health, readiness, metrics listener; [`purge`]: `POST /purge`.
-//! - [`metrics`], [`error`], [`body`]: support.
+//! - [`admin`]: health, readiness, metrics, reload and config listener;
+//!   [`purge`]: `POST /purge`; [`operator`]: who may use them.
+//! - [`metrics`], [`error`], [`body`], [`secret`]: support.
 
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod boot;
 pub mod cache;
 pub mod coalesce;
 pub mod concurrency;
@@ -35,9 +40,12 @@ pub mod error;
 pub mod handler;
 pub mod invalidate;
 pub mod metrics;
+pub mod operator;
 pub mod purge;
 pub mod rbac;
 pub mod route;
+pub mod runtime;
+pub mod secret;
 pub mod server;
 pub mod upstream;
 pub mod vary;
@@ -47,50 +55,84 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::boot::BootSettings;
 use crate::cache::memory::MemoryStore;
 use crate::cache::redis::RedisStore;
+use crate::cache::settings::{Backend, StoreSettings};
 use crate::cache::CacheStore;
 use crate::concurrency::UpstreamSlots;
-use crate::config::{Config, StoreSettings};
+use crate::config::{Config, ConfigError, ConfigErrors, ConfigFile, FileSource};
 use crate::handler::Proxy;
 use crate::metrics::Metrics;
+use crate::runtime::{Runtime, SettingsSource, Snapshot};
 use crate::upstream::Upstream;
 
-/// Builds the store the config names. Redis is not contacted here: the
-/// proxy starts, and serves, with Redis down.
-pub fn build_store(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn CacheStore>> {
-    Ok(match &config.cache.store {
-        StoreSettings::Memory { max_bytes } => Arc::new(MemoryStore::new(*max_bytes)),
-        StoreSettings::Redis { url, l1_max_bytes } => RedisStore::new(&url.0, *l1_max_bytes, &config.cache, metrics)?,
+/// Validated settings with their runtime half put to use (key files read,
+/// verifier built): what [`run`] serves with.
+pub struct Prepared {
+    pub boot: BootSettings,
+    pub snapshot: Snapshot,
+}
+
+/// Puts the runtime settings to use; a key file that cannot be read or
+/// used is reported like any invalid field.
+pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
+    let snapshot = Snapshot::build(config.runtime, config.version, None)
+        .await
+        .map_err(|p| ConfigErrors(vec![ConfigError::new(p.field, p.message)]))?;
+    Ok(Prepared {
+        boot: config.boot,
+        snapshot,
     })
 }
 
-/// Builds everything a request needs.
-pub fn build_proxy(config: Arc<Config>) -> anyhow::Result<Arc<Proxy>> {
+/// Builds the store the settings name. Redis is not contacted here: the
+/// proxy starts, and serves, with Redis down.
+pub fn build_store(store: &StoreSettings, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn CacheStore>> {
+    Ok(match &store.backend {
+        Backend::Memory { max_bytes } => Arc::new(MemoryStore::new(*max_bytes)),
+        Backend::Redis { url, l1_max_bytes } => RedisStore::new(&url.0, *l1_max_bytes, store, metrics)?,
+    })
+}
+
+/// Builds everything a request needs. With `reload_from`, the runtime
+/// half can be read anew from that file.
+pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyhow::Result<Arc<Proxy>> {
+    let Prepared { boot, snapshot } = prepared;
     let metrics = Arc::new(Metrics::new());
-    let store = build_store(&config, metrics.clone())?;
+    let store = build_store(&boot.store, metrics.clone())?;
+    let source = reload_from.map(|file| {
+        Box::new(FileSource {
+            file,
+            running: boot.clone(),
+        }) as Box<dyn SettingsSource>
+    });
     Ok(Arc::new_cyclic(|me| Proxy {
         store,
         flights: Arc::default(),
         learned_vary: Default::default(),
         me: me.clone(),
-        upstream: Upstream::new(&config.upstream),
+        upstream: Upstream::new(&boot.upstream),
+        upstream_slots: UpstreamSlots::new(boot.upstream.max_concurrent_requests),
+        runtime: Runtime::new(snapshot, source, metrics.clone()),
         metrics,
         writes: Arc::default(),
-        upstream_slots: UpstreamSlots::new(config.upstream.max_concurrent_requests, config.routes.iter()),
-        config,
+        boot,
     }))
 }
 
 /// Serves clients on `listener` and the admin endpoints on `admin`
-/// until `shutdown` resolves, then drains both.
+/// until `shutdown` resolves, then drains both. With `reload_from`, SIGHUP
+/// and `POST /reload` read that file anew.
 pub async fn run(
     listener: TcpListener,
     admin: TcpListener,
-    config: Arc<Config>,
+    prepared: Prepared,
+    reload_from: Option<ConfigFile>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let proxy = build_proxy(config.clone())?;
+    let reloadable = reload_from.is_some();
+    let proxy = build_proxy(prepared, reload_from)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -99,20 +141,26 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    if reloadable {
+        tokio::spawn(reload_on_sighup(Arc::downgrade(&proxy)));
+    }
 
+    let snapshot = proxy.runtime.load();
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = %admin.local_addr()?,
-        upstream = %config.upstream.base,
+        upstream = %proxy.boot.upstream.base,
         store = proxy.store.kind(),
-        namespace = %config.cache.namespace,
-        routes = config.routes.iter().count(),
+        namespace = %proxy.boot.store.namespace,
+        routes = snapshot.settings.routes.iter().count(),
+        version = %snapshot.version,
         "proxy listening"
     );
+    drop(snapshot);
     let admin_proxy = proxy.clone();
     let admin_task = tokio::spawn(server::serve(
         admin,
-        config.server.clone(),
+        proxy.boot.server.clone(),
         proxy.metrics.clone(),
         move |req, _peer| admin::handle(admin_proxy.clone(), req),
         stopped(stop_rx.clone()),
@@ -120,7 +168,7 @@ pub async fn run(
     let client_proxy = proxy.clone();
     server::serve(
         listener,
-        config.server.clone(),
+        proxy.boot.server.clone(),
         proxy.metrics.clone(),
         move |req, peer| {
             let proxy = client_proxy.clone();
@@ -133,7 +181,7 @@ pub async fn run(
     // Writes already forwarded finish their invalidation even though their
     // clients are gone; past the wait, their tags are invalidated here, as
     // the write may yet commit.
-    let unsettled = proxy.writes.settle(config.cache.invalidation_wait).await;
+    let unsettled = proxy.writes.settle(proxy.boot.store.invalidation_wait).await;
     if !unsettled.is_empty() {
         tracing::warn!(tags = ?unsettled, "writes still in flight at exit; invalidating their tags now");
         if let Err(err) = proxy.store.invalidate(&unsettled).await {
@@ -142,4 +190,18 @@ pub async fn run(
     }
     proxy.store.close().await;
     Ok(())
+}
+
+/// SIGHUP reloads, as for nginx and HAProxy. Outcomes are logged and
+/// counted by the reload itself.
+async fn reload_on_sighup(proxy: std::sync::Weak<Proxy>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /reload");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let Some(proxy) = proxy.upgrade() else { return };
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = proxy.runtime.reload().await;
+    }
 }

@@ -1,12 +1,13 @@
 //! `proxy` binary: CLI, `.env`, config loading, listeners, logging.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use proxy::config::{Config, Overrides, ProcessEnv};
+use proxy::config::{ConfigErrors, ConfigFile, Overrides};
+use proxy::server::{bind_shared, queued_connections_migrate};
 
 /// JWT-aware caching reverse proxy.
 ///
@@ -18,7 +19,8 @@ struct Cli {
     /// Path to config.toml.
     #[arg(long, env = "PROXY_CONFIG", default_value = "config.toml")]
     config: PathBuf,
-    /// Validate the configuration and exit (0 when valid, 2 when not).
+    /// Validate the configuration (key files included) and exit (0 when
+    /// valid, 2 when not).
     #[arg(long)]
     check: bool,
     /// Client listener address (env PROXY_LISTEN).
@@ -45,37 +47,57 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // Taken before `.env` is read: a reload re-reads `.env`, whose values
+    // yield to the real environment's.
+    let environment: HashMap<String, String> = std::env::vars().collect();
     // A missing .env is normal; a malformed one is worth saying.
-    if let Err(err) = dotenvy::dotenv() {
-        if !err.not_found() {
+    let dotenv = match dotenvy::dotenv() {
+        Ok(path) => Some(path),
+        Err(err) if err.not_found() => None,
+        Err(err) => {
             eprintln!("warning: ignoring .env: {err}");
+            None
         }
-    }
+    };
     let cli = Cli::parse();
-    let config = match load(&cli) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("{message}");
+    let file = ConfigFile {
+        path: cli.config.clone(),
+        environment,
+        dotenv,
+        flags: Overrides {
+            listen: cli.listen.clone(),
+            admin_listen: cli.admin_listen.clone(),
+            upstream: cli.upstream.clone(),
+            redis_url: cli.redis_url.clone(),
+            ..Overrides::default()
+        },
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("starting the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let prepared = match runtime.block_on(load(&file)) {
+        Ok(prepared) => prepared,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration:\n{errors}", cli.config.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if cli.check {
         println!(
-            "{}: valid ({} routes, {} cache)",
+            "{}: valid ({} routes, {} cache), version {}",
             cli.config.display(),
-            config.routes.iter().count(),
-            match config.cache.store {
-                proxy::config::StoreSettings::Memory { .. } => "memory",
-                proxy::config::StoreSettings::Redis { .. } => "redis",
-            }
+            prepared.snapshot.settings.routes.iter().count(),
+            prepared.boot.store.backend.kind(),
+            prepared.snapshot.version,
         );
         return ExitCode::SUCCESS;
     }
     init_logging();
-    match tokio::runtime::Runtime::new()
-        .context("starting the runtime")
-        .and_then(|rt| rt.block_on(serve(config)))
-    {
+    match runtime.block_on(serve(prepared, file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -84,20 +106,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(cli: &Cli) -> Result<Config, String> {
-    let text =
-        std::fs::read_to_string(&cli.config).map_err(|e| format!("{}: cannot read: {e}", cli.config.display()))?;
-    let flags = Overrides {
-        listen: cli.listen.clone(),
-        admin_listen: cli.admin_listen.clone(),
-        upstream: cli.upstream.clone(),
-        redis_url: cli.redis_url.clone(),
-        ..Overrides::default()
-    };
-    let overrides = Overrides::from_env(&ProcessEnv).overridden_by(flags);
-    let base_dir = cli.config.parent().map(PathBuf::from).unwrap_or_default();
-    Config::load(&text, overrides, &base_dir)
-        .map_err(|errors| format!("{}: invalid configuration:\n{errors}", cli.config.display()))
+/// Reads, validates and puts to use what `file` says (key files included).
+async fn load(file: &ConfigFile) -> Result<proxy::Prepared, ConfigErrors> {
+    proxy::prepare(file.load()?).await
 }
 
 fn init_logging() {
@@ -110,16 +121,18 @@ fn init_logging() {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding listen address {}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("binding admin_listen address {}", config.admin_listen))?;
-    proxy::run(listener, admin, Arc::new(config), shutdown_signal()).await
+async fn serve(prepared: proxy::Prepared, file: ConfigFile) -> anyhow::Result<()> {
+    let (listen, admin_listen) = (prepared.boot.listen, prepared.boot.admin_listen);
+    let listener = bind_shared(listen).with_context(|| format!("binding listen address {listen}"))?;
+    let admin = bind_shared(admin_listen).with_context(|| format!("binding admin_listen address {admin_listen}"))?;
+    if queued_connections_migrate() == Some(false) {
+        tracing::info!(
+            "net.ipv4.tcp_migrate_req is 0: when this process stops while another takes over its port, \
+             a connection arriving in the instant of the hand-over may be reset (see the README's upgrade procedure)"
+        );
+    }
+    proxy::run(listener, admin, prepared, Some(file), shutdown_signal()).await
 }
-
 async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

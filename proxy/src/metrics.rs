@@ -69,6 +69,13 @@ pub struct Metrics {
     connections_closed: Family<ReasonLabels, Counter>,
     connections_open: Gauge,
     upstream_rejected: Family<RuleLabels, Counter>,
+    config_reloads: Family<OutcomeLabels, Counter>,
+    config_info: Family<VersionLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,8 +179,22 @@ impl Metrics {
             "Requests answered 503 because too many were at the backend already, by rule",
             upstream_rejected.clone(),
         );
+        let config_reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Reloads of config.toml, by outcome (ok, invalid)",
+            config_reloads.clone(),
+        );
+        let config_info = Family::default();
+        registry.register(
+            "config_info",
+            "1 for the version of the settings in use",
+            config_info.clone(),
+        );
         Metrics {
             registry,
+            config_reloads,
+            config_info,
             requests,
             cache,
             upstream_seconds,
@@ -259,6 +280,20 @@ impl Metrics {
 
     pub fn upstream_rejected(&self, rule: &'static str) {
         self.upstream_rejected.get_or_create(&RuleLabels { rule }).inc();
+    }
+
+    pub fn config_reload(&self, outcome: &'static str) {
+        self.config_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Marks `version` as the settings in use, and no other.
+    pub fn config_version(&self, version: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&VersionLabels {
+                version: version.to_owned(),
+            })
+            .set(1);
     }
 
     /// Counts a connection as open until the returned guard drops.

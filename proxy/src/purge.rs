@@ -1,43 +1,34 @@
 //! `POST /purge` on the admin listener: who may purge, what a request may
 //! name, and the answer.
 //!
-//! Authorised by `PROXY_ADMIN_TOKEN` (compared in constant time) or by a
-//! JWT the proxy accepts whose roles include `admin`, read by the request
-//! path's own bearer parser (`auth::bearer`). The body names tags,
+//! Authorised as every operator endpoint is ([`crate::operator`]). The body names tags,
 //! paths, prefixes or `all`, optionally `soft`; paths and prefixes are
 //! normalised as request paths are, so `/users/%34%32` purges `/users/42`.
 
 use bytes::Bytes;
-use http::header::WWW_AUTHENTICATE;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
-use crate::auth::{self, AuthError};
 use crate::body;
 use crate::cache::purge::{is_valid_tag, MAX_TAG_LEN};
 use crate::cache::PurgeRequest;
 use crate::handler::Proxy;
+use crate::operator;
 use crate::route;
 use crate::upstream::{BoxError, ProxyBody};
 
 /// A purge request names keys, not content: this is plenty.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-/// The role a JWT needs to purge.
-pub const ADMIN_ROLE: &str = "admin";
 
 pub async fn purge<B>(proxy: &Proxy, request: Request<B>) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    match authorise(proxy, request.headers()) {
-        Ok(()) => {}
-        Err(Refusal::Ambiguous) => return error(StatusCode::BAD_REQUEST, "more than one Authorization header"),
-        Err(Refusal::Unauthorised) => return unauthorised(),
-        Err(Refusal::Forbidden) => return error(StatusCode::FORBIDDEN, "purging needs the admin role"),
+    if let Err(refused) = operator::authorise(&proxy.runtime.load(), request.headers()) {
+        return refused.into_response("purging");
     }
     let bytes = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -83,47 +74,6 @@ fn parse(bytes: &[u8]) -> Result<PurgeRequest, String> {
             .path;
     }
     Ok(purge)
-}
-
-/// Why a purge was refused.
-enum Refusal {
-    /// Two `Authorization` headers (400), as on the request path: which
-    /// one counts must not depend on who reads them.
-    Ambiguous,
-    /// No admin token and no valid JWT (401).
-    Unauthorised,
-    /// A valid JWT without the admin role (403).
-    Forbidden,
-}
-
-/// The admin token, or a JWT with the admin role.
-fn authorise(proxy: &Proxy, headers: &HeaderMap) -> Result<(), Refusal> {
-    let token = match auth::bearer(headers) {
-        Ok(Some(token)) => token,
-        Err(AuthError::MultipleAuthorization) => return Err(Refusal::Ambiguous),
-        Ok(None) | Err(_) => return Err(Refusal::Unauthorised),
-    };
-    if let Some(admin) = &proxy.config.admin_token {
-        if bool::from(admin.0.as_bytes().ct_eq(token.as_bytes())) {
-            return Ok(());
-        }
-    }
-    match proxy.config.jwt.as_ref().map(|verifier| verifier.verify(token)) {
-        Some(Ok(claims)) if claims.roles.iter().any(|r| r == ADMIN_ROLE) => Ok(()),
-        Some(Ok(_)) => Err(Refusal::Forbidden),
-        _ => Err(Refusal::Unauthorised),
-    }
-}
-
-fn unauthorised() -> Response<ProxyBody> {
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "purging needs PROXY_ADMIN_TOKEN or an admin JWT as a bearer token",
-    );
-    response
-        .headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
 }
 
 fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {

@@ -253,6 +253,26 @@ impl Pattern {
         })
     }
 
+    /// The pattern in one spelling for all the ways of writing it
+    /// (`{id}` and `{user}` alike), for fingerprints.
+    pub fn canonical(&self) -> String {
+        let mut out = String::new();
+        for segment in &self.segments {
+            out.push('/');
+            match segment {
+                Segment::Literal(literal) => out.push_str(literal),
+                Segment::Param => out.push_str("{}"),
+            }
+        }
+        match (self.wildcard, self.trailing_slash) {
+            (true, _) => out.push_str("/*"),
+            (false, true) => out.push('/'),
+            (false, false) if out.is_empty() => out.push('/'),
+            (false, false) => {}
+        }
+        out
+    }
+
     /// Matches a normalised path.
     pub fn matches(&self, path: &str) -> bool {
         let rest = &path[1..];
@@ -278,10 +298,12 @@ impl Pattern {
 /// One `[[routes]]` entry, validated.
 #[derive(Debug)]
 pub struct Rule {
-    /// Labels metrics and is part of every cache key of this rule. Leaked
-    /// once per loaded config, so metrics label by it without allocating
+    /// Labels metrics. Interned, so metrics label by it without allocating
     /// on every request.
     pub name: &'static str,
+    /// What this rule's cache entries are filed under (keys, learned
+    /// `vary`): see [`cache_id`]. Interned like `name`.
+    pub cache_id: &'static str,
     pub pattern: Pattern,
     pub methods: Vec<Method>,
     pub access: Access,
@@ -299,6 +321,61 @@ pub struct Rule {
     /// Requests of this rule at the backend at once; `None`: no limit of
     /// its own.
     pub max_concurrent_requests: Option<usize>,
+}
+
+/// The name a rule's entries are filed under: its name and a fingerprint
+/// of everything that decides which request an entry answers and what the
+/// origin was asked (path pattern, scope, `vary`, forwarded headers, stored
+/// statuses). A reload that keeps these keeps the rule's entries; one that
+/// changes any of them files the rule's entries anew, so an entry stored
+/// under the old rule is never served under the new one. TTL, roles and
+/// tags are not in it: entries keep the lifetime they were stored with,
+/// access is checked before any lookup, and tags only decide what
+/// invalidates.
+pub fn cache_id(
+    name: &str,
+    pattern: &Pattern,
+    cache: Option<&CachePolicy>,
+    forward_headers: &[http::HeaderName],
+) -> &'static str {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(pattern.canonical().as_bytes());
+    for name in forward_headers {
+        field(name.as_str().as_bytes());
+    }
+    if let Some(cache) = cache {
+        field(format!("{:?}", cache.scope).as_bytes());
+        field(b"vary");
+        for name in &cache.vary {
+            field(name.as_str().as_bytes());
+        }
+        field(b"statuses");
+        for status in &cache.statuses {
+            field(&status.to_be_bytes());
+        }
+    }
+    let digest = h.finalize();
+    let fingerprint: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    intern(&format!("{name}@{fingerprint}"))
+}
+
+/// The one `&'static str` for `s`: each distinct rule name or cache id is
+/// allocated once for the process's life, however often rules are
+/// reloaded, so metric labels and keys borrow it freely.
+pub fn intern(s: &str) -> &'static str {
+    static INTERNED: std::sync::OnceLock<std::sync::Mutex<HashSet<&'static str>>> = std::sync::OnceLock::new();
+    let mut interned = INTERNED.get_or_init(Default::default).lock().expect("intern lock");
+    if let Some(existing) = interned.get(s) {
+        return existing;
+    }
+    let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    interned.insert(leaked);
+    leaked
 }
 
 /// Rules in config order; the first rule whose pattern and method match wins.
@@ -455,9 +532,11 @@ mod tests {
     }
 
     fn rule(name: &str, pattern: &str, methods: &[Method]) -> Rule {
+        let pattern = Pattern::parse(pattern).unwrap();
         Rule {
-            name: Box::leak(name.to_owned().into_boxed_str()),
-            pattern: Pattern::parse(pattern).unwrap(),
+            name: intern(name),
+            cache_id: cache_id(name, &pattern, None, &[]),
+            pattern,
             methods: methods.to_vec(),
             access: Access::Public,
             cache: None,
@@ -466,6 +545,40 @@ mod tests {
             allow_encoded_separators: false,
             max_concurrent_requests: None,
         }
+    }
+
+    #[test]
+    fn a_rule_keeps_its_cache_id_unless_what_its_entries_answer_changes() {
+        use crate::cache::{CachePolicy, Scope};
+        let policy = |scope: Scope, ttl: u64, vary: &[&'static str]| CachePolicy {
+            scope,
+            ttl: std::time::Duration::from_secs(ttl),
+            statuses: vec![200],
+            vary: vary.iter().map(|v| http::HeaderName::from_static(v)).collect(),
+            tags: vec!["users".into()],
+            stale_while_revalidate: Default::default(),
+            stale_if_error: Default::default(),
+            max_origin_stale: Default::default(),
+        };
+        let id =
+            |path: &str, policy: &CachePolicy| cache_id("users", &Pattern::parse(path).unwrap(), Some(policy), &[]);
+        let base = id("/users/{id}", &policy(Scope::User, 60, &[]));
+        // The same rule spelled another way, or with another TTL: same id.
+        assert_eq!(base, id("/users/{user}", &policy(Scope::User, 60, &[])));
+        assert_eq!(base, id("/users/{id}", &policy(Scope::User, 5, &[])));
+        // What an entry answers changed: a new id, so old entries are unreachable.
+        assert_ne!(base, id("/users/{id}/", &policy(Scope::User, 60, &[])));
+        assert_ne!(base, id("/users/*", &policy(Scope::User, 60, &[])));
+        assert_ne!(base, id("/users/{id}", &policy(Scope::Shared, 60, &[])));
+        assert_ne!(base, id("/users/{id}", &policy(Scope::User, 60, &["accept"])));
+        assert!(base.starts_with("users@"), "{base}");
+    }
+
+    #[test]
+    fn interned_names_are_one_allocation_each() {
+        let a = intern(&String::from("interned-rule"));
+        let b = intern(&String::from("interned-rule"));
+        assert!(std::ptr::eq(a, b));
     }
 
     #[test]

@@ -24,11 +24,30 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::auth::Claims;
-use crate::config::{IdentitySettings, UpstreamSettings};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends or returns: streamed or buffered, boxed once.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// How to reach the backend: boot settings, as the connection pool is
+/// built from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    /// `http://host:port`, no path.
+    pub base: Uri,
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Requests at the backend at once, all rules together; 0: no limit.
+    pub max_concurrent_requests: usize,
+}
+
+/// The headers that carry a verified identity to the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySettings {
+    pub subject_header: HeaderName,
+    pub role_header: HeaderName,
+}
 
 /// `Via` value added to forwarded requests.
 pub const VIA: HeaderValue = HeaderValue::from_static("1.1 proxy");
@@ -135,6 +154,8 @@ pub struct Outbound {
     pub body: ProxyBody,
     /// Idempotent and bodiless: safe to send twice.
     pub replayable: bool,
+    /// How long the response head may take (each attempt).
+    pub response_timeout: Duration,
 }
 
 /// The pooled client for one backend.
@@ -143,7 +164,6 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
-    response_timeout: Duration,
 }
 
 impl Upstream {
@@ -168,7 +188,6 @@ impl Upstream {
             scheme: Scheme::HTTP,
             host: HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value"),
             authority,
-            response_timeout: settings.response_timeout,
         }
     }
 
@@ -183,17 +202,18 @@ impl Upstream {
     /// before any response byte (the backend closed an idle connection as
     /// we reused it).
     pub async fn send(&self, out: Outbound) -> Result<Response<Incoming>, UpstreamError> {
+        let timeout = out.response_timeout;
         let retry = out
             .replayable
             .then(|| (out.method.clone(), out.path_and_query.clone(), out.headers.clone()));
         let first = self.request(out.method, &out.path_and_query, out.headers, out.body)?;
-        match self.timed(first).await {
+        match self.timed(first, timeout).await {
             Err(Attempt::Closed(_)) if retry.is_some() => {
                 let (method, path, headers) = retry.expect("checked");
                 tracing::debug!("pooled upstream connection closed early; retrying once");
                 let body = Empty::new().map_err(|e| match e {}).boxed();
                 let second = self.request(method, &path, headers, body)?;
-                self.timed(second).await.map_err(Attempt::into_error)
+                self.timed(second, timeout).await.map_err(Attempt::into_error)
             }
             other => other.map_err(Attempt::into_error),
         }
@@ -219,8 +239,8 @@ impl Upstream {
         Ok(request)
     }
 
-    async fn timed(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, Attempt> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+    async fn timed(&self, request: Request<ProxyBody>, timeout: Duration) -> Result<Response<Incoming>, Attempt> {
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(Attempt::TimedOut),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(e)),

@@ -31,6 +31,7 @@ fn rules() -> &'static RuleSet {
             };
             Config::load(text, overrides, Path::new(".")).expect("the shipped config loads")
         })
+        .runtime
         .routes
 }
 

@@ -1,10 +1,10 @@
 //! The real proxy, run in-process on pre-bound ephemeral ports.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
-use proxy::config::{Config, Overrides};
+use proxy::config::{Config, ConfigFile, Overrides};
 
 use crate::origin::TEST_JWT_SECRET;
 use crate::task::ServerTask;
@@ -99,12 +99,59 @@ impl ProxyHandle {
 /// Starts `proxy::run` with `config`; returns once both listeners are bound
 /// (they are bound before this returns, so requests queue until served).
 pub async fn spawn_proxy(config: Config) -> ProxyHandle {
+    spawn(config, None).await
+}
+
+/// Starts `proxy::run` with the settings `file` holds, reloadable from it
+/// (`POST /reload`).
+pub async fn spawn_reloadable_proxy(file: ConfigFile) -> ProxyHandle {
+    let config = file
+        .load()
+        .unwrap_or_else(|e| panic!("test proxy config invalid:\n{e}"));
+    spawn(config, Some(file)).await
+}
+
+async fn spawn(config: Config, reload_from: Option<ConfigFile>) -> ProxyHandle {
     crate::init_logging();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind proxy admin");
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
-    let task = ServerTask::spawn(|shutdown| proxy::run(listener, admin, Arc::new(config), shutdown));
+    let task = ServerTask::spawn(|shutdown| async move {
+        let prepared = proxy::prepare(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("test proxy config invalid:\n{e}"))?;
+        proxy::run(listener, admin, prepared, reload_from, shutdown).await
+    });
     ProxyHandle { addr, admin_addr, task }
+}
+
+/// A config file holding `toml`, read with the harness's overrides (see
+/// [`proxy_config`]), for tests that rewrite it and reload.
+pub fn proxy_config_file(
+    dir: &Path,
+    toml: &str,
+    upstream: SocketAddr,
+    redis_url: Option<String>,
+    admin_token: Option<&str>,
+) -> ConfigFile {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml).expect("write test config");
+    let mut environment = HashMap::from([("JWT_SECRET_KEY".to_owned(), TEST_JWT_SECRET.to_owned())]);
+    if let Some(token) = admin_token {
+        environment.insert("PROXY_ADMIN_TOKEN".to_owned(), token.to_owned());
+    }
+    ConfigFile {
+        path,
+        environment,
+        dotenv: None,
+        flags: Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            upstream: Some(format!("http://{upstream}")),
+            redis_url,
+            ..Overrides::default()
+        },
+    }
 }

@@ -163,8 +163,9 @@ async fn a_lease_left_by_a_dead_instance_only_delays_the_others_until_it_expires
     let redis = RedisServer::start();
     // An instance took the lease and died mid-fetch: its lease stays until
     // it expires, and nobody gives it back.
+    let config = proxy_config(CONFIG, upstream.addr, Some(redis.url()), None);
     let key = CacheKey::build(&KeyParts {
-        rule: "items",
+        rule: config.runtime.routes.by_name("items").unwrap().cache_id,
         path: "/items",
         query: None,
         vary: &[],
@@ -184,7 +185,7 @@ async fn a_lease_left_by_a_dead_instance_only_delays_the_others_until_it_expires
         .await
         .unwrap();
 
-    let proxy = spawn_proxy(proxy_config(CONFIG, upstream.addr, Some(redis.url()), None)).await;
+    let proxy = spawn_proxy(config).await;
     let answers = results(send_all(&[&proxy], "/items", 20, |_| None).await).await;
     assert!(answers.iter().all(|(status, _, _)| *status == 200));
     assert_eq!(

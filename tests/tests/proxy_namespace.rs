@@ -24,7 +24,7 @@ async fn backend(name: &'static str) -> ScriptedUpstream {
 
 async fn proxy(toml: &str, upstream: &ScriptedUpstream, redis: &RedisServer) -> ProxyHandle {
     let mut config = proxy_config(toml, upstream.addr, Some(redis.url()), None);
-    config.admin_token = Some(Secret(ADMIN_TOKEN.into()));
+    config.runtime.admin_token = Some(Secret(ADMIN_TOKEN.into()));
     spawn_proxy(config).await
 }
 

@@ -74,7 +74,7 @@ async fn rig(redis: Option<&RedisServer>) -> Rig {
     })
     .await;
     let mut config = proxy_config(CONFIG, upstream.addr, redis.map(RedisServer::url), None);
-    config.admin_token = Some(Secret(ADMIN_TOKEN.into()));
+    config.runtime.admin_token = Some(Secret(ADMIN_TOKEN.into()));
     let proxy = spawn_proxy(config).await;
     let api = ApiClient::new(proxy.base_url());
     Rig {

@@ -51,7 +51,7 @@ async fn origin_tags_stay_hidden_and_a_write_or_purge_naming_them_empties_only_t
     .await;
     let redis = RedisServer::start();
     let mut config = proxy_config(CONFIG, upstream.addr, Some(redis.url()), None);
-    config.admin_token = Some(Secret(ADMIN_TOKEN.into()));
+    config.runtime.admin_token = Some(Secret(ADMIN_TOKEN.into()));
     let proxy = spawn_proxy(config).await;
     let api = ApiClient::new(proxy.base_url());
     let read = |id: u32| {

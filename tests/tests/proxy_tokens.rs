@@ -99,7 +99,7 @@ async fn crit_headers_and_roles_with_the_separator_are_401() {
 async fn purge_refuses_two_authorization_headers_as_the_request_path_does() {
     let upstream = upstream().await;
     let mut config = proxy_config(CONFIG, upstream.addr, None, None);
-    config.admin_token = Some(Secret(ADMIN_TOKEN.into()));
+    config.runtime.admin_token = Some(Secret(ADMIN_TOKEN.into()));
     let proxy = spawn_proxy(config).await;
     let client = reqwest::Client::new();
     let purge = |values: &[&str]| {

@@ -23,6 +23,7 @@ pub mod key;
 pub mod memory;
 pub mod purge;
 pub mod redis;
+pub mod settings;
 
 use std::time::Duration;
 

@@ -21,6 +21,7 @@ use crate::coalesce::{Handed, Leader, Outcome, Role};
 use crate::conditional;
 use crate::error::ProxyError;
 use crate::route::{Rule, Target};
+use crate::runtime::Snapshot;
 use crate::upstream::{self, HeaderPolicy, Outbound, ProxyBody, UpstreamError};
 
 /// How often an instance waiting on another's lease checks for the entry.
@@ -30,7 +31,10 @@ const LEASE_POLL: Duration = Duration::from_millis(10);
 /// the request that started it (a background refresh; a leader's fetch
 /// that its waiters depend on).
 struct Fetch {
-    /// The rule, by name: looked up where the fetch runs.
+    /// The rules the request started under: a fetch that outlives its
+    /// request stores under them, whatever a reload did since.
+    snap: Arc<Snapshot>,
+    /// The rule, by name: looked up in `snap` where the fetch runs.
     rule: &'static str,
     headers: HeaderMap,
     key: CacheKey,
@@ -71,7 +75,7 @@ impl Proxy {
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (rule, is_head) = (req.rule, req.parts.method == Method::HEAD);
-        let learned_vary = self.learned_vary.names(rule.name);
+        let learned_vary = self.learned_vary.names(rule.cache_id);
         let vary = learned_vary.as_deref().unwrap_or(&policy.vary);
         let key = cache_key(
             rule,
@@ -81,11 +85,12 @@ impl Proxy {
             &req.parts.headers,
             req.claims.as_deref(),
         );
-        if key_material_len(&req.target, vary, &req.parts.headers) > self.config.cache.max_key_bytes {
+        if key_material_len(&req.target, vary, &req.parts.headers) > req.snap.settings.cache.max_key_bytes {
             // Not cached at all: a huge URL must cost the shared store and
             // its index nothing.
             ctx.cache_status = CacheStatus::Bypass(Bypass::KeyTooLarge);
             let fetch = Fetch {
+                snap: req.snap.clone(),
                 rule: rule.name,
                 headers: self.cache_headers(req, policy)?,
                 key,
@@ -123,7 +128,7 @@ impl Proxy {
             match self.flights.join(key) {
                 Role::Waiter(waiter) => {
                     self.metrics.coalesced("joined");
-                    match waiter.outcome(generations, self.config.upstream.response_timeout).await {
+                    match waiter.outcome(generations, req.snap.settings.response_timeout).await {
                         Handed::Entry(entry) => {
                             self.metrics.coalesced("shared");
                             return Ok(serve_hit(entry, is_head, ctx));
@@ -139,12 +144,15 @@ impl Proxy {
                     }
                 }
                 Role::Leader(this) => {
-                    match self.store.lease(&key, self.config.cache.lease_ttl).await {
+                    match self.store.lease(&key, req.snap.settings.cache.lease_ttl).await {
                         Ok(Lease::Granted(token)) => {
                             lease = token.map(|token| LeaseGuard::new(&self.store, key, token))
                         }
                         Ok(Lease::HeldElsewhere) => {
-                            if let Some(entry) = self.entry_from_elsewhere(&key, &policy.tags).await {
+                            if let Some(entry) = self
+                                .entry_from_elsewhere(&key, &policy.tags, req.snap.settings.cache.lease_ttl)
+                                .await
+                            {
                                 this.finish(Outcome::Entry(entry.clone()));
                                 return Ok(serve_hit(entry, is_head, ctx));
                             }
@@ -157,6 +165,7 @@ impl Proxy {
         }
 
         let fetch = Fetch {
+            snap: req.snap.clone(),
             rule: rule.name,
             headers: self.cache_headers(req, policy)?,
             key,
@@ -225,18 +234,20 @@ impl Proxy {
             return;
         };
         let rule_name = req.rule.name;
-        let (target, claims, vary) = (
+        let (snap, target, claims, vary) = (
+            req.snap.clone(),
             req.target.clone(),
             req.claims.clone(),
-            self.learned_vary.names(rule_name),
+            self.learned_vary.names(req.rule.cache_id),
         );
         tokio::spawn(async move {
-            let lease = match proxy.store.lease(&key, proxy.config.cache.lease_ttl).await {
+            let lease = match proxy.store.lease(&key, snap.settings.cache.lease_ttl).await {
                 Ok(Lease::Granted(token)) => token.map(|token| LeaseGuard::new(&proxy.store, key, token)),
                 Ok(Lease::HeldElsewhere) => return,
                 Err(_) => None,
             };
             let fetch = Fetch {
+                snap,
                 rule: rule_name,
                 headers,
                 key,
@@ -349,9 +360,9 @@ impl Proxy {
     /// Another instance holds the lease on `key`: waits for the entry it
     /// is fetching, until the lease is given back or expires (at most
     /// `cache.lease_ttl`). `None`: fetch it yourself.
-    async fn entry_from_elsewhere(&self, key: &CacheKey, tags: &[String]) -> Option<Arc<Entry>> {
+    async fn entry_from_elsewhere(&self, key: &CacheKey, tags: &[String], lease_ttl: Duration) -> Option<Arc<Entry>> {
         self.metrics.lease("held_elsewhere");
-        let give_up_at = Instant::now() + self.config.cache.lease_ttl;
+        let give_up_at = Instant::now() + lease_ttl;
         while Instant::now() < give_up_at {
             tokio::time::sleep(LEASE_POLL).await;
             let still_leased = matches!(self.store.leased(key).await, Ok(true));
@@ -380,8 +391,8 @@ impl Proxy {
         cache_status: &mut CacheStatus,
     ) -> Result<(Response<ProxyBody>, Option<Arc<Entry>>), ProxyError> {
         let is_head = fetch.is_head;
-        let (rule, policy) = self
-            .config
+        let settings = &fetch.snap.settings;
+        let (rule, policy) = settings
             .routes
             .by_name(fetch.rule)
             .and_then(|rule| Some((rule, rule.cache.as_ref()?)))
@@ -397,19 +408,23 @@ impl Proxy {
             headers,
             body: body::empty(),
             replayable: true,
+            response_timeout: settings.response_timeout,
         };
-        let response = self.forward(outbound, rule.name).await?;
+        let response = self.forward(&fetch.snap, outbound, rule.name).await?;
         let (mut head, upstream_body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut head.headers);
         let mut tags = policy.tags.clone();
-        if let Some(name) = &self.config.cache.surrogate_key_header {
+        if let Some(name) = &settings.cache.surrogate_key_header {
             tags.extend(surrogate_keys(&head.headers, name));
             head.headers.remove(name);
         }
 
         let Some(generations) = generations else {
             *cache_status = CacheStatus::Bypass(Bypass::StoreUnavailable);
-            return Ok((self.streamed(head, upstream_body, is_head), None));
+            return Ok((
+                self.streamed(head, upstream_body, is_head, settings.response_timeout),
+                None,
+            ));
         };
         *cache_status = CacheStatus::Miss { stored: false };
         if let (StatusCode::NOT_MODIFIED, Some(stale)) = (head.status, &fetch.stale) {
@@ -434,18 +449,24 @@ impl Proxy {
             Ok(lifetime) => lifetime,
             Err(reason) => {
                 tracing::debug!(rule = %rule.name, ?reason, "response not stored");
-                return Ok((self.streamed(head, upstream_body, is_head), None));
+                return Ok((
+                    self.streamed(head, upstream_body, is_head, settings.response_timeout),
+                    None,
+                ));
             }
         };
-        let max_entry = self.config.cache.max_entry_bytes;
+        let max_entry = settings.cache.max_entry_bytes;
         if content_length(&head.headers).is_some_and(|len| len > max_entry) {
-            return Ok((self.streamed(head, upstream_body, is_head), None));
+            return Ok((
+                self.streamed(head, upstream_body, is_head, settings.response_timeout),
+                None,
+            ));
         }
         // An answer varying on more than it was keyed on is stored under a
         // key that includes those headers, and not handed to waiters, whose
         // values may differ.
         let keyed = fetch.vary.as_deref().unwrap_or(&policy.vary);
-        let (key, shareable) = match self.learned_vary.learn(rule.name, keyed, &head.headers) {
+        let (key, shareable) = match self.learned_vary.learn(rule.cache_id, keyed, &head.headers) {
             None => (fetch.key, true),
             Some(vary) => (
                 cache_key(
@@ -461,17 +482,14 @@ impl Proxy {
         };
         // Buffering is bounded by the response timeout, like the headers
         // were: nothing has been sent to the client yet, so a stall is a 504.
-        let buffered = tokio::time::timeout(
-            self.config.upstream.response_timeout,
-            body::buffer_up_to(upstream_body, max_entry),
-        );
+        let buffered = tokio::time::timeout(settings.response_timeout, body::buffer_up_to(upstream_body, max_entry));
         let bytes = match buffered.await {
             Ok(Ok(Buffered::Complete(bytes))) => bytes,
             Ok(Ok(Buffered::TooLarge(rest))) => {
                 let body = if is_head {
                     body::empty()
                 } else {
-                    self.idle_limited(rest)
+                    self.idle_limited(rest, settings.response_timeout)
                 };
                 return Ok((Response::from_parts(head, body), None));
             }
@@ -594,7 +612,7 @@ fn cache_key(
         _ => ScopeKey::Shared,
     };
     CacheKey::build(&KeyParts {
-        rule: rule.name,
+        rule: rule.cache_id,
         path: &target.path,
         query: target.query.as_deref(),
         vary: &vary,

@@ -23,25 +23,28 @@ use hyper::body::{Body, Incoming};
 
 use crate::auth::{self, Claims};
 use crate::body;
+use crate::boot::BootSettings;
 use crate::cache::purge::surrogate_keys;
 use crate::cache::{Bypass, CacheStatus, CacheStore, PurgeRequest};
 use crate::coalesce::Flights;
 use crate::concurrency::UpstreamSlots;
-use crate::config::Config;
 use crate::error::ProxyError;
 use crate::invalidate::{should_invalidate, WritesInFlight};
 use crate::metrics::{Metrics, NO_RULE};
 use crate::rbac;
 use crate::route::{self, Rule, Target};
+use crate::runtime::{Runtime, Snapshot};
 use crate::upstream::{self, BoxError, HeaderPolicy, Outbound, ProxyBody, Upstream, UpstreamError};
 use crate::vary::LearnedVary;
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// Everything a request needs, built once at start-up and shared.
+/// Everything a request needs, built once at start-up and shared. The
+/// rules live in `runtime`, which a reload swaps.
 pub struct Proxy {
-    pub config: Arc<Config>,
+    pub boot: BootSettings,
+    pub runtime: Runtime,
     pub store: Arc<dyn CacheStore>,
     pub flights: Arc<Flights>,
     pub learned_vary: LearnedVary,
@@ -57,6 +60,8 @@ pub struct Proxy {
 
 /// A request that passed steps 1–3: where it goes and who sent it.
 struct Admitted<'a> {
+    /// The rules this request runs under, to its end.
+    snap: &'a Arc<Snapshot>,
     parts: Parts,
     target: Target,
     rule: &'a Rule,
@@ -79,11 +84,12 @@ impl Proxy {
     {
         let started = Instant::now();
         let method = request.method().clone();
+        let snap = self.runtime.load();
         let mut ctx = RequestCtx {
             rule: None,
             cache_status: CacheStatus::Bypass(Bypass::Error),
         };
-        let result = self.handle_inner(request, peer, &mut ctx).await;
+        let result = self.handle_inner(&snap, request, peer, &mut ctx).await;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -100,7 +106,7 @@ impl Proxy {
                 err.into_response()
             }
         };
-        if let Some(name) = &self.config.cache.surrogate_key_header {
+        if let Some(name) = &snap.settings.cache.surrogate_key_header {
             // The origin's tags are for caches, not clients.
             response.headers_mut().remove(name);
         }
@@ -114,6 +120,7 @@ impl Proxy {
 
     async fn handle_inner<'a, B>(
         &'a self,
+        snap: &'a Arc<Snapshot>,
         request: Request<B>,
         peer: SocketAddr,
         ctx: &mut RequestCtx<'a>,
@@ -124,24 +131,25 @@ impl Proxy {
     {
         let (parts, body) = request.into_parts();
         let target = route::normalise(parts.uri.path(), parts.uri.query())?;
-        let rule = self.config.routes.match_rule(&parts.method, &target)?;
+        let rule = snap.settings.routes.match_rule(&parts.method, &target)?;
         ctx.rule = Some(rule);
 
         // A token on a public rule is ignored, not verified: public routes
         // must keep working for clients holding an expired token.
-        let claims = match (&self.config.jwt, rule.access.is_public()) {
+        let claims = match (&snap.jwt, rule.access.is_public()) {
             (Some(verifier), false) => auth::authenticate(&parts.headers, verifier)?,
             _ => None,
         };
         rbac::authorize(&rule.access, claims.as_deref())?;
 
         let declared_length = content_length(&parts.headers);
-        if declared_length.is_some_and(|len| len > self.config.server.max_request_body_bytes) {
+        if declared_length.is_some_and(|len| len > self.boot.server.max_request_body_bytes) {
             return Err(ProxyError::BodyTooLarge);
         }
 
         let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
         let admitted = Admitted {
+            snap,
             parts,
             target,
             rule,
@@ -167,9 +175,11 @@ impl Proxy {
     {
         let rule = req.rule;
         let headers = self.upstream_headers(&req, HeaderPolicy::All)?;
-        let server = &self.config.server;
+        let server = &self.boot.server;
         let bytes = body::read_request_body(body, server.max_request_body_bytes, server.body_read_timeout).await?;
+        let response_timeout = req.snap.settings.response_timeout;
         let outbound = Outbound {
+            response_timeout,
             replayable: is_idempotent(&req.parts.method) && bytes.is_empty(),
             method: req.parts.method,
             path_and_query: req.target.path_and_query(),
@@ -177,34 +187,40 @@ impl Proxy {
             body: body::full(bytes),
         };
         let response = if outbound.method == Method::GET || outbound.method == Method::HEAD {
-            self.forward(outbound, rule.name).await?
+            self.forward(req.snap, outbound, rule.name).await?
         } else {
-            self.write_detached(outbound, rule).await?
+            self.write_detached(req.snap, outbound, rule).await?
         };
         let (mut head, upstream_body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut head.headers);
-        Ok(self.streamed(head, upstream_body, false))
+        Ok(self.streamed(head, upstream_body, false, response_timeout))
     }
 
     /// Forwards a write and invalidates what it may have changed, in a task
     /// of its own: once the request is complete, neither a client hanging
     /// up nor one resetting its stream can cancel the invalidation of a
     /// write that may have reached the backend.
-    async fn write_detached(&self, outbound: Outbound, rule: &Rule) -> Result<Response<Incoming>, ProxyError> {
+    async fn write_detached(
+        &self,
+        snap: &Arc<Snapshot>,
+        outbound: Outbound,
+        rule: &Rule,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let proxy = self
             .me
             .upgrade()
             .ok_or_else(|| ProxyError::Internal("proxy shut down".into()))?;
         let (name, tags) = (rule.name, rule.invalidates.clone());
         let in_flight = self.writes.register(&tags);
+        let snap = snap.clone();
         let write = tokio::spawn(async move {
-            let result = proxy.forward(outbound, name).await;
+            let result = proxy.forward(&snap, outbound, name).await;
             if should_invalidate(result.as_ref().map(|r| r.status())) {
-                let named = match (&proxy.config.cache.surrogate_key_header, &result) {
+                let named = match (&snap.settings.cache.surrogate_key_header, &result) {
                     (Some(header), Ok(response)) => surrogate_keys(response.headers(), header),
                     _ => Vec::new(),
                 };
-                proxy.invalidate(name, &tags, named).await;
+                proxy.invalidate(&snap, name, &tags, named).await;
             }
             drop(in_flight);
             result
@@ -221,7 +237,7 @@ impl Proxy {
             &req.parts.headers,
             policy,
             req.claims.as_deref(),
-            &self.config.identity,
+            &req.snap.settings.identity,
             req.peer.ip(),
             self.upstream.host(),
         )
@@ -230,25 +246,36 @@ impl Proxy {
 
     /// Streams an upstream body to the client, failing it (the client sees
     /// a truncated response) if the upstream stalls for the response timeout.
-    fn streamed(&self, head: http::response::Parts, body: Incoming, is_head: bool) -> Response<ProxyBody> {
+    fn streamed(
+        &self,
+        head: http::response::Parts,
+        body: Incoming,
+        is_head: bool,
+        idle_limit: std::time::Duration,
+    ) -> Response<ProxyBody> {
         let body = if is_head {
             body::empty()
         } else {
-            self.idle_limited(body)
+            self.idle_limited(body, idle_limit)
         };
         Response::from_parts(head, body)
     }
 
-    fn idle_limited<B>(&self, body: B) -> ProxyBody
+    fn idle_limited<B>(&self, body: B, idle_limit: std::time::Duration) -> ProxyBody
     where
         B: Body<Data = Bytes> + Unpin + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        body::IdleTimeout::new(body, self.config.upstream.response_timeout).boxed()
+        body::IdleTimeout::new(body, idle_limit).boxed()
     }
 
-    async fn forward(&self, outbound: Outbound, rule: &'static str) -> Result<Response<Incoming>, UpstreamError> {
-        let _slots = self.upstream_slots.try_hold(rule).map_err(|full| {
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        outbound: Outbound,
+        rule: &'static str,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let _slots = self.upstream_slots.try_hold(&snap.rule_slots, rule).map_err(|full| {
             self.metrics.upstream_rejected(rule);
             tracing::debug!(rule, ?full, "upstream concurrency limit reached");
             UpstreamError::Busy
@@ -264,7 +291,7 @@ impl Proxy {
     /// are applied, so the write is still answered. Tags the origin named
     /// in its answer (surrogate keys) are purged too, before the answer is
     /// released.
-    async fn invalidate(&self, rule: &'static str, tags: &[String], named: Vec<String>) {
+    async fn invalidate(&self, snap: &Snapshot, rule: &'static str, tags: &[String], named: Vec<String>) {
         if !tags.is_empty() {
             match self.store.invalidate(tags).await {
                 Ok(()) => self.metrics.invalidation("applied"),
@@ -279,7 +306,7 @@ impl Proxy {
         // reads in flight; the rest (surrogate keys only) just lose their
         // entries, so their generation keys do not pile up unread.
         let (recorded, surrogate_only): (Vec<String>, Vec<String>) =
-            named.into_iter().partition(|tag| self.config.routes.records_tag(tag));
+            named.into_iter().partition(|tag| snap.settings.routes.records_tag(tag));
         for (tags, entries_only) in [(recorded, false), (surrogate_only, true)] {
             if tags.is_empty() {
                 continue;

@@ -19,8 +19,10 @@
 //! one client cannot take every slot of `max_connections`.
 
 mod activity;
+mod bind;
 mod io;
 mod per_ip;
+mod settings;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,9 +39,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use self::activity::{Activity, Limits, Tracked};
+pub use self::bind::{bind_shared, queued_connections_migrate};
 use self::io::WriteDeadline;
 use self::per_ip::PerIpLimit;
-use crate::config::ServerSettings;
+pub use self::settings::ServerSettings;
 use crate::metrics::Metrics;
 use crate::upstream::ProxyBody;
 

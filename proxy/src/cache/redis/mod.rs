@@ -57,7 +57,7 @@ use super::entry::now_ms;
 use super::memory::{bounded_entries, encoded_weight, usable};
 use super::purge::{is_under, place_of_prefix, prefixes_of, records_paths, softly_expired, ALL_TAG};
 use super::{new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Lease, Lookup, StoreError};
-use crate::config::CacheSettings;
+use crate::cache::settings::StoreSettings;
 use crate::metrics::Metrics;
 
 /// How long a background (re)connection attempt may take; requests never
@@ -149,7 +149,7 @@ impl RedisStore {
     pub fn new(
         url: &str,
         l1_max_bytes: u64,
-        settings: &CacheSettings,
+        settings: &StoreSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisStore>, redis::RedisError> {
         let client = redis::Client::open(url)?;

@@ -1,0 +1,103 @@
+//! Which changes a reload refuses: those to boot settings, named by field.
+
+use super::errors::ConfigError;
+use crate::boot::BootSettings;
+
+/// Every boot field that differs between the running settings and a
+/// reloaded file, as an error naming it.
+pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<ConfigError> {
+    let (a, b) = (running, reloaded);
+    let (sa, sb) = (&a.server, &b.server);
+    let (ua, ub) = (&a.upstream, &b.upstream);
+    let (ca, cb) = (&a.store, &b.store);
+    let changed = [
+        ("listen", a.listen == b.listen),
+        ("admin_listen", a.admin_listen == b.admin_listen),
+        (
+            "server.header_read_timeout",
+            sa.header_read_timeout == sb.header_read_timeout,
+        ),
+        ("server.max_connections", sa.max_connections == sb.max_connections),
+        (
+            "server.max_connections_per_ip",
+            sa.max_connections_per_ip == sb.max_connections_per_ip,
+        ),
+        ("server.idle_timeout", sa.idle_timeout == sb.idle_timeout),
+        ("server.body_read_timeout", sa.body_read_timeout == sb.body_read_timeout),
+        ("server.write_timeout", sa.write_timeout == sb.write_timeout),
+        (
+            "server.max_connection_age",
+            sa.max_connection_age == sb.max_connection_age,
+        ),
+        (
+            "server.max_request_body_bytes",
+            sa.max_request_body_bytes == sb.max_request_body_bytes,
+        ),
+        ("server.shutdown_grace", sa.shutdown_grace == sb.shutdown_grace),
+        ("upstream.url", ua.base == ub.base),
+        ("upstream.connect_timeout", ua.connect_timeout == ub.connect_timeout),
+        (
+            "upstream.pool_idle_timeout",
+            ua.pool_idle_timeout == ub.pool_idle_timeout,
+        ),
+        (
+            "upstream.pool_max_idle_per_host",
+            ua.pool_max_idle_per_host == ub.pool_max_idle_per_host,
+        ),
+        (
+            "upstream.max_concurrent_requests",
+            ua.max_concurrent_requests == ub.max_concurrent_requests,
+        ),
+        (
+            "cache.redis_url",
+            store_kind_and_url(&ca.backend) == store_kind_and_url(&cb.backend),
+        ),
+        (
+            "cache.memory_max_bytes",
+            memory_bytes(&ca.backend) == memory_bytes(&cb.backend),
+        ),
+        ("cache.l1_max_bytes", l1_bytes(&ca.backend) == l1_bytes(&cb.backend)),
+        ("cache.operation_timeout", ca.operation_timeout == cb.operation_timeout),
+        ("cache.invalidation_wait", ca.invalidation_wait == cb.invalidation_wait),
+        ("cache.breaker_failures", ca.breaker_failures == cb.breaker_failures),
+        ("cache.breaker_open_for", ca.breaker_open_for == cb.breaker_open_for),
+        ("cache.key_prefix", ca.key_prefix == cb.key_prefix),
+        ("cache.namespace", ca.namespace == cb.namespace),
+    ];
+    let errors: Vec<ConfigError> = changed
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(field, _)| {
+            ConfigError::new(
+                field,
+                "changed, and takes effect only on restart; the reload was refused",
+            )
+        })
+        .collect();
+    debug_assert!(
+        !errors.is_empty() || running == reloaded,
+        "a boot field is missing from the list"
+    );
+    errors
+}
+
+fn store_kind_and_url(backend: &crate::cache::settings::Backend) -> Option<&str> {
+    match backend {
+        crate::cache::settings::Backend::Redis { url, .. } => Some(&url.0),
+        crate::cache::settings::Backend::Memory { .. } => None,
+    }
+}
+
+fn memory_bytes(backend: &crate::cache::settings::Backend) -> Option<u64> {
+    match backend {
+        crate::cache::settings::Backend::Memory { max_bytes } => Some(*max_bytes),
+        crate::cache::settings::Backend::Redis { .. } => None,
+    }
+}
+
+fn l1_bytes(backend: &crate::cache::settings::Backend) -> Option<u64> {
+    match backend {
+        crate::cache::settings::Backend::Redis { l1_max_bytes, .. } => Some(*l1_max_bytes),
+        crate::cache::settings::Backend::Memory { .. } => None,
+    }
+}

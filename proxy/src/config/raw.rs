@@ -1,0 +1,148 @@
+//! The raw layer: mirrors `config.toml` field for field; unknown fields are
+//! errors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::errors::{ConfigError, ConfigErrors};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub jwt: RawJwt,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub body_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub write_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_age: Option<Duration>,
+    pub max_request_body_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub pool_idle_timeout: Option<Duration>,
+    pub pool_max_idle_per_host: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub redis_url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+    pub max_entry_bytes: Option<u64>,
+    pub max_key_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_stale: Option<Duration>,
+    pub memory_max_bytes: Option<u64>,
+    pub l1_max_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub operation_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub invalidation_wait: Option<Duration>,
+    pub breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub breaker_open_for: Option<Duration>,
+    pub key_prefix: Option<String>,
+    pub namespace: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
+    pub surrogate_key_header: Option<String>,
+    pub forward_headers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub algorithm: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    pub role_claim: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub subject_header: Option<String>,
+    pub role_header: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub access: Option<String>,
+    pub roles: Option<Vec<String>>,
+    pub cache: Option<RawRouteCache>,
+    pub invalidates: Option<Vec<String>>,
+    pub forward_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_encoded_separators: bool,
+    pub max_concurrent_requests: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    pub scope: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    pub statuses: Option<Vec<u16>>,
+    pub vary: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub stale_while_revalidate: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stale_if_error: Option<Duration>,
+}
+
+impl RawConfig {
+    /// Parses TOML; syntax errors and unknown fields are reported with
+    /// their location.
+    pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![ConfigError::new("config.toml", e.to_string())]))
+    }
+}

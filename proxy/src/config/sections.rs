@@ -1,0 +1,236 @@
+//! The sections besides routes: upstream, cache store and limits, JWT.
+
+use std::path::{Path, PathBuf};
+
+use http::Uri;
+
+use super::defaults::*;
+use super::errors::Problems;
+use super::fields::{at_least_one_u32, header_name, positive};
+use super::raw::{RawCache, RawJwt, RawUpstream};
+use crate::auth::{JwtSettings, KeySetting};
+use crate::cache::settings::{Backend, CacheLimits, StoreSettings};
+use crate::secret::Secret;
+use crate::upstream::UpstreamSettings;
+
+pub(super) fn upstream_settings(p: &mut Problems, raw: RawUpstream, url: Option<String>) -> Option<UpstreamSettings> {
+    let Some(url) = url.or(raw.url) else {
+        p.add("upstream.url", "is required (or set UPSTREAM_URL / --upstream)");
+        return None;
+    };
+    let base = match url.parse::<Uri>() {
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.authority().is_some()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none() =>
+        {
+            uri
+        }
+        Ok(_) => {
+            p.add(
+                "upstream.url",
+                format!("{url:?} must be http://host:port with no path or query"),
+            );
+            return None;
+        }
+        Err(e) => {
+            p.add("upstream.url", format!("{url:?}: {e}"));
+            return None;
+        }
+    };
+    Some(UpstreamSettings {
+        base,
+        connect_timeout: positive(
+            p,
+            "upstream.connect_timeout",
+            raw.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        pool_idle_timeout: positive(
+            p,
+            "upstream.pool_idle_timeout",
+            raw.pool_idle_timeout,
+            DEFAULT_POOL_IDLE_TIMEOUT,
+        ),
+        pool_max_idle_per_host: raw.pool_max_idle_per_host.unwrap_or(DEFAULT_POOL_MAX_IDLE_PER_HOST),
+        max_concurrent_requests: raw
+            .max_concurrent_requests
+            .unwrap_or(DEFAULT_UPSTREAM_MAX_CONCURRENT_REQUESTS),
+    })
+}
+
+/// A namespace travels in Redis key and channel names.
+fn is_valid_namespace(namespace: &str) -> bool {
+    (1..=256).contains(&namespace.len()) && !namespace.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Where entries live. The namespace defaults to the upstream's authority.
+pub(super) fn store_settings(
+    p: &mut Problems,
+    raw: &RawCache,
+    redis_url: Option<String>,
+    upstream: Option<&UpstreamSettings>,
+) -> StoreSettings {
+    let backend = match redis_url.or_else(|| raw.redis_url.clone()) {
+        Some(url) => {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                p.add("cache.redis_url", format!("not a usable Redis URL: {e}"));
+            }
+            Backend::Redis {
+                url: Secret(url),
+                l1_max_bytes: raw.l1_max_bytes.unwrap_or(DEFAULT_L1_MAX_BYTES),
+            }
+        }
+        None => Backend::Memory {
+            max_bytes: raw.memory_max_bytes.unwrap_or(DEFAULT_MEMORY_MAX_BYTES),
+        },
+    };
+    let namespace = match (&raw.namespace, upstream) {
+        (Some(explicit), _) => {
+            if !is_valid_namespace(explicit) {
+                p.add(
+                    "cache.namespace",
+                    "must be 1 to 256 characters without spaces or control characters",
+                );
+            }
+            explicit.clone()
+        }
+        (None, Some(upstream)) => upstream
+            .base
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    StoreSettings {
+        backend,
+        operation_timeout: positive(
+            p,
+            "cache.operation_timeout",
+            raw.operation_timeout,
+            DEFAULT_CACHE_OPERATION_TIMEOUT,
+        ),
+        invalidation_wait: raw.invalidation_wait.unwrap_or(DEFAULT_INVALIDATION_WAIT),
+        breaker_failures: at_least_one_u32(
+            p,
+            "cache.breaker_failures",
+            raw.breaker_failures,
+            DEFAULT_BREAKER_FAILURES,
+        ),
+        breaker_open_for: positive(
+            p,
+            "cache.breaker_open_for",
+            raw.breaker_open_for,
+            DEFAULT_BREAKER_OPEN_FOR,
+        ),
+        key_prefix: raw.key_prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
+        namespace,
+    }
+}
+
+/// The default TTL routes inherit: `CACHE_TTL` (whole seconds, the seed's
+/// name) over `cache.default_ttl`.
+pub(super) fn default_ttl(p: &mut Problems, raw: &RawCache, cache_ttl: Option<String>) -> std::time::Duration {
+    match cache_ttl {
+        Some(secs) => match secs.trim().parse::<u64>() {
+            Ok(s) if s > 0 => std::time::Duration::from_secs(s),
+            _ => {
+                p.add(
+                    "CACHE_TTL",
+                    format!("{secs:?} must be a whole number of seconds above 0"),
+                );
+                DEFAULT_CACHE_TTL
+            }
+        },
+        None => positive(p, "cache.default_ttl", raw.default_ttl, DEFAULT_CACHE_TTL),
+    }
+}
+
+/// What the request path may store and how long a miss's leader leads.
+pub(super) fn cache_limits(p: &mut Problems, raw: &RawCache) -> CacheLimits {
+    CacheLimits {
+        max_entry_bytes: raw.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES),
+        max_key_bytes: raw.max_key_bytes.unwrap_or(DEFAULT_MAX_KEY_BYTES),
+        lease_ttl: positive(p, "cache.lease_ttl", raw.lease_ttl, DEFAULT_LEASE_TTL),
+        surrogate_key_header: match raw.surrogate_key_header.as_deref() {
+            Some("") => None,
+            name => Some(header_name(
+                p,
+                "cache.surrogate_key_header",
+                name.unwrap_or(DEFAULT_SURROGATE_KEY_HEADER),
+            )),
+        },
+    }
+}
+
+/// How tokens are verified. Key files are named here and read when the
+/// settings are put to use (`JwtVerifier::load`), so parsing does no I/O.
+pub(super) fn jwt_settings(
+    p: &mut Problems,
+    raw: &RawJwt,
+    secret: Option<String>,
+    base_dir: &Path,
+    needed: bool,
+) -> Option<JwtSettings> {
+    let algorithm = raw.algorithm.as_deref().unwrap_or("HS256");
+    let Ok(algorithm) = algorithm.parse::<jsonwebtoken::Algorithm>() else {
+        p.add(
+            "jwt.algorithm",
+            format!("{algorithm:?} is not one of HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA"),
+        );
+        return None;
+    };
+    let resolve = |path: &PathBuf| base_dir.join(path);
+    let keys = match (&raw.public_key_file, &raw.jwks_file) {
+        (Some(_), Some(_)) => {
+            p.add(
+                "jwt.jwks_file",
+                "set either jwt.public_key_file or jwt.jwks_file, not both",
+            );
+            return None;
+        }
+        (Some(path), None) => KeySetting::PemFile(resolve(path)),
+        (None, Some(path)) => KeySetting::JwksFile(resolve(path)),
+        (None, None) if is_hmac(algorithm) => {
+            match secret {
+                Some(secret) => {
+                    if let Err(e) = crate::auth::check_secret(algorithm, secret.len()) {
+                        p.add(e.field, e.message);
+                        return None;
+                    }
+                    KeySetting::Secret(Secret(secret))
+                }
+                None if needed => {
+                    p.add(
+                    "JWT_SECRET_KEY",
+                    format!("must be set in the environment: jwt.algorithm is {algorithm:?} and some routes need a token"),
+                );
+                    return None;
+                }
+                None => return None,
+            }
+        }
+        (None, None) if needed => {
+            p.add(
+                "jwt.public_key_file",
+                format!("is required for {algorithm:?} (or set jwt.jwks_file)"),
+            );
+            return None;
+        }
+        (None, None) => return None,
+    };
+    Some(JwtSettings {
+        algorithm,
+        keys,
+        issuer: raw.issuer.clone(),
+        audience: raw.audience.clone(),
+        leeway: raw.leeway.unwrap_or(DEFAULT_LEEWAY),
+        role_claim: raw.role_claim.clone().unwrap_or_else(|| DEFAULT_ROLE_CLAIM.to_owned()),
+    })
+}
+
+fn is_hmac(alg: jsonwebtoken::Algorithm) -> bool {
+    use jsonwebtoken::Algorithm::*;
+    matches!(alg, HS256 | HS384 | HS512)
+}

@@ -1,0 +1,373 @@
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::cache::settings::Backend;
+use crate::cache::Scope;
+use crate::rbac::Access;
+
+/// Long enough for HS256 (RFC 7518 §3.2).
+const SECRET: &str = "config-test-secret-of-32-bytes-or-more";
+
+const MINIMAL: &str = r#"
+    [upstream]
+    url = "http://127.0.0.1:5000"
+    [[routes]]
+    name = "login"
+    path = "/login"
+    methods = ["POST"]
+    access = "public"
+"#;
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    Config::load(text, Overrides::default(), Path::new("."))
+}
+
+fn fields(err: ConfigErrors) -> Vec<String> {
+    err.0.into_iter().map(|e| e.field).collect()
+}
+
+#[test]
+fn a_minimal_config_gets_every_default() {
+    let cfg = load(MINIMAL).unwrap();
+    assert_eq!(cfg.boot.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(cfg.boot.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    assert_eq!(
+        cfg.boot.store.backend,
+        Backend::Memory {
+            max_bytes: DEFAULT_MEMORY_MAX_BYTES
+        }
+    );
+    let cached = load(&format!(
+        "{MINIMAL}\n[[routes]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"GET\"]\naccess = \"public\"\ncache = {{}}\n"
+    ))
+    .unwrap();
+    let ttl = cached.runtime.routes.by_name("r").unwrap().cache.as_ref().unwrap().ttl;
+    assert_eq!(ttl, DEFAULT_CACHE_TTL);
+    assert!(cfg.runtime.jwt.is_none(), "no route needs a token");
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_name() {
+    let err = load(&format!("{MINIMAL}\n[cache]\nttl_seconds = 5\n")).unwrap_err();
+    assert!(err.to_string().contains("ttl_seconds"), "{err}");
+    let err = load(&MINIMAL.replace("access = \"public\"", "access = \"public\"\nrole = [\"x\"]")).unwrap_err();
+    assert!(err.to_string().contains("role"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let text = r#"
+        listen = "nowhere"
+        [upstream]
+        url = "https://example.com/api"
+        [[routes]]
+        name = "a"
+        path = "/a"
+        methods = ["GET"]
+        access = "public"
+        [[routes]]
+        name = "a"
+        path = "no-slash"
+        methods = []
+        roles = []
+    "#;
+    let got = fields(load(text).unwrap_err());
+    for want in [
+        "listen",
+        "upstream.url",
+        "routes[1].name",
+        "routes[1].path",
+        "routes[1].methods",
+        "routes[1].roles",
+    ] {
+        assert!(got.iter().any(|f| f == want), "missing {want} in {got:?}");
+    }
+}
+
+#[test]
+fn admin_listener_must_differ_from_the_client_listener() {
+    let text = format!("listen = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n{MINIMAL}");
+    assert_eq!(fields(load(&text).unwrap_err()), ["admin_listen"]);
+}
+
+#[test]
+fn precedence_is_cli_then_environment_then_file() {
+    let text = format!("listen = \"127.0.0.1:1000\"\n{MINIMAL}");
+    let env: HashMap<String, String> = [("PROXY_LISTEN", "127.0.0.1:2000")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let from_env = Overrides::from_env(&env);
+    assert_eq!(
+        Config::load(&text, from_env.clone(), Path::new("."))
+            .unwrap()
+            .boot
+            .listen
+            .port(),
+        2000
+    );
+    let cli = Overrides {
+        listen: Some("127.0.0.1:3000".into()),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        Config::load(&text, from_env.overridden_by(cli), Path::new("."))
+            .unwrap()
+            .boot
+            .listen
+            .port(),
+        3000
+    );
+    assert_eq!(load(&text).unwrap().boot.listen.port(), 1000);
+}
+
+#[test]
+fn redis_url_wins_over_the_seed_variables_which_build_a_url() {
+    let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    let seed = Overrides::from_env(&env(&[("REDIS_HOST", "10.0.0.1"), ("REDIS_DB", "2")]));
+    assert_eq!(seed.redis_url.as_deref(), Some("redis://10.0.0.1:6379/2"));
+    let both = Overrides::from_env(&env(&[("REDIS_HOST", "10.0.0.1"), ("REDIS_URL", "redis://x:1/0")]));
+    assert_eq!(both.redis_url.as_deref(), Some("redis://x:1/0"));
+    assert_eq!(Overrides::from_env(&env(&[])).redis_url, None);
+}
+
+#[test]
+fn routes_may_not_forward_or_vary_on_headers_the_proxy_sets() {
+    let text = MINIMAL.replace(
+        "access = \"public\"",
+        "access = \"public\"\nforward_headers = [\"accept\", \"X-Auth-Subject\", \"x-forwarded-for\"]",
+    );
+    let err = load(&text).unwrap_err();
+    assert_eq!(fields(err), ["routes[0].forward_headers", "routes[0].forward_headers"]);
+}
+
+#[test]
+fn routes_may_not_forward_or_vary_on_underscore_twins_or_override_headers() {
+    let text = r#"
+        [upstream]
+        url = "http://127.0.0.1:5000"
+        [[routes]]
+        name = "a"
+        path = "/a"
+        methods = ["GET"]
+        access = "public"
+        forward_headers = ["accept", "x_auth_role", "X-Original-URL", "x_forwarded_for"]
+        cache = { vary = ["accept-language", "X-HTTP-Method-Override", "x_auth_subject"] }
+    "#;
+    let got = fields(load(text).unwrap_err());
+    let mut want = vec!["routes[0].forward_headers"; 3];
+    want.extend(["routes[0].cache.vary"; 2]);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn redis_gets_an_l1_unless_its_bound_is_zero() {
+    let with_redis = |extra: &str| {
+        let text = format!("{MINIMAL}\n[cache]\nredis_url = \"redis://127.0.0.1:6379/0\"\n{extra}");
+        load(&text).unwrap().boot.store.backend
+    };
+    let url = Secret("redis://127.0.0.1:6379/0".into());
+    assert_eq!(
+        with_redis(""),
+        Backend::Redis {
+            url: url.clone(),
+            l1_max_bytes: DEFAULT_L1_MAX_BYTES
+        }
+    );
+    assert_eq!(with_redis("l1_max_bytes = 0"), Backend::Redis { url, l1_max_bytes: 0 });
+}
+
+#[test]
+fn cache_ttl_sets_the_default_but_not_explicit_route_ttls() {
+    let text = r#"
+        [upstream]
+        url = "http://127.0.0.1:5000"
+        [[routes]]
+        name = "a"
+        path = "/a"
+        methods = ["GET"]
+        access = "public"
+        cache = {}
+        [[routes]]
+        name = "b"
+        path = "/b"
+        methods = ["GET"]
+        access = "public"
+        cache = { ttl = "5s" }
+    "#;
+    let overrides = Overrides {
+        cache_ttl: Some("120".into()),
+        ..Overrides::default()
+    };
+    let cfg = Config::load(text, overrides, Path::new(".")).unwrap();
+    let ttl = |name: &str| cfg.runtime.routes.by_name(name).unwrap().cache.as_ref().unwrap().ttl;
+    assert_eq!(ttl("a"), Duration::from_secs(120));
+    assert_eq!(ttl("b"), Duration::from_secs(5));
+    let bad = Overrides {
+        cache_ttl: Some("soon".into()),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        fields(Config::load(text, bad, Path::new(".")).unwrap_err()),
+        ["CACHE_TTL"]
+    );
+}
+
+#[test]
+fn scopes_default_by_access_and_shared_must_be_explicit_for_authenticated_routes() {
+    let text = r#"
+        [upstream]
+        url = "http://127.0.0.1:5000"
+        [[routes]]
+        name = "pub"
+        path = "/pub"
+        methods = ["GET"]
+        access = "public"
+        cache = {}
+        [[routes]]
+        name = "auth"
+        path = "/auth"
+        methods = ["GET"]
+        cache = {}
+        [[routes]]
+        name = "role"
+        path = "/role"
+        methods = ["GET"]
+        roles = ["admin"]
+        cache = { scope = "role" }
+    "#;
+    let overrides = Overrides {
+        jwt_secret: Some(SECRET.into()),
+        ..Overrides::default()
+    };
+    let cfg = Config::load(text, overrides, Path::new(".")).unwrap();
+    let scope = |name: &str| cfg.runtime.routes.by_name(name).unwrap().cache.as_ref().unwrap().scope;
+    assert_eq!(scope("pub"), Scope::Shared);
+    assert_eq!(scope("auth"), Scope::User);
+    assert_eq!(scope("role"), Scope::Role);
+    assert_eq!(
+        cfg.runtime.routes.by_name("role").unwrap().access,
+        Access::Roles(vec!["admin".into()])
+    );
+}
+
+#[test]
+fn authenticated_routes_need_a_secret_from_the_environment() {
+    let text = MINIMAL.replace("access = \"public\"", "access = \"authenticated\"");
+    assert_eq!(fields(load(&text).unwrap_err()), ["JWT_SECRET_KEY"]);
+}
+
+#[test]
+fn a_short_hmac_secret_is_named_without_being_shown() {
+    let text = MINIMAL.replace("access = \"public\"", "access = \"authenticated\"");
+    let short = "thirty-one-bytes-is-one-too-few";
+    assert_eq!(short.len(), 31);
+    let overrides = Overrides {
+        jwt_secret: Some(short.into()),
+        ..Overrides::default()
+    };
+    let err = Config::load(&text, overrides, Path::new(".")).unwrap_err();
+    let message = err.to_string();
+    assert!(!message.contains(short), "{message}");
+    assert_eq!(fields(err), ["JWT_SECRET_KEY"]);
+}
+
+#[test]
+fn writes_cannot_be_cached_and_reads_cannot_invalidate() {
+    let text = r#"
+        [upstream]
+        url = "http://127.0.0.1:5000"
+        [[routes]]
+        name = "w"
+        path = "/w"
+        methods = ["POST"]
+        access = "public"
+        cache = {}
+        [[routes]]
+        name = "r"
+        path = "/r"
+        methods = ["GET"]
+        access = "public"
+        invalidates = ["x"]
+    "#;
+    assert_eq!(
+        fields(load(text).unwrap_err()),
+        ["routes[0].cache", "routes[1].invalidates"]
+    );
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let text = include_str!("../../../config.toml");
+    let overrides = Overrides {
+        jwt_secret: Some(SECRET.into()),
+        ..Overrides::default()
+    };
+    let cfg = Config::load(text, overrides, Path::new("..")).unwrap();
+    assert!(cfg.runtime.jwt.is_some());
+    assert!(cfg.runtime.routes.by_name("users-list").is_some());
+}
+
+/// Field names serde accepts in one section, read from its
+/// unknown-field error ("expected one of `a`, `b`").
+fn accepted_fields(section: &str) -> Vec<String> {
+    let err = RawConfig::parse(section).unwrap_err().to_string();
+    let expected = err
+        .split("expected")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no field list in: {err}"));
+    expected.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+#[test]
+fn the_readme_and_the_shipped_config_document_every_field() {
+    let readme = include_str!("../../../README.md");
+    let shipped = include_str!("../../../config.toml");
+    let documented: HashSet<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let sections = [
+        ("", "zzz = 1"),
+        ("server.", "[server]\nzzz = 1"),
+        ("upstream.", "[upstream]\nzzz = 1"),
+        ("cache.", "[cache]\nzzz = 1"),
+        ("jwt.", "[jwt]\nzzz = 1"),
+        ("identity.", "[identity]\nzzz = 1"),
+        ("routes[].", "[[routes]]\nzzz = 1"),
+        ("routes[].cache.", "[[routes]]\ncache = { zzz = 1 }"),
+    ];
+    let tables = ["server", "upstream", "cache", "jwt", "identity", "routes"];
+    let mut checked = 0;
+    for (prefix, toml) in sections {
+        for field in accepted_fields(toml) {
+            if prefix.is_empty() && tables.contains(&field.as_str()) {
+                continue;
+            }
+            let path = format!("{prefix}{field}");
+            assert!(
+                documented.contains(path.as_str()),
+                "README's configuration table lacks `{path}`"
+            );
+            assert!(
+                shipped.contains(&format!("{field} ")) || shipped.contains(&format!("{field}=")),
+                "config.toml does not document `{field}`"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "only {checked} fields found: the error format changed?");
+    // Lower-case rows are config fields; upper-case ones are variables.
+    for row in documented.iter().filter(|r| !r.chars().any(|c| c.is_ascii_uppercase())) {
+        let known = sections.iter().any(|(prefix, toml)| {
+            row.strip_prefix(prefix)
+                .is_some_and(|f| accepted_fields(toml).iter().any(|a| a == f))
+        });
+        assert!(known, "README documents `{row}`, which the config does not accept");
+    }
+}

@@ -1,0 +1,216 @@
+//! The rules requests run under, swapped whole on reload.
+//!
+//! A request loads one [`Snapshot`] at its start and keeps it to its end,
+//! so a reload never changes the rules under a request in flight: it
+//! finishes under the rules it started with, and the next request sees the
+//! new ones. A reload builds the next snapshot completely (key files read,
+//! verifier built) before it swaps, so it takes effect whole or not at all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use crate::auth::{JwtSettings, JwtVerifier, KeySetting};
+use crate::cache::settings::CacheLimits;
+use crate::concurrency::RuleSlots;
+use crate::metrics::Metrics;
+use crate::route::RuleSet;
+use crate::secret::Secret;
+use crate::upstream::IdentitySettings;
+
+/// What may change without a restart.
+#[derive(Debug)]
+pub struct RuntimeSettings {
+    pub routes: RuleSet,
+    /// `None` when every route is public.
+    pub jwt: Option<JwtSettings>,
+    pub identity: IdentitySettings,
+    pub cache: CacheLimits,
+    /// How long the backend may take to send response headers, and then
+    /// to send each part of the body.
+    pub response_timeout: Duration,
+    /// Authorises the admin endpoints besides an admin-role JWT; `None`:
+    /// JWT only.
+    pub admin_token: Option<Secret>,
+}
+
+/// One version of the runtime settings, put to use.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Names the settings: the same file and overrides give the same
+    /// version on every instance.
+    pub version: Arc<str>,
+    pub settings: RuntimeSettings,
+    pub jwt: Option<Arc<JwtVerifier>>,
+    pub rule_slots: RuleSlots,
+}
+
+/// A setting that cannot be used, named by its config path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl Snapshot {
+    /// Puts `settings` to use: reads key files and builds the verifier.
+    /// `previous` lends what may carry over (per-rule backend slots).
+    pub async fn build(
+        settings: RuntimeSettings,
+        version: Arc<str>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, Problem> {
+        let jwt = match &settings.jwt {
+            Some(jwt) => Some(Arc::new(JwtVerifier::load(jwt).await.map_err(|e| Problem {
+                field: e.field.to_owned(),
+                message: e.message,
+            })?)),
+            None => None,
+        };
+        let rule_slots = RuleSlots::new(settings.routes.iter(), previous.map(|p| &p.rule_slots));
+        Ok(Snapshot {
+            version,
+            settings,
+            jwt,
+            rule_slots,
+        })
+    }
+
+    /// The settings as `GET /config` shows them: secrets redacted.
+    pub fn describe(&self) -> Value {
+        let s = &self.settings;
+        let routes: Vec<Value> = s
+            .routes
+            .iter()
+            .map(|rule| {
+                json!({
+                    "name": rule.name,
+                    "cache_id": rule.cache_id,
+                    "path": rule.pattern.canonical(),
+                    "methods": rule.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                    "access": format!("{:?}", rule.access),
+                    "cache": rule.cache.as_ref().map(|c| json!({
+                        "scope": format!("{:?}", c.scope),
+                        "ttl_secs": c.ttl.as_secs_f64(),
+                        "statuses": c.statuses,
+                        "vary": c.vary.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+                        "tags": c.tags,
+                        "stale_while_revalidate_secs": c.stale_while_revalidate.as_secs_f64(),
+                        "stale_if_error_secs": c.stale_if_error.as_secs_f64(),
+                    })),
+                    "invalidates": rule.invalidates,
+                    "forward_headers": rule.forward_headers.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+                    "max_concurrent_requests": rule.max_concurrent_requests,
+                })
+            })
+            .collect();
+        json!({
+            "version": &*self.version,
+            "routes": routes,
+            "jwt": s.jwt.as_ref().map(|j| json!({
+                "algorithm": format!("{:?}", j.algorithm),
+                "keys": match &j.keys {
+                    KeySetting::Secret(_) => "JWT_SECRET_KEY (redacted)".to_owned(),
+                    KeySetting::PemFile(path) => format!("public_key_file {}", path.display()),
+                    KeySetting::JwksFile(path) => format!("jwks_file {}", path.display()),
+                },
+                "issuer": j.issuer,
+                "audience": j.audience,
+                "leeway_secs": j.leeway.as_secs(),
+                "role_claim": j.role_claim,
+            })),
+            "identity": {
+                "subject_header": s.identity.subject_header.as_str(),
+                "role_header": s.identity.role_header.as_str(),
+            },
+            "cache": {
+                "max_entry_bytes": s.cache.max_entry_bytes,
+                "max_key_bytes": s.cache.max_key_bytes,
+                "lease_ttl_secs": s.cache.lease_ttl.as_secs_f64(),
+                "surrogate_key_header": s.cache.surrogate_key_header.as_ref().map(|h| h.as_str()),
+            },
+            "upstream": { "response_timeout_secs": s.response_timeout.as_secs_f64() },
+            "admin_token": s.admin_token.as_ref().map(|_| "(redacted)"),
+        })
+    }
+}
+
+/// Where new runtime settings come from: the config file (and `.env`) in
+/// the binary, a temporary file in tests.
+#[async_trait]
+pub trait SettingsSource: Send + Sync {
+    /// Reads and validates the settings anew. Every problem is returned,
+    /// including a change to a boot setting, which needs a restart.
+    async fn read(&self) -> Result<(RuntimeSettings, Arc<str>), Vec<Problem>>;
+}
+
+/// The snapshot in use, and how to replace it.
+pub struct Runtime {
+    current: ArcSwap<Snapshot>,
+    source: Option<Box<dyn SettingsSource>>,
+    /// One reload at a time: two racing would each build from the same
+    /// previous snapshot, and the slower would win whatever the file says.
+    reloading: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    /// `source`: `None` when the proxy was given settings, not a file to
+    /// read them from; reloads are then refused.
+    pub fn new(first: Snapshot, source: Option<Box<dyn SettingsSource>>, metrics: Arc<Metrics>) -> Runtime {
+        metrics.config_version(&first.version);
+        Runtime {
+            current: ArcSwap::from_pointee(first),
+            source,
+            reloading: tokio::sync::Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// The snapshot a request starting now runs under.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Reads the settings anew and swaps them in, or leaves the running
+    /// ones untouched and says why. Logged once either way.
+    pub async fn reload(&self) -> Result<Arc<str>, Vec<Problem>> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.build_next().await;
+        match &result {
+            Ok(version) => {
+                self.metrics.config_reload("ok");
+                self.metrics.config_version(version);
+                tracing::info!(%version, "configuration reloaded");
+            }
+            Err(problems) => {
+                self.metrics.config_reload("invalid");
+                let problems: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
+                tracing::warn!(
+                    ?problems,
+                    "configuration reload refused; the running rules are unchanged"
+                );
+            }
+        }
+        result
+    }
+
+    async fn build_next(&self) -> Result<Arc<str>, Vec<Problem>> {
+        let Some(source) = &self.source else {
+            return Err(vec![Problem {
+                field: "config".into(),
+                message: "this proxy was started without a config file to reload".into(),
+            }]);
+        };
+        let (settings, version) = source.read().await?;
+        let previous = self.current.load_full();
+        let next = Snapshot::build(settings, version.clone(), Some(&previous))
+            .await
+            .map_err(|problem| vec![problem])?;
+        self.current.store(Arc::new(next));
+        Ok(version)
+    }
+}
