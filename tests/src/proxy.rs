@@ -90,6 +90,11 @@ impl ProxyHandle {
             .map_or(0, |value| value.trim().parse().expect("a counter value"))
     }
 
+    /// Starts the proxy's shutdown (as SIGTERM does) without waiting.
+    pub fn stop(&mut self) {
+        self.task.stop();
+    }
+
     /// Stops the proxy, waits for it to drain, re-raises a panic from it.
     pub async fn join(mut self) -> anyhow::Result<()> {
         self.task.join().await

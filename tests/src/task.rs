@@ -38,11 +38,16 @@ impl ServerTask {
         self.task.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
-    /// Stops the server and waits for it, re-raising a panic from its task.
-    pub async fn join(&mut self) -> anyhow::Result<()> {
+    /// Tells the server to stop, without waiting for it to finish.
+    pub fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Stops the server and waits for it, re-raising a panic from its task.
+    pub async fn join(&mut self) -> anyhow::Result<()> {
+        self.stop();
         match self.task.take().expect("joined once").await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),

@@ -11,7 +11,7 @@
 //! configured, when it reaches its maximum age.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -60,6 +60,10 @@ pub struct Activity {
     started: AtomicU64,
     /// When the last request in flight ended, in nanoseconds since `born`.
     last_end: AtomicU64,
+    /// The server is draining: HTTP/1 responses say `Connection: close`.
+    closing: AtomicBool,
+    /// A request came over HTTP/2 (which drains by GOAWAY instead).
+    http2: AtomicBool,
 }
 
 impl Default for Activity {
@@ -69,6 +73,8 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             last_end: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
         }
     }
 }
@@ -80,6 +86,23 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.started.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    pub fn saw_http2(&self) {
+        self.http2.store(true, Ordering::Release);
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Acquire)
+    }
+
+    /// From now on, each response ends its connection.
+    pub fn close_after_response(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Resolves when the connection should be closed, and says why.

@@ -30,13 +30,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use self::activity::{Activity, Limits, Tracked};
 pub use self::bind::{bind_shared, queued_connections_migrate};
@@ -89,6 +90,28 @@ pub async fn serve<H, F>(
     let settings = Arc::new(settings);
     tokio::pin!(shutdown);
 
+    let admit = |stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
+        let Some(ip_slot) = per_ip.acquire(peer.ip()) else {
+            // Closed at once: the address already holds its share.
+            metrics.connection_closed("per_ip_limit");
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            return;
+        };
+        let connection = serve_connection(
+            builder.clone(),
+            stream,
+            peer,
+            settings.clone(),
+            metrics.clone(),
+            handle.clone(),
+            phase_rx.clone(),
+        );
+        tokio::spawn(async move {
+            connection.await;
+            drop((permit, ip_slot));
+        });
+    };
+
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
@@ -105,34 +128,39 @@ pub async fn serve<H, F>(
             },
             () = &mut shutdown => break,
         };
-        let Some(ip_slot) = per_ip.acquire(peer.ip()) else {
-            // Closed at once: the address already holds its share.
-            metrics.connection_closed("per_ip_limit");
-            tracing::debug!(%peer, "connection refused: too many from this address");
-            continue;
-        };
-        let connection = serve_connection(
-            builder.clone(),
-            stream,
-            peer,
-            settings.clone(),
-            metrics.clone(),
-            handle.clone(),
-            phase_rx.clone(),
-        );
-        tokio::spawn(async move {
-            connection.await;
-            drop((permit, ip_slot));
-        });
+        admit(stream, peer, permit);
     }
 
-    drop(listener);
+    // Connections the kernel has already queued for this listener would be
+    // reset when it closes: take them, and serve them while draining.
+    for (stream, peer) in accept_queued(listener) {
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => admit(stream, peer, permit),
+            Err(_) => metrics.connection_closed("limit"),
+        }
+    }
     let _ = phase_tx.send(Phase::Draining);
     let all_closed = limit.acquire_many(settings.max_connections as u32);
     if tokio::time::timeout(settings.shutdown_grace, all_closed).await.is_err() {
         tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the shutdown grace period; closing them");
         let _ = phase_tx.send(Phase::Closing);
     }
+}
+
+/// Closes `listener` after accepting what is already queued on it,
+/// without waiting: straight `accept` calls until the kernel has none.
+fn accept_queued(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    let Ok(listener) = listener.into_std() else {
+        return Vec::new();
+    };
+    let mut queued = Vec::new();
+    while let Ok((stream, peer)) = listener.accept() {
+        let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            queued.push((stream, peer));
+        }
+    }
+    queued
 }
 
 /// Serves one connection until it ends, its watchdog expires it, or the
@@ -162,11 +190,22 @@ async fn serve_connection<H, F>(
     let wind_down = settings.write_timeout;
     let service = {
         let activity = activity.clone();
-        service_fn(move |req| {
+        service_fn(move |req: Request<Incoming>| {
             let in_flight = activity.start();
-            let handle = handle.clone();
+            let http1 = req.version() < Version::HTTP_2;
+            if !http1 {
+                activity.saw_http2();
+            }
+            let (handle, activity) = (handle.clone(), activity.clone());
             async move {
-                let response = handle(req, peer).await;
+                let mut response = handle(req, peer).await;
+                if http1 && activity.is_closing() {
+                    // hyper closes the connection once this response is
+                    // written; the client opens its next one elsewhere.
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
         })
@@ -175,22 +214,42 @@ async fn serve_connection<H, F>(
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
 
-    let closing = tokio::select! {
+    let expired = tokio::select! {
         result = connection.as_mut() => return log_end(peer, result),
-        why = activity.expired(limits) => {
+        why = activity.expired(limits) => Some(why),
+        () = wait_for(&mut phase, Phase::Draining) => None,
+    };
+    match expired {
+        Some(why) => {
             metrics.connection_closed(why.label());
             tracing::debug!(%peer, reason = why.label(), "closing connection");
-            why == activity::Expired::Age
+            if why == activity::Expired::Age {
+                // Finish what is in flight (HTTP/2: GOAWAY), accept nothing new.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => log_end(peer, result),
+                    () = wait_for(&mut phase, Phase::Closing) => {}
+                    () = tokio::time::sleep(wind_down) => {}
+                }
+            }
         }
-        () = wait_for(&mut phase, Phase::Draining) => true,
-    };
-    if closing {
-        // Finish what is in flight (HTTP/2: GOAWAY), accept nothing new.
-        connection.as_mut().graceful_shutdown();
-        tokio::select! {
-            result = connection.as_mut() => log_end(peer, result),
-            () = wait_for(&mut phase, Phase::Closing) => {}
-            () = tokio::time::sleep(wind_down), if *phase.borrow() == Phase::Serving => {}
+        None => {
+            // Draining. hyper's graceful shutdown would close an idle
+            // HTTP/1 connection at once, resetting a request the client may
+            // have just sent on it. Instead each HTTP/1 connection's next
+            // response says `Connection: close`; a connection that stays
+            // idle is closed only at the end of the grace period. HTTP/2
+            // has GOAWAY for this: the client learns which streams were
+            // taken and sends the rest elsewhere.
+            activity.close_after_response();
+            if activity.is_http2() {
+                connection.as_mut().graceful_shutdown();
+            }
+            tokio::select! {
+                result = connection.as_mut() => log_end(peer, result),
+                () = wait_for(&mut phase, Phase::Closing) => {}
+                why = activity.expired(limits) => metrics.connection_closed(why.label()),
+            }
         }
     }
     // Idle (nothing in flight), or out of time: dropping the connection

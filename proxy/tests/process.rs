@@ -1,0 +1,212 @@
+//! The `proxy` binary as an operator runs it: SIGHUP reloads the config
+//! file, and a second process started on the same address takes over from
+//! the first (SIGTERM) without a failed request.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+const SECRET: &str = "process-test-secret-of-at-least-32-bytes";
+/// How long a condition the test waits for may take.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn config(route_access: &str) -> String {
+    format!(
+        r#"
+[server]
+shutdown_grace = "5s"
+
+[[routes]]
+name = "r"
+path = "/r"
+methods = ["GET"]
+{route_access}
+cache = {{ scope = "shared", ttl = "1h" }}
+"#
+    )
+}
+
+/// A free port: bound, read, released. Ports are never fixed in tests.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An upstream that answers every request `{"ok": true}`.
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_| async {
+                    let response = http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(b"{\"ok\":true}")))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A `proxy` process, killed on drop if still running.
+struct Proxy {
+    child: Child,
+    admin: SocketAddr,
+}
+
+impl Proxy {
+    fn start(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Proxy {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .arg("--upstream")
+            .arg(format!("http://{upstream}"))
+            .current_dir(dir)
+            .env_clear()
+            .env("JWT_SECRET_KEY", SECRET)
+            .env("LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Proxy { child, admin }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    async fn admin_get(&self, path: &str) -> Option<String> {
+        let response = reqwest::get(format!("http://{}{path}", self.admin)).await.ok()?;
+        response.status().is_success().then_some(())?;
+        response.text().await.ok()
+    }
+
+    async fn metric(&self, series: &str) -> u64 {
+        let page = self.admin_get("/metrics").await.unwrap_or_default();
+        page.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    async fn ready(&self) {
+        until("the proxy is ready", || self.admin_get("/readyz")).await;
+    }
+
+    /// Waits for the process to exit; its exit status.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        until("the proxy exits", || std::future::ready(child.try_wait().unwrap())).await
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it yields a value, failing after [`PATIENCE`].
+async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), config("access = \"public\"")).unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start(dir.path(), listen, upstream().await);
+    proxy.ready().await;
+    let url = format!("http://{listen}/r");
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+
+    std::fs::write(dir.path().join("config.toml"), config("roles = [\"admin\"]")).unwrap();
+    proxy.signal(libc::SIGHUP);
+    until("the reload is counted", || async {
+        (proxy.metric(r#"proxy_config_reloads_total{outcome="ok"}"#).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 401, "the new rules apply");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_takes_over_the_address_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), config("access = \"public\"")).unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let upstream = upstream().await;
+    let mut old = Proxy::start(dir.path(), listen, upstream);
+    old.ready().await;
+
+    // A client sending requests back to back for the whole hand-over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                match http.get(format!("http://{listen}/r")).send().await {
+                    Ok(response) if response.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        errors.push(format!("{other:?}"));
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+            errors
+        })
+    };
+    let served_before = |n: u64| {
+        let ok = ok.clone();
+        move || std::future::ready((ok.load(Ordering::SeqCst) >= n).then_some(()))
+    };
+    until("the old process serves", served_before(50)).await;
+
+    let new = Proxy::start(dir.path(), listen, upstream);
+    new.ready().await;
+    old.signal(libc::SIGTERM);
+    let status = old.exited().await;
+    assert!(status.success(), "the old process exited cleanly: {status}");
+    let after = ok.load(Ordering::SeqCst) + 50;
+    until("the new process serves", served_before(after)).await;
+    stop.store(true, Ordering::SeqCst);
+    let errors = client.await.unwrap();
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests: {errors:?}");
+    assert!(new.metric(r#"proxy_requests_total{rule="r",status="200"}"#).await >= 50);
+}
