@@ -52,6 +52,7 @@ pub mod vary;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -121,6 +122,14 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
     }))
 }
 
+/// Where a running proxy reloads its settings from, and when.
+pub struct ReloadFrom {
+    pub file: ConfigFile,
+    /// Also reload when the file or `.env` changes, looked at this often
+    /// (`--watch`); SIGHUP and `POST /reload` always work.
+    pub watch: Option<Duration>,
+}
+
 /// Serves clients on `listener` and the admin endpoints on `admin`
 /// until `shutdown` resolves, then drains both. With `reload_from`, SIGHUP
 /// and `POST /reload` read that file anew.
@@ -128,11 +137,12 @@ pub async fn run(
     listener: TcpListener,
     admin: TcpListener,
     prepared: Prepared,
-    reload_from: Option<ConfigFile>,
+    reload_from: Option<ReloadFrom>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let watch = reload_from.as_ref().and_then(|r| Some((r.file.clone(), r.watch?)));
     let reloadable = reload_from.is_some();
-    let proxy = build_proxy(prepared, reload_from)?;
+    let proxy = build_proxy(prepared, reload_from.map(|r| r.file))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -143,6 +153,9 @@ pub async fn run(
     };
     if reloadable {
         tokio::spawn(reload_on_sighup(Arc::downgrade(&proxy)));
+    }
+    if let Some((file, every)) = watch {
+        tokio::spawn(reload_on_change(Arc::downgrade(&proxy), file, every));
     }
 
     let snapshot = proxy.runtime.load();
@@ -203,5 +216,27 @@ async fn reload_on_sighup(proxy: std::sync::Weak<Proxy>) {
         let Some(proxy) = proxy.upgrade() else { return };
         tracing::info!("SIGHUP: reloading the configuration");
         let _ = proxy.runtime.reload().await;
+    }
+}
+
+/// `--watch`: reloads when the config file's or `.env`'s content changes.
+/// Polls rather than using inotify: an editor's save-by-rename, a
+/// Kubernetes ConfigMap's symlink swap and a network file system all show
+/// up as changed content, where a file watch can miss them. A file caught
+/// half-written is refused like any invalid one, and the next look loads
+/// the whole file.
+async fn reload_on_change(proxy: std::sync::Weak<Proxy>, file: ConfigFile, every: Duration) {
+    let mut seen = file.contents_digest();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(proxy) = proxy.upgrade() else { return };
+        let now = file.contents_digest();
+        if now != seen {
+            seen = now;
+            tracing::info!(path = %file.path.display(), "config file changed: reloading");
+            let _ = proxy.runtime.reload().await;
+        }
     }
 }

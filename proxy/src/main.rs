@@ -3,11 +3,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use proxy::config::{ConfigErrors, ConfigFile, Overrides};
 use proxy::server::{bind_shared, queued_connections_migrate};
+use proxy::ReloadFrom;
 
 /// JWT-aware caching reverse proxy.
 ///
@@ -23,6 +25,10 @@ struct Cli {
     /// valid, 2 when not).
     #[arg(long)]
     check: bool,
+    /// Also reload when the config file or `.env` changes (looked at every
+    /// second). SIGHUP and `POST /reload` reload either way.
+    #[arg(long)]
+    watch: bool,
     /// Client listener address (env PROXY_LISTEN).
     #[arg(long)]
     listen: Option<String>,
@@ -42,6 +48,9 @@ struct Cli {
 /// showed up at ~9 % of the proxy's CPU under load.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// How often `--watch` looks at the config file.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Exit status for an invalid configuration, distinct from runtime failure.
 const EXIT_CONFIG: u8 = 2;
@@ -97,7 +106,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging();
-    match runtime.block_on(serve(prepared, file)) {
+    let reload_from = ReloadFrom {
+        file,
+        watch: cli.watch.then_some(WATCH_EVERY),
+    };
+    match runtime.block_on(serve(prepared, reload_from)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -121,7 +134,7 @@ fn init_logging() {
     }
 }
 
-async fn serve(prepared: proxy::Prepared, file: ConfigFile) -> anyhow::Result<()> {
+async fn serve(prepared: proxy::Prepared, reload_from: ReloadFrom) -> anyhow::Result<()> {
     let (listen, admin_listen) = (prepared.boot.listen, prepared.boot.admin_listen);
     let listener = bind_shared(listen).with_context(|| format!("binding listen address {listen}"))?;
     let admin = bind_shared(admin_listen).with_context(|| format!("binding admin_listen address {admin_listen}"))?;
@@ -131,7 +144,7 @@ async fn serve(prepared: proxy::Prepared, file: ConfigFile) -> anyhow::Result<()
              a connection arriving in the instant of the hand-over may be reset (see the README's upgrade procedure)"
         );
     }
-    proxy::run(listener, admin, prepared, Some(file), shutdown_signal()).await
+    proxy::run(listener, admin, prepared, Some(reload_from), shutdown_signal()).await
 }
 async fn shutdown_signal() {
     let terminate = async {

@@ -1,5 +1,5 @@
-//! The `proxy` binary as an operator runs it: SIGHUP reloads the config
-//! file, and a second process started on the same address takes over from
+//! The `proxy` binary as an operator runs it: SIGHUP (or, with `--watch`,
+//! a changed file) reloads the config file, and a second process started on the same address takes over from
 //! the first (SIGTERM) without a failed request.
 
 use std::net::{SocketAddr, TcpListener};
@@ -70,8 +70,13 @@ struct Proxy {
 
 impl Proxy {
     fn start(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Proxy {
+        Proxy::start_with(dir, listen, upstream, &[])
+    }
+
+    fn start_with(dir: &Path, listen: SocketAddr, upstream: SocketAddr, flags: &[&str]) -> Proxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args(flags)
             .arg("--config")
             .arg(dir.join("config.toml"))
             .arg("--listen")
@@ -157,6 +162,34 @@ async fn sighup_reloads_the_config_file() {
     std::fs::write(dir.path().join("config.toml"), config("roles = [\"admin\"]")).unwrap();
     proxy.signal(libc::SIGHUP);
     until("the reload is counted", || async {
+        (proxy.metric(r#"proxy_config_reloads_total{outcome="ok"}"#).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 401, "the new rules apply");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reloads_when_the_file_changes_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), config("access = \"public\"")).unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start_with(dir.path(), listen, upstream().await, &["--watch"]);
+    proxy.ready().await;
+    let url = format!("http://{listen}/r");
+
+    std::fs::write(dir.path().join("config.toml"), "[[routes]]\nname = ").unwrap();
+    until("the broken file is refused", || async {
+        (proxy.metric(r#"proxy_config_reloads_total{outcome="invalid"}"#).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().status(),
+        200,
+        "the old rules serve on"
+    );
+
+    std::fs::write(dir.path().join("config.toml"), config("roles = [\"admin\"]")).unwrap();
+    until("the fixed file is loaded", || async {
         (proxy.metric(r#"proxy_config_reloads_total{outcome="ok"}"#).await == 1).then_some(())
     })
     .await;

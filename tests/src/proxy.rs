@@ -116,7 +116,8 @@ pub async fn spawn_reloadable_proxy(file: ConfigFile) -> ProxyHandle {
     spawn(config, Some(file)).await
 }
 
-async fn spawn(config: Config, reload_from: Option<ConfigFile>) -> ProxyHandle {
+async fn spawn(config: Config, file: Option<ConfigFile>) -> ProxyHandle {
+    let reload_from = file.map(|file| proxy::ReloadFrom { file, watch: None });
     crate::init_logging();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
