@@ -18,6 +18,7 @@
 
 pub mod client;
 pub mod origin;
+pub mod previous;
 pub mod process;
 pub mod proxy;
 pub mod servers;

@@ -15,12 +15,11 @@
 //! process dies first, they may serve entries the write replaced. That
 //! window is the price of letting writes pass while Redis is unreachable.
 //!
-//! Keys (`<prefix>` is `cache.key_prefix` then `cache.namespace` and `:`):
-//! entries at `<prefix>e:<sha256 hex>`, tag generations at
-//! `<prefix>g:<tag>` (no TTL: a lost generation would read as a miss, but
-//! letting them expire would only cause needless misses). An entry's value
-//! is a random 8-byte stamp followed by the encoded [`Entry`]: the stamp
-//! names this one write of the entry.
+//! Key names are built in [`keys`] (entries, leases, generations, the
+//! purge index, the events channel). Generations have no TTL: a lost one
+//! would read as a miss, but letting them expire would only cause needless
+//! misses. An entry's value is a random 8-byte stamp followed by the
+//! encoded [`Entry`]: the stamp names this one write of the entry.
 //!
 //! Lookups do not talk to Redis one by one: their reads are coalesced into
 //! one pipeline per round trip (see [`batch`]), which is what keeps a hit
@@ -50,8 +49,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 
 mod batch;
+pub mod keys;
 
 use self::batch::{Part, Read, ReadBatcher, ReadResult};
+use self::keys::Names;
 use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
 use super::memory::{bounded_entries, encoded_weight, usable};
@@ -130,7 +131,7 @@ pub struct RedisStore {
     /// Lookups' reads, coalesced into one pipeline per round trip.
     reads: ReadBatcher,
     l1: Option<Cache<CacheKey, LocalCopy>>,
-    prefix: String,
+    names: Names,
     operation_timeout: Duration,
     invalidation_wait: Duration,
     breaker: Breaker,
@@ -170,16 +171,14 @@ impl RedisStore {
                 })
                 .build()
         });
-        // Every name carries the namespace: deployments sharing this Redis
-        // share nothing unless they say so.
-        let prefix = format!("{}{}:", settings.key_prefix, settings.namespace);
-        let events = format!("{prefix}events");
+        let names = Names::new(&settings.key_prefix, &settings.namespace);
+        let events = names.events();
         let store = Arc::new_cyclic(|store: &Weak<RedisStore>| RedisStore {
             conn,
             events: events.clone(),
             reads: ReadBatcher::start(pipeline_runner(store.clone())),
             l1,
-            prefix,
+            names,
             operation_timeout: settings.operation_timeout,
             invalidation_wait: settings.invalidation_wait,
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
@@ -194,23 +193,6 @@ impl RedisStore {
             tokio::spawn(follow_invalidations(client, events, Arc::downgrade(&store)));
         }
         Ok(store)
-    }
-
-    fn entry_key(&self, key: &CacheKey) -> String {
-        format!("{}e:{}", self.prefix, key.to_hex())
-    }
-
-    /// The index sets of the purge index: exact path, subtree, tag.
-    fn path_set(&self, path: &str) -> String {
-        format!("{}ip:{}", self.prefix, path)
-    }
-
-    fn subtree_set(&self, prefix: &str) -> String {
-        format!("{}ix:{}", self.prefix, prefix)
-    }
-
-    fn tag_set(&self, tag: &str) -> String {
-        format!("{}it:{}", self.prefix, tag)
     }
 
     /// Runs a purge step: outside the breaker (an admin action must not
@@ -246,18 +228,10 @@ impl RedisStore {
     /// The index set filing `place`.
     fn index_set(&self, place: Filed<'_>) -> String {
         match place {
-            Filed::Path(path) => self.path_set(path),
-            Filed::Prefix(prefix) => self.subtree_set(prefix),
-            Filed::Tag(tag) => self.tag_set(tag),
+            Filed::Path(path) => self.names.path_set(path),
+            Filed::Prefix(prefix) => self.names.subtree_set(prefix),
+            Filed::Tag(tag) => self.names.tag_set(tag),
         }
-    }
-
-    fn lease_key(&self, key: &CacheKey) -> String {
-        format!("{}l:{}", self.prefix, key.to_hex())
-    }
-
-    fn generation_key(&self, tag: &str) -> String {
-        format!("{}g:{}", self.prefix, tag)
     }
 
     /// Runs `op` behind the breaker: refused at once while it is open.
@@ -335,7 +309,7 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         for tag in tags {
             pipe.cmd("SET")
-                .arg(self.generation_key(tag))
+                .arg(self.names.generation(tag))
                 .arg(new_generation())
                 .ignore();
         }
@@ -347,7 +321,7 @@ impl RedisStore {
                 tracing::warn!(?tags, "redis is out of memory; deleting the generations of these tags instead of replacing them (every instance misses on them until memory frees)");
                 let mut pipe = redis::pipe();
                 for tag in tags {
-                    pipe.cmd("DEL").arg(self.generation_key(tag)).ignore();
+                    pipe.cmd("DEL").arg(self.names.generation(tag)).ignore();
                 }
                 pipe.cmd("PUBLISH").arg(&self.events).arg(tags.join(" ")).ignore();
                 pipe.query_async::<()>(&mut conn).await
@@ -403,9 +377,9 @@ impl RedisStore {
             return Err(StoreError::Unavailable);
         }
         let read = Read {
-            entry_key: self.entry_key(key),
+            entry_key: self.names.entry(key),
             part,
-            generation_keys: tags.iter().map(|t| self.generation_key(t)).collect(),
+            generation_keys: tags.iter().map(|t| self.names.generation(t)).collect(),
         };
         let mut values = self.reads.read(read).await?;
         let entry = values.remove(0);
@@ -415,7 +389,7 @@ impl RedisStore {
     /// Creates the generations of `tags` that do not exist yet (first use,
     /// or lost with Redis's data) and reads back whichever token won.
     async fn create_generations(&self, tags: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let keys: Vec<String> = tags.iter().map(|t| self.generation_key(t)).collect();
+        let keys: Vec<String> = tags.iter().map(|t| self.names.generation(t)).collect();
         self.guarded(|mut conn| async move {
             let mut pipe = redis::pipe();
             for k in &keys {
@@ -632,20 +606,20 @@ impl CacheStore for RedisStore {
             return Ok(());
         }
         let (stamp, value) = stamped(entry);
-        let entry_key = self.entry_key(key);
+        let entry_key = self.names.entry(key);
         let hex = key.to_hex();
         let with_path = format!("{hex} {}", index.path);
-        let mut sets = vec![(self.path_set(index.path), &hex)];
+        let mut sets = vec![(self.names.path_set(index.path), &hex)];
         sets.extend(prefixes_of(index.path).map(|p| {
             let member = if records_paths(p) { &with_path } else { &hex };
-            (self.subtree_set(p), member)
+            (self.names.subtree_set(p), member)
         }));
         sets.extend(
             index
                 .tags
                 .iter()
                 .filter(|t| *t != ALL_TAG)
-                .map(|t| (self.tag_set(t), &hex)),
+                .map(|t| (self.names.tag_set(t), &hex)),
         );
         let (sets, members): (Vec<String>, Vec<String>) = sets.into_iter().map(|(set, m)| (set, m.clone())).unzip();
         let now = now_ms();
@@ -711,7 +685,7 @@ impl CacheStore for RedisStore {
         if keys.is_empty() {
             return Ok(0);
         }
-        let keys: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
+        let keys: Vec<String> = keys.iter().map(|k| self.names.entry(k)).collect();
         if !soft {
             return self
                 .purge_step(|mut conn| async move { redis::cmd("DEL").arg(&keys).query_async(&mut conn).await })
@@ -778,7 +752,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn lease(&self, key: &CacheKey, ttl: Duration) -> Result<Lease, StoreError> {
-        let (lease_key, token) = (self.lease_key(key), new_generation());
+        let (lease_key, token) = (self.names.lease(key), new_generation());
         let granted: Option<String> = self
             .guarded(|mut conn| {
                 let token = token.clone();
@@ -801,7 +775,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn release(&self, key: &CacheKey, token: &str) {
-        let lease_key = self.lease_key(key);
+        let lease_key = self.names.lease(key);
         // Deleted only if still ours: an expired lease may have been
         // granted to another instance since.
         let released = self
@@ -819,7 +793,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn leased(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        let lease_key = self.lease_key(key);
+        let lease_key = self.names.lease(key);
         self.guarded(|mut conn| async move { redis::cmd("EXISTS").arg(lease_key).query_async(&mut conn).await })
             .await
     }
