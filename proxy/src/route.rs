@@ -324,14 +324,14 @@ pub struct Rule {
 }
 
 /// The name a rule's entries are filed under: its name and a fingerprint
-/// of everything that decides which request an entry answers and what the
-/// origin was asked (path pattern, scope, `vary`, forwarded headers, stored
-/// statuses). A reload that keeps these keeps the rule's entries; one that
-/// changes any of them files the rule's entries anew, so an entry stored
-/// under the old rule is never served under the new one. TTL, roles and
-/// tags are not in it: entries keep the lifetime they were stored with,
-/// access is checked before any lookup, and tags only decide what
-/// invalidates.
+/// of everything that decides which request an entry answers, what the
+/// origin was asked, and what invalidates it (path pattern, scope, `vary`,
+/// forwarded headers, stored statuses, tags). A reload that keeps these
+/// keeps the rule's entries; one that changes any of them files the rule's
+/// entries anew, so an entry stored under the old rule is never served
+/// under the new one. TTL, stale windows and access are not in it: entries
+/// keep the lifetime they were stored with, and access is checked before
+/// any lookup.
 pub fn cache_id(
     name: &str,
     pattern: &Pattern,
@@ -357,6 +357,10 @@ pub fn cache_id(
         field(b"statuses");
         for status in &cache.statuses {
             field(&status.to_be_bytes());
+        }
+        field(b"tags");
+        for tag in &cache.tags {
+            field(tag.as_bytes());
         }
     }
     let digest = h.finalize();
@@ -555,7 +559,7 @@ mod tests {
             ttl: std::time::Duration::from_secs(ttl),
             statuses: vec![200],
             vary: vary.iter().map(|v| http::HeaderName::from_static(v)).collect(),
-            tags: vec!["users".into()],
+            tags: vec!["users".into(), "*".into()],
             stale_while_revalidate: Default::default(),
             stale_if_error: Default::default(),
             max_origin_stale: Default::default(),
@@ -571,6 +575,21 @@ mod tests {
         assert_ne!(base, id("/users/*", &policy(Scope::User, 60, &[])));
         assert_ne!(base, id("/users/{id}", &policy(Scope::Shared, 60, &[])));
         assert_ne!(base, id("/users/{id}", &policy(Scope::User, 60, &["accept"])));
+        let mut retagged = policy(Scope::User, 60, &[]);
+        retagged.tags = vec!["people".into(), "*".into()];
+        assert_ne!(base, id("/users/{id}", &retagged));
+        let mut statuses = policy(Scope::User, 60, &[]);
+        statuses.statuses = vec![200, 404];
+        assert_ne!(base, id("/users/{id}", &statuses));
+        assert_ne!(
+            base,
+            cache_id(
+                "users",
+                &Pattern::parse("/users/{id}").unwrap(),
+                Some(&policy(Scope::User, 60, &[])),
+                &[http::header::ACCEPT]
+            )
+        );
         assert!(base.starts_with("users@"), "{base}");
     }
 
