@@ -139,16 +139,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         binaries,
         out: cli.out.clone(),
     };
-    let outcome = reload::run(settings, interrupted()).await?;
-    if let Some(report) = &outcome.reload {
+    let reports = reload::run(settings, interrupted()).await?;
+    if let Some(report) = &reports.reload {
         println!("{}", report.table());
         write_json(&cli.out.join("reload.json"), report)?;
     }
-    if let Some(report) = &outcome.handover {
+    if let Some(report) = &reports.handover {
         println!("{}", report.table());
         write_json(&cli.out.join("handover.json"), report)?;
     }
-    Ok(outcome.passed())
+    Ok(reports.passed())
 }
 
 fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> anyhow::Result<()> {

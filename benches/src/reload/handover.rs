@@ -104,6 +104,9 @@ pub async fn run(
             () = tokio::time::sleep_until(due.into()) => {}
             _ = stop_wait.wait_for(|s| *s) => break,
         }
+        if Instant::now() >= until {
+            break;
+        }
         let mut record = HandoverRecord {
             index: h,
             at_s: t0.elapsed().as_secs_f64(),

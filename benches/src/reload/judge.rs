@@ -134,7 +134,7 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
-/// Cache outcomes of answers on cacheable routes, from `Cache-Status`.
+/// Cache outcomes of 200 answers on cacheable routes, from `Cache-Status`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CacheTally {
     pub hits: u64,
@@ -219,7 +219,9 @@ pub fn judge(samples: &[Sample], timeline: &RuleTimeline) -> Judgement {
             Outcome::Status(status) => status,
         };
         j.answered += 1;
-        if s.kind.cacheable() {
+        // Only answers the route could have cached: a 403 from the rules
+        // or an error never reaches the cache.
+        if s.kind.cacheable() && status == 200 {
             let hit = matches!(s.cache, CacheSeen::Hit { .. });
             match s.cache {
                 CacheSeen::Hit { .. } => j.cache.hits += 1,

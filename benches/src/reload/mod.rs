@@ -79,14 +79,14 @@ pub struct Settings {
     pub out: PathBuf,
 }
 
-/// What one run produced.
+/// What one run produced: a report per scenario run.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub struct Reports {
     pub reload: Option<ReloadReport>,
     pub handover: Option<HandoverReport>,
 }
 
-impl Outcome {
+impl Reports {
     pub fn passed(&self) -> bool {
         self.reload.as_ref().is_none_or(|r| r.passed) && self.handover.as_ref().is_none_or(|r| r.passed)
     }
@@ -149,7 +149,7 @@ impl Backends {
 /// Runs the chosen scenarios, one after the other, on one set of backends;
 /// `interrupt` resolving ends the running scenario early (still reported)
 /// and skips the rest.
-pub async fn run(settings: Settings, interrupt: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Outcome> {
+pub async fn run(settings: Settings, interrupt: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Reports> {
     std::fs::create_dir_all(&settings.out).with_context(|| format!("creating {}", settings.out.display()))?;
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -159,14 +159,14 @@ pub async fn run(settings: Settings, interrupt: impl Future<Output = ()> + Send 
     });
     eprintln!("starting FerretDB, Redis and the origin ...");
     let backends = Backends::start(&settings.binaries, settings.load.users, &settings.out).await?;
-    let mut outcome = Outcome::default();
+    let mut reports = Reports::default();
     if matches!(settings.scenario, Scenario::Reload | Scenario::Both) {
-        outcome.reload = Some(reloads::run(&settings, &backends, stop.clone()).await?);
+        reports.reload = Some(reloads::run(&settings, &backends, stop.clone()).await?);
     }
     if matches!(settings.scenario, Scenario::Handover | Scenario::Both) && !*stop.borrow() {
-        outcome.handover = Some(handover::run(&settings, &backends, stop.clone()).await?);
+        reports.handover = Some(handover::run(&settings, &backends, stop.clone()).await?);
     }
-    Ok(outcome)
+    Ok(reports)
 }
 
 /// Prints a progress line every [`PROGRESS_EVERY`] until `stop`.

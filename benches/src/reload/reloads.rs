@@ -163,6 +163,11 @@ pub async fn run(
             () = tokio::time::sleep_until(due.into()) => {}
             _ = stop_wait.wait_for(|s| *s) => break,
         }
+        // Slow confirmations can push reloads past the load: none are made
+        // without load to judge them by.
+        if Instant::now() >= until {
+            break;
+        }
         rules::install(&live, &texts[file.label()])?;
         let record = reload_once(&proxy, &timeline, t0, k + 1, file, trigger, version.clone()).await;
         eprintln!(
@@ -347,13 +352,20 @@ async fn confirm_by_polling(
                         r#"proxy_config_reloads_total{outcome="invalid"} rose: the proxy refused a valid file"#,
                     );
                 }
-                if version_moved || ok_moved {
-                    let via = match (version_moved, ok_moved) {
-                        (true, true) => "GET /config version changed; ok counter rose",
-                        (true, false) => "GET /config version changed",
-                        _ => "ok counter rose",
+                // Where the version can be compared, only its change
+                // confirms: a counter bumped before the swap would let
+                // requests meet the old rules after "confirmation".
+                let comparable = version.is_ok() && version_before.is_some();
+                if version_moved {
+                    let via = if ok_moved {
+                        "GET /config version changed; ok counter rose"
+                    } else {
+                        "GET /config version changed"
                     };
                     return Confirmation::new(ReloadOutcome::Ok, version_now, via);
+                }
+                if ok_moved && !comparable {
+                    return Confirmation::new(ReloadOutcome::Ok, version_now, "ok counter rose (no /config version)");
                 }
             }
             ConfigFile::Invalid => {
