@@ -160,9 +160,9 @@ pub async fn run(
                 record.old_exit_code = status.code();
                 if !status.success() {
                     record.error = Some(format!(
-                        "the old proxy ended with {}; its log ends:\n{}",
+                        "the old proxy ended with {}; {}",
                         proxy::describe(status),
-                        proxy::log_tail(&old.log)
+                        proxy::see_log(&old.log)
                     ));
                 }
             }

@@ -99,11 +99,11 @@ impl ProxyInstance {
             }
             if let Some(status) = proxy.exit_status() {
                 bail!(
-                    "proxy {} (pid {}) exited during start-up ({}); its log ends:\n{}",
+                    "proxy {} (pid {}) exited during start-up ({}); {}",
                     proxy.name,
                     proxy.pid,
                     describe(status),
-                    log_tail(&proxy.log)
+                    see_log(&proxy.log)
                 );
             }
             if Instant::now() > deadline {
@@ -193,8 +193,14 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// `see <log>` and, on the lines below, its last lines: the end of an
+/// error message whose first line must stand alone in a summary.
+pub fn see_log(path: &Path) -> String {
+    format!("see {}\n{}", path.display(), log_tail(path))
+}
+
 /// The last lines of a log, indented, for an error message.
-pub fn log_tail(path: &Path) -> String {
+fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];

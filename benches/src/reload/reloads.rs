@@ -508,9 +508,9 @@ fn exited(proxy: &ProxyInstance) -> Option<Confirmation> {
         ""
     };
     Some(Confirmation::proxy_exited(format!(
-        "the proxy exited ({}){hint}; its log ends:\n{}",
+        "the proxy exited ({}){hint}; {}",
         proxy::describe(status),
-        proxy::log_tail(&proxy.log)
+        proxy::see_log(&proxy.log)
     )))
 }
 

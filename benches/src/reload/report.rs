@@ -322,8 +322,12 @@ impl HandoverReport {
         last_proxy_exit: String,
     ) -> HandoverReport {
         let mut problems = Vec::new();
-        if let Some(why) = &aborted {
-            problems.push(format!("aborted at {}", first_line(why)));
+        // A hand-over that went wrong is listed below, with its reason.
+        if aborted.is_some() && !handovers.iter().any(|h| h.error.is_some()) {
+            problems.push(format!(
+                "aborted at {}",
+                first_line(aborted.as_deref().unwrap_or_default())
+            ));
         }
         load_problems(&judgement, unfinished, &mut problems);
         let handovers_done = handovers
