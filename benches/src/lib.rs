@@ -6,8 +6,10 @@
 //! - [`scenarios`]: the stack (from the e2e harness) and each scenario.
 //! - [`report`]: table, JSON and SVG chart.
 //! - [`soak`]: the soak test under chaos, with its consistency checker.
+//! - [`reload`]: configuration reloads and socket hand-overs under load.
 
 pub mod load;
+pub mod reload;
 pub mod report;
 pub mod scenarios;
 pub mod soak;

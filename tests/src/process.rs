@@ -59,6 +59,12 @@ impl ManagedChild {
         !matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How the process ended, once it has (it is then reaped); `None` while
+    /// it runs. Lets a caller tell a clean exit from a crash or a signal.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Sends a signal without reaping, e.g. SIGSTOP/SIGCONT for fault tests.
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: plain syscall on a pid we own and have not reaped.

@@ -70,7 +70,7 @@ pub struct Redis {
 }
 
 impl Redis {
-    async fn start(bin: &Path, settings: &RedisSettings, dir: &Path, logs: &Path) -> anyhow::Result<Redis> {
+    pub async fn start(bin: &Path, settings: &RedisSettings, dir: &Path, logs: &Path) -> anyhow::Result<Redis> {
         let mut last_error = anyhow!("no attempt made");
         for _ in 0..START_ATTEMPTS {
             let mut redis = Redis {
@@ -187,13 +187,13 @@ async fn redis_answers_ping(port: u16) -> bool {
 /// FerretDB on its SQLite backend, as DESIGN.md runs it, data under the
 /// soak's folder (emptied first). Like the e2e harness's `MongoServer`,
 /// but in a process group of its own (see the module docs).
-struct FerretDb {
+pub struct FerretDb {
     port: u16,
     _child: ManagedChild,
 }
 
 impl FerretDb {
-    async fn start(bin: &Path, dir: &Path, logs: &Path) -> anyhow::Result<FerretDb> {
+    pub async fn start(bin: &Path, dir: &Path, logs: &Path) -> anyhow::Result<FerretDb> {
         let log = logs.join("ferretdb.log");
         let mut last_error = anyhow!("no attempt made");
         for _ in 0..START_ATTEMPTS {
@@ -235,7 +235,7 @@ impl FerretDb {
         Err(last_error.context(format!("ferretdb did not start in {START_ATTEMPTS} attempts")))
     }
 
-    fn uri(&self) -> String {
+    pub fn uri(&self) -> String {
         format!("mongodb://127.0.0.1:{}/", self.port)
     }
 }
@@ -253,7 +253,7 @@ pub struct Origin {
 }
 
 impl Origin {
-    async fn start(bin: &Path, mongo_uri: String, logs: &Path, cwd: &Path) -> anyhow::Result<Origin> {
+    pub async fn start(bin: &Path, mongo_uri: String, logs: &Path, cwd: &Path) -> anyhow::Result<Origin> {
         let mut last_error = anyhow!("no attempt made");
         for _ in 0..START_ATTEMPTS {
             let mut origin = Origin {
@@ -538,12 +538,12 @@ fn stop_gracefully(mut child: ManagedChild) -> bool {
 }
 
 /// Spawns `command` as a [`ManagedChild`] in a process group of its own.
-fn spawn(name: &'static str, mut command: Command) -> anyhow::Result<ManagedChild> {
+pub fn spawn(name: &'static str, mut command: Command) -> anyhow::Result<ManagedChild> {
     command.process_group(0);
     ManagedChild::spawn(name, command).with_context(|| format!("running {name}"))
 }
 
-fn append(path: &Path) -> anyhow::Result<File> {
+pub fn append(path: &Path) -> anyhow::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
