@@ -282,3 +282,58 @@ async fn config_shows_the_rules_in_use_without_secrets() {
     assert!(!text.contains(ADMIN_TOKEN), "{text}");
     assert!(!text.contains(e2e::origin::TEST_JWT_SECRET), "{text}");
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_under_the_rules_it_started_with() {
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let upstream = ScriptedUpstream::start(move |_| {
+        let mut gate = gate.clone();
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            json_reply(200, r#"{"version": 0}"#, &[])
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = proxy_config_file(dir.path(), BEFORE, upstream.addr, None, Some(ADMIN_TOKEN));
+    let proxy = spawn_reloadable_proxy(file).await;
+    let api = ApiClient::new(proxy.base_url());
+
+    // A public read, waiting at the upstream.
+    let in_flight = tokio::spawn({
+        let api = api.clone();
+        async move { api.get("/things/1", None).await }
+    });
+    e2e::wait::eventually("the read reached the upstream", || {
+        std::future::ready(upstream.hits() == 1)
+    })
+    .await;
+
+    // Now the route is for admins only, each with entries of their own.
+    write(
+        dir.path(),
+        &BEFORE.replace(
+            "path = \"/things/*\"\nmethods = [\"GET\"]\naccess = \"public\"",
+            "path = \"/things/*\"\nmethods = [\"GET\"]\nroles = [\"admin\"]",
+        ),
+    );
+    let reloaded = reqwest::Client::new()
+        .post(proxy.admin_url("/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reloaded.status(), 200);
+    assert_eq!(api.get("/things/2", None).await.status, 401, "new requests: new rules");
+
+    // The read in flight is answered under the rules it started with...
+    open.send_replace(true);
+    let first = in_flight.await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body["version"], 0);
+    // ...and what it stored, a shared entry, is never served as an admin's
+    // own (the route's scope changed, so its entries are filed anew).
+    let admin = api.get("/things/1", Some(&mint("a1", "admin"))).await;
+    assert_eq!(admin.status, 200);
+    assert_eq!(admin.header("x-cache"), Some("MISS"));
+}
