@@ -60,7 +60,7 @@ use crate::boot::BootSettings;
 use crate::cache::memory::MemoryStore;
 use crate::cache::redis::RedisStore;
 use crate::cache::settings::{Backend, StoreSettings};
-use crate::cache::CacheStore;
+use crate::cache::Store;
 use crate::concurrency::UpstreamSlots;
 use crate::config::{Config, ConfigError, ConfigErrors, ConfigFile, FileSource};
 use crate::handler::Proxy;
@@ -89,7 +89,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
 
 /// Builds the store the settings name. Redis is not contacted here: the
 /// proxy starts, and serves, with Redis down.
-pub fn build_store(store: &StoreSettings, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn CacheStore>> {
+pub fn build_store(store: &StoreSettings, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &store.backend {
         Backend::Memory { max_bytes } => Arc::new(MemoryStore::new(*max_bytes)),
         Backend::Redis { url, l1_max_bytes } => RedisStore::new(&url.0, *l1_max_bytes, store, metrics)?,

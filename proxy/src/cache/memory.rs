@@ -16,7 +16,10 @@ use moka::sync::{Cache, CacheBuilder};
 
 use super::entry::now_ms;
 use super::purge::{is_under, place_of_prefix, prefixes_of, softly_expired};
-use super::{new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Lookup, StoreError};
+use super::{
+    new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Invalidate, Leases, Lookup, StoreError,
+    StoreHealth,
+};
 
 pub struct MemoryStore {
     entries: Cache<CacheKey, Stored>,
@@ -268,7 +271,10 @@ impl CacheStore for MemoryStore {
         }
         Ok(removed)
     }
+}
 
+#[async_trait]
+impl Invalidate for MemoryStore {
     async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError> {
         let mut map = self.generations.write().expect("generations lock");
         for tag in tags {
@@ -276,7 +282,13 @@ impl CacheStore for MemoryStore {
         }
         Ok(())
     }
+}
 
+/// Nothing to share: every lease is granted, without a token.
+impl Leases for MemoryStore {}
+
+#[async_trait]
+impl StoreHealth for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -290,7 +302,7 @@ impl CacheStore for MemoryStore {
 mod tests {
     use super::*;
     use crate::cache::purge::INDEXED_PREFIX_DEPTH;
-    use crate::cache::PurgeRequest;
+    use crate::cache::{PurgeRequest, Store};
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
 

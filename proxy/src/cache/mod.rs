@@ -341,8 +341,9 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// Where entries and tag generations live. Implementations must make a
-/// completed [`invalidate`](CacheStore::invalidate) visible to every later
+/// Where entries live: the data operations of the request path and the
+/// purge index. Implementations must make a completed
+/// [`Invalidate::invalidate`] visible to every later
 /// [`lookup`](CacheStore::lookup).
 #[async_trait]
 pub trait CacheStore: Send + Sync + 'static {
@@ -360,28 +361,21 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Removes, or with `soft` marks expired, the entries under `keys`;
     /// returns how many there were.
     async fn remove(&self, keys: Vec<CacheKey>, soft: bool) -> Result<u64, StoreError>;
+}
 
-    /// Purges what `request` names (see [`purge::run`]).
-    async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
-        purge::run(self, request).await
-    }
-
+/// Tag generations: how a write makes every instance stop serving what it
+/// replaced.
+#[async_trait]
+pub trait Invalidate: Send + Sync + 'static {
     /// Gives each tag a fresh generation, so no entry recorded under the
     /// old one is served again. Returns only once the change is durable in
     /// the store (for Redis: acknowledged).
     async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError>;
+}
 
-    /// Whether the store can serve right now (`/readyz`).
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// What in the store's own settings weakens a guarantee (`/readyz`).
-    async fn warnings(&self) -> Vec<String> {
-        Vec::new()
-    }
-
-    /// Last chance, at shutdown, to apply invalidations still pending.
-    async fn close(&self) {}
-
+/// Who fetches a missing entry when several instances miss it at once.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
     /// Claims, for at most `ttl`, the fetch of the missing entry `key` on
     /// behalf of every instance sharing this store. A store no other
     /// instance shares always grants it, without a token.
@@ -397,10 +391,36 @@ pub trait CacheStore: Send + Sync + 'static {
     async fn leased(&self, _key: &CacheKey) -> Result<bool, StoreError> {
         Ok(false)
     }
+}
+
+/// The store as the operator sees it: readiness, warnings, shutdown.
+#[async_trait]
+pub trait StoreHealth: Send + Sync + 'static {
+    /// Whether the store can serve right now (`/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// What in the store's own settings weakens a guarantee (`/readyz`).
+    async fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Last chance, at shutdown, to apply invalidations still pending.
+    async fn close(&self) {}
 
     /// `"redis"` or `"memory"`, for logs and metrics.
     fn kind(&self) -> &'static str;
 }
+
+/// Everything the proxy asks of its store, as one object.
+#[async_trait]
+pub trait Store: CacheStore + Invalidate + Leases + StoreHealth {
+    /// Purges what `request` names (see [`purge::run`]).
+    async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
+        purge::run(self, request).await
+    }
+}
+
+impl<T: CacheStore + Invalidate + Leases + StoreHealth> Store for T {}
 
 /// The answer to a lease request.
 #[derive(Debug, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 
 use super::entry::Entry;
-use super::{CacheStore, StoreError};
+use super::{CacheStore, Invalidate, StoreError};
 
 /// Longest tag: enough for real use, and well inside the 16-bit lengths
 /// an entry records its tags with.
@@ -89,7 +89,7 @@ pub enum Filed<'a> {
 /// both stores share. Hard tag and `all` purges replace generations (exact,
 /// and reaching every instance at once); entries are also removed through
 /// the index, which is what reaches tags only the origin named.
-pub async fn run<S: CacheStore + ?Sized>(store: &S, request: &PurgeRequest) -> Result<Purged, StoreError> {
+pub async fn run<S: CacheStore + Invalidate + ?Sized>(store: &S, request: &PurgeRequest) -> Result<Purged, StoreError> {
     let mut purged = Purged::default();
     if !request.soft && !request.entries_only {
         store.invalidate(&request.tags).await?;

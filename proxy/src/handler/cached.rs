@@ -14,8 +14,8 @@ use crate::body::{self, Buffered};
 use crate::cache::entry::now_ms;
 use crate::cache::purge::surrogate_keys;
 use crate::cache::{
-    storability, Bypass, CacheKey, CachePolicy, CacheStatus, CacheStore, Entry, Generations, IndexInfo, KeyParts,
-    Lease, Lookup, Scope, ScopeKey, StaleReason,
+    storability, Bypass, CacheKey, CachePolicy, CacheStatus, Entry, Generations, IndexInfo, KeyParts, Lease, Lookup,
+    Scope, ScopeKey, StaleReason, Store,
 };
 use crate::coalesce::{Handed, Leader, Outcome, Role};
 use crate::conditional;
@@ -558,13 +558,13 @@ fn serve_hit(entry: Arc<Entry>, is_head: bool, ctx: &mut RequestCtx<'_>) -> Resp
 /// and also when the fetch failed or the client went away, so the other
 /// instances do not wait out its expiry for nothing.
 struct LeaseGuard {
-    store: Arc<dyn CacheStore>,
+    store: Arc<dyn Store>,
     key: CacheKey,
     token: String,
 }
 
 impl LeaseGuard {
-    fn new(store: &Arc<dyn CacheStore>, key: CacheKey, token: String) -> LeaseGuard {
+    fn new(store: &Arc<dyn Store>, key: CacheKey, token: String) -> LeaseGuard {
         LeaseGuard {
             store: store.clone(),
             key,

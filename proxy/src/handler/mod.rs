@@ -25,7 +25,7 @@ use crate::auth::{self, Claims};
 use crate::body;
 use crate::boot::BootSettings;
 use crate::cache::purge::surrogate_keys;
-use crate::cache::{Bypass, CacheStatus, CacheStore, PurgeRequest};
+use crate::cache::{Bypass, CacheStatus, PurgeRequest, Store};
 use crate::coalesce::Flights;
 use crate::concurrency::UpstreamSlots;
 use crate::error::ProxyError;
@@ -45,7 +45,7 @@ pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub struct Proxy {
     pub boot: BootSettings,
     pub runtime: Runtime,
-    pub store: Arc<dyn CacheStore>,
+    pub store: Arc<dyn Store>,
     pub flights: Arc<Flights>,
     pub learned_vary: LearnedVary,
     /// This proxy, for background refreshes that outlive their request.

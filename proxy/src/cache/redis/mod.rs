@@ -57,7 +57,10 @@ use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
 use super::memory::{bounded_entries, encoded_weight, usable};
 use super::purge::{is_under, place_of_prefix, prefixes_of, records_paths, softly_expired, ALL_TAG};
-use super::{new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Lease, Lookup, StoreError};
+use super::{
+    new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Invalidate, Lease, Leases, Lookup,
+    StoreError, StoreHealth,
+};
 use crate::cache::settings::StoreSettings;
 use crate::metrics::Metrics;
 
@@ -721,7 +724,10 @@ impl CacheStore for RedisStore {
         }
         Ok(marked)
     }
+}
 
+#[async_trait]
+impl Invalidate for RedisStore {
     async fn invalidate(&self, tags: &[String]) -> Result<(), StoreError> {
         if tags.is_empty() {
             return Ok(());
@@ -743,14 +749,10 @@ impl CacheStore for RedisStore {
             }
         }
     }
+}
 
-    async fn close(&self) {
-        if self.has_pending.load(Ordering::Acquire) && self.attempt(|_| async { Ok(()) }).await.is_err() {
-            let lost: Vec<String> = self.pending.lock().expect("pending lock").keys().cloned().collect();
-            tracing::error!(tags = ?lost, "exiting with invalidations redis never acknowledged; other instances may serve entries these writes replaced until they expire");
-        }
-    }
-
+#[async_trait]
+impl Leases for RedisStore {
     async fn lease(&self, key: &CacheKey, ttl: Duration) -> Result<Lease, StoreError> {
         let (lease_key, token) = (self.names.lease(key), new_generation());
         let granted: Option<String> = self
@@ -797,7 +799,10 @@ impl CacheStore for RedisStore {
         self.guarded(|mut conn| async move { redis::cmd("EXISTS").arg(lease_key).query_async(&mut conn).await })
             .await
     }
+}
 
+#[async_trait]
+impl StoreHealth for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.guarded(|mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
             .await
@@ -806,6 +811,13 @@ impl CacheStore for RedisStore {
     async fn warnings(&self) -> Vec<String> {
         // Managed Redis often disables CONFIG: nothing to say then.
         self.setting_warnings().await.unwrap_or_default()
+    }
+
+    async fn close(&self) {
+        if self.has_pending.load(Ordering::Acquire) && self.attempt(|_| async { Ok(()) }).await.is_err() {
+            let lost: Vec<String> = self.pending.lock().expect("pending lock").keys().cloned().collect();
+            tracing::error!(tags = ?lost, "exiting with invalidations redis never acknowledged; other instances may serve entries these writes replaced until they expire");
+        }
     }
 
     fn kind(&self) -> &'static str {
