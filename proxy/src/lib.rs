@@ -175,7 +175,7 @@ pub async fn run(
         admin,
         proxy.boot.server.clone(),
         proxy.metrics.clone(),
-        move |req, _peer| admin::handle(admin_proxy.clone(), req),
+        move |req, _client| admin::handle(admin_proxy.clone(), req),
         stopped(stop_rx.clone()),
     ));
     let client_proxy = proxy.clone();
@@ -183,9 +183,9 @@ pub async fn run(
         listener,
         proxy.boot.server.clone(),
         proxy.metrics.clone(),
-        move |req, peer| {
+        move |req, client| {
             let proxy = client_proxy.clone();
-            async move { proxy.handle(req, peer).await }
+            async move { proxy.handle(req, client).await }
         },
         stopped(stop_rx),
     )

@@ -10,7 +10,6 @@
 
 mod cached;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -34,6 +33,7 @@ use crate::metrics::{Metrics, NO_RULE};
 use crate::rbac;
 use crate::route::{self, Rule, Target};
 use crate::runtime::{Runtime, Snapshot};
+use crate::server::Client;
 use crate::upstream::{self, BoxError, HeaderPolicy, Outbound, ProxyBody, Upstream, UpstreamError};
 use crate::vary::LearnedVary;
 
@@ -66,7 +66,7 @@ struct Admitted<'a> {
     target: Target,
     rule: &'a Rule,
     claims: Option<Arc<Claims>>,
-    peer: SocketAddr,
+    client: Client,
 }
 
 /// What later steps and the outer handler need to know about a request.
@@ -77,7 +77,7 @@ struct RequestCtx<'a> {
 
 impl Proxy {
     /// Answers one request; never fails (errors become responses).
-    pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    pub async fn handle<B>(&self, request: Request<B>, client: Client) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
@@ -89,7 +89,7 @@ impl Proxy {
             rule: None,
             cache_status: CacheStatus::Bypass(Bypass::Error),
         };
-        let result = self.handle_inner(&snap, request, peer, &mut ctx).await;
+        let result = self.handle_inner(&snap, request, client, &mut ctx).await;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -122,7 +122,7 @@ impl Proxy {
         &'a self,
         snap: &'a Arc<Snapshot>,
         request: Request<B>,
-        peer: SocketAddr,
+        client: Client,
         ctx: &mut RequestCtx<'a>,
     ) -> Result<Response<ProxyBody>, ProxyError>
     where
@@ -154,7 +154,7 @@ impl Proxy {
             target,
             rule,
             claims,
-            peer,
+            client,
         };
         match &rule.cache {
             Some(policy) if is_read => self.cached_read(&admitted, policy, ctx).await,
@@ -238,7 +238,7 @@ impl Proxy {
             policy,
             req.claims.as_deref(),
             &req.snap.settings.identity,
-            req.peer.ip(),
+            req.client.peer.ip(),
             self.upstream.host(),
         )
         .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()).into())

@@ -51,6 +51,16 @@ use crate::upstream::ProxyBody;
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// What the server knows of the client behind a request, handed to the
+/// handler with each request: the start of its per-request context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address (the TCP peer).
+    pub peer: SocketAddr,
+    /// The proxy's own address the client connected to.
+    pub local: SocketAddr,
+}
+
 /// Where the server is in its life; connections watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -70,7 +80,7 @@ pub async fn serve<H, F>(
     handle: H,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Client) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -174,11 +184,15 @@ async fn serve_connection<H, F>(
     handle: H,
     mut phase: watch::Receiver<Phase>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Client) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let _open = metrics.connection_opened();
     let _ = stream.set_nodelay(true);
+    let client = Client {
+        peer,
+        local: stream.local_addr().unwrap_or(peer),
+    };
     let activity = Arc::new(Activity::default());
     let limits = Limits {
         first_request: settings.header_read_timeout,
@@ -198,7 +212,7 @@ async fn serve_connection<H, F>(
             }
             let (handle, activity) = (handle.clone(), activity.clone());
             async move {
-                let mut response = handle(req, peer).await;
+                let mut response = handle(req, client).await;
                 if http1 && activity.is_closing() {
                     // hyper closes the connection once this response is
                     // written; the client opens its next one elsewhere.
