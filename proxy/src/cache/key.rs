@@ -6,7 +6,10 @@
 //! make two different requests encode alike, and the version prefix lets a
 //! future encoding never collide with this one.
 
+use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
+
+use super::policy::Scope;
 
 /// Bumped whenever the encoding below changes.
 const KEY_VERSION: &[u8] = b"cgw-key-v1";
@@ -36,6 +39,70 @@ pub struct KeyParts<'a> {
     /// are joined by the caller.
     pub vary: &'a [(&'a str, &'a [u8])],
     pub scope: ScopeKey<'a>,
+}
+
+/// A request's key, from what the request path has in hand: the rule's
+/// cache id and scope, the headers its answers vary on, the normalised
+/// target and the verified identity.
+pub struct RequestKey<'a> {
+    /// The rule's cache id (`route::cache_id`).
+    pub rule: &'a str,
+    pub scope: Scope,
+    pub vary: &'a [HeaderName],
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The verified subject and roles; `None` on public rules.
+    pub identity: Option<(&'a str, &'a [String])>,
+}
+
+impl RequestKey<'_> {
+    /// Bytes the key is built from: path, query and the values of the
+    /// headers it varies on (what `cache.max_key_bytes` bounds).
+    pub fn material_len(&self) -> u64 {
+        let varied: usize = self
+            .vary
+            .iter()
+            .flat_map(|name| self.headers.get_all(name))
+            .map(|value| value.len())
+            .sum();
+        (self.path.len() + self.query.map_or(0, str::len) + varied) as u64
+    }
+
+    pub fn key(&self) -> CacheKey {
+        // Repeated header values are joined as a list, as a recipient
+        // would read them.
+        let joined: Vec<(&str, Vec<u8>)> = self
+            .vary
+            .iter()
+            .map(|name| {
+                let mut value = Vec::new();
+                for (i, v) in self.headers.get_all(name).iter().enumerate() {
+                    if i > 0 {
+                        value.extend_from_slice(b", ");
+                    }
+                    value.extend_from_slice(v.as_bytes());
+                }
+                (name.as_str(), value)
+            })
+            .collect();
+        let vary: Vec<(&str, &[u8])> = joined.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        // Config guarantees `user`/`role` scopes only on authenticated
+        // rules, so an identity is there; `Shared` is the only scope
+        // without one.
+        let scope = match (self.scope, self.identity) {
+            (Scope::User, Some((subject, _))) => ScopeKey::User(subject),
+            (Scope::Role, Some((_, roles))) => ScopeKey::Role(roles),
+            _ => ScopeKey::Shared,
+        };
+        CacheKey::build(&KeyParts {
+            rule: self.rule,
+            path: self.path,
+            query: self.query,
+            vary: &vary,
+            scope,
+        })
+    }
 }
 
 impl CacheKey {
@@ -109,6 +176,43 @@ fn field(h: &mut Sha256, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_key_keeps_users_apart_only_where_its_scope_says() {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept-language", "fr".parse().unwrap());
+        let vary = [HeaderName::from_static("accept-language")];
+        let roles = ["user".to_owned()];
+        let key = |scope: Scope, subject: &str| {
+            RequestKey {
+                rule: "r@1",
+                scope,
+                vary: &vary,
+                path: "/items",
+                query: Some("a=1"),
+                headers: &headers,
+                identity: Some((subject, &roles)),
+            }
+            .key()
+        };
+        assert_ne!(key(Scope::User, "alice"), key(Scope::User, "bob"));
+        assert_eq!(key(Scope::Role, "alice"), key(Scope::Role, "bob"));
+        assert_eq!(key(Scope::Shared, "alice"), key(Scope::Shared, "bob"));
+        assert_ne!(key(Scope::Shared, "alice"), key(Scope::Role, "alice"));
+        let request = RequestKey {
+            rule: "r@1",
+            scope: Scope::Shared,
+            vary: &vary,
+            path: "/items",
+            query: Some("a=1"),
+            headers: &headers,
+            identity: None,
+        };
+        assert_eq!(
+            request.material_len(),
+            ("/items".len() + "a=1".len() + "fr".len()) as u64
+        );
+    }
 
     fn key(rule: &str, path: &str, query: Option<&str>, scope: ScopeKey<'_>) -> CacheKey {
         CacheKey::build(&KeyParts {

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-use super::{content_length, Admitted, Proxy, RequestCtx, X_CACHE};
+use super::{content_length, Admitted, Proxy, RequestCtx};
 use crate::auth::Claims;
 use crate::body::{self, Buffered};
 use crate::cache::entry::now_ms;
 use crate::cache::purge::surrogate_keys;
 use crate::cache::{
-    storability, Bypass, CacheKey, CachePolicy, CacheStatus, Entry, Generations, IndexInfo, KeyParts, Lease, Lookup,
-    Scope, ScopeKey, StaleReason, Store,
+    storability, storable_headers, Bypass, CacheKey, CachePolicy, CacheStatus, Entry, Generations, IndexInfo, Lease,
+    Lookup, RequestKey, StaleReason, Store,
 };
 use crate::coalesce::{Handed, Leader, Outcome, Role};
 use crate::conditional;
@@ -77,7 +77,7 @@ impl Proxy {
         let (rule, is_head) = (req.rule, req.parts.method == Method::HEAD);
         let learned_vary = self.learned_vary.names(rule.cache_id);
         let vary = learned_vary.as_deref().unwrap_or(&policy.vary);
-        let key = cache_key(
+        let request_key = request_key(
             rule,
             policy,
             vary,
@@ -85,7 +85,8 @@ impl Proxy {
             &req.parts.headers,
             req.claims.as_deref(),
         );
-        if key_material_len(&req.target, vary, &req.parts.headers) > req.snap.settings.cache.max_key_bytes {
+        let key = request_key.key();
+        if request_key.material_len() > req.snap.settings.cache.max_key_bytes {
             // Not cached at all: a huge URL must cost the shared store and
             // its index nothing.
             ctx.cache_status = CacheStatus::Bypass(Bypass::KeyTooLarge);
@@ -469,14 +470,15 @@ impl Proxy {
         let (key, shareable) = match self.learned_vary.learn(rule.cache_id, keyed, &head.headers) {
             None => (fetch.key, true),
             Some(vary) => (
-                cache_key(
+                request_key(
                     rule,
                     policy,
                     &vary,
                     &fetch.target,
                     &fetch.headers,
                     fetch.claims.as_deref(),
-                ),
+                )
+                .key(),
                 false,
             ),
         };
@@ -525,17 +527,6 @@ impl Proxy {
     }
 }
 
-/// Bytes of what a request's key is built from: its path, query and the
-/// values of the headers it varies on.
-fn key_material_len(target: &Target, vary: &[HeaderName], headers: &HeaderMap) -> u64 {
-    let varied: usize = vary
-        .iter()
-        .flat_map(|name| headers.get_all(name))
-        .map(|value| value.len())
-        .sum();
-    (target.path.len() + target.query.as_deref().map_or(0, str::len) + varied) as u64
-}
-
 /// Whether a fetch's upstream failed (an error, or a 5xx): waiters and the
 /// request itself may then serve a stale entry instead.
 fn fetch_failed(result: &Result<(Response<ProxyBody>, Option<Arc<Entry>>), ProxyError>) -> bool {
@@ -581,43 +572,25 @@ impl Drop for LeaseGuard {
     }
 }
 
-/// The key of a request for `rule`, keyed on the `vary` headers' values.
-fn cache_key(
-    rule: &Rule,
+/// What the key of a request for `rule` is built from, keyed on the
+/// `vary` headers' values.
+fn request_key<'a>(
+    rule: &'a Rule,
     policy: &CachePolicy,
-    vary: &[HeaderName],
-    target: &Target,
-    headers: &HeaderMap,
-    claims: Option<&Claims>,
-) -> CacheKey {
-    let joined: Vec<(&str, Vec<u8>)> = vary
-        .iter()
-        .map(|name| {
-            let mut value = Vec::new();
-            for (i, v) in headers.get_all(name).iter().enumerate() {
-                if i > 0 {
-                    value.extend_from_slice(b", ");
-                }
-                value.extend_from_slice(v.as_bytes());
-            }
-            (name.as_str(), value)
-        })
-        .collect();
-    let vary: Vec<(&str, &[u8])> = joined.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-    // Config guarantees `user`/`role` scopes only on authenticated rules,
-    // so claims are present there; `Shared` is the only scope without them.
-    let scope = match (policy.scope, claims) {
-        (Scope::User, Some(c)) => ScopeKey::User(&c.subject),
-        (Scope::Role, Some(c)) => ScopeKey::Role(&c.roles),
-        _ => ScopeKey::Shared,
-    };
-    CacheKey::build(&KeyParts {
+    vary: &'a [HeaderName],
+    target: &'a Target,
+    headers: &'a HeaderMap,
+    claims: Option<&'a Claims>,
+) -> RequestKey<'a> {
+    RequestKey {
         rule: rule.cache_id,
+        scope: policy.scope,
+        vary,
         path: &target.path,
         query: target.query.as_deref(),
-        vary: &vary,
-        scope,
-    })
+        headers,
+        identity: claims.map(|c| (c.subject.as_str(), c.roles.as_slice())),
+    }
 }
 
 fn response_from_entry(entry: Arc<Entry>, now: u64, is_head: bool) -> Response<ProxyBody> {
@@ -632,13 +605,4 @@ fn response_from_entry(entry: Arc<Entry>, now: u64, is_head: bool) -> Response<P
     *response.headers_mut() = entry.headers.clone();
     response.headers_mut().insert(AGE, HeaderValue::from(age));
     response
-}
-
-/// Response headers worth storing: not the proxy's own, and not `Age`,
-/// which is recomputed on every hit.
-fn storable_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut kept = headers.clone();
-    kept.remove(X_CACHE);
-    kept.remove(AGE);
-    kept
 }

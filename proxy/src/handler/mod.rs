@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderName, AGE, CONTENT_LENGTH};
+use http::header::{AGE, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
@@ -37,8 +37,7 @@ use crate::server::Client;
 use crate::upstream::{self, BoxError, HeaderPolicy, Outbound, ProxyBody, Upstream, UpstreamError};
 use crate::vary::LearnedVary;
 
-pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub use crate::cache::{CACHE_STATUS, X_CACHE};
 
 /// Everything a request needs, built once at start-up and shared. The
 /// rules live in `runtime`, which a reload swaps.

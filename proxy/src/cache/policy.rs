@@ -1,0 +1,353 @@
+//! What may be stored, for how long, and which of its headers: the
+//! decisions RFC 9111 leaves to a shared cache, made here and nowhere else.
+//! Pure: every function depends on nothing but its arguments.
+
+use std::time::Duration;
+
+use http::header::{HeaderName, AGE, CACHE_CONTROL, SET_COOKIE, VARY};
+use http::{HeaderMap, StatusCode};
+
+use super::status::X_CACHE;
+
+/// Whose responses an entry may be served to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Per verified subject; the default for authenticated rules.
+    User,
+    /// Per set of roles.
+    Role,
+    /// One entry for everyone the rule admits; must be declared on
+    /// authenticated rules (RFC 9111 §3.5: a shared cache may store a
+    /// response to an authenticated request only when told it may).
+    Shared,
+}
+
+/// A cacheable rule's settings.
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    pub scope: Scope,
+    /// Upper bound; the origin's `s-maxage`/`max-age` can only shorten it.
+    pub ttl: Duration,
+    pub statuses: Vec<u16>,
+    /// Request headers that are part of the key and forwarded upstream.
+    pub vary: Vec<HeaderName>,
+    /// Tags whose invalidation removes this rule's entries.
+    pub tags: Vec<String>,
+    /// RFC 5861 windows past expiry, unless the origin sends its own.
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    /// Cap on the windows the origin's `Cache-Control` asks for.
+    pub max_origin_stale: Duration,
+}
+
+/// How long a stored response is fresh, then usable stale.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    pub ttl: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}
+
+/// Why a response was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStorable {
+    Status,
+    NoStore,
+    NoCache,
+    Private,
+    SetCookie,
+    VaryStar,
+    /// The origin varies on a header that does not reach it.
+    VaryUnkeyed,
+    ZeroTtl,
+}
+
+/// Decides whether a response may be stored under `policy`, and for how
+/// long. Pure: depends on nothing but its arguments.
+/// `forwarded` are the request headers that reach the origin besides the
+/// rule's `vary`: an answer may vary on those (they join its key), on
+/// nothing else.
+pub fn storability(
+    policy: &CachePolicy,
+    forwarded: &[HeaderName],
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Lifetime, NotStorable> {
+    if !policy.statuses.contains(&status.as_u16()) {
+        return Err(NotStorable::Status);
+    }
+    if headers.contains_key(SET_COOKIE) {
+        return Err(NotStorable::SetCookie);
+    }
+    let cc = CacheControl::parse(headers);
+    if cc.no_store {
+        return Err(NotStorable::NoStore);
+    }
+    if cc.no_cache {
+        // Storing would require revalidating on every use; not supported,
+        // so the safe reading is "do not store".
+        return Err(NotStorable::NoCache);
+    }
+    if cc.private && policy.scope != Scope::User {
+        return Err(NotStorable::Private);
+    }
+    for value in headers.get_all(VARY) {
+        for name in value
+            .to_str()
+            .unwrap_or("*")
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            if name == "*" {
+                return Err(NotStorable::VaryStar);
+            }
+            if !policy
+                .vary
+                .iter()
+                .chain(forwarded)
+                .any(|v| v.as_str().eq_ignore_ascii_case(name))
+            {
+                return Err(NotStorable::VaryUnkeyed);
+            }
+        }
+    }
+    let ttl = match cc.s_maxage.or(cc.max_age) {
+        Some(origin_ttl) => policy.ttl.min(origin_ttl),
+        None => policy.ttl,
+    };
+    if ttl < Duration::from_secs(1) {
+        return Err(NotStorable::ZeroTtl);
+    }
+    Ok(Lifetime {
+        ttl,
+        stale_while_revalidate: cc
+            .stale_while_revalidate
+            .map_or(policy.stale_while_revalidate, |asked| {
+                asked.min(policy.max_origin_stale)
+            }),
+        stale_if_error: cc
+            .stale_if_error
+            .map_or(policy.stale_if_error, |asked| asked.min(policy.max_origin_stale)),
+    })
+}
+
+/// The response `Cache-Control` directives storability depends on.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CacheControl {
+    no_store: bool,
+    no_cache: bool,
+    private: bool,
+    max_age: Option<Duration>,
+    s_maxage: Option<Duration>,
+    stale_while_revalidate: Option<Duration>,
+    stale_if_error: Option<Duration>,
+}
+
+impl CacheControl {
+    fn parse(headers: &HeaderMap) -> CacheControl {
+        let mut cc = CacheControl::default();
+        for value in headers.get_all(CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else {
+                // Unreadable directives could say anything; assume the worst.
+                cc.no_store = true;
+                continue;
+            };
+            for directive in value.split(',') {
+                let (name, arg) = match directive.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                    None => (directive.trim(), None),
+                };
+                let seconds = || arg.and_then(|a| a.parse::<u64>().ok()).map(Duration::from_secs);
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => cc.no_store = true,
+                    // `private="field"` and `no-cache="field"` restrict only some
+                    // fields in theory; treating them as whole-response is safe.
+                    "no-cache" => cc.no_cache = true,
+                    "private" => cc.private = true,
+                    // A malformed age is treated as 0: do not cache.
+                    "max-age" => cc.max_age = Some(seconds().unwrap_or(Duration::ZERO)),
+                    "s-maxage" => cc.s_maxage = Some(seconds().unwrap_or(Duration::ZERO)),
+                    // RFC 5861; a malformed window is no window.
+                    "stale-while-revalidate" => cc.stale_while_revalidate = Some(seconds().unwrap_or(Duration::ZERO)),
+                    "stale-if-error" => cc.stale_if_error = Some(seconds().unwrap_or(Duration::ZERO)),
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+}
+
+/// Response headers worth storing: not the proxy's own, and not `Age`,
+/// which is recomputed on every hit.
+pub fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = headers.clone();
+    kept.remove(X_CACHE);
+    kept.remove(AGE);
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn policy(scope: Scope) -> CachePolicy {
+        CachePolicy {
+            scope,
+            ttl: Duration::from_secs(60),
+            statuses: vec![200],
+            vary: vec![HeaderName::from_static("accept-language")],
+            tags: vec![],
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::ZERO,
+            max_origin_stale: Duration::from_secs(3600),
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn lifetime(pairs: &[(&str, &str)]) -> Lifetime {
+        storability(&policy(Scope::Shared), &[], StatusCode::OK, &headers(pairs)).unwrap()
+    }
+
+    fn verdict(scope: Scope, status: u16, pairs: &[(&str, &str)]) -> Result<Duration, NotStorable> {
+        storability(
+            &policy(scope),
+            &[],
+            StatusCode::from_u16(status).unwrap(),
+            &headers(pairs),
+        )
+        .map(|l| l.ttl)
+    }
+
+    #[test]
+    fn an_answer_may_vary_on_forwarded_headers_but_not_on_others_or_star() {
+        let vary = |on: &'static str, forwarded: &[HeaderName]| {
+            storability(
+                &policy(Scope::Shared),
+                forwarded,
+                StatusCode::OK,
+                &headers(&[("vary", on)]),
+            )
+            .map(|_| ())
+        };
+        let accept = [HeaderName::from_static("accept")];
+        assert_eq!(vary("Accept", &accept), Ok(()));
+        assert_eq!(vary("Accept", &[]), Err(NotStorable::VaryUnkeyed));
+        assert_eq!(vary("Accept-Language, accept", &accept), Ok(()));
+        assert_eq!(vary("X-Other", &accept), Err(NotStorable::VaryUnkeyed));
+        assert_eq!(vary("*", &accept), Err(NotStorable::VaryStar));
+    }
+
+    #[test]
+    fn stale_windows_come_from_the_rule_unless_the_origin_sends_its_own() {
+        let from_rule = lifetime(&[]);
+        assert_eq!(from_rule.stale_while_revalidate, Duration::from_secs(30));
+        assert_eq!(from_rule.stale_if_error, Duration::ZERO);
+        let from_origin = lifetime(&[(
+            "cache-control",
+            "max-age=5, stale-while-revalidate=0, stale-if-error=600",
+        )]);
+        assert_eq!(from_origin.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(from_origin.stale_if_error, Duration::from_secs(600));
+        assert_eq!(
+            lifetime(&[("cache-control", "stale-if-error=soon")]).stale_if_error,
+            Duration::ZERO
+        );
+        let greedy = lifetime(&[(
+            "cache-control",
+            "stale-while-revalidate=31536000, stale-if-error=31536000",
+        )]);
+        assert_eq!(greedy.stale_while_revalidate, Duration::from_secs(3600), "capped");
+        assert_eq!(greedy.stale_if_error, Duration::from_secs(3600), "capped");
+    }
+
+    #[test]
+    fn a_plain_200_is_stored_for_the_rule_ttl() {
+        assert_eq!(verdict(Scope::Shared, 200, &[]), Ok(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn only_listed_statuses_are_stored() {
+        assert_eq!(verdict(Scope::Shared, 404, &[]), Err(NotStorable::Status));
+        assert_eq!(verdict(Scope::Shared, 500, &[]), Err(NotStorable::Status));
+    }
+
+    #[test]
+    fn origin_directives_forbid_or_shorten() {
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "no-store")]),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            verdict(Scope::User, 200, &[("cache-control", "public, No-Store")]),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "no-cache")]),
+            Err(NotStorable::NoCache)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("set-cookie", "a=b")]),
+            Err(NotStorable::SetCookie)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=10")]),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=10, s-maxage=20")]),
+            Ok(Duration::from_secs(20))
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=600")]),
+            Ok(Duration::from_secs(60)),
+            "capped by the rule"
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=0")]),
+            Err(NotStorable::ZeroTtl)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "max-age=soon")]),
+            Err(NotStorable::ZeroTtl)
+        );
+    }
+
+    #[test]
+    fn private_is_stored_only_per_user() {
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("cache-control", "private")]),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            verdict(Scope::Role, 200, &[("cache-control", "private")]),
+            Err(NotStorable::Private)
+        );
+        assert!(verdict(Scope::User, 200, &[("cache-control", "private")]).is_ok());
+    }
+
+    #[test]
+    fn vary_must_be_keyed() {
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("vary", "*")]),
+            Err(NotStorable::VaryStar)
+        );
+        assert_eq!(
+            verdict(Scope::Shared, 200, &[("vary", "Cookie")]),
+            Err(NotStorable::VaryUnkeyed)
+        );
+        assert!(verdict(Scope::Shared, 200, &[("vary", "Accept-Language")]).is_ok());
+    }
+}
