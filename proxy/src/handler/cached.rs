@@ -3,7 +3,7 @@
 //! and storing what the upstream answered.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -14,18 +14,16 @@ use crate::body::{self, Buffered};
 use crate::cache::entry::now_ms;
 use crate::cache::purge::surrogate_keys;
 use crate::cache::{
-    storability, storable_headers, Bypass, CacheKey, CachePolicy, CacheStatus, Entry, Generations, IndexInfo, Lease,
-    Lookup, RequestKey, StaleReason, Store,
+    storability, storable_headers, Bypass, CacheKey, CachePolicy, CacheStatus, Entry, Generations, IndexInfo, Lookup,
+    RequestKey, StaleReason,
 };
-use crate::coalesce::{Handed, Leader, Outcome, Role};
+use crate::coalesce::plan::{Coalescer, LeaseGuard, Miss, MissPlan};
+use crate::coalesce::{Leader, Outcome};
 use crate::conditional;
 use crate::error::ProxyError;
 use crate::route::{Rule, Target};
 use crate::runtime::Snapshot;
 use crate::upstream::{self, HeaderPolicy, Outbound, ProxyBody, UpstreamError};
-
-/// How often an instance waiting on another's lease checks for the entry.
-const LEASE_POLL: Duration = Duration::from_millis(10);
 
 /// An upstream fetch for a cacheable rule, owned so that it can outlive
 /// the request that started it (a background refresh; a leader's fetch
@@ -124,46 +122,30 @@ impl Proxy {
         };
         // Misses coalesce only when the store answered: the generations it
         // read are what proves a leader's entry may be served to a waiter.
-        let (mut leader, mut lease) = (None::<Leader>, None);
-        if let Some(generations) = &generations {
-            match self.flights.join(key) {
-                Role::Waiter(waiter) => {
-                    self.metrics.coalesced("joined");
-                    match waiter.outcome(generations, req.snap.settings.response_timeout).await {
-                        Handed::Entry(entry) => {
-                            self.metrics.coalesced("shared");
-                            return Ok(serve_hit(entry, is_head, ctx));
-                        }
-                        // Asking the failing upstream again would only add
-                        // load: serve the stale entry, if it may be.
-                        Handed::UpstreamFailed => {
-                            if let Some(entry) = stale.as_ref().filter(|e| e.may_serve_on_error(now_ms())) {
-                                return Ok(self.serve_stale(entry.clone(), StaleReason::IfError, is_head, ctx));
-                            }
-                        }
-                        Handed::Nothing => {}
-                    }
-                }
-                Role::Leader(this) => {
-                    match self.store.lease(&key, req.snap.settings.cache.lease_ttl).await {
-                        Ok(Lease::Granted(token)) => {
-                            lease = token.map(|token| LeaseGuard::new(&self.store, key, token))
-                        }
-                        Ok(Lease::HeldElsewhere) => {
-                            if let Some(entry) = self
-                                .entry_from_elsewhere(&key, &policy.tags, req.snap.settings.cache.lease_ttl)
-                                .await
-                            {
-                                this.finish(Outcome::Entry(entry.clone()));
-                                return Ok(serve_hit(entry, is_head, ctx));
-                            }
-                        }
-                        Err(_) => {}
-                    }
-                    leader = Some(this);
-                }
+        let plan = match &generations {
+            Some(generations) => {
+                self.coalescer()
+                    .plan(Miss {
+                        key,
+                        generations,
+                        tags: &policy.tags,
+                        stale: stale.as_deref(),
+                        wait_limit: req.snap.settings.response_timeout,
+                        lease_ttl: req.snap.settings.cache.lease_ttl,
+                    })
+                    .await
             }
-        }
+            None => MissPlan::FetchOwn,
+        };
+        let (leader, lease) = match plan {
+            MissPlan::Serve(entry) => return Ok(serve_hit(entry, is_head, ctx)),
+            MissPlan::ServeStale => {
+                let entry = stale.expect("a miss with a stale entry to serve");
+                return Ok(self.serve_stale(entry, StaleReason::IfError, is_head, ctx));
+            }
+            MissPlan::Lead(leader, lease) => (Some(leader), lease),
+            MissPlan::FetchOwn => (None, None),
+        };
 
         let fetch = Fetch {
             snap: req.snap.clone(),
@@ -228,9 +210,6 @@ impl Proxy {
     /// Refreshes an entry served stale, once: unless this instance is
     /// already fetching the key, or another instance holds its lease.
     fn refresh_in_background(&self, req: &Admitted<'_>, policy: &CachePolicy, key: CacheKey, stale: Arc<Entry>) {
-        let Role::Leader(leader) = self.flights.join(key) else {
-            return;
-        };
         let (Some(proxy), Ok(headers)) = (self.me.upgrade(), self.cache_headers(req, policy)) else {
             return;
         };
@@ -242,10 +221,8 @@ impl Proxy {
             self.learned_vary.names(req.rule.cache_id),
         );
         tokio::spawn(async move {
-            let lease = match proxy.store.lease(&key, snap.settings.cache.lease_ttl).await {
-                Ok(Lease::Granted(token)) => token.map(|token| LeaseGuard::new(&proxy.store, key, token)),
-                Ok(Lease::HeldElsewhere) => return,
-                Err(_) => None,
+            let Some((leader, lease)) = proxy.coalescer().lead_refresh(key, snap.settings.cache.lease_ttl).await else {
+                return;
             };
             let fetch = Fetch {
                 snap,
@@ -278,6 +255,14 @@ impl Proxy {
             }
             drop(lease);
         });
+    }
+
+    fn coalescer(&self) -> Coalescer<'_> {
+        Coalescer {
+            flights: &self.flights,
+            store: &self.store,
+            metrics: &self.metrics,
+        }
     }
 
     /// Answers from an expired entry, recording why.
@@ -356,31 +341,6 @@ impl Proxy {
                 authorization: !req.rule.access.is_public(),
             },
         )
-    }
-
-    /// Another instance holds the lease on `key`: waits for the entry it
-    /// is fetching, until the lease is given back or expires (at most
-    /// `cache.lease_ttl`). `None`: fetch it yourself.
-    async fn entry_from_elsewhere(&self, key: &CacheKey, tags: &[String], lease_ttl: Duration) -> Option<Arc<Entry>> {
-        self.metrics.lease("held_elsewhere");
-        let give_up_at = Instant::now() + lease_ttl;
-        while Instant::now() < give_up_at {
-            tokio::time::sleep(LEASE_POLL).await;
-            let still_leased = matches!(self.store.leased(key).await, Ok(true));
-            // Looked up after the lease check: a holder stores before it
-            // gives the lease back, so a lease found gone means the entry
-            // is there now or will not be.
-            match self.store.lookup(key, tags).await {
-                Ok(Lookup::Hit(entry)) => {
-                    self.metrics.lease("entry_from_elsewhere");
-                    return Some(entry);
-                }
-                Ok(Lookup::Miss(_)) if still_leased => {}
-                _ => break,
-            }
-        }
-        self.metrics.lease("fetched_anyway");
-        None
     }
 
     /// Forwards a miss and stores the answer if it may be. Returns the
@@ -543,33 +503,6 @@ fn serve_hit(entry: Arc<Entry>, is_head: bool, ctx: &mut RequestCtx<'_>) -> Resp
         ttl_left: entry.ttl_left(now),
     };
     response_from_entry(entry, now, is_head)
-}
-
-/// A granted lease, given back when dropped: after the entry was stored,
-/// and also when the fetch failed or the client went away, so the other
-/// instances do not wait out its expiry for nothing.
-struct LeaseGuard {
-    store: Arc<dyn Store>,
-    key: CacheKey,
-    token: String,
-}
-
-impl LeaseGuard {
-    fn new(store: &Arc<dyn Store>, key: CacheKey, token: String) -> LeaseGuard {
-        LeaseGuard {
-            store: store.clone(),
-            key,
-            token,
-        }
-    }
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        let (store, key, token) = (self.store.clone(), self.key, std::mem::take(&mut self.token));
-        // Off the request path: the answer need not wait for it.
-        tokio::spawn(async move { store.release(&key, &token).await });
-    }
 }
 
 /// What the key of a request for `rule` is built from, keyed on the

@@ -12,6 +12,11 @@
 //! holding a stale entry they may serve on error serve it rather than ask
 //! the failing upstream again. Keys include the scope, so `user` scoped
 //! misses coalesce only within one subject.
+//!
+//! [`plan`] puts this and the store's leases (coalescing across
+//! instances) behind one question the request path asks.
+
+pub mod plan;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
