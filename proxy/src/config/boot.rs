@@ -2,6 +2,7 @@
 
 use super::errors::ConfigError;
 use crate::boot::BootSettings;
+use crate::cache::settings::Backend;
 
 /// Every boot field that differs between the running settings and a
 /// reloaded file, as an error naming it.
@@ -10,6 +11,7 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
     let (sa, sb) = (&a.server, &b.server);
     let (ua, ub) = (&a.upstream, &b.upstream);
     let (ca, cb) = (&a.store, &b.store);
+    let (ba, bb) = (backend_fields(&ca.backend), backend_fields(&cb.backend));
     let changed = [
         ("listen", a.listen == b.listen),
         ("admin_listen", a.admin_listen == b.admin_listen),
@@ -48,15 +50,9 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
             "upstream.max_concurrent_requests",
             ua.max_concurrent_requests == ub.max_concurrent_requests,
         ),
-        (
-            "cache.redis_url",
-            store_kind_and_url(&ca.backend) == store_kind_and_url(&cb.backend),
-        ),
-        (
-            "cache.memory_max_bytes",
-            memory_bytes(&ca.backend) == memory_bytes(&cb.backend),
-        ),
-        ("cache.l1_max_bytes", l1_bytes(&ca.backend) == l1_bytes(&cb.backend)),
+        ("cache.redis_url", ba.0 == bb.0),
+        ("cache.memory_max_bytes", ba.1 == bb.1),
+        ("cache.l1_max_bytes", ba.2 == bb.2),
         ("cache.operation_timeout", ca.operation_timeout == cb.operation_timeout),
         ("cache.invalidation_wait", ca.invalidation_wait == cb.invalidation_wait),
         ("cache.breaker_failures", ca.breaker_failures == cb.breaker_failures),
@@ -81,23 +77,11 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
     errors
 }
 
-fn store_kind_and_url(backend: &crate::cache::settings::Backend) -> Option<&str> {
+/// A backend's fields, each `None` where the other backend has it:
+/// `(cache.redis_url, cache.memory_max_bytes, cache.l1_max_bytes)`.
+fn backend_fields(backend: &Backend) -> (Option<&str>, Option<u64>, Option<u64>) {
     match backend {
-        crate::cache::settings::Backend::Redis { url, .. } => Some(&url.0),
-        crate::cache::settings::Backend::Memory { .. } => None,
-    }
-}
-
-fn memory_bytes(backend: &crate::cache::settings::Backend) -> Option<u64> {
-    match backend {
-        crate::cache::settings::Backend::Memory { max_bytes } => Some(*max_bytes),
-        crate::cache::settings::Backend::Redis { .. } => None,
-    }
-}
-
-fn l1_bytes(backend: &crate::cache::settings::Backend) -> Option<u64> {
-    match backend {
-        crate::cache::settings::Backend::Redis { l1_max_bytes, .. } => Some(*l1_max_bytes),
-        crate::cache::settings::Backend::Memory { .. } => None,
+        Backend::Redis { url, l1_max_bytes } => (Some(&url.0), None, Some(*l1_max_bytes)),
+        Backend::Memory { max_bytes } => (None, Some(*max_bytes), None),
     }
 }

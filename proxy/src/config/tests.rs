@@ -371,3 +371,23 @@ fn the_readme_and_the_shipped_config_document_every_field() {
         assert!(known, "README documents `{row}`, which the config does not accept");
     }
 }
+
+#[test]
+fn boot_changes_name_every_changed_boot_field_and_nothing_else() {
+    let running = load(MINIMAL).unwrap().boot;
+    assert!(boot_changes(&running, &load(MINIMAL).unwrap().boot).is_empty());
+    let changed = load(&format!(
+        "[server]\nmax_connections = 5\n[cache]\nredis_url = \"redis://127.0.0.1:1/0\"\nmax_entry_bytes = 10\n{MINIMAL}"
+    ))
+    .unwrap()
+    .boot;
+    assert_eq!(
+        fields(ConfigErrors(boot_changes(&running, &changed))),
+        [
+            "server.max_connections",
+            "cache.redis_url",
+            "cache.memory_max_bytes",
+            "cache.l1_max_bytes"
+        ]
+    );
+}
