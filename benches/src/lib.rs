@@ -7,8 +7,10 @@
 //! - [`report`]: table, JSON and SVG chart.
 //! - [`soak`]: the soak test under chaos, with its consistency checker.
 //! - [`reload`]: configuration reloads and socket hand-overs under load.
+//! - [`programs`]: what the soak and reload drivers share.
 
 pub mod load;
+pub mod programs;
 pub mod reload;
 pub mod report;
 pub mod scenarios;

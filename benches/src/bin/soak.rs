@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use benches::programs::{drive, ProgramFlags};
 use benches::soak::chaos::ChaosSchedule;
 use benches::soak::stack::{Binaries, RedisSettings};
 use benches::soak::workload::WorkloadSettings;
@@ -49,19 +50,8 @@ struct Cli {
     /// Redis `--maxmemory` (policy volatile-lru).
     #[arg(long, default_value = "64mb")]
     redis_maxmemory: String,
-    /// The proxy binary (default: next to this one).
-    #[arg(long)]
-    proxy_bin: Option<PathBuf>,
-    /// The origin binary (default: next to this one).
-    #[arg(long)]
-    origin_bin: Option<PathBuf>,
-    /// redis-server (default: $REDIS_SERVER_BIN, then PATH).
-    #[arg(long)]
-    redis_bin: Option<PathBuf>,
-    /// FerretDB 1.24.2 (default: $FERRETDB_BIN, then PATH, then Go's bin
-    /// folder).
-    #[arg(long)]
-    ferretdb_bin: Option<PathBuf>,
+    #[command(flatten)]
+    programs: ProgramFlags,
     /// The proxies' configuration.
     #[arg(long, default_value = "config.toml")]
     config: PathBuf,
@@ -70,68 +60,15 @@ struct Cli {
     out: PathBuf,
 }
 
-/// Exit status when the soak ran but found stale reads or wrong answers.
-const EXIT_FOUND: u8 = 1;
-/// Exit status when the soak could not run.
-const EXIT_ERROR: u8 = 2;
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: starting the runtime: {err}");
-            return ExitCode::from(EXIT_ERROR);
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(EXIT_FOUND),
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(EXIT_ERROR)
-        }
-    }
+    drive(run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
-    let here = std::env::current_exe()
-        .context("locating this binary")?
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let redis = cli.redis_bin.unwrap_or_else(|| {
-        e2e::process::find_binary(
-            "redis-server",
-            "REDIS_SERVER_BIN",
-            &[],
-            e2e::servers::REDIS_INSTALL_HINT,
-        )
-    });
-    let ferretdb = cli.ferretdb_bin.unwrap_or_else(|| {
-        let mut extra = Vec::new();
-        if let Ok(out) = std::process::Command::new("go").args(["env", "GOPATH"]).output() {
-            let gopath = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if !gopath.is_empty() {
-                extra.push(PathBuf::from(gopath).join("bin"));
-            }
-        }
-        e2e::process::find_binary("ferretdb", "FERRETDB_BIN", &extra, e2e::servers::FERRETDB_INSTALL_HINT)
-    });
     let binaries = Binaries {
-        proxy: cli.proxy_bin.unwrap_or_else(|| here.join("proxy")),
-        origin: cli.origin_bin.unwrap_or_else(|| here.join("origin")),
-        redis,
-        ferretdb,
+        programs: cli.programs.locate()?,
         config: std::fs::canonicalize(&cli.config).with_context(|| format!("finding {}", cli.config.display()))?,
     };
-    for (name, path) in [("proxy", &binaries.proxy), ("origin", &binaries.origin)] {
-        anyhow::ensure!(
-            path.is_file(),
-            "no {name} binary at {} (build with `cargo build --release -p {name}`, or pass --{name}-bin)",
-            path.display()
-        );
-    }
     let settings = SoakSettings {
         duration: cli.duration,
         warmup: cli.warmup,

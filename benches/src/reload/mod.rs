@@ -40,22 +40,13 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::programs::Programs;
 use crate::soak::stack::{FerretDb, Origin, Redis, RedisSettings};
 use load::{Load, LoadSettings, Users};
 use report::{HandoverReport, ReloadReport};
 
 /// How often progress is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-/// The programs the harness runs.
-#[derive(Clone, Debug)]
-pub struct Binaries {
-    pub proxy: PathBuf,
-    pub origin: PathBuf,
-    pub redis: PathBuf,
-    /// FerretDB 1.24.2.
-    pub ferretdb: PathBuf,
-}
 
 /// Which scenarios to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -74,7 +65,7 @@ pub struct Settings {
     /// Hand-overs in scenario `handover`.
     pub handovers: usize,
     pub load: LoadSettings,
-    pub binaries: Binaries,
+    pub binaries: Programs,
     /// Folder of the JSON reports, the config files and the servers' logs.
     pub out: PathBuf,
 }
@@ -105,7 +96,7 @@ pub struct Backends {
 
 impl Backends {
     /// Starts them with logs in `out/logs/` and registers `users` users.
-    pub async fn start(binaries: &Binaries, users: usize, out: &std::path::Path) -> anyhow::Result<Backends> {
+    pub async fn start(binaries: &Programs, users: usize, out: &std::path::Path) -> anyhow::Result<Backends> {
         let logs = out.join("logs");
         let redis_dir = out.join("redis");
         for dir in [&logs, &redis_dir] {

@@ -23,6 +23,8 @@ use std::os::unix::process::CommandExt;
 use anyhow::{anyhow, bail, Context};
 use e2e::process::{free_port, ManagedChild};
 
+use crate::programs::Programs;
+
 /// HS256 secret of this run's origin and proxies; only ever on 127.0.0.1.
 pub const SECRET: &str = "soak-secret-0123456789abcdef0123456789abcdef";
 pub const ADMIN_EMAIL: &str = "soak-admin@example.com";
@@ -39,11 +41,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Where the binaries and the proxies' configuration are.
 #[derive(Clone, Debug)]
 pub struct Binaries {
-    pub proxy: PathBuf,
-    pub origin: PathBuf,
-    pub redis: PathBuf,
-    /// FerretDB 1.24.2.
-    pub ferretdb: PathBuf,
+    pub programs: Programs,
     /// The proxies' config.toml (the shipped one).
     pub config: PathBuf,
 }
@@ -375,7 +373,7 @@ impl ProxyProcess {
         for _ in 0..START_ATTEMPTS {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut command = Command::new(&binaries.proxy);
+            let mut command = Command::new(&binaries.programs.proxy);
             command
                 .arg("--config")
                 .arg(&binaries.config)
@@ -480,9 +478,9 @@ impl Stack {
         for name in ["ferretdb.log", "redis.log", "origin.log", "proxy-a.log", "proxy-b.log"] {
             let _ = std::fs::remove_file(logs.join(name));
         }
-        let mongo = FerretDb::start(&binaries.ferretdb, &out.join("ferretdb"), &logs).await?;
-        let redis = Redis::start(&binaries.redis, redis, &redis_dir, &logs).await?;
-        let origin = Origin::start(&binaries.origin, mongo.uri(), &logs, out).await?;
+        let mongo = FerretDb::start(&binaries.programs.ferretdb, &out.join("ferretdb"), &logs).await?;
+        let redis = Redis::start(&binaries.programs.redis, redis, &redis_dir, &logs).await?;
+        let origin = Origin::start(&binaries.programs.origin, mongo.uri(), &logs, out).await?;
         let redis_url = redis.url();
         let a = ProxyProcess::start("a", binaries, origin.addr, &redis_url, &logs, out).await?;
         let b = ProxyProcess::start("b", binaries, origin.addr, &redis_url, &logs, out).await?;

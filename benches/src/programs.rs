@@ -1,0 +1,105 @@
+//! What the soak and reload drivers share: finding the programs they run,
+//! and turning a run's verdict into the exit status.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+/// Exit status when a driver ran and found a failure.
+pub const EXIT_FOUND: u8 = 1;
+/// Exit status when a driver could not run.
+pub const EXIT_ERROR: u8 = 2;
+
+/// The programs a harness runs.
+#[derive(Clone, Debug)]
+pub struct Programs {
+    pub proxy: PathBuf,
+    pub origin: PathBuf,
+    pub redis: PathBuf,
+    /// FerretDB 1.24.2.
+    pub ferretdb: PathBuf,
+}
+
+/// Where to find them, from the command line.
+#[derive(clap::Args, Debug)]
+pub struct ProgramFlags {
+    /// The proxy binary (default: next to this one).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// The origin binary (default: next to this one).
+    #[arg(long)]
+    origin_bin: Option<PathBuf>,
+    /// redis-server (default: $REDIS_SERVER_BIN, then PATH).
+    #[arg(long)]
+    redis_bin: Option<PathBuf>,
+    /// FerretDB 1.24.2 (default: $FERRETDB_BIN, then PATH, then Go's bin
+    /// folder).
+    #[arg(long)]
+    ferretdb_bin: Option<PathBuf>,
+}
+
+impl ProgramFlags {
+    /// Finds every program, failing with how to build or name a missing one.
+    pub fn locate(self) -> anyhow::Result<Programs> {
+        let here = std::env::current_exe()
+            .context("locating this binary")?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let redis = self.redis_bin.unwrap_or_else(|| {
+            e2e::process::find_binary(
+                "redis-server",
+                "REDIS_SERVER_BIN",
+                &[],
+                e2e::servers::REDIS_INSTALL_HINT,
+            )
+        });
+        let ferretdb = self.ferretdb_bin.unwrap_or_else(|| {
+            let mut extra = Vec::new();
+            if let Ok(out) = std::process::Command::new("go").args(["env", "GOPATH"]).output() {
+                let gopath = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                if !gopath.is_empty() {
+                    extra.push(PathBuf::from(gopath).join("bin"));
+                }
+            }
+            e2e::process::find_binary("ferretdb", "FERRETDB_BIN", &extra, e2e::servers::FERRETDB_INSTALL_HINT)
+        });
+        let programs = Programs {
+            proxy: self.proxy_bin.unwrap_or_else(|| here.join("proxy")),
+            origin: self.origin_bin.unwrap_or_else(|| here.join("origin")),
+            redis,
+            ferretdb,
+        };
+        for (name, path) in [("proxy", &programs.proxy), ("origin", &programs.origin)] {
+            anyhow::ensure!(
+                path.is_file(),
+                "no {name} binary at {} (build with `cargo build --release -p {name}`, or pass --{name}-bin)",
+                path.display()
+            );
+        }
+        Ok(programs)
+    }
+}
+
+/// Runs `run` on a new multi-threaded runtime: success when it passed,
+/// [`EXIT_FOUND`] when it found a failure, [`EXIT_ERROR`] when it could not
+/// run.
+pub fn drive(run: impl Future<Output = anyhow::Result<bool>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_FOUND),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
