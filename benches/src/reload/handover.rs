@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::judge::{self, RuleTimeline};
 use super::load::{self, Load};
 use super::proxy::{self, ProxyInstance, ProxySpec};
+use super::records::HandoverRecord;
 use super::report::HandoverReport;
 use super::rules::RuleSet;
 use super::{forward_stop, progress, start_first_proxy, Backends, Settings};
@@ -26,29 +27,6 @@ use e2e::process::free_port;
 /// The rendered files' `server.shutdown_grace`, plus a margin: an old
 /// proxy still running after this is killed and reported.
 const EXIT_LIMIT: Duration = Duration::from_secs(15);
-
-/// One hand-over, for the report.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct HandoverRecord {
-    /// 1-based.
-    pub index: usize,
-    /// When the new proxy was started, seconds into the scenario.
-    pub at_s: f64,
-    pub old_pid: u32,
-    pub new_pid: Option<u32>,
-    pub new_admin: Option<String>,
-    /// From spawning the new proxy to its `/readyz` answering 200.
-    pub new_ready_ms: Option<f64>,
-    /// From SIGTERM to the old proxy's exit.
-    pub old_exit_ms: Option<f64>,
-    /// `exit 0`, `signal 9 (SIGKILL)`, ...
-    pub old_exit: Option<String>,
-    pub old_exit_code: Option<i32>,
-    /// Still running [`EXIT_LIMIT`] after SIGTERM: killed.
-    pub old_killed: bool,
-    /// What went wrong, if anything.
-    pub error: Option<String>,
-}
 
 /// Runs the scenario against `backends`; `stop` turning true ends it early.
 pub async fn run(

@@ -20,12 +20,13 @@
 //! - [`load`]: users, the open-loop requests and their samples.
 //! - [`judge`]: the rule timeline and the verdict on every answer (pure).
 //! - [`reloads`], [`handover`]: the scenarios.
-//! - [`report`]: table and JSON.
+//! - [`records`]: what the scenarios record; [`report`]: table and JSON.
 
 pub mod handover;
 pub mod judge;
 pub mod load;
 pub mod proxy;
+pub mod records;
 pub mod reloads;
 pub mod report;
 pub mod rules;

@@ -20,27 +20,15 @@ use tokio::sync::watch;
 use super::judge::{self, RuleTimeline};
 use super::load::{self, Load};
 use super::proxy::{self, ProxyInstance, ReloadCounts};
+use super::records::{ReloadOutcome, ReloadRecord, Trigger, INVALID_AT, RELOADS};
 use super::report::ReloadReport;
 use super::rules::{self, ConfigFile, RuleSet};
 use super::{forward_stop, progress, start_first_proxy, Backends, Settings};
 
-/// Reloads per run: 20 valid files and one invalid.
-pub const RELOADS: usize = 21;
-/// Which reload (0-based) installs the invalid file: in the middle, and
-/// by `POST /reload`, whose answer must name the field.
-pub const INVALID_AT: usize = 11;
 /// How long a reload may take to show.
 const CONFIRM_LIMIT: Duration = Duration::from_secs(10);
 /// The proxy's `server.shutdown_grace` in the rendered files, and a margin.
 const STOP_LIMIT: Duration = Duration::from_secs(15);
-
-/// How a reload is asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trigger {
-    Sighup,
-    Http,
-}
 
 /// The files installed, in order, and how each reload is triggered: B, A,
 /// B, ... with the invalid file at `invalid_at`; SIGHUP and POST in turn.
@@ -58,38 +46,6 @@ pub fn plan(reloads: usize, invalid_at: usize) -> Vec<(ConfigFile, Trigger)> {
             (file, trigger)
         })
         .collect()
-}
-
-/// What came of one reload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReloadOutcome {
-    /// A valid file, confirmed in effect.
-    Ok,
-    /// The invalid file, refused with the rules unchanged.
-    Invalid,
-    /// Not what the contract says (see `detail`).
-    Failed,
-    /// The proxy exited: the scenario ends.
-    ProxyExited,
-}
-
-/// One reload, for the report.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ReloadRecord {
-    /// 1-based.
-    pub index: usize,
-    pub file: &'static str,
-    pub trigger: Trigger,
-    /// When it was triggered, seconds into the scenario.
-    pub at_s: f64,
-    pub outcome: ReloadOutcome,
-    /// From the trigger to the confirmation (or the failure).
-    pub ms: f64,
-    pub version_before: Option<String>,
-    pub version_after: Option<String>,
-    /// How it was confirmed, or what went wrong.
-    pub detail: String,
 }
 
 /// Runs the scenario against `backends`; `stop` turning true ends it early.

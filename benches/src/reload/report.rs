@@ -7,10 +7,9 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use super::handover::HandoverRecord;
 use super::judge::Judgement;
 use super::proxy::ReloadCounts;
-use super::reloads::{ReloadOutcome, ReloadRecord, INVALID_AT, RELOADS};
+use super::records::{HandoverRecord, ReloadOutcome, ReloadRecord, INVALID_AT, RELOADS};
 use super::Settings;
 
 /// Reloads of valid files a full run performs.
