@@ -16,8 +16,11 @@
 //! - [`route`]: path normalisation and rule matching.
 //! - [`auth`]: bearer extraction and JWT verification.
 //! - [`rbac`]: rule access against claims.
-//! - [`cache`]: key, entry, storability, and the Redis and memory stores.
-//! - [`coalesce`]: concurrent misses for one key fetch once.
+//! - [`cache`]: what the request path decides (key, storability policy,
+//!   status headers), the store traits and the Redis and memory stores.
+//! - [`coalesce`]: concurrent misses for one key fetch once, here and
+//!   (with leases) across instances; `coalesce::plan` is the one question
+//!   the request path asks about a miss.
 //! - [`concurrency`]: how many requests may be at the backend at once.
 //! - [`conditional`]: validators, 304s and revalidation.
 //! - [`upstream`]: request shaping and the pooled client.

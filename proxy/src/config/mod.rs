@@ -10,10 +10,11 @@
 //! in `lib.rs` puts them to use. Only that assembly and `main.rs` import
 //! this module.
 //!
-//! - [`raw`]: the TOML layer; [`overrides`]: environment and CLI;
-//! - [`sections`], [`routes`], [`fields`]: validation, by section;
-//! - [`boot`](mod@self::boot): which changes a reload refuses;
-//! - [`file`]: the file (and `.env`) read at start and on every reload.
+//! - `raw`: the TOML layer; `overrides`: environment and CLI;
+//! - `sections`, `routes`, `fields`: validation, by section;
+//! - `boot`: which changes a reload refuses ([`boot_changes`]);
+//! - `file`: the file (and `.env`) read at start and on every reload
+//!   ([`ConfigFile`], [`FileSource`]).
 
 mod boot;
 mod defaults;
