@@ -1,0 +1,113 @@
+# Shared by benches/peers and benches/ab: servers started as children on free
+# ports, the origin stack, CPU from /proc, one wrk measurement of cached
+# GET /users. Sourced after scripts/lib.sh, by scripts that set WORK (their
+# temporary directory) and, for `measure`, TOKEN, THREADS, CONNECTIONS and
+# DURATION.
+
+# Every server is a direct child of this shell (started with `start`, never
+# inside $(...)), so `wait` can reap it and its pid cannot be recycled
+# before we are done with it.
+CHILDREN=()
+CLK_TCK=$(getconf CLK_TCK)
+
+# stop_children: TERM to every server `start` started, then KILL to those
+# still running after 5 s. Only these pids, never a name.
+stop_children() {
+  local pid
+  for pid in "${CHILDREN[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${CHILDREN[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start NAME CMD...: runs CMD in the background, logging to $WORK/NAME.log;
+# its pid is left in LAST_PID.
+start() {
+  local name=$1; shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  LAST_PID=$!
+  CHILDREN+=("$LAST_PID")
+}
+
+wait_port() {
+  local port=$1 name=$2 deadline=$((SECONDS + 30))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || die "$name did not listen on $port; see $WORK/$name.log"
+    sleep 0.1
+  done
+}
+
+# cpu_ticks PID...: user+system clock ticks of the processes and their children threads.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo $total
+}
+
+# Every pid of a target: its main process, its children, plus extras.
+target_pids() {
+  local main=$1; shift
+  echo "$main" $(pgrep -P "$main" || true) "$@"
+}
+
+# start_origin_stack BIN_DIR SECRET: one Redis (no persistence), FerretDB
+# on SQLite under $WORK, and BIN_DIR/origin on it with 1,000 users seeded
+# by BIN_DIR/loadgen. Leaves REDIS_PORT, REDIS_PID, MONGO_PORT, ORIGIN_PORT,
+# UPSTREAM (host:port of the origin) and TOKEN (a user's bearer token).
+start_origin_stack() {
+  local bin=$1 secret=$2
+  REDIS_PORT=$(free_port); MONGO_PORT=$(free_port); ORIGIN_PORT=$(free_port)
+  start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no
+  REDIS_PID=$LAST_PID
+  mkdir -p "$WORK/ferretdb"
+  start ferretdb "$(ferretdb_path)" --handler=sqlite --sqlite-url="file:$WORK/ferretdb/" --state-dir="$WORK/ferretdb" \
+    --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr=- --telemetry=disable --log-level=error
+  wait_port "$REDIS_PORT" redis
+  wait_port "$MONGO_PORT" ferretdb
+  start origin env MONGO_URI="mongodb://127.0.0.1:$MONGO_PORT/" MONGO_DB=origin JWT_SECRET_KEY=$secret BCRYPT_COST=4 \
+    ORIGIN_LISTEN="127.0.0.1:$ORIGIN_PORT" LOG=warn "$bin/origin"
+  wait_port "$ORIGIN_PORT" origin
+  TOKEN=$("$bin/loadgen" seed --mongo-uri "mongodb://127.0.0.1:$MONGO_PORT/" --database origin --users 1000 --secret "$secret")
+  UPSTREAM="127.0.0.1:$ORIGIN_PORT"
+}
+
+# prime NAME PORT: fills the target's cache and checks the next answer is a hit.
+prime() {
+  local t=$1 url="http://127.0.0.1:$2/users" status
+  curl -s -o /dev/null -H "authorization: Bearer $TOKEN" "$url"
+  status=$(curl -s -D - -o /dev/null -H "authorization: Bearer $TOKEN" "$url" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
+  case "$status" in HIT) ;; *) die "$t does not serve GET /users from its cache (X-Cache: ${status:-none}); see $WORK" ;; esac
+}
+
+# measure NAME PORT PID...: primes the target, then wrk on its GET /users
+# for DURATION s. Leaves RPS, REQUESTS, NON2XX, CPU_US (CPU µs of the PIDs
+# per request), TARGET_TICKS (their clock ticks) and WRK_TICKS (wrk's); dies
+# when wrk saw socket errors or non-2xx answers.
+measure() {
+  local t=$1 port=$2; shift 2
+  local before after out
+  prime "$t" "$port"
+  before=$(cpu_ticks "$@")
+  # The subshell's reaped children are wrk alone: its cutime + cstime. A
+  # failing wrk is the subshell's status, as `set -e` expects.
+  out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$port/users" &&
+    awk '{print "wrk-ticks", $16 + $17}' "/proc/$BASHPID/stat")
+  after=$(cpu_ticks "$@")
+  TARGET_TICKS=$((after - before))
+  WRK_TICKS=$(echo "$out" | awk '/^wrk-ticks/ {print $2}')
+  REQUESTS=$(echo "$out" | awk '/requests in/ {print $1}')
+  RPS=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  NON2XX=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  if echo "$out" | grep -q "Socket errors" || [ -n "$NON2XX" ]; then
+    die "$t: wrk saw errors or non-2xx answers: $(echo "$out" | grep -E 'Socket errors|Non-2xx')"
+  fi
+  NON2XX=${NON2XX:-0}
+  CPU_US=$(python3 -c "print(($after-$before)/$CLK_TCK*1e6/max($REQUESTS,1))")
+}
