@@ -170,9 +170,13 @@ impl Runtime {
         }
     }
 
-    /// The snapshot a request starting now runs under.
-    pub fn load(&self) -> Arc<Snapshot> {
-        self.current.load_full()
+    /// The snapshot a request starting now runs under. A guard, not a
+    /// clone: the common case touches only this thread's slots, not the
+    /// snapshot's shared reference count (which both cores would otherwise
+    /// bounce on every request); arc-swap falls back to a clone by itself
+    /// when a thread holds many guards at once.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
     }
 
     /// Reads the settings anew and swaps them in, or leaves the running
