@@ -61,6 +61,12 @@ pub struct KeyError {
 
 enum Keys {
     Single(DecodingKey),
+    /// An HMAC secret being rotated: tokens signed with the previous one
+    /// verify until they expire.
+    Rotating {
+        current: DecodingKey,
+        previous: DecodingKey,
+    },
     ByKid(HashMap<String, DecodingKey>),
 }
 
@@ -113,6 +119,10 @@ pub struct JwtSettings {
     pub audience: Option<String>,
     pub leeway: Duration,
     pub role_claim: String,
+    /// `JWT_SECRET_KEY_PREVIOUS`: with an HMAC secret, tokens signed with
+    /// this one are accepted too, so a secret rotates without logging
+    /// everyone out.
+    pub previous_secret: Option<Secret>,
 }
 
 /// Where the verification keys come from.
@@ -144,14 +154,39 @@ impl JwtVerifier {
             KeySetting::PemFile(path) => KeySource::Pem(read("jwt.public_key_file", path).await?),
             KeySetting::JwksFile(path) => KeySource::Jwks(read("jwt.jwks_file", path).await?),
         };
-        JwtVerifier::new(
+        let verifier = JwtVerifier::new(
             settings.algorithm,
             source,
             settings.issuer.clone(),
             settings.audience.clone(),
             settings.leeway,
             settings.role_claim.clone(),
-        )
+        )?;
+        match &settings.previous_secret {
+            Some(previous) => verifier.with_previous_secret(previous.0.as_bytes()),
+            None => Ok(verifier),
+        }
+    }
+
+    /// Also accepts tokens signed with `previous`, the HMAC secret before
+    /// the current one.
+    pub fn with_previous_secret(mut self, previous: &[u8]) -> Result<JwtVerifier, KeyError> {
+        let algorithm = self.validation.algorithms[0];
+        let field = "JWT_SECRET_KEY_PREVIOUS";
+        check_secret(algorithm, previous.len()).map_err(|e| KeyError { field, ..e })?;
+        self.keys = match self.keys {
+            Keys::Single(current) => Keys::Rotating {
+                current,
+                previous: DecodingKey::from_secret(previous),
+            },
+            _ => {
+                return Err(KeyError {
+                    field,
+                    message: "only an HMAC secret (JWT_SECRET_KEY) can have a previous one".into(),
+                })
+            }
+        };
+        Ok(self)
     }
 
     pub fn new(
@@ -233,18 +268,27 @@ impl JwtVerifier {
 
     fn verify_fully(&self, token: &str) -> Result<Verified, AuthError> {
         let invalid = |e: jsonwebtoken::errors::Error| AuthError::InvalidToken(e.to_string());
-        let key = match &self.keys {
-            Keys::Single(key) => key,
+        let decode = |key: &DecodingKey| jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation);
+        let data = match &self.keys {
+            Keys::Single(key) => decode(key),
+            // Only a wrong signature tries the previous secret: any other
+            // verdict (expired, wrong audience) is the token's own.
+            Keys::Rotating { current, previous } => match decode(current) {
+                Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature => decode(previous),
+                other => other,
+            },
             Keys::ByKid(keys) => {
                 let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
                 let kid = header
                     .kid
                     .ok_or_else(|| AuthError::InvalidToken("token has no kid".into()))?;
-                keys.get(&kid)
-                    .ok_or_else(|| AuthError::InvalidToken("unknown kid".into()))?
+                decode(
+                    keys.get(&kid)
+                        .ok_or_else(|| AuthError::InvalidToken("unknown kid".into()))?,
+                )
             }
-        };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation).map_err(invalid)?;
+        }
+        .map_err(invalid)?;
         // RFC 7515 §4.1.11: a recipient that does not understand every
         // extension listed in `crit` must reject the token. We understand
         // none. (jsonwebtoken parses `crit` but does not act on it.)

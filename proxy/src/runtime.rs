@@ -121,6 +121,7 @@ impl Snapshot {
                 "audience": j.audience,
                 "leeway_secs": j.leeway.as_secs(),
                 "role_claim": j.role_claim,
+                "previous_secret": j.previous_secret.as_ref().map(|_| "JWT_SECRET_KEY_PREVIOUS (redacted)"),
             })),
             "identity": {
                 "subject_header": s.identity.subject_header.as_str(),

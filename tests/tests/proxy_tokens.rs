@@ -135,3 +135,40 @@ async fn purge_refuses_two_authorization_headers_as_the_request_path_does() {
     );
     assert_eq!(purge(&[]).await.unwrap().status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_rotated_secret_still_verifies_its_tokens_and_nothing_else() {
+    const PREVIOUS: &str = "the-secret-before-rotation-0123456789";
+    const STRANGER: &str = "a-secret-nobody-configured-0123456789";
+    let upstream = upstream().await;
+    let rotating = proxy::config::Overrides {
+        upstream: Some(format!("http://{}", upstream.addr)),
+        jwt_secret: Some(TEST_JWT_SECRET.into()),
+        jwt_secret_previous: Some(PREVIOUS.into()),
+        ..Default::default()
+    };
+    let config = proxy::config::Config::load(CONFIG, rotating, std::path::Path::new(".")).unwrap();
+    let proxy = spawn_proxy(config).await;
+    let client = reqwest::Client::new();
+    let status = |secret: &'static str, ttl: i64| {
+        let (client, url) = (client.clone(), format!("{}/me", proxy.base_url()));
+        async move {
+            let mut c = claims("alice", "user", 600);
+            c["exp"] = json!(e2e::token::now() as i64 + ttl);
+            let token = sign(&c, secret.as_bytes());
+            client.get(url).bearer_auth(token).send().await.unwrap().status()
+        }
+    };
+    assert_eq!(status(TEST_JWT_SECRET, 600).await, StatusCode::OK, "current secret");
+    assert_eq!(status(PREVIOUS, 600).await, StatusCode::OK, "previous secret");
+    assert_eq!(
+        status(STRANGER, 600).await,
+        StatusCode::UNAUTHORIZED,
+        "any other secret"
+    );
+    assert_eq!(
+        status(PREVIOUS, -3600).await,
+        StatusCode::UNAUTHORIZED,
+        "an expired token of the previous secret"
+    );
+}

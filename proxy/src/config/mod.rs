@@ -168,7 +168,8 @@ impl Config {
         let mut raw_jwt = raw.jwt;
         raw_jwt.issuer = overrides.jwt_issuer.or(raw_jwt.issuer);
         raw_jwt.audience = overrides.jwt_audience.or(raw_jwt.audience);
-        let jwt = sections::jwt_settings(&mut p, &raw_jwt, overrides.jwt_secret, base_dir, needs_jwt);
+        let secrets = (overrides.jwt_secret, overrides.jwt_secret_previous);
+        let jwt = sections::jwt_settings(&mut p, &raw_jwt, secrets, base_dir, needs_jwt);
         let admin_token = overrides.admin_token.filter(|t| !t.is_empty());
         if admin_token.as_ref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN) {
             p.add(

@@ -33,6 +33,9 @@ pub struct Overrides {
     /// Default TTL in whole seconds (`CACHE_TTL`, the seed's name).
     pub cache_ttl: Option<String>,
     pub jwt_secret: Option<String>,
+    /// `JWT_SECRET_KEY_PREVIOUS`: the HMAC secret before the current one,
+    /// still accepted while a rotation's old tokens expire.
+    pub jwt_secret_previous: Option<String>,
     /// `JWT_ISSUER`/`JWT_AUDIENCE`: the names the origin reads, so one
     /// `.env` keeps issuer and verifier in agreement.
     pub jwt_issuer: Option<String>,
@@ -63,6 +66,7 @@ impl Overrides {
             redis_url,
             cache_ttl: env.get("CACHE_TTL"),
             jwt_secret: env.get("JWT_SECRET_KEY"),
+            jwt_secret_previous: env.get("JWT_SECRET_KEY_PREVIOUS"),
             jwt_issuer: env.get("JWT_ISSUER"),
             jwt_audience: env.get("JWT_AUDIENCE"),
             admin_token: env.get("PROXY_ADMIN_TOKEN"),
@@ -78,6 +82,7 @@ impl Overrides {
             redis_url: higher.redis_url.or(self.redis_url),
             cache_ttl: higher.cache_ttl.or(self.cache_ttl),
             jwt_secret: higher.jwt_secret.or(self.jwt_secret),
+            jwt_secret_previous: higher.jwt_secret_previous.or(self.jwt_secret_previous),
             jwt_issuer: higher.jwt_issuer.or(self.jwt_issuer),
             jwt_audience: higher.jwt_audience.or(self.jwt_audience),
             admin_token: higher.admin_token.or(self.admin_token),

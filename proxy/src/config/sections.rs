@@ -169,7 +169,7 @@ pub(super) fn cache_limits(p: &mut Problems, raw: &RawCache) -> CacheLimits {
 pub(super) fn jwt_settings(
     p: &mut Problems,
     raw: &RawJwt,
-    secret: Option<String>,
+    (secret, previous_secret): (Option<String>, Option<String>),
     base_dir: &Path,
     needed: bool,
 ) -> Option<JwtSettings> {
@@ -220,9 +220,27 @@ pub(super) fn jwt_settings(
         }
         (None, None) => return None,
     };
+    let previous_secret = match (previous_secret, &keys) {
+        (None, _) => None,
+        (Some(previous), KeySetting::Secret(_)) => {
+            if let Err(e) = crate::auth::check_secret(algorithm, previous.len()) {
+                p.add("JWT_SECRET_KEY_PREVIOUS", e.message);
+                return None;
+            }
+            Some(Secret(previous))
+        }
+        (Some(_), _) => {
+            p.add(
+                "JWT_SECRET_KEY_PREVIOUS",
+                "only an HMAC secret (JWT_SECRET_KEY) can have a previous one",
+            );
+            return None;
+        }
+    };
     Some(JwtSettings {
         algorithm,
         keys,
+        previous_secret,
         issuer: raw.issuer.clone(),
         audience: raw.audience.clone(),
         leeway: raw.leeway.unwrap_or(DEFAULT_LEEWAY),

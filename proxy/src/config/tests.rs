@@ -391,3 +391,29 @@ fn boot_changes_name_every_changed_boot_field_and_nothing_else() {
         ]
     );
 }
+
+#[test]
+fn a_previous_secret_must_be_as_long_as_the_current_one_and_only_for_hmac() {
+    let text = MINIMAL.replace("access = \"public\"", "access = \"authenticated\"");
+    let with = |previous: &str, algorithm: Option<&str>| {
+        let text = match algorithm {
+            Some(alg) => format!("[jwt]\nalgorithm = \"{alg}\"\njwks_file = \"jwks.json\"\n{text}"),
+            None => text.clone(),
+        };
+        let overrides = Overrides {
+            jwt_secret: Some(SECRET.into()),
+            jwt_secret_previous: Some(previous.into()),
+            ..Overrides::default()
+        };
+        Config::load(&text, overrides, Path::new("."))
+    };
+    let ok = with("previous-secret-of-at-least-32-bytes", None).unwrap();
+    assert!(ok.runtime.jwt.unwrap().previous_secret.is_some());
+    let short = with("too-short", None).unwrap_err();
+    assert!(!short.to_string().contains("too-short"), "{short}");
+    assert_eq!(fields(short), ["JWT_SECRET_KEY_PREVIOUS"]);
+    assert_eq!(
+        fields(with("previous-secret-of-at-least-32-bytes", Some("RS256")).unwrap_err()),
+        ["JWT_SECRET_KEY_PREVIOUS"]
+    );
+}
