@@ -1,5 +1,6 @@
 //! What the soak and reload drivers share: finding the programs they run,
-//! and turning a run's verdict into the exit status.
+//! stopping early on Ctrl-C or SIGTERM, and turning a run's verdict into
+//! the exit status.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -101,5 +102,31 @@ pub fn drive(run: impl Future<Output = anyhow::Result<bool>>) -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+/// Ctrl-C or SIGTERM: a driver stops its load early and still reports. A
+/// second one exits at once (the servers die with this process).
+pub async fn interrupted() {
+    signalled().await;
+    tokio::spawn(async {
+        signalled().await;
+        eprintln!("interrupted again: exiting without a report");
+        std::process::exit(130);
+    });
+}
+
+async fn signalled() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
 }

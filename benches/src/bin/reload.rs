@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use benches::programs::{drive, ProgramFlags};
+use benches::programs::{drive, interrupted, ProgramFlags};
 use benches::reload::load::LoadSettings;
 use benches::reload::{self, Scenario, Settings};
 use clap::Parser;
@@ -91,30 +91,4 @@ fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> anyhow:
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM: the harness stops its load early and still reports.
-/// A second one exits at once (the servers die with this process).
-async fn interrupted() {
-    signalled().await;
-    tokio::spawn(async {
-        signalled().await;
-        eprintln!("interrupted again: exiting without a report");
-        std::process::exit(130);
-    });
-}
-
-async fn signalled() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }
