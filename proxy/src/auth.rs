@@ -305,12 +305,9 @@ impl JwtVerifier {
         if !is_header_safe(&subject) {
             return Err(AuthError::InvalidToken("sub cannot be forwarded as a header".into()));
         }
-        let roles = match claims.remove(&self.role_claim) {
-            Some(Value::String(role)) => vec![role],
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
+        let roles = match role_claim(&claims, &self.role_claim) {
+            Some(Value::String(role)) => vec![role.clone()],
+            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
             _ => Vec::new(),
         };
         // Roles travel upstream joined by `,` in one header, so a role
@@ -340,6 +337,31 @@ impl JwtVerifier {
 /// RFC 7518 §3.2: an HMAC key must be at least as long as the hash
 /// output. Anyone holding one token can test guesses of a shorter secret
 /// offline, at no cost to us and invisible to us.
+/// The role claim named by `name`: a top-level claim of exactly that name
+/// (Auth0's namespaced claims are URLs, dots and slashes included), else a
+/// JSON pointer when `name` starts with `/` (RFC 6901), else a dotted path
+/// (Keycloak's `realm_access.roles`).
+fn role_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if let Some(value) = claims.get(name) {
+        return Some(value);
+    }
+    if let Some(pointer) = name.strip_prefix('/') {
+        let (first, rest) = pointer.split_once('/').unwrap_or((pointer, ""));
+        let top = claims.get(&first.replace("~1", "/").replace("~0", "~"))?;
+        return if rest.is_empty() {
+            Some(top)
+        } else {
+            top.pointer(&format!("/{rest}"))
+        };
+    }
+    let mut parts = name.split('.');
+    let mut value = claims.get(parts.next()?)?;
+    for part in parts {
+        value = value.get(part)?;
+    }
+    Some(value)
+}
+
 /// An HMAC secret shorter than the hash is refused: tokens could be forged
 /// by guessing it offline.
 pub fn check_secret(algorithm: Algorithm, len: usize) -> Result<(), KeyError> {
@@ -527,6 +549,33 @@ mod tests {
         let mut c = good_claims();
         c["role"] = json!(["user", "admin", 7]);
         assert_eq!(verifier().verify(&sign(c)).unwrap().roles, ["user", "admin"]);
+    }
+
+    #[test]
+    fn the_role_claim_may_be_a_namespaced_name_a_dotted_path_or_a_json_pointer() {
+        let roles_with = |claim: &str| {
+            let verifier = JwtVerifier::new(
+                Algorithm::HS256,
+                KeySource::Secret(SECRET.to_vec()),
+                Some("origin".into()),
+                Some("api".into()),
+                Duration::from_secs(30),
+                claim.into(),
+            )
+            .unwrap();
+            let mut c = good_claims();
+            c["realm_access"] = json!({"roles": ["keycloak-role"]});
+            c["https://example.com/roles"] = json!(["auth0-role"]);
+            c["a.b"] = json!("dotted-name");
+            verifier.verify(&sign(c)).unwrap().roles.clone()
+        };
+        assert_eq!(roles_with("realm_access.roles"), ["keycloak-role"]);
+        assert_eq!(roles_with("/realm_access/roles"), ["keycloak-role"]);
+        assert_eq!(roles_with("https://example.com/roles"), ["auth0-role"]);
+        assert_eq!(roles_with("/https:~1~1example.com~1roles"), ["auth0-role"]);
+        assert_eq!(roles_with("a.b"), ["dotted-name"], "an exact name wins over a path");
+        assert!(roles_with("realm_access.missing").is_empty());
+        assert!(roles_with("/realm_access").is_empty(), "an object is no role");
     }
 
     #[test]
