@@ -101,7 +101,7 @@ impl Activity {
         self.closing.store(true, Ordering::Release);
     }
 
-    pub fn is_closing(&self) -> bool {
+    fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
 
@@ -137,6 +137,14 @@ impl Activity {
 
 /// A request in flight; dropping it ends the request for the watchdog.
 pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// Whether this request's connection is to close after its response
+    /// (the server is draining).
+    pub fn connection_closing(&self) -> bool {
+        self.0.is_closing()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -210,10 +210,10 @@ async fn serve_connection<H, F>(
             if !http1 {
                 activity.saw_http2();
             }
-            let (handle, activity) = (handle.clone(), activity.clone());
+            let handle = handle.clone();
             async move {
                 let mut response = handle(req, client).await;
-                if http1 && activity.is_closing() {
+                if http1 && in_flight.connection_closing() {
                     // hyper closes the connection once this response is
                     // written; the client opens its next one elsewhere.
                     response
