@@ -1,6 +1,6 @@
 //! What the soak and reload drivers share: finding the programs they run,
-//! stopping early on Ctrl-C or SIGTERM, and turning a run's verdict into
-//! the exit status.
+//! the open-loop request schedule, stopping early on Ctrl-C or SIGTERM,
+//! and turning a run's verdict into the exit status.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -129,4 +129,34 @@ async fn signalled() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
+}
+
+/// Starts one request at each slot of `rate` per second from `start`
+/// until `until` (or until `stop` turns true), open loop: each is sent on
+/// time whatever the earlier ones do. `request(due)` makes the request due
+/// at `due`. Returns the requests still in flight.
+pub async fn open_loop<F, Fut>(
+    rate: u64,
+    start: std::time::Instant,
+    until: std::time::Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+    mut request: F,
+) -> tokio::task::JoinSet<()>
+where
+    F: FnMut(std::time::Instant) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let rate = rate.max(1);
+    for i in 0u64.. {
+        let due = start + std::time::Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate);
+        if due >= until || *stop.borrow() {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        // Reap what has finished, so the set holds only what is in flight.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(request(due));
+    }
+    tasks
 }

@@ -16,12 +16,12 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::judge::{self, RuleTimeline};
-use super::load::{self, Load};
+use super::load::Load;
 use super::proxy::{self, ProxyInstance, ProxySpec};
 use super::records::HandoverRecord;
 use super::report::HandoverReport;
 use super::rules::RuleSet;
-use super::{forward_stop, progress, start_first_proxy, Backends, Settings};
+use super::{end_load, forward_stop, progress, start_first_proxy, Backends, Settings};
 use e2e::process::free_port;
 
 /// The rendered files' `server.shutdown_grace`, plus a margin: an old
@@ -164,16 +164,8 @@ pub async fn run(
         old = new;
     }
 
-    let in_flight = driver.await.context("the load driver panicked")?;
-    let load_seconds = t0.elapsed().as_secs_f64();
-    let _ = stop_tx.send(true);
-    forward.abort();
-    let _ = progress.await;
-    eprintln!(
-        "[handover] load stopped after {load_seconds:.1} s; waiting for {} requests in flight ...",
-        load.in_flight()
-    );
-    let unfinished = load::drain(in_flight).await;
+    let ended = end_load("handover", driver, t0, &stop_tx, forward, progress, &load).await?;
+    let (load_seconds, unfinished) = (ended.seconds, ended.unfinished);
     let (exit, _) = old.stop(EXIT_LIMIT).await;
     let last_exit = exit.map_or_else(|| "killed".to_owned(), proxy::describe);
 

@@ -286,23 +286,14 @@ impl Load {
         std::mem::take(&mut *self.samples.lock().expect("samples lock"))
     }
 
-    /// Sends requests at the offered rate from `start` until `until` or
-    /// until `stop` turns true; returns the requests still in flight.
+    /// Sends requests at the offered rate from `start` until `until` (or
+    /// until `stop` turns true); returns the requests still in flight.
     pub async fn drive(self: &Arc<Self>, start: Instant, until: Instant, stop: watch::Receiver<bool>) -> JoinSet<()> {
-        let mut tasks = JoinSet::new();
-        let rate = self.settings.rate.max(1);
-        for i in 0u64.. {
-            let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate);
-            if due >= until || *stop.borrow() {
-                break;
-            }
-            tokio::time::sleep_until(due.into()).await;
-            while tasks.try_join_next().is_some() {}
-            let op = self.choose();
-            let me = self.clone();
-            tasks.spawn(async move { me.execute(op, due).await });
-        }
-        tasks
+        crate::programs::open_loop(self.settings.rate, start, until, stop, |due| {
+            let (op, me) = (self.choose(), self.clone());
+            async move { me.execute(op, due).await }
+        })
+        .await
     }
 
     fn choose(&self) -> Op {

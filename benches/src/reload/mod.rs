@@ -184,6 +184,38 @@ fn progress(scenario: &'static str, load: Arc<Load>, mut stop: watch::Receiver<b
 
 /// Sets `to` once `from` turns true: a scenario's own stop follows the
 /// run's, and can also be set alone (a dead proxy).
+/// How a scenario's load ended.
+pub(crate) struct Ended {
+    /// From the start of the load to its driver's last request.
+    pub seconds: f64,
+    /// Requests still unanswered after the drain.
+    pub unfinished: u64,
+}
+
+/// Ends a scenario's load: waits for its driver, stops the progress lines
+/// and the stop forwarding, and drains the requests in flight.
+pub(crate) async fn end_load(
+    scenario: &str,
+    driver: JoinHandle<tokio::task::JoinSet<()>>,
+    t0: std::time::Instant,
+    stop_tx: &watch::Sender<bool>,
+    forward: JoinHandle<()>,
+    progress: JoinHandle<()>,
+    load: &Load,
+) -> anyhow::Result<Ended> {
+    let in_flight = driver.await.context("the load driver panicked")?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    forward.abort();
+    let _ = progress.await;
+    eprintln!(
+        "[{scenario}] load stopped after {seconds:.1} s; waiting for {} requests in flight ...",
+        load.in_flight()
+    );
+    let unfinished = load::drain(in_flight).await;
+    Ok(Ended { seconds, unfinished })
+}
+
 fn forward_stop(mut from: watch::Receiver<bool>, to: watch::Sender<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         if from.wait_for(|s| *s).await.is_ok() {

@@ -23,7 +23,7 @@ use super::proxy::{self, ProxyInstance, ReloadCounts};
 use super::records::{ReloadOutcome, ReloadRecord, Trigger, INVALID_AT, RELOADS};
 use super::report::ReloadReport;
 use super::rules::{self, ConfigFile, RuleSet};
-use super::{forward_stop, progress, start_first_proxy, Backends, Settings};
+use super::{end_load, forward_stop, progress, start_first_proxy, Backends, Settings};
 
 /// How long a reload may take to show.
 const CONFIRM_LIMIT: Duration = Duration::from_secs(10);
@@ -156,16 +156,8 @@ pub async fn run(
         }
     }
 
-    let in_flight = driver.await.context("the load driver panicked")?;
-    let load_seconds = t0.elapsed().as_secs_f64();
-    let _ = stop_tx.send(true);
-    forward.abort();
-    let _ = progress.await;
-    eprintln!(
-        "[reload] load stopped after {load_seconds:.1} s; waiting for {} requests in flight ...",
-        load.in_flight()
-    );
-    let unfinished = load::drain(in_flight).await;
+    let ended = end_load("reload", driver, t0, &stop_tx, forward, progress, &load).await?;
+    let (load_seconds, unfinished) = (ended.seconds, ended.unfinished);
 
     let page = proxy.api.metrics().await;
     let metric_reloads = page.as_deref().map(proxy::reload_counts);
