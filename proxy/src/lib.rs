@@ -50,6 +50,7 @@ pub mod route;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod vary;
 
@@ -76,17 +77,29 @@ use crate::upstream::Upstream;
 pub struct Prepared {
     pub boot: BootSettings,
     pub snapshot: Snapshot,
+    /// How to verify an `https://` backend.
+    pub upstream_tls: Option<rustls::ClientConfig>,
 }
 
-/// Puts the runtime settings to use; a key file that cannot be read or
-/// used is reported like any invalid field.
+/// Puts the settings to use; a key, certificate or CA file that cannot be
+/// read or used is reported like any invalid field.
 pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
+    let invalid = |field: String, message: String| ConfigErrors(vec![ConfigError::new(field, message)]);
     let snapshot = Snapshot::build(config.runtime, config.version, None)
         .await
-        .map_err(|p| ConfigErrors(vec![ConfigError::new(p.field, p.message)]))?;
+        .map_err(|p| invalid(p.field, p.message))?;
+    let upstream_tls = match &config.boot.upstream.tls {
+        Some(tls) => Some(
+            tls::client::client_config("upstream", tls.ca_file.as_deref(), tls.client_certificate.as_ref())
+                .await
+                .map_err(|e| invalid(e.field, e.message))?,
+        ),
+        None => None,
+    };
     Ok(Prepared {
         boot: config.boot,
         snapshot,
+        upstream_tls,
     })
 }
 
@@ -102,7 +115,11 @@ pub fn build_store(store: &StoreSettings, metrics: Arc<Metrics>) -> anyhow::Resu
 /// Builds everything a request needs. With `reload_from`, the runtime
 /// half can be read anew from that file.
 pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyhow::Result<Arc<Proxy>> {
-    let Prepared { boot, snapshot } = prepared;
+    let Prepared {
+        boot,
+        snapshot,
+        upstream_tls,
+    } = prepared;
     let metrics = Arc::new(Metrics::new());
     let store = build_store(&boot.store, metrics.clone())?;
     let source = reload_from.map(|file| {
@@ -116,7 +133,7 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
         flights: Arc::default(),
         learned_vary: Default::default(),
         me: me.clone(),
-        upstream: Upstream::new(&boot.upstream),
+        upstream: Upstream::new(&boot.upstream, upstream_tls),
         upstream_slots: UpstreamSlots::new(boot.upstream.max_concurrent_requests),
         runtime: Runtime::new(snapshot, source, metrics.clone()),
         metrics,
@@ -178,6 +195,7 @@ pub async fn run(
         admin,
         proxy.boot.server.clone(),
         proxy.metrics.clone(),
+        listener_tls(&proxy, |tls| tls.admin.as_ref()),
         move |req, _client| admin::handle(admin_proxy.clone(), req),
         stopped(stop_rx.clone()),
     ));
@@ -186,6 +204,7 @@ pub async fn run(
         listener,
         proxy.boot.server.clone(),
         proxy.metrics.clone(),
+        listener_tls(&proxy, |tls| tls.clients.as_ref()),
         move |req, client| {
             let proxy = client_proxy.clone();
             async move { proxy.handle(req, client).await }
@@ -208,6 +227,20 @@ pub async fn run(
     Ok(())
 }
 
+/// Where a listener finds the TLS configuration for its next handshake:
+/// in the snapshot of the moment, so a reload's certificates apply to the
+/// next connection and open ones keep theirs.
+fn listener_tls(
+    proxy: &Arc<Proxy>,
+    pick: fn(&runtime::ServingTls) -> Option<&tls::server::ServerTls>,
+) -> server::TlsSource {
+    let proxy = proxy.clone();
+    Arc::new(move || {
+        let snapshot = proxy.runtime.load();
+        pick(&snapshot.tls).map(|tls| tls.config.clone())
+    })
+}
+
 /// SIGHUP reloads, as for nginx and HAProxy. Outcomes are logged and
 /// counted by the reload itself.
 async fn reload_on_sighup(proxy: std::sync::Weak<Proxy>) {
@@ -222,20 +255,25 @@ async fn reload_on_sighup(proxy: std::sync::Weak<Proxy>) {
     }
 }
 
-/// `--watch`: reloads when the config file's or `.env`'s content changes.
+/// `--watch`: reloads when the content of the config file, `.env` or a
+/// file the settings name (certificates, keys, CAs) changes: a renewed
+/// certificate is picked up without a signal.
 /// Polls rather than using inotify: an editor's save-by-rename, a
 /// Kubernetes ConfigMap's symlink swap and a network file system all show
 /// up as changed content, where a file watch can miss them. A file caught
 /// half-written is refused like any invalid one, and the next look loads
 /// the whole file.
 async fn reload_on_change(proxy: std::sync::Weak<Proxy>, file: ConfigFile, every: Duration) {
-    let mut seen = file.contents_digest();
+    let digest = |proxy: &Proxy| file.contents_digest(&proxy.runtime.load().settings.files());
+    let Some(first) = proxy.upgrade() else { return };
+    let mut seen = digest(&first);
+    drop(first);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let Some(proxy) = proxy.upgrade() else { return };
-        let now = file.contents_digest();
+        let now = digest(&proxy);
         if now != seen {
             seen = now;
             tracing::info!(path = %file.path.display(), "config file changed: reloading");

@@ -6,6 +6,7 @@
 //! new ones. A reload builds the next snapshot completely (key files read,
 //! verifier built) before it swaps, so it takes effect whole or not at all.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use crate::concurrency::RuleSlots;
 use crate::metrics::Metrics;
 use crate::route::RuleSet;
 use crate::secret::Secret;
+use crate::tls::server::ServerTls;
+use crate::tls::TlsSettings;
 use crate::upstream::IdentitySettings;
 
 /// What may change without a restart.
@@ -35,6 +38,40 @@ pub struct RuntimeSettings {
     /// Authorises the admin endpoints besides an admin-role JWT; `None`:
     /// JWT only.
     pub admin_token: Option<Secret>,
+    pub tls: ListenerTls,
+}
+
+impl RuntimeSettings {
+    /// Every file these settings read: certificates, keys, CAs, key sets.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for tls in [&self.tls.clients, &self.tls.admin].into_iter().flatten() {
+            let named = tls.certificates.iter().map(|c| &c.files);
+            for pair in tls.default.iter().chain(named) {
+                files.extend([pair.cert_file.clone(), pair.key_file.clone()]);
+            }
+            files.extend(tls.client_ca_file.clone());
+        }
+        match self.jwt.as_ref().map(|jwt| &jwt.keys) {
+            Some(KeySetting::PemFile(path) | KeySetting::JwksFile(path)) => files.push(path.clone()),
+            Some(KeySetting::Secret(_)) | None => {}
+        }
+        files
+    }
+}
+
+/// Each listener's TLS; `None`: plain text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub clients: Option<TlsSettings>,
+    pub admin: Option<TlsSettings>,
+}
+
+/// Each listener's TLS, put to use: certificates read, keys checked.
+#[derive(Debug, Default)]
+pub struct ServingTls {
+    pub clients: Option<ServerTls>,
+    pub admin: Option<ServerTls>,
 }
 
 /// One version of the runtime settings, put to use.
@@ -46,6 +83,7 @@ pub struct Snapshot {
     pub settings: RuntimeSettings,
     pub jwt: Option<Arc<JwtVerifier>>,
     pub rule_slots: RuleSlots,
+    pub tls: ServingTls,
 }
 
 /// A setting that cannot be used, named by its config path.
@@ -71,11 +109,27 @@ impl Snapshot {
             None => None,
         };
         let rule_slots = RuleSlots::new(settings.routes.iter(), previous.map(|p| &p.rule_slots));
+        let previous_tls = previous.map(|p| &p.tls);
+        let tls = ServingTls {
+            clients: listener_tls(
+                "tls",
+                &settings.tls.clients,
+                previous_tls.and_then(|t| t.clients.as_ref()),
+            )
+            .await?,
+            admin: listener_tls(
+                "admin_tls",
+                &settings.tls.admin,
+                previous_tls.and_then(|t| t.admin.as_ref()),
+            )
+            .await?,
+        };
         Ok(Snapshot {
             version,
             settings,
             jwt,
             rule_slots,
+            tls,
         })
     }
 
@@ -135,8 +189,40 @@ impl Snapshot {
             },
             "upstream": { "response_timeout_secs": s.response_timeout.as_secs_f64() },
             "admin_token": s.admin_token.as_ref().map(|_| "(redacted)"),
+            "tls": {
+                "clients": s.tls.clients.as_ref().map(describe_tls),
+                "admin": s.tls.admin.as_ref().map(describe_tls),
+            },
         })
     }
+}
+
+fn describe_tls(tls: &TlsSettings) -> Value {
+    let files = |f: &crate::tls::CertificateFiles| json!({ "cert_file": f.cert_file, "key_file": f.key_file });
+    json!({
+        "default": tls.default.as_ref().map(files),
+        "certificates": tls.certificates.iter().map(|c| json!({
+            "files": files(&c.files),
+            "server_names": c.server_names,
+        })).collect::<Vec<_>>(),
+        "client_ca_file": tls.client_ca_file,
+        "client_auth": format!("{:?}", tls.client_auth),
+    })
+}
+
+async fn listener_tls(
+    section: &str,
+    settings: &Option<TlsSettings>,
+    previous: Option<&ServerTls>,
+) -> Result<Option<ServerTls>, Problem> {
+    let Some(settings) = settings else { return Ok(None) };
+    ServerTls::load(section, settings, previous)
+        .await
+        .map(Some)
+        .map_err(|e| Problem {
+            field: e.field,
+            message: e.message,
+        })
 }
 
 /// Where new runtime settings come from: the config file (and `.env`) in

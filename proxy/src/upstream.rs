@@ -19,11 +19,13 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::auth::Claims;
+use crate::tls::UpstreamTls;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends or returns: streamed or buffered, boxed once.
@@ -33,13 +35,29 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// built from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
-    /// `http://host:port`, no path.
+    /// `http://host:port` or `https://host:port`, no path.
     pub base: Uri,
+    /// Set for an `https://` base.
+    pub tls: Option<UpstreamTls>,
+    pub http2: Http2,
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     /// Requests at the backend at once, all rules together; 0: no limit.
     pub max_concurrent_requests: usize,
+}
+
+/// Which HTTP version the proxy speaks to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http2 {
+    /// HTTP/2 when the backend's TLS handshake offers it (ALPN), else
+    /// HTTP/1.1; plain-text backends get HTTP/1.1.
+    Auto,
+    /// HTTP/2 only: over TLS via ALPN, in plain text with prior knowledge
+    /// (h2c).
+    Always,
+    /// HTTP/1.1 only.
+    Never,
 }
 
 /// The headers that carry a verified identity to the backend.
@@ -160,32 +178,39 @@ pub struct Outbound {
 
 /// The pooled client for one backend.
 pub struct Upstream {
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings) -> Upstream {
+    /// `tls`: how to verify an `https://` backend (from
+    /// [`crate::tls::client::client_config`]); `None` for `http://`.
+    pub fn new(settings: &UpstreamSettings, tls: Option<rustls::ClientConfig>) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        connector.enforce_http(false);
+        let connector = https_connector(connector, settings, tls);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             // The timer makes the pool's idle timeout actually fire.
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .build(connector);
+            .http2_only(settings.http2 == Http2::Always);
+        let client = builder.build(connector);
         let authority = settings
             .base
             .authority()
             .expect("validated upstream has an authority")
             .clone();
+        let https = settings.base.scheme() == Some(&Scheme::HTTPS);
         Upstream {
             client,
-            scheme: Scheme::HTTP,
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
             host: HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value"),
             authority,
         }
@@ -245,6 +270,34 @@ impl Upstream {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(e)),
         }
+    }
+}
+
+/// TLS for an `https://` backend, offering the HTTP versions
+/// `settings.http2` allows by ALPN; plain connections pass through.
+fn https_connector(
+    connector: HttpConnector,
+    settings: &UpstreamSettings,
+    tls: Option<rustls::ClientConfig>,
+) -> HttpsConnector<HttpConnector> {
+    // A plain-text backend never uses the TLS half; it still needs one.
+    let tls = tls.unwrap_or_else(|| {
+        rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    });
+    let builder = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let server_name = settings.tls.as_ref().and_then(|t| t.server_name.clone());
+    let builder = match server_name.map(rustls_pki_types::ServerName::try_from) {
+        Some(Ok(name)) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+        _ => builder,
+    };
+    match settings.http2 {
+        Http2::Never => builder.enable_http1().wrap_connector(connector),
+        Http2::Auto => builder.enable_all_versions().wrap_connector(connector),
+        Http2::Always => builder.enable_http2().wrap_connector(connector),
     }
 }
 
@@ -322,13 +375,22 @@ pub enum HeaderPolicy<'a> {
     },
 }
 
+/// What the proxy states about the client in `X-Forwarded-*`.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded {
+    /// The client's address (`X-Forwarded-For`).
+    pub peer: IpAddr,
+    /// The scheme the client used (`X-Forwarded-Proto`).
+    pub proto: &'static str,
+}
+
 /// Builds the headers sent upstream from the client's.
 pub fn upstream_headers(
     client: &HeaderMap,
     policy: HeaderPolicy<'_>,
     claims: Option<&Claims>,
     identity: &IdentitySettings,
-    peer: IpAddr,
+    forwarded: Forwarded,
     host: &HeaderValue,
 ) -> Result<HeaderMap, InvalidIdentity> {
     let mut out = HeaderMap::with_capacity(client.len() + 4);
@@ -361,9 +423,9 @@ pub fn upstream_headers(
     out.insert(header::HOST, host.clone());
     out.insert(
         X_FORWARDED_FOR,
-        HeaderValue::from_str(&peer.to_string()).expect("an IP is a valid header value"),
+        HeaderValue::from_str(&forwarded.peer.to_string()).expect("an IP is a valid header value"),
     );
-    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.proto));
     out.append(header::VIA, VIA);
     if let Some(claims) = claims {
         let subject = HeaderValue::from_str(&claims.subject).map_err(|_| InvalidIdentity)?;
@@ -411,6 +473,13 @@ mod tests {
         }
     }
 
+    fn forwarded(peer: &str) -> Forwarded {
+        Forwarded {
+            peer: peer.parse().unwrap(),
+            proto: "http",
+        }
+    }
+
     fn client_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in [
@@ -439,7 +508,7 @@ mod tests {
             policy,
             claims,
             &identity(),
-            "10.0.0.9".parse().unwrap(),
+            forwarded("10.0.0.9"),
             &host,
         )
         .unwrap()
@@ -546,7 +615,7 @@ mod tests {
                 policy,
                 Some(&claims),
                 &identity(),
-                "10.0.0.9".parse().unwrap(),
+                forwarded("10.0.0.9"),
                 &host,
             )
             .unwrap()
@@ -596,7 +665,7 @@ mod tests {
             HeaderPolicy::All,
             Some(&claims),
             &identity(),
-            "127.0.0.1".parse().unwrap(),
+            forwarded("127.0.0.1"),
             &host,
         );
         assert_eq!(result.unwrap_err(), InvalidIdentity);

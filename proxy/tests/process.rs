@@ -243,3 +243,123 @@ async fn a_second_process_takes_over_the_address_without_a_failed_request() {
     assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests: {errors:?}");
     assert!(new.metric(r#"proxy_requests_total{rule="r",status="200"}"#).await >= 50);
 }
+
+/// A CA made for one test, and the server certificates it signs.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        TestCa { issuer }
+    }
+
+    /// Writes a new certificate for `localhost` to `dir/server.{crt,key}`;
+    /// returns it (DER).
+    fn renew(&self, dir: &Path) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        // The key first: a reload that sees the new key with the old
+        // certificate is refused, and the next look sees both.
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    /// An HTTP/1.1 connection over TLS to `addr`, trusting only this CA,
+    /// with no session to resume; the certificate the server presented.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> (
+        hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+        Vec<u8>,
+    ) {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let presented = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(connection);
+        (sender, presented)
+    }
+}
+
+async fn get_r(sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>) -> u16 {
+    sender.ready().await.unwrap();
+    let request = http::Request::get("/r")
+        .header("host", "localhost")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    sender.send_request(request).await.unwrap().status().as_u16()
+}
+
+const TLS: &str = "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_renews_the_certificate_under_a_running_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let first = ca.renew(dir.path());
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("{TLS}{}", config("access = \"public\"")),
+    )
+    .unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start(dir.path(), listen, upstream().await);
+    proxy.ready().await;
+    let (mut open, presented) = ca.connect(listen).await;
+    assert_eq!(presented, first);
+    assert_eq!(get_r(&mut open).await, 200);
+
+    let second = ca.renew(dir.path());
+    proxy.signal(libc::SIGHUP);
+    until("the reload is counted", || async {
+        (proxy.metric(r#"proxy_config_reloads_total{outcome="ok"}"#).await == 1).then_some(())
+    })
+    .await;
+    let (mut fresh, presented) = ca.connect(listen).await;
+    assert_eq!(presented, second, "a new connection got the old certificate");
+    assert_eq!(get_r(&mut fresh).await, 200);
+    assert_eq!(get_r(&mut open).await, 200, "the open connection broke");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_picks_up_a_renewed_certificate_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let first = ca.renew(dir.path());
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("{TLS}{}", config("access = \"public\"")),
+    )
+    .unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start_with(dir.path(), listen, upstream().await, &["--watch"]);
+    proxy.ready().await;
+    let (mut open, presented) = ca.connect(listen).await;
+    assert_eq!(presented, first);
+
+    let second = ca.renew(dir.path());
+    until("a new connection gets the renewed certificate", || async {
+        let (_, presented) = ca.connect(listen).await;
+        (presented == second).then_some(())
+    })
+    .await;
+    assert_eq!(get_r(&mut open).await, 200, "the open connection broke");
+}

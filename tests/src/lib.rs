@@ -12,6 +12,7 @@
 //! - [`upstream`]: [`ScriptedUpstream`], an origin that misbehaves on purpose.
 //! - [`stack`]: [`Stack`], all of the above wired together.
 //! - [`task`]: [`task::ServerTask`], what both in-process server handles share.
+//! - [`tls`]: certificates made per test and a TLS client.
 //! - [`token`]: HS256 tokens signed like the origin's, for tests and benches.
 //! - [`wait`]: polling for a condition with a deadline.
 //! - [`client`]: a small JSON client for the origin's API.
@@ -24,6 +25,7 @@ pub mod proxy;
 pub mod servers;
 pub mod stack;
 pub mod task;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 pub mod wait;

@@ -32,6 +32,23 @@ impl ScriptedUpstream {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Reply> + Send + 'static,
     {
+        ScriptedUpstream::serve(None, script).await
+    }
+
+    /// Serves every request with `script` over TLS with `tls`.
+    pub async fn start_tls<F, Fut>(tls: Arc<rustls::ServerConfig>, script: F) -> ScriptedUpstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        ScriptedUpstream::serve(Some(tokio_rustls::TlsAcceptor::from(tls)), script).await
+    }
+
+    async fn serve<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, script: F) -> ScriptedUpstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
         let script: Arc<Script> = Arc::new(move |req| Box::pin(script(req)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -44,16 +61,21 @@ impl ScriptedUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (script, counter) = (script.clone(), counter.clone());
+                let (script, counter, tls) = (script.clone(), counter.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let reply = script(req);
                         async move { Ok::<_, std::convert::Infallible>(reply.await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => builder.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });

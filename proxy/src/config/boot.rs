@@ -3,6 +3,8 @@
 use super::errors::ConfigError;
 use crate::boot::BootSettings;
 use crate::cache::settings::Backend;
+use crate::tls::UpstreamTls;
+use crate::upstream::UpstreamSettings;
 
 /// Every boot field that differs between the running settings and a
 /// reloaded file, as an error naming it.
@@ -37,6 +39,13 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
         ),
         ("server.shutdown_grace", sa.shutdown_grace == sb.shutdown_grace),
         ("upstream.url", ua.base == ub.base),
+        ("upstream.ca_file", tls_field(ua, ub, |t| &t.ca_file)),
+        ("upstream.server_name", tls_field(ua, ub, |t| &t.server_name)),
+        (
+            "upstream.client_cert_file",
+            tls_field(ua, ub, |t| &t.client_certificate),
+        ),
+        ("upstream.http2", ua.http2 == ub.http2),
         ("upstream.connect_timeout", ua.connect_timeout == ub.connect_timeout),
         (
             "upstream.pool_idle_timeout",
@@ -75,6 +84,11 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
         "a boot field is missing from the list"
     );
     errors
+}
+
+/// Whether one upstream TLS field is the same in both.
+fn tls_field<T: PartialEq>(a: &UpstreamSettings, b: &UpstreamSettings, field: impl Fn(&UpstreamTls) -> &T) -> bool {
+    a.tls.as_ref().map(&field) == b.tls.as_ref().map(&field)
 }
 
 /// A backend's fields, each `None` where the other backend has it:

@@ -64,12 +64,13 @@ impl ConfigFile {
 }
 
 impl ConfigFile {
-    /// A digest of what [`load`](Self::load) reads (the file and `.env`),
-    /// to notice a change; an unreadable file digests as empty.
-    pub fn contents_digest(&self) -> [u8; 32] {
+    /// A digest of what [`load`](Self::load) reads (the file and `.env`)
+    /// and of the files the settings name (`also`: certificates, keys), to
+    /// notice a change; an unreadable file digests as empty.
+    pub fn contents_digest(&self, also: &[PathBuf]) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut digest = Sha256::new();
-        for path in std::iter::once(&self.path).chain(&self.dotenv) {
+        for path in std::iter::once(&self.path).chain(&self.dotenv).chain(also) {
             let contents = std::fs::read(path).unwrap_or_default();
             digest.update((contents.len() as u64).to_be_bytes());
             digest.update(contents);

@@ -27,6 +27,7 @@ mod routes;
 mod sections;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub use self::overrides::{Env, Overrides, ProcessEnv};
 pub use self::raw::*;
 pub use crate::boot::BootSettings;
 use crate::route::RuleSet;
-pub use crate::runtime::RuntimeSettings;
+pub use crate::runtime::{ListenerTls, RuntimeSettings};
 pub use crate::secret::Secret;
 use crate::server::ServerSettings;
 use crate::upstream::IdentitySettings;
@@ -136,7 +137,7 @@ impl Config {
             raw.upstream.response_timeout,
             DEFAULT_RESPONSE_TIMEOUT,
         );
-        let upstream = sections::upstream_settings(&mut p, raw.upstream, overrides.upstream);
+        let upstream = sections::upstream_settings(&mut p, raw.upstream, overrides.upstream, base_dir);
         let store = sections::store_settings(&mut p, &raw.cache, overrides.redis_url, upstream.as_ref());
         let default_ttl = sections::default_ttl(&mut p, &raw.cache, overrides.cache_ttl);
         let cache = sections::cache_limits(&mut p, &raw.cache);
@@ -170,6 +171,10 @@ impl Config {
         raw_jwt.audience = overrides.jwt_audience.or(raw_jwt.audience);
         let secrets = (overrides.jwt_secret, overrides.jwt_secret_previous);
         let jwt = sections::jwt_settings(&mut p, &raw_jwt, secrets, base_dir, needs_jwt);
+        let tls = ListenerTls {
+            clients: tls::listener_tls(&mut p, "tls", raw.tls, base_dir),
+            admin: tls::listener_tls(&mut p, "admin_tls", raw.admin_tls, base_dir),
+        };
         let admin_token = overrides.admin_token.filter(|t| !t.is_empty());
         if admin_token.as_ref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN) {
             p.add(
@@ -196,6 +201,7 @@ impl Config {
                 cache,
                 response_timeout,
                 admin_token: admin_token.map(Secret),
+                tls,
             },
             version,
         })

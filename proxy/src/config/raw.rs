@@ -23,6 +23,10 @@ pub struct RawConfig {
     pub jwt: RawJwt,
     #[serde(default)]
     pub identity: RawIdentity,
+    /// TLS on the client listener.
+    pub tls: Option<RawTls>,
+    /// TLS on the admin listener.
+    pub admin_tls: Option<RawTls>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
@@ -59,6 +63,31 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Option<Duration>,
     pub pool_max_idle_per_host: Option<usize>,
     pub max_concurrent_requests: Option<usize>,
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub http2: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub certificates: Vec<RawNamedCertificate>,
+    pub client_ca_file: Option<PathBuf>,
+    pub client_auth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamedCertificate {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub server_names: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

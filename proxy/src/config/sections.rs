@@ -8,19 +8,26 @@ use super::defaults::*;
 use super::errors::Problems;
 use super::fields::{at_least_one_u32, header_name, positive};
 use super::raw::{RawCache, RawJwt, RawUpstream};
+use super::tls::certificate_files;
 use crate::auth::{JwtSettings, KeySetting};
 use crate::cache::settings::{Backend, CacheLimits, StoreSettings};
 use crate::secret::Secret;
-use crate::upstream::UpstreamSettings;
+use crate::tls::UpstreamTls;
+use crate::upstream::{Http2, UpstreamSettings};
 
-pub(super) fn upstream_settings(p: &mut Problems, raw: RawUpstream, url: Option<String>) -> Option<UpstreamSettings> {
+pub(super) fn upstream_settings(
+    p: &mut Problems,
+    raw: RawUpstream,
+    url: Option<String>,
+    base_dir: &Path,
+) -> Option<UpstreamSettings> {
     let Some(url) = url.or(raw.url) else {
         p.add("upstream.url", "is required (or set UPSTREAM_URL / --upstream)");
         return None;
     };
     let base = match url.parse::<Uri>() {
         Ok(uri)
-            if uri.scheme_str() == Some("http")
+            if matches!(uri.scheme_str(), Some("http" | "https"))
                 && uri.authority().is_some()
                 && matches!(uri.path(), "" | "/")
                 && uri.query().is_none() =>
@@ -30,7 +37,7 @@ pub(super) fn upstream_settings(p: &mut Problems, raw: RawUpstream, url: Option<
         Ok(_) => {
             p.add(
                 "upstream.url",
-                format!("{url:?} must be http://host:port with no path or query"),
+                format!("{url:?} must be http://host:port or https://host:port, with no path or query"),
             );
             return None;
         }
@@ -39,8 +46,52 @@ pub(super) fn upstream_settings(p: &mut Problems, raw: RawUpstream, url: Option<
             return None;
         }
     };
+    let https = base.scheme_str() == Some("https");
+    let client_certificate = certificate_files(
+        p,
+        ("upstream.client_cert_file".into(), raw.client_cert_file),
+        ("upstream.client_key_file".into(), raw.client_key_file),
+        base_dir,
+    );
+    if let Some(name) = &raw.server_name {
+        if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+            p.add(
+                "upstream.server_name",
+                format!("{name:?} is not a DNS name or IP address"),
+            );
+        }
+    }
+    let tls_only = [
+        ("upstream.ca_file", raw.ca_file.is_some()),
+        ("upstream.server_name", raw.server_name.is_some()),
+        ("upstream.client_cert_file", client_certificate.is_some()),
+    ];
+    for (field, set) in tls_only {
+        if set && !https {
+            p.add(field, "applies only to an https:// upstream.url");
+        }
+    }
+    let tls = https.then(|| UpstreamTls {
+        ca_file: raw.ca_file.map(|path| base_dir.join(path)),
+        server_name: raw.server_name,
+        client_certificate,
+    });
+    let http2 = match raw.http2.as_deref() {
+        None | Some("auto") => Http2::Auto,
+        Some("always") => Http2::Always,
+        Some("never") => Http2::Never,
+        Some(other) => {
+            p.add(
+                "upstream.http2",
+                format!("{other:?} is not \"auto\", \"always\" or \"never\""),
+            );
+            Http2::Auto
+        }
+    };
     Some(UpstreamSettings {
         base,
+        tls,
+        http2,
         connect_timeout: positive(
             p,
             "upstream.connect_timeout",

@@ -341,8 +341,20 @@ fn the_readme_and_the_shipped_config_document_every_field() {
         ("identity.", "[identity]\nzzz = 1"),
         ("routes[].", "[[routes]]\nzzz = 1"),
         ("routes[].cache.", "[[routes]]\ncache = { zzz = 1 }"),
+        ("tls.", "[tls]\nzzz = 1"),
+        ("tls.certificates[].", "[[tls.certificates]]\nzzz = 1"),
+        ("admin_tls.", "[admin_tls]\nzzz = 1"),
     ];
-    let tables = ["server", "upstream", "cache", "jwt", "identity", "routes"];
+    let tables = [
+        "server",
+        "upstream",
+        "cache",
+        "jwt",
+        "identity",
+        "routes",
+        "tls",
+        "admin_tls",
+    ];
     let mut checked = 0;
     for (prefix, toml) in sections {
         for field in accepted_fields(toml) {
@@ -416,4 +428,50 @@ fn a_previous_secret_must_be_as_long_as_the_current_one_and_only_for_hmac() {
         fields(with("previous-secret-of-at-least-32-bytes", Some("RS256")).unwrap_err()),
         ["JWT_SECRET_KEY_PREVIOUS"]
     );
+}
+
+#[test]
+fn tls_settings_name_every_missing_or_misplaced_file() {
+    let err = load(&format!(
+        r#"
+        [tls]
+        cert_file = "a.crt"
+        client_auth = "sometimes"
+        [[tls.certificates]]
+        key_file = "b.key"
+        server_names = ["b.test", "*.*.bad"]
+        [admin_tls]
+        client_auth = "optional"
+        {MINIMAL}"#
+    ))
+    .unwrap_err();
+    assert_eq!(
+        fields(err),
+        [
+            "tls.key_file",
+            "tls.certificates[0].server_names",
+            "tls.certificates[0].cert_file",
+            "tls.client_auth",
+            "admin_tls.cert_file",
+            "admin_tls.client_auth",
+        ]
+    );
+
+    let https = MINIMAL.replace("http://127.0.0.1:5000", "https://backend.internal:8443");
+    let tls_only = "[upstream]\nca_file = \"ca.pem\"\nserver_name = \"b.internal\"\nclient_cert_file = \"c.crt\"\nclient_key_file = \"c.key\"\nhttp2 = \"always\"\n";
+    let plain = load(&format!("{tls_only}{}", MINIMAL.replace("[upstream]\n", ""))).unwrap_err();
+    assert_eq!(
+        fields(plain),
+        ["upstream.ca_file", "upstream.server_name", "upstream.client_cert_file"]
+    );
+    let cfg = load(&format!("{tls_only}{}", https.replace("[upstream]\n", ""))).unwrap();
+    let tls = cfg.boot.upstream.tls.unwrap();
+    assert_eq!(tls.server_name.as_deref(), Some("b.internal"));
+    assert_eq!(cfg.boot.upstream.http2, crate::upstream::Http2::Always);
+    let err = load(&format!(
+        "[upstream]\nhttp2 = \"maybe\"\n{}",
+        https.replace("[upstream]\n", "")
+    ))
+    .unwrap_err();
+    assert_eq!(fields(err), ["upstream.http2"]);
 }

@@ -237,7 +237,10 @@ impl Proxy {
             policy,
             req.claims.as_deref(),
             &req.snap.settings.identity,
-            req.client.peer.ip(),
+            upstream::Forwarded {
+                peer: req.client.peer.ip(),
+                proto: req.client.scheme(),
+            },
             self.upstream.host(),
         )
         .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()).into())

@@ -1,12 +1,14 @@
 //! The accept loop: connection limits, every phase of a connection bounded
-//! in time, HTTP/1.1 and h2c, graceful shutdown.
+//! in time, TLS, HTTP/1.1 and HTTP/2, graceful shutdown.
 //!
 //! Takes an already-bound listener and a shutdown future, so tests and
 //! `main` share it; both listeners (clients and admin) run it. Each
 //! connection is served by hyper-util's auto builder (HTTP/1.1, or HTTP/2
 //! when the client opens with the h2 preface) and bounded in every phase:
+//! - a TLS handshake: `header_read_timeout` ([`tls`]);
 //! - before the first request (protocol not yet known, partial preface):
-//!   `header_read_timeout` from accept ([`activity`]);
+//!   `header_read_timeout` from accept, or from the end of the handshake
+//!   ([`activity`]);
 //! - an HTTP/1 request head: `header_read_timeout` (hyper's own timer);
 //! - no request in flight (HTTP/1 keep-alive, an HTTP/2 connection that
 //!   only answers pings): `idle_timeout` ([`activity`]);
@@ -23,6 +25,7 @@ mod bind;
 mod io;
 mod per_ip;
 mod settings;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,6 +47,7 @@ pub use self::bind::{bind_shared, queued_connections_migrate};
 use self::io::WriteDeadline;
 use self::per_ip::PerIpLimit;
 pub use self::settings::ServerSettings;
+pub use self::tls::TlsSource;
 use crate::metrics::Metrics;
 use crate::upstream::ProxyBody;
 
@@ -59,6 +63,18 @@ pub struct Client {
     pub peer: SocketAddr,
     /// The proxy's own address the client connected to.
     pub local: SocketAddr,
+    /// Whether the connection is TLS: the scheme the client used.
+    pub secure: bool,
+}
+
+impl Client {
+    pub fn scheme(&self) -> &'static str {
+        if self.secure {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// Where the server is in its life; connections watch it.
@@ -73,10 +89,12 @@ enum Phase {
 
 /// Serves `listener` with `handle` until `shutdown` resolves, then stops
 /// accepting and gives open connections `settings.shutdown_grace` to finish.
+/// Each connection asks `tls` whether to do a TLS handshake, and with what.
 pub async fn serve<H, F>(
     listener: TcpListener,
     settings: ServerSettings,
     metrics: Arc<Metrics>,
+    tls: TlsSource,
     handle: H,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -111,6 +129,7 @@ pub async fn serve<H, F>(
             builder.clone(),
             stream,
             peer,
+            tls(),
             settings.clone(),
             metrics.clone(),
             handle.clone(),
@@ -173,16 +192,17 @@ fn accept_queued(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
     queued
 }
 
-/// Serves one connection until it ends, its watchdog expires it, or the
-/// server closes it.
+/// Serves one connection, after a TLS handshake with `tls` if given.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<H, F>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     settings: Arc<ServerSettings>,
     metrics: Arc<Metrics>,
     handle: H,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
 ) where
     H: Fn(Request<Incoming>, Client) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
@@ -192,7 +212,38 @@ async fn serve_connection<H, F>(
     let client = Client {
         peer,
         local: stream.local_addr().unwrap_or(peer),
+        secure: tls.is_some(),
     };
+    // The write deadline sits under TLS: it bounds the socket, whatever
+    // writes it (handshake, records, alerts).
+    let io = WriteDeadline::new(stream, settings.write_timeout);
+    match tls {
+        None => serve_http(builder, io, client, settings, metrics, handle, phase).await,
+        Some(config) => {
+            let Some(io) = tls::handshake(config, io, settings.header_read_timeout, peer, &metrics).await else {
+                return;
+            };
+            serve_http(builder, io, client, settings, metrics, handle, phase).await
+        }
+    }
+}
+
+/// Serves HTTP on one connection until it ends, its watchdog expires it,
+/// or the server closes it.
+async fn serve_http<I, H, F>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: I,
+    client: Client,
+    settings: Arc<ServerSettings>,
+    metrics: Arc<Metrics>,
+    handle: H,
+    mut phase: watch::Receiver<Phase>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Client) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let peer = client.peer;
     let activity = Arc::new(Activity::default());
     let limits = Limits {
         first_request: settings.header_read_timeout,
@@ -224,8 +275,7 @@ async fn serve_connection<H, F>(
             }
         })
     };
-    let io = TokioIo::new(WriteDeadline::new(stream, settings.write_timeout));
-    let connection = builder.serve_connection(io, service);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
 
     let expired = tokio::select! {

@@ -1,0 +1,42 @@
+//! TLS with rustls and its ring provider: the listeners' server side
+//! ([`server`]: certificates by SNI, client certificates, resumption) and
+//! the backend's client side ([`client`]). Certificates and keys are
+//! runtime settings: each snapshot builds its own configurations, so a
+//! reload, or a certificate renewed on disk, takes effect for the next
+//! handshake while open connections keep the session they have.
+
+pub mod client;
+mod pem;
+pub mod server;
+mod settings;
+
+use std::sync::{Arc, LazyLock};
+
+use rustls::crypto::CryptoProvider;
+
+pub use self::settings::{CertificateFiles, ClientAuth, NamedCertificate, TlsSettings, UpstreamTls};
+
+/// A file or setting that cannot be used, named by its config path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub field: String,
+    pub message: String,
+}
+
+impl LoadError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> LoadError {
+        LoadError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The one crypto provider, chosen explicitly rather than installed as the
+/// process default: ring, already in the tree, with rustls' safe defaults
+/// (TLS 1.2 and 1.3, forward-secret AEAD suites only).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+        LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+    PROVIDER.clone()
+}

@@ -1,0 +1,189 @@
+//! A listener's rustls configuration: the certificate for each SNI name,
+//! optional client-certificate verification, ALPN `h2` and `http/1.1`,
+//! and session resumption that survives a reload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::DnsName;
+
+use super::settings::{CertificateFiles, ClientAuth, TlsSettings};
+use super::{pem, provider, LoadError};
+
+/// Sessions a listener remembers for TLS 1.2 resumption.
+const SESSION_CACHE_SIZE: usize = 4096;
+
+/// Resumption state, made once per listener and lent to every
+/// configuration built after it: a reload must not make every client do a
+/// full handshake again.
+#[derive(Clone)]
+pub struct Resumption {
+    sessions: Arc<dyn StoresServerSessions>,
+    /// Stateless TLS 1.3 tickets, keys rotated by rustls every few hours.
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+impl std::fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resumption")
+    }
+}
+
+impl Resumption {
+    pub fn new() -> Result<Resumption, LoadError> {
+        let ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| LoadError::new("tls", format!("cannot make a session ticket key: {e}")))?;
+        Ok(Resumption {
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            ticketer,
+        })
+    }
+}
+
+/// A listener's TLS, put to use.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    resumption: Resumption,
+}
+
+impl ServerTls {
+    /// Reads every certificate, key and CA file `settings` names (under
+    /// config section `section`) and checks each key matches its
+    /// certificate. `previous`: the same listener's TLS before a reload,
+    /// whose resumption state carries over.
+    pub async fn load(
+        section: &str,
+        settings: &TlsSettings,
+        previous: Option<&ServerTls>,
+    ) -> Result<ServerTls, LoadError> {
+        let mut by_name = HashMap::new();
+        let mut default = match &settings.default {
+            Some(files) => Some(certified_key(section, files).await?),
+            None => None,
+        };
+        for (i, named) in settings.certificates.iter().enumerate() {
+            let field = format!("{section}.certificates[{i}]");
+            let key = certified_key(&field, &named.files).await?;
+            for name in &named.server_names {
+                if by_name.insert(name.to_ascii_lowercase(), key.clone()).is_some() {
+                    return Err(LoadError::new(
+                        format!("{field}.server_names"),
+                        format!("{name:?} is named by another certificate too"),
+                    ));
+                }
+            }
+            default.get_or_insert(key);
+        }
+        let Some(default) = default else {
+            return Err(LoadError::new(
+                format!("{section}.cert_file"),
+                "is required (or at least one [[tls.certificates]])",
+            ));
+        };
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| LoadError::new(section, e.to_string()))?;
+        let builder = match &settings.client_ca_file {
+            Some(path) => {
+                let field = format!("{section}.client_ca_file");
+                let roots = Arc::new(pem::roots(&field, path).await?);
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
+                let verifier = match settings.client_auth {
+                    ClientAuth::Required => verifier,
+                    ClientAuth::Optional => verifier.allow_unauthenticated(),
+                };
+                let verifier = verifier.build().map_err(|e| LoadError::new(field, e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(ByServerName { by_name, default }));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let resumption = match previous {
+            Some(previous) => previous.resumption.clone(),
+            None => Resumption::new()?,
+        };
+        config.session_storage = resumption.sessions.clone();
+        config.ticketer = resumption.ticketer.clone();
+        Ok(ServerTls {
+            config: Arc::new(config),
+            resumption,
+        })
+    }
+}
+
+async fn certified_key(section: &str, files: &CertificateFiles) -> Result<Arc<CertifiedKey>, LoadError> {
+    let cert_field = format!("{section}.cert_file");
+    let key_field = format!("{section}.key_file");
+    let chain = pem::certificates(&cert_field, &files.cert_file).await?;
+    let key = pem::private_key(&key_field, &files.key_file).await?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        LoadError::new(
+            key_field,
+            format!(
+                "{} cannot be used with {}: {e}",
+                files.key_file.display(),
+                files.cert_file.display()
+            ),
+        )
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// Whether `name` may be listed in `server_names`: a DNS name, or `*.`
+/// and one.
+pub fn is_valid_server_name(name: &str) -> bool {
+    let bare = name.strip_prefix("*.").unwrap_or(name);
+    !bare.contains('*') && DnsName::try_from(bare).is_ok()
+}
+
+/// Picks the certificate for a client's SNI: an exact name, then a
+/// wildcard for its parent, then the default (which also answers clients
+/// that send no SNI, such as those connecting by IP address).
+#[derive(Debug)]
+struct ByServerName {
+    /// Lower-case names, wildcards as written (`*.example.com`).
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for ByServerName {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        let wildcard = || {
+            let (_, parent) = name.split_once('.')?;
+            self.by_name.get(&format!("*.{parent}"))
+        };
+        let chosen = self.by_name.get(&name).or_else(wildcard).unwrap_or(&self.default);
+        Some(chosen.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_are_dns_names_or_one_label_wildcards() {
+        for ok in ["api.example.com", "*.example.com", "localhost"] {
+            assert!(is_valid_server_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "*",
+            "a.*.example.com",
+            "*.*.example.com",
+            "exa mple.com",
+            "api.example.com/",
+        ] {
+            assert!(!is_valid_server_name(bad), "{bad}");
+        }
+    }
+}
