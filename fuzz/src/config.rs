@@ -36,8 +36,8 @@ pub fn config(data: &[u8]) {
         return;
     };
     let paths: Vec<Option<String>> = raw.routes.iter().map(|r| r.path.clone()).collect();
-    confine(&mut raw.jwt.public_key_file);
-    confine(&mut raw.jwt.jwks_file);
+    confine_keys(&mut raw.jwt);
+    raw.jwt.issuers.iter_mut().for_each(confine_keys);
     let overrides = Overrides {
         jwt_secret: Some("fuzz-secret-of-at-least-32-bytes-for-hs256".into()),
         ..Overrides::default()
@@ -52,6 +52,14 @@ pub fn config(data: &[u8]) {
         }
         Ok(config) => check(&config, &paths),
     }
+}
+
+fn confine_keys(jwt: &mut proxy::config::RawJwt) {
+    confine(&mut jwt.public_key_file);
+    confine(&mut jwt.jwks_file);
+    // No network while fuzzing: a JWKS URL's fetching is tested against a
+    // real server in tests/proxy_jwks.rs.
+    jwt.jwks_url = None;
 }
 
 fn confine(path: &mut Option<PathBuf>) {
@@ -69,13 +77,13 @@ fn check(config: &Config, paths: &[Option<String>]) {
     assert!(boot.server.max_connections > 0);
     assert!(!boot.store.operation_timeout.is_zero());
     assert!(boot.store.breaker_failures > 0);
-    if let Some(jwt) = &config.runtime.jwt {
+    for jwt in &config.runtime.jwt {
         // Key files are read when the settings are put to use: a bad one
         // is named by its field, never a panic.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime");
-        if let Err(e) = runtime.block_on(proxy::auth::JwtVerifier::load(jwt)) {
+        if let Err(e) = runtime.block_on(proxy::auth::JwtVerifier::load(jwt, None)) {
             assert!(e.field.starts_with("jwt.") || e.field == "JWT_SECRET_KEY", "{e:?}");
         }
     }
@@ -87,7 +95,7 @@ fn check(config: &Config, paths: &[Option<String>]) {
         assert!(!rule.methods.is_empty());
         if !rule.access.is_public() {
             assert!(
-                config.runtime.jwt.is_some(),
+                !config.runtime.jwt.is_empty(),
                 "a route needs tokens but nothing verifies them"
             );
         }

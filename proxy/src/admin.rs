@@ -28,7 +28,7 @@ where
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/purge") => purge::purge(&proxy, request).await,
         (&Method::POST, "/reload") => reload(&proxy, request.headers()).await,
-        (&Method::GET, "/config") => active_config(&proxy, request.headers()),
+        (&Method::GET, "/config") => active_config(&proxy, request.headers()).await,
         (&Method::GET, "/healthz") => body::json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readiness(&proxy).await,
         (&Method::GET, "/metrics") => {
@@ -46,8 +46,10 @@ where
     }
 }
 
-/// Ready when the upstream accepts a connection and the cache store
-/// answers; 503 naming what is not.
+/// Ready when the upstream accepts a connection, the cache store
+/// answers and every JWKS URL's keys can be used; 503 naming what is not.
+/// Keys that cannot be used make authenticated routes answer 503 too,
+/// while public routes keep working.
 async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
     let upstream = &proxy.boot.upstream;
     let authority = upstream
@@ -60,7 +62,15 @@ async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
         Ok(Ok(_))
     );
     let store_ok = proxy.store.ping().await.is_ok();
-    let status = if upstream_ok && store_ok {
+    let keys_unavailable = proxy
+        .runtime
+        .load()
+        .jwt
+        .as_ref()
+        .map(|issuers| issuers.keys_unavailable())
+        .unwrap_or_default();
+    let keys_ok = keys_unavailable.is_empty();
+    let status = if upstream_ok && store_ok && keys_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -71,6 +81,8 @@ async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
         &json!({
             "upstream": word(upstream_ok),
             "cache": word(store_ok),
+            "keys": word(keys_ok),
+            "keys_unavailable": keys_unavailable,
             "cache_store": proxy.store.kind(),
             "cache_namespace": proxy.boot.store.namespace,
             "warnings": proxy.store.warnings().await,
@@ -81,7 +93,7 @@ async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
 /// `POST /reload`: the config file read anew and swapped in whole, or the
 /// running rules kept and every problem named (400).
 async fn reload(proxy: &Proxy, headers: &HeaderMap) -> Response<ProxyBody> {
-    if let Err(refused) = operator::authorise(&proxy.runtime.load(), headers) {
+    if let Err(refused) = operator::authorise(&proxy.runtime.load_full(), headers).await {
         return refused.into_response("reloading");
     }
     match proxy.runtime.reload().await {
@@ -101,9 +113,9 @@ async fn reload(proxy: &Proxy, headers: &HeaderMap) -> Response<ProxyBody> {
 
 /// `GET /config`: the runtime settings in use (secrets redacted), their
 /// version and the cache namespace.
-fn active_config(proxy: &Proxy, headers: &HeaderMap) -> Response<ProxyBody> {
-    let snap = proxy.runtime.load();
-    if let Err(refused) = operator::authorise(&snap, headers) {
+async fn active_config(proxy: &Proxy, headers: &HeaderMap) -> Response<ProxyBody> {
+    let snap = proxy.runtime.load_full();
+    if let Err(refused) = operator::authorise(&snap, headers).await {
         return refused.into_response("reading the config");
     }
     let mut described = snap.describe();

@@ -60,6 +60,7 @@ impl ProxyError {
             ProxyError::Route(RouteError::NoRule) => StatusCode::NOT_FOUND,
             ProxyError::Route(RouteError::MethodNotAllowed(_)) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Auth(AuthError::MultipleAuthorization) => StatusCode::BAD_REQUEST,
+            ProxyError::Auth(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Auth(_) | ProxyError::Authz(AuthzError::Unauthenticated) => StatusCode::UNAUTHORIZED,
             ProxyError::Authz(AuthzError::Forbidden) => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -80,7 +81,8 @@ impl ProxyError {
             ProxyError::Route(RouteError::MethodNotAllowed(_)) => "method not allowed",
             ProxyError::Auth(AuthError::MultipleAuthorization) => "more than one Authorization header",
             ProxyError::Auth(AuthError::MalformedHeader) => "malformed Authorization header",
-            ProxyError::Auth(AuthError::InvalidToken(_)) => "invalid token",
+            ProxyError::Auth(AuthError::InvalidToken(_) | AuthError::UnknownKid) => "invalid token",
+            ProxyError::Auth(AuthError::KeysUnavailable) => "keys unavailable",
             ProxyError::Authz(AuthzError::Unauthenticated) => "missing bearer token",
             ProxyError::Authz(AuthzError::Forbidden) => "insufficient role",
             ProxyError::BodyTooLarge => "request body too large",
@@ -101,13 +103,13 @@ impl ProxyError {
             ProxyError::Authz(AuthzError::Unauthenticated) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ProxyError::Auth(AuthError::MalformedHeader | AuthError::InvalidToken(_)) => {
+            ProxyError::Auth(AuthError::MalformedHeader | AuthError::InvalidToken(_) | AuthError::UnknownKid) => {
                 headers.insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
-            ProxyError::Upstream(UpstreamError::Busy) => {
+            ProxyError::Upstream(UpstreamError::Busy) | ProxyError::Auth(AuthError::KeysUnavailable) => {
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

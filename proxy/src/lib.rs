@@ -28,7 +28,8 @@
 //! - [`invalidate`]: which write outcomes invalidate.
 //! - [`admin`]: health, readiness, metrics, reload and config listener;
 //!   [`purge`]: `POST /purge`; [`operator`]: who may use them.
-//! - [`metrics`], [`error`], [`body`], [`secret`]: support.
+//! - [`tls`]: certificates and rustls configurations, both sides.
+//! - [`metrics`], [`error`], [`error_chain`], [`body`], [`secret`]: support.
 
 pub mod admin;
 pub mod auth;
@@ -40,6 +41,7 @@ pub mod concurrency;
 pub mod conditional;
 pub mod config;
 pub mod error;
+pub mod error_chain;
 pub mod handler;
 pub mod invalidate;
 pub mod metrics;

@@ -50,7 +50,7 @@ impl Refusal {
 }
 
 /// `Ok` when the bearer may use the operator's endpoints under `snap`.
-pub fn authorise(snap: &Snapshot, headers: &HeaderMap) -> Result<(), Refusal> {
+pub async fn authorise(snap: &Snapshot, headers: &HeaderMap) -> Result<(), Refusal> {
     let token = match auth::bearer(headers) {
         Ok(Some(token)) => token,
         Err(AuthError::MultipleAuthorization) => return Err(Refusal::Ambiguous),
@@ -61,10 +61,13 @@ pub fn authorise(snap: &Snapshot, headers: &HeaderMap) -> Result<(), Refusal> {
             return Ok(());
         }
     }
-    match snap.jwt.as_ref().map(|verifier| verifier.verify(token)) {
-        Some(Ok(claims)) if claims.roles.iter().any(|r| r == ADMIN_ROLE) => Ok(()),
-        Some(Ok(_)) => Err(Refusal::Forbidden),
-        _ => Err(Refusal::Unauthorised),
+    let Some(issuers) = &snap.jwt else {
+        return Err(Refusal::Unauthorised);
+    };
+    match issuers.verify(token).await {
+        Ok(claims) if claims.roles.iter().any(|r| r == ADMIN_ROLE) => Ok(()),
+        Ok(_) => Err(Refusal::Forbidden),
+        Err(_) => Err(Refusal::Unauthorised),
     }
 }
 

@@ -27,7 +27,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if let Err(refused) = operator::authorise(&proxy.runtime.load(), request.headers()) {
+    if let Err(refused) = operator::authorise(&proxy.runtime.load_full(), request.headers()).await {
         return refused.into_response("purging");
     }
     let bytes = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use crate::auth::{JwtSettings, JwtVerifier, KeySetting};
+use crate::auth::{Issuers, JwtSettings, KeySetting};
 use crate::cache::settings::CacheLimits;
 use crate::concurrency::RuleSlots;
 use crate::metrics::Metrics;
@@ -28,8 +28,9 @@ use crate::upstream::IdentitySettings;
 #[derive(Debug)]
 pub struct RuntimeSettings {
     pub routes: RuleSet,
-    /// `None` when every route is public.
-    pub jwt: Option<JwtSettings>,
+    /// The `[jwt]` table, or each of `[[jwt.issuers]]`; empty when every
+    /// route is public.
+    pub jwt: Vec<JwtSettings>,
     pub identity: IdentitySettings,
     pub cache: CacheLimits,
     /// How long the backend may take to send response headers, and then
@@ -52,9 +53,12 @@ impl RuntimeSettings {
             }
             files.extend(tls.client_ca_file.clone());
         }
-        match self.jwt.as_ref().map(|jwt| &jwt.keys) {
-            Some(KeySetting::PemFile(path) | KeySetting::JwksFile(path)) => files.push(path.clone()),
-            Some(KeySetting::Secret(_)) | None => {}
+        for jwt in &self.jwt {
+            match &jwt.keys {
+                KeySetting::PemFile(path) | KeySetting::JwksFile(path) => files.push(path.clone()),
+                KeySetting::JwksUrl(remote) => files.extend(remote.ca_file.clone()),
+                KeySetting::Secret(_) => {}
+            }
         }
         files
     }
@@ -81,7 +85,8 @@ pub struct Snapshot {
     /// version on every instance.
     pub version: Arc<str>,
     pub settings: RuntimeSettings,
-    pub jwt: Option<Arc<JwtVerifier>>,
+    /// `None` when every route is public.
+    pub jwt: Option<Arc<Issuers>>,
     pub rule_slots: RuleSlots,
     pub tls: ServingTls,
 }
@@ -101,12 +106,16 @@ impl Snapshot {
         version: Arc<str>,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, Problem> {
-        let jwt = match &settings.jwt {
-            Some(jwt) => Some(Arc::new(JwtVerifier::load(jwt).await.map_err(|e| Problem {
-                field: e.field.to_owned(),
-                message: e.message,
-            })?)),
-            None => None,
+        let jwt = match settings.jwt.as_slice() {
+            [] => None,
+            issuers => {
+                let previous = previous.and_then(|p| p.jwt.as_deref());
+                let loaded = Issuers::load(issuers, previous).await.map_err(|e| Problem {
+                    field: e.field.to_owned(),
+                    message: e.message,
+                })?;
+                Some(Arc::new(loaded))
+            }
         };
         let rule_slots = RuleSlots::new(settings.routes.iter(), previous.map(|p| &p.rule_slots));
         let previous_tls = previous.map(|p| &p.tls);
@@ -164,19 +173,21 @@ impl Snapshot {
         json!({
             "version": &*self.version,
             "routes": routes,
-            "jwt": s.jwt.as_ref().map(|j| json!({
-                "algorithm": format!("{:?}", j.algorithm),
+            "jwt": s.jwt.iter().map(|j| json!({
+                "algorithms": j.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
                 "keys": match &j.keys {
                     KeySetting::Secret(_) => "JWT_SECRET_KEY (redacted)".to_owned(),
                     KeySetting::PemFile(path) => format!("public_key_file {}", path.display()),
                     KeySetting::JwksFile(path) => format!("jwks_file {}", path.display()),
+                    KeySetting::JwksUrl(remote) if remote.discovery => format!("discovery {}", remote.url),
+                    KeySetting::JwksUrl(remote) => format!("jwks_url {}", remote.url),
                 },
                 "issuer": j.issuer,
                 "audience": j.audience,
                 "leeway_secs": j.leeway.as_secs(),
                 "role_claim": j.role_claim,
                 "previous_secret": j.previous_secret.as_ref().map(|_| "JWT_SECRET_KEY_PREVIOUS (redacted)"),
-            })),
+            })).collect::<Vec<_>>(),
             "identity": {
                 "subject_header": s.identity.subject_header.as_str(),
                 "role_header": s.identity.role_header.as_str(),
@@ -264,6 +275,12 @@ impl Runtime {
     /// when a thread holds many guards at once.
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.current.load()
+    }
+
+    /// The snapshot of the moment as an owned reference, for work that
+    /// awaits while holding it (a guard must not be held across an await).
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
     /// Reads the settings anew and swaps them in, or leaves the running

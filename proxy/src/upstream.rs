@@ -25,6 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::auth::Claims;
+use crate::error_chain::error_chain;
 use crate::tls::UpstreamTls;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -349,16 +350,6 @@ fn source_chain<'a>(
     std::iter::successors(err.source(), |e| e.source())
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
-}
 
 // === Request shaping ===
 

@@ -77,6 +77,10 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// Tolerated clock skew between token issuer and proxy.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_ROLE_CLAIM: &str = "role";
+pub const DEFAULT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(60);
+pub const DEFAULT_JWKS_MAX_REFRESH: Duration = Duration::from_secs(3600);
+pub const DEFAULT_JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_JWKS_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_SUBJECT_HEADER: &str = "x-auth-subject";
 pub const DEFAULT_ROLE_HEADER: &str = "x-auth-role";
 /// Response statuses stored when a rule does not list its own.

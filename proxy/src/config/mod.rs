@@ -20,6 +20,7 @@ mod boot;
 mod defaults;
 mod errors;
 mod fields;
+mod jwt;
 mod file;
 mod overrides;
 mod raw;
@@ -170,7 +171,7 @@ impl Config {
         raw_jwt.issuer = overrides.jwt_issuer.or(raw_jwt.issuer);
         raw_jwt.audience = overrides.jwt_audience.or(raw_jwt.audience);
         let secrets = (overrides.jwt_secret, overrides.jwt_secret_previous);
-        let jwt = sections::jwt_settings(&mut p, &raw_jwt, secrets, base_dir, needs_jwt);
+        let jwt = jwt::jwt_settings(&mut p, &raw_jwt, secrets, base_dir, needs_jwt);
         let tls = ListenerTls {
             clients: tls::listener_tls(&mut p, "tls", raw.tls, base_dir),
             admin: tls::listener_tls(&mut p, "admin_tls", raw.admin_tls, base_dir),

@@ -121,13 +121,28 @@ pub struct RawCache {
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
     pub algorithm: Option<String>,
+    pub algorithms: Option<Vec<String>>,
     pub public_key_file: Option<PathBuf>,
     pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub discovery: Option<bool>,
+    pub jwks_ca_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_min_refresh: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_max_refresh: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_refetch_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_max_stale: Option<Duration>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub leeway: Option<Duration>,
     pub role_claim: Option<String>,
+    /// Several issuers, each a table of the fields above.
+    #[serde(default)]
+    pub issuers: Vec<RawJwt>,
 }
 
 #[derive(Debug, Default, Deserialize)]

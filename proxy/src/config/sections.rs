@@ -1,15 +1,14 @@
 //! The sections besides routes: upstream, cache store and limits, JWT.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use http::Uri;
 
 use super::defaults::*;
 use super::errors::Problems;
 use super::fields::{at_least_one_u32, header_name, positive};
-use super::raw::{RawCache, RawJwt, RawUpstream};
+use super::raw::{RawCache, RawUpstream};
 use super::tls::certificate_files;
-use crate::auth::{JwtSettings, KeySetting};
 use crate::cache::settings::{Backend, CacheLimits, StoreSettings};
 use crate::secret::Secret;
 use crate::tls::UpstreamTls;
@@ -213,93 +212,4 @@ pub(super) fn cache_limits(p: &mut Problems, raw: &RawCache) -> CacheLimits {
             )),
         },
     }
-}
-
-/// How tokens are verified. Key files are named here and read when the
-/// settings are put to use (`JwtVerifier::load`), so parsing does no I/O.
-pub(super) fn jwt_settings(
-    p: &mut Problems,
-    raw: &RawJwt,
-    (secret, previous_secret): (Option<String>, Option<String>),
-    base_dir: &Path,
-    needed: bool,
-) -> Option<JwtSettings> {
-    let algorithm = raw.algorithm.as_deref().unwrap_or("HS256");
-    let Ok(algorithm) = algorithm.parse::<jsonwebtoken::Algorithm>() else {
-        p.add(
-            "jwt.algorithm",
-            format!("{algorithm:?} is not one of HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA"),
-        );
-        return None;
-    };
-    let resolve = |path: &PathBuf| base_dir.join(path);
-    let keys = match (&raw.public_key_file, &raw.jwks_file) {
-        (Some(_), Some(_)) => {
-            p.add(
-                "jwt.jwks_file",
-                "set either jwt.public_key_file or jwt.jwks_file, not both",
-            );
-            return None;
-        }
-        (Some(path), None) => KeySetting::PemFile(resolve(path)),
-        (None, Some(path)) => KeySetting::JwksFile(resolve(path)),
-        (None, None) if is_hmac(algorithm) => {
-            match secret {
-                Some(secret) => {
-                    if let Err(e) = crate::auth::check_secret(algorithm, secret.len()) {
-                        p.add(e.field, e.message);
-                        return None;
-                    }
-                    KeySetting::Secret(Secret(secret))
-                }
-                None if needed => {
-                    p.add(
-                    "JWT_SECRET_KEY",
-                    format!("must be set in the environment: jwt.algorithm is {algorithm:?} and some routes need a token"),
-                );
-                    return None;
-                }
-                None => return None,
-            }
-        }
-        (None, None) if needed => {
-            p.add(
-                "jwt.public_key_file",
-                format!("is required for {algorithm:?} (or set jwt.jwks_file)"),
-            );
-            return None;
-        }
-        (None, None) => return None,
-    };
-    let previous_secret = match (previous_secret, &keys) {
-        (None, _) => None,
-        (Some(previous), KeySetting::Secret(_)) => {
-            if let Err(e) = crate::auth::check_secret(algorithm, previous.len()) {
-                p.add("JWT_SECRET_KEY_PREVIOUS", e.message);
-                return None;
-            }
-            Some(Secret(previous))
-        }
-        (Some(_), _) => {
-            p.add(
-                "JWT_SECRET_KEY_PREVIOUS",
-                "only an HMAC secret (JWT_SECRET_KEY) can have a previous one",
-            );
-            return None;
-        }
-    };
-    Some(JwtSettings {
-        algorithm,
-        keys,
-        previous_secret,
-        issuer: raw.issuer.clone(),
-        audience: raw.audience.clone(),
-        leeway: raw.leeway.unwrap_or(DEFAULT_LEEWAY),
-        role_claim: raw.role_claim.clone().unwrap_or_else(|| DEFAULT_ROLE_CLAIM.to_owned()),
-    })
-}
-
-fn is_hmac(alg: jsonwebtoken::Algorithm) -> bool {
-    use jsonwebtoken::Algorithm::*;
-    matches!(alg, HS256 | HS384 | HS512)
 }

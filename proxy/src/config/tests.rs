@@ -45,7 +45,7 @@ fn a_minimal_config_gets_every_default() {
     .unwrap();
     let ttl = cached.runtime.routes.by_name("r").unwrap().cache.as_ref().unwrap().ttl;
     assert_eq!(ttl, DEFAULT_CACHE_TTL);
-    assert!(cfg.runtime.jwt.is_none(), "no route needs a token");
+    assert!(cfg.runtime.jwt.is_empty(), "no route needs a token");
 }
 
 #[test]
@@ -308,7 +308,7 @@ fn the_shipped_config_is_valid() {
         ..Overrides::default()
     };
     let cfg = Config::load(text, overrides, Path::new("..")).unwrap();
-    assert!(cfg.runtime.jwt.is_some());
+    assert_eq!(cfg.runtime.jwt.len(), 1);
     assert!(cfg.runtime.routes.by_name("users-list").is_some());
 }
 
@@ -344,6 +344,8 @@ fn the_readme_and_the_shipped_config_document_every_field() {
         ("tls.", "[tls]\nzzz = 1"),
         ("tls.certificates[].", "[[tls.certificates]]\nzzz = 1"),
         ("admin_tls.", "[admin_tls]\nzzz = 1"),
+        // Each issuer takes the fields of [jwt]: documented once, there.
+        ("jwt.", "[[jwt.issuers]]\nzzz = 1"),
     ];
     let tables = [
         "server",
@@ -420,7 +422,7 @@ fn a_previous_secret_must_be_as_long_as_the_current_one_and_only_for_hmac() {
         Config::load(&text, overrides, Path::new("."))
     };
     let ok = with("previous-secret-of-at-least-32-bytes", None).unwrap();
-    assert!(ok.runtime.jwt.unwrap().previous_secret.is_some());
+    assert!(ok.runtime.jwt[0].previous_secret.is_some());
     let short = with("too-short", None).unwrap_err();
     assert!(!short.to_string().contains("too-short"), "{short}");
     assert_eq!(fields(short), ["JWT_SECRET_KEY_PREVIOUS"]);

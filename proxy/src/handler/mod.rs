@@ -136,7 +136,7 @@ impl Proxy {
         // A token on a public rule is ignored, not verified: public routes
         // must keep working for clients holding an expired token.
         let claims = match (&snap.jwt, rule.access.is_public()) {
-            (Some(verifier), false) => auth::authenticate(&parts.headers, verifier)?,
+            (Some(issuers), false) => issuers.authenticate(&parts.headers).await?,
             _ => None,
         };
         rbac::authorize(&rule.access, claims.as_deref())?;
