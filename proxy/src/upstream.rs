@@ -350,7 +350,6 @@ fn source_chain<'a>(
     std::iter::successors(err.source(), |e| e.source())
 }
 
-
 // === Request shaping ===
 
 /// Which client headers may reach the backend.

@@ -44,15 +44,38 @@ impl ScriptedUpstream {
         ScriptedUpstream::serve(Some(tokio_rustls::TlsAcceptor::from(tls)), script).await
     }
 
+    /// Serves every request with `script` over TLS on `addr` (a port an
+    /// earlier server held: a backend that comes back).
+    pub async fn start_tls_at<F, Fut>(addr: SocketAddr, tls: Arc<rustls::ServerConfig>, script: F) -> ScriptedUpstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind upstream again");
+        ScriptedUpstream::serve_on(listener, Some(tokio_rustls::TlsAcceptor::from(tls)), script)
+    }
+
     async fn serve<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, script: F) -> ScriptedUpstream
     where
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Reply> + Send + 'static,
     {
-        let script: Arc<Script> = Arc::new(move |req| Box::pin(script(req)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
+        ScriptedUpstream::serve_on(listener, tls, script)
+    }
+
+    fn serve_on<F, Fut>(
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        script: F,
+    ) -> ScriptedUpstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let script: Arc<Script> = Arc::new(move |req| Box::pin(script(req)));
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();

@@ -56,7 +56,10 @@ impl Issuers {
 
     /// Why some issuer's keys cannot be used now, one line each.
     pub fn keys_unavailable(&self) -> Vec<String> {
-        self.verifiers.iter().filter_map(JwtVerifier::keys_unavailable).collect()
+        self.verifiers
+            .iter()
+            .filter_map(JwtVerifier::keys_unavailable)
+            .collect()
     }
 }
 

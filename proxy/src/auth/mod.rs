@@ -124,4 +124,3 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
         _ => Err(AuthError::MalformedHeader),
     }
 }
-

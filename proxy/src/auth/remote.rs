@@ -82,13 +82,12 @@ impl RemoteKeys {
     /// that cannot be fetched yet leaves the set empty, tokens answered
     /// "keys unavailable", and the fetch retried.
     pub async fn start(settings: RemoteSettings, algorithms: Vec<Algorithm>) -> Result<Arc<RemoteKeys>, KeyError> {
-        let mut tls = crate::tls::client::client_config("jwt.jwks", settings.ca_file.as_deref(), None)
+        let tls = crate::tls::client::client_config("jwt.jwks", settings.ca_file.as_deref(), None)
             .await
             .map_err(|e| KeyError {
                 field: "jwt.jwks_ca_file",
                 message: e.message,
             })?;
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(FETCH_TIMEOUT));

@@ -87,10 +87,7 @@ fn issuer_settings(
         raw.jwks_url.is_some(),
     ];
     if sources.iter().filter(|set| **set).count() > 1 {
-        p.add(
-            field("jwks_url"),
-            "set one of public_key_file, jwks_file and jwks_url",
-        );
+        p.add(field("jwks_url"), "set one of public_key_file, jwks_file and jwks_url");
         return None;
     }
     let keys = if let Some(path) = &raw.public_key_file {
@@ -144,10 +141,7 @@ fn issuer_settings(
     } else if needed {
         p.add(
             field("public_key_file"),
-            format!(
-                "is required for {:?} (or set jwks_file or jwks_url)",
-                algorithms[0]
-            ),
+            format!("is required for {:?} (or set jwks_file or jwks_url)", algorithms[0]),
         );
         return None;
     } else {
@@ -189,10 +183,7 @@ fn issuer_settings(
 fn algorithms(p: &mut Problems, prefix: &str, raw: &RawJwt) -> Option<Vec<Algorithm>> {
     let (field, names) = match (&raw.algorithm, &raw.algorithms) {
         (Some(_), Some(_)) => {
-            p.add(
-                format!("{prefix}.algorithms"),
-                "set algorithm or algorithms, not both",
-            );
+            p.add(format!("{prefix}.algorithms"), "set algorithm or algorithms, not both");
             return None;
         }
         (Some(one), None) => ("algorithm", vec![one.clone()]),
