@@ -57,6 +57,9 @@ impl RuntimeSettings {
             match &jwt.keys {
                 KeySetting::PemFile(path) | KeySetting::JwksFile(path) => files.push(path.clone()),
                 KeySetting::JwksUrl(remote) => files.extend(remote.ca_file.clone()),
+                KeySetting::SecretFile { file, previous } => {
+                    files.extend(std::iter::once(file).chain(previous).cloned())
+                }
                 KeySetting::Secret(_) => {}
             }
         }
@@ -177,6 +180,7 @@ impl Snapshot {
                 "algorithms": j.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
                 "keys": match &j.keys {
                     KeySetting::Secret(_) => "JWT_SECRET_KEY (redacted)".to_owned(),
+                    KeySetting::SecretFile { file, .. } => format!("secret_file {} (redacted)", file.display()),
                     KeySetting::PemFile(path) => format!("public_key_file {}", path.display()),
                     KeySetting::JwksFile(path) => format!("jwks_file {}", path.display()),
                     KeySetting::JwksUrl(remote) if remote.discovery => format!("discovery {}", remote.url),

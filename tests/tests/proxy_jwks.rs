@@ -502,3 +502,49 @@ async fn discovery_finds_the_key_set_from_the_issuer() {
     assert_eq!(get(&proxy, "/me", Some(&ec.token("u", "idp", json!({})))).await.0, 200);
     assert_eq!(idp.fetches(), 2, "the configuration, then the key set");
 }
+
+#[tokio::test]
+async fn an_hmac_issuer_reads_its_secrets_from_files_and_verifies_the_previous_one_too() {
+    let ec = SigningKey::ec("ec-1");
+    let idp = JwksServer::start(&[&ec]).await;
+    let upstream = identity_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (current, previous) = (
+        b"current-issuer-secret-of-32-bytes-at-least",
+        b"previous-issuer-secret-of-32-bytes-at-least",
+    );
+    std::fs::write(dir.path().join("secret"), [&current[..], b"\n"].concat()).unwrap();
+    std::fs::write(dir.path().join("previous"), previous).unwrap();
+    idp.ca.write(dir.path(), "idp-ca");
+    let toml = format!(
+        r#"
+[[jwt.issuers]]
+issuer = "service"
+algorithm = "HS256"
+secret_file = "secret"
+previous_secret_file = "previous"
+
+[[jwt.issuers]]
+issuer = "idp"
+algorithms = ["ES256"]
+jwks_url = "{}"
+jwks_ca_file = "idp-ca.pem"
+{ROUTES}"#,
+        idp.url()
+    );
+    let proxy = spawn_reloadable_proxy(proxy_config_file(dir.path(), &toml, upstream.addr, None, None)).await;
+    let hmac = |secret: &[u8], iss: &str| {
+        SigningKey {
+            kid: "k".into(),
+            algorithm: Algorithm::HS256,
+            encoding: EncodingKey::from_secret(secret),
+            jwk: Value::Null,
+        }
+        .token("svc", iss, json!({}))
+    };
+    assert_eq!(get(&proxy, "/me", Some(&hmac(current, "service"))).await.0, 200);
+    assert_eq!(get(&proxy, "/me", Some(&hmac(previous, "service"))).await.0, 200);
+    assert_eq!(get(&proxy, "/me", Some(&ec.token("u", "idp", json!({})))).await.0, 200);
+    // The service's secret verifies nothing claimed by the IdP.
+    assert_eq!(get(&proxy, "/me", Some(&hmac(current, "idp"))).await.0, 401);
+}

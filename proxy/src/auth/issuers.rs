@@ -23,9 +23,19 @@ impl Issuers {
     /// fetched key set to its successor after a reload.
     pub async fn load(settings: &[JwtSettings], previous: Option<&Issuers>) -> Result<Issuers, KeyError> {
         let mut verifiers = Vec::with_capacity(settings.len());
-        for issuer in settings {
+        for (i, issuer) in settings.iter().enumerate() {
             let before = previous.and_then(|p| p.verifiers.iter().find(|v| v.issuer() == issuer.issuer.as_deref()));
-            verifiers.push(JwtVerifier::load(issuer, before).await?);
+            let verifier = JwtVerifier::load(issuer, before)
+                .await
+                .map_err(|e| match settings.len() {
+                    // Name the issuer's own field, not `[jwt]`'s.
+                    1 => e,
+                    _ => KeyError {
+                        field: e.field.replacen("jwt.", &format!("jwt.issuers[{i}]."), 1),
+                        ..e
+                    },
+                })?;
+            verifiers.push(verifier);
         }
         Ok(Issuers { verifiers })
     }

@@ -24,7 +24,7 @@ pub enum KeySource {
 /// A key-loading problem, naming the config field at fault.
 #[derive(Debug)]
 pub struct KeyError {
-    pub field: &'static str,
+    pub field: String,
     pub message: String,
 }
 
@@ -159,7 +159,7 @@ pub fn check_secret(algorithm: Algorithm, len: usize) -> Result<(), KeyError> {
     };
     if len < min {
         return Err(KeyError {
-            field: "JWT_SECRET_KEY",
+            field: "JWT_SECRET_KEY".into(),
             message: format!(
                 "is {len} bytes; {algorithm:?} needs at least {min} (RFC 7518 §3.2), \
                  or tokens can be forged by guessing the secret offline"

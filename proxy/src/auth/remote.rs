@@ -85,7 +85,7 @@ impl RemoteKeys {
         let tls = crate::tls::client::client_config("jwt.jwks", settings.ca_file.as_deref(), None)
             .await
             .map_err(|e| KeyError {
-                field: "jwt.jwks_ca_file",
+                field: "jwt.jwks_ca_file".into(),
                 message: e.message,
             })?;
         let mut http = HttpConnector::new();

@@ -30,6 +30,10 @@ pub struct JwtSettings {
 pub enum KeySetting {
     /// HMAC secret, from `JWT_SECRET_KEY`.
     Secret(Secret),
+    /// HMAC secret read from a file (`secret_file`, as container
+    /// orchestrators mount secrets), and the previous one while rotating
+    /// (`previous_secret_file`): how issuers other than `[jwt]` get one.
+    SecretFile { file: PathBuf, previous: Option<PathBuf> },
     /// `jwt.public_key_file`, resolved against the config file's folder.
     PemFile(PathBuf),
     /// `jwt.jwks_file`, likewise.

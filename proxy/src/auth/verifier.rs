@@ -90,7 +90,7 @@ impl JwtVerifier {
                 match &settings.previous_secret {
                     Some(previous) => {
                         check_secret(algorithms[0], previous.0.len()).map_err(|e| KeyError {
-                            field: "JWT_SECRET_KEY_PREVIOUS",
+                            field: "JWT_SECRET_KEY_PREVIOUS".into(),
                             ..e
                         })?;
                         Keys::Rotating {
@@ -101,17 +101,27 @@ impl JwtVerifier {
                     None => Keys::Single(current),
                 }
             }
+            KeySetting::SecretFile { file, previous } => {
+                let current = secret_file("jwt.secret_file", file, algorithms).await?;
+                match previous {
+                    Some(previous) => Keys::Rotating {
+                        current,
+                        previous: secret_file("jwt.previous_secret_file", previous, algorithms).await?,
+                    },
+                    None => Keys::Single(current),
+                }
+            }
             KeySetting::PemFile(path) => {
                 let pem = read("jwt.public_key_file", path).await?;
                 Keys::Single(pem_key(algorithms, &pem).map_err(|message| KeyError {
-                    field: "jwt.public_key_file",
+                    field: "jwt.public_key_file".into(),
                     message,
                 })?)
             }
             KeySetting::JwksFile(path) => {
                 let json = read("jwt.jwks_file", path).await?;
                 Keys::ByKid(jwks_keys(algorithms, &json).map_err(|message| KeyError {
-                    field: "jwt.jwks_file",
+                    field: "jwt.jwks_file".into(),
                     message,
                 })?)
             }
@@ -146,11 +156,11 @@ impl JwtVerifier {
                 Keys::Single(secret_key(&algorithms, &secret))
             }
             KeySource::Pem(pem) => Keys::Single(pem_key(&algorithms, &pem).map_err(|message| KeyError {
-                field: "jwt.public_key_file",
+                field: "jwt.public_key_file".into(),
                 message,
             })?),
             KeySource::Jwks(json) => Keys::ByKid(jwks_keys(&algorithms, &json).map_err(|message| KeyError {
-                field: "jwt.jwks_file",
+                field: "jwt.jwks_file".into(),
                 message,
             })?),
         };
@@ -172,13 +182,16 @@ impl JwtVerifier {
         let field = "JWT_SECRET_KEY_PREVIOUS";
         self.keys = match self.keys {
             Keys::Single(current) if current.decoding.family() == jsonwebtoken::AlgorithmFamily::Hmac => {
-                check_secret(current.algorithms[0], previous.len()).map_err(|e| KeyError { field, ..e })?;
+                check_secret(current.algorithms[0], previous.len()).map_err(|e| KeyError {
+                    field: field.into(),
+                    ..e
+                })?;
                 let previous = secret_key(&current.algorithms, previous);
                 Keys::Rotating { current, previous }
             }
             _ => {
                 return Err(KeyError {
-                    field,
+                    field: field.into(),
                     message: "only an HMAC secret (JWT_SECRET_KEY) can have a previous one".into(),
                 })
             }
@@ -366,9 +379,22 @@ impl JwtVerifier {
     }
 }
 
-async fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, KeyError> {
+/// An HMAC secret from a file, without the line end editors and
+/// `echo` leave.
+async fn secret_file(field: &str, path: &Path, algorithms: &[Algorithm]) -> Result<Key, KeyError> {
+    let bytes = read(field, path).await?;
+    let secret = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let secret = secret.strip_suffix(b"\r").unwrap_or(secret);
+    check_secret(algorithms[0], secret.len()).map_err(|e| KeyError {
+        field: field.into(),
+        ..e
+    })?;
+    Ok(secret_key(algorithms, secret))
+}
+
+async fn read(field: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
     tokio::fs::read(path).await.map_err(|e| KeyError {
-        field,
+        field: field.into(),
         message: format!("cannot read {}: {e}", path.display()),
     })
 }

@@ -85,9 +85,17 @@ fn issuer_settings(
         raw.public_key_file.is_some(),
         raw.jwks_file.is_some(),
         raw.jwks_url.is_some(),
+        raw.secret_file.is_some(),
     ];
     if sources.iter().filter(|set| **set).count() > 1 {
-        p.add(field("jwks_url"), "set one of public_key_file, jwks_file and jwks_url");
+        p.add(
+            field("jwks_url"),
+            "set one of public_key_file, jwks_file, jwks_url and secret_file",
+        );
+        return None;
+    }
+    if raw.previous_secret_file.is_some() && raw.secret_file.is_none() {
+        p.add(field("previous_secret_file"), "needs secret_file");
         return None;
     }
     let keys = if let Some(path) = &raw.public_key_file {
@@ -111,6 +119,18 @@ fn issuer_settings(
             return None;
         }
         KeySetting::JwksUrl(remote_settings(p, prefix, raw, url, base_dir)?)
+    } else if let Some(file) = &raw.secret_file {
+        if !hmac || algorithms.len() > 1 {
+            p.add(
+                field("secret_file"),
+                "holds an HMAC secret: algorithm must be one of HS256/384/512",
+            );
+            return None;
+        }
+        KeySetting::SecretFile {
+            file: base_dir.join(file),
+            previous: raw.previous_secret_file.as_ref().map(|path| base_dir.join(path)),
+        }
     } else if hmac && prefix == "jwt" {
         match secret {
             Some(secret) => {
@@ -135,7 +155,7 @@ fn issuer_settings(
     } else if hmac {
         p.add(
             field("algorithms"),
-            "an HMAC secret comes from JWT_SECRET_KEY, for the [jwt] table only; give this issuer public keys",
+            "an HMAC issuer needs secret_file (JWT_SECRET_KEY is the [jwt] table's)",
         );
         return None;
     } else if needed {

@@ -125,6 +125,8 @@ pub struct RawJwt {
     pub public_key_file: Option<PathBuf>,
     pub jwks_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub previous_secret_file: Option<PathBuf>,
     pub discovery: Option<bool>,
     pub jwks_ca_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]

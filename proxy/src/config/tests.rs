@@ -477,3 +477,53 @@ fn tls_settings_name_every_missing_or_misplaced_file() {
     .unwrap_err();
     assert_eq!(fields(err), ["upstream.http2"]);
 }
+
+#[test]
+fn issuers_are_validated_each_under_its_own_name() {
+    let authenticated = MINIMAL.replace("access = \"public\"", "access = \"authenticated\"");
+    let err = load(&format!(
+        r#"
+        [jwt]
+        audience = "api"
+        [[jwt.issuers]]
+        algorithm = "RS256"
+        jwks_url = "http://idp.example.com/jwks"
+        [[jwt.issuers]]
+        issuer = "b"
+        algorithm = "HS256"
+        [[jwt.issuers]]
+        issuer = "b"
+        algorithms = ["ES256", "HS256"]
+        jwks_url = "https://idp.example.com/jwks"
+        {authenticated}"#
+    ))
+    .unwrap_err();
+    assert_eq!(
+        fields(err),
+        [
+            "jwt.audience",
+            "jwt.issuers[0].issuer",
+            "jwt.issuers[0].jwks_url",
+            "jwt.issuers[1].algorithms",
+            "jwt.issuers[2].issuer",
+            "jwt.issuers[2].algorithms",
+        ]
+    );
+    let ok = load(&format!(
+        r#"
+        [[jwt.issuers]]
+        issuer = "https://idp.example.com"
+        algorithms = ["RS256", "ES256"]
+        jwks_url = "https://idp.example.com/jwks"
+        role_claim = "realm_access.roles"
+        [[jwt.issuers]]
+        issuer = "service"
+        algorithm = "HS512"
+        secret_file = "secret"
+        {authenticated}"#
+    ))
+    .unwrap();
+    assert_eq!(ok.runtime.jwt.len(), 2);
+    assert!(matches!(ok.runtime.jwt[0].keys, crate::auth::KeySetting::JwksUrl(_)));
+    assert_eq!(ok.runtime.jwt[1].role_claim, DEFAULT_ROLE_CLAIM);
+}
