@@ -310,10 +310,10 @@ async fn get_r(sender: &mut hyper::client::conn::http1::SendRequest<http_body_ut
 
 const TLS: &str = "[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_renews_the_certificate_under_a_running_client() {
+/// A ready `proxy` serving HTTPS with a certificate `ca` issued (the one
+/// returned), run with `flags`; its folder and address.
+async fn tls_proxy(ca: &TestCa, flags: &[&str]) -> (tempfile::TempDir, Proxy, SocketAddr, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
     let first = ca.renew(dir.path());
     std::fs::write(
         dir.path().join("config.toml"),
@@ -321,8 +321,15 @@ async fn sighup_renews_the_certificate_under_a_running_client() {
     )
     .unwrap();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let proxy = Proxy::start(dir.path(), listen, upstream().await);
+    let proxy = Proxy::start_with(dir.path(), listen, upstream().await, flags);
     proxy.ready().await;
+    (dir, proxy, listen, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_renews_the_certificate_under_a_running_client() {
+    let ca = TestCa::new();
+    let (dir, proxy, listen, first) = tls_proxy(&ca, &[]).await;
     let (mut open, presented) = ca.connect(listen).await;
     assert_eq!(presented, first);
     assert_eq!(get_r(&mut open).await, 200);
@@ -341,17 +348,8 @@ async fn sighup_renews_the_certificate_under_a_running_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_picks_up_a_renewed_certificate_file() {
-    let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
-    let first = ca.renew(dir.path());
-    std::fs::write(
-        dir.path().join("config.toml"),
-        format!("{TLS}{}", config("access = \"public\"")),
-    )
-    .unwrap();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let proxy = Proxy::start_with(dir.path(), listen, upstream().await, &["--watch"]);
-    proxy.ready().await;
+    let (dir, _proxy, listen, first) = tls_proxy(&ca, &["--watch"]).await;
     let (mut open, presented) = ca.connect(listen).await;
     assert_eq!(presented, first);
 

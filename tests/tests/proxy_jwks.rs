@@ -2,7 +2,6 @@
 //! local server made per test (its own CA), fetched by the proxy at start,
 //! on rotation and after failures, and several issuers kept apart.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use e2e::tls::TestCa;
@@ -198,18 +197,41 @@ methods = ["GET"]
 access = "public"
 "#;
 
-/// The proxy verifying tokens from `idp` with `[jwt]` settings `jwt`.
-async fn proxy(dir: &Path, idp: &JwksServer, jwt: &str, upstream: &ScriptedUpstream) -> ProxyHandle {
-    idp.ca.write(dir, "idp-ca");
-    let toml = format!("[jwt]\njwks_ca_file = \"idp-ca.pem\"\n{jwt}\n{ROUTES}");
-    spawn_reloadable_proxy(proxy_config_file(dir, &toml, upstream.addr, None, None)).await
+/// The proxy with token settings `jwt`, in front of an upstream that
+/// echoes the identity it is sent. `idp`'s CA is written beside the config
+/// as `idp-ca.pem`, and `files` too.
+struct Rig {
+    proxy: ProxyHandle,
+    _upstream: ScriptedUpstream,
+    _dir: tempfile::TempDir,
 }
 
-fn jwks_url(idp: &JwksServer, extra: &str) -> String {
-    format!(
-        "algorithms = [\"RS256\", \"ES256\"]\njwks_url = \"{}\"\nissuer = \"idp\"\n{extra}",
-        idp.url()
-    )
+impl Rig {
+    async fn start(idp: &JwksServer, jwt: &str, files: &[(&str, &[u8])]) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        idp.ca.write(dir.path(), "idp-ca");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
+        let upstream = identity_upstream().await;
+        let toml = format!("{jwt}\n{ROUTES}");
+        let proxy = spawn_reloadable_proxy(proxy_config_file(dir.path(), &toml, upstream.addr, None, None)).await;
+        Rig {
+            proxy,
+            _upstream: upstream,
+            _dir: dir,
+        }
+    }
+
+    /// Verifying RS256 and ES256 tokens of issuer `idp` with keys from
+    /// `idp`'s JWKS URL, with `extra` `[jwt]` settings.
+    async fn jwks(idp: &JwksServer, extra: &str) -> Rig {
+        let jwt = format!(
+            "[jwt]\njwks_ca_file = \"idp-ca.pem\"\nalgorithms = [\"RS256\", \"ES256\"]\njwks_url = \"{}\"\nissuer = \"idp\"\n{extra}",
+            idp.url()
+        );
+        Rig::start(idp, &jwt, &[]).await
+    }
 }
 
 /// Status and body of `GET path` with `token`.
@@ -227,12 +249,11 @@ async fn get(proxy: &ProxyHandle, path: &str, token: Option<&str>) -> (u16, Valu
 async fn rs256_and_es256_tokens_verify_with_the_key_their_kid_names() {
     let (rsa, ec) = (SigningKey::rsa("rsa-1"), SigningKey::ec("ec-1"));
     let idp = JwksServer::start(&[&rsa, &ec]).await;
-    let upstream = identity_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = proxy(dir.path(), &idp, &jwks_url(&idp, ""), &upstream).await;
+    let rig = Rig::jwks(&idp, "").await;
+    let proxy = &rig.proxy;
 
     for key in [&rsa, &ec] {
-        let (status, body) = get(&proxy, "/me", Some(&key.token(&key.kid, "idp", json!({})))).await;
+        let (status, body) = get(proxy, "/me", Some(&key.token(&key.kid, "idp", json!({})))).await;
         assert_eq!((status, body["sub"].as_str()), (200, Some(key.kid.as_str())));
     }
     // The EC key signing under the RSA key's kid, an HS256 token naming a
@@ -250,7 +271,7 @@ async fn rs256_and_es256_tokens_verify_with_the_key_their_kid_names() {
         hs256.token("h", "idp", json!({})),
         rsa.token("o", "other-idp", json!({})),
     ] {
-        assert_eq!(get(&proxy, "/me", Some(&token)).await.0, 401);
+        assert_eq!(get(proxy, "/me", Some(&token)).await.0, 401);
     }
     assert_eq!(idp.fetches(), 1, "fetched once, at start");
 }
@@ -259,27 +280,20 @@ async fn rs256_and_es256_tokens_verify_with_the_key_their_kid_names() {
 async fn a_new_key_is_accepted_after_exactly_one_refetch_and_a_removed_one_stops_verifying() {
     let rsa = SigningKey::rsa("rsa-1");
     let idp = JwksServer::start(&[&rsa]).await;
-    let upstream = identity_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = proxy(
-        dir.path(),
-        &idp,
-        &jwks_url(&idp, "jwks_refetch_interval = \"1ms\""),
-        &upstream,
-    )
-    .await;
+    let rig = Rig::jwks(&idp, "jwks_refetch_interval = \"1ms\"").await;
+    let proxy = &rig.proxy;
     let old_token = rsa.token("before", "idp", json!({}));
-    assert_eq!(get(&proxy, "/me", Some(&old_token)).await.0, 200);
+    assert_eq!(get(proxy, "/me", Some(&old_token)).await.0, 200);
     assert_eq!(idp.fetches(), 1);
 
     // Rotation: the IdP publishes a new key next to the old one.
     let rotated = SigningKey::fresh_ec("ec-2");
     idp.publish(&[&rsa, &rotated]);
     let new_token = rotated.token("after", "idp", json!({}));
-    assert_eq!(get(&proxy, "/me", Some(&new_token)).await.0, 200);
+    assert_eq!(get(proxy, "/me", Some(&new_token)).await.0, 200);
     assert_eq!(idp.fetches(), 2, "one refetch for the new kid");
-    assert_eq!(get(&proxy, "/me", Some(&new_token)).await.0, 200);
-    assert_eq!(get(&proxy, "/me", Some(&old_token)).await.0, 200);
+    assert_eq!(get(proxy, "/me", Some(&new_token)).await.0, 200);
+    assert_eq!(get(proxy, "/me", Some(&old_token)).await.0, 200);
     assert_eq!(idp.fetches(), 2, "known kids fetch nothing");
 
     // The old key is withdrawn; a token naming an unknown kid brings the
@@ -287,28 +301,21 @@ async fn a_new_key_is_accepted_after_exactly_one_refetch_and_a_removed_one_stops
     // is refused from then on.
     idp.publish(&[&rotated]);
     let stranger = SigningKey::fresh_ec("never-published").token("x", "idp", json!({}));
-    assert_eq!(get(&proxy, "/me", Some(&stranger)).await.0, 401);
+    assert_eq!(get(proxy, "/me", Some(&stranger)).await.0, 401);
     assert_eq!(idp.fetches(), 3);
-    assert_eq!(get(&proxy, "/me", Some(&old_token)).await.0, 401);
-    assert_eq!(get(&proxy, "/me", Some(&new_token)).await.0, 200);
+    assert_eq!(get(proxy, "/me", Some(&old_token)).await.0, 401);
+    assert_eq!(get(proxy, "/me", Some(&new_token)).await.0, 200);
 }
 
 #[tokio::test]
 async fn an_unknown_kid_refetches_at_most_once_per_interval() {
     let rsa = SigningKey::rsa("rsa-1");
     let idp = JwksServer::start(&[&rsa]).await;
-    let upstream = identity_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = proxy(
-        dir.path(),
-        &idp,
-        &jwks_url(&idp, "jwks_refetch_interval = \"1h\""),
-        &upstream,
-    )
-    .await;
+    let rig = Rig::jwks(&idp, "jwks_refetch_interval = \"1h\"").await;
+    let proxy = &rig.proxy;
     for i in 0..20 {
         let token = SigningKey::fresh_ec(&format!("unknown-{i}")).token("x", "idp", json!({}));
-        assert_eq!(get(&proxy, "/me", Some(&token)).await.0, 401);
+        assert_eq!(get(proxy, "/me", Some(&token)).await.0, 401);
     }
     assert_eq!(idp.fetches(), 1, "the fetch at start is the last for an hour");
 }
@@ -317,16 +324,9 @@ async fn an_unknown_kid_refetches_at_most_once_per_interval() {
 async fn two_hundred_concurrent_requests_with_a_new_kid_fetch_once() {
     let rsa = SigningKey::rsa("rsa-1");
     let idp = JwksServer::start(&[&rsa]).await;
-    let upstream = identity_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = proxy(
-        dir.path(),
-        &idp,
-        &jwks_url(&idp, "jwks_refetch_interval = \"1ms\""),
-        &upstream,
-    )
-    .await;
-    assert_eq!(get(&proxy, "/public", None).await.0, 200);
+    let rig = Rig::jwks(&idp, "jwks_refetch_interval = \"1ms\"").await;
+    let proxy = &rig.proxy;
+    assert_eq!(get(proxy, "/public", None).await.0, 200);
     let rotated = SigningKey::fresh_ec("ec-2");
     idp.publish(&[&rsa, &rotated]);
     // A slow answer, so every request finds the kid unknown and waits on
@@ -349,19 +349,12 @@ async fn two_hundred_concurrent_requests_with_a_new_kid_fetch_once() {
 async fn with_the_idp_down_at_start_public_routes_work_and_tokens_wait_for_keys() {
     let ec = SigningKey::ec("ec-1");
     let mut idp = JwksServer::down(&[&ec]).await;
-    let upstream = identity_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = proxy(
-        dir.path(),
-        &idp,
-        &jwks_url(&idp, "jwks_refetch_interval = \"1ms\""),
-        &upstream,
-    )
-    .await;
+    let rig = Rig::jwks(&idp, "jwks_refetch_interval = \"1ms\"").await;
+    let proxy = &rig.proxy;
     let token = ec.token("u1", "idp", json!({}));
 
-    assert_eq!(get(&proxy, "/public", None).await.0, 200);
-    let (status, body) = get(&proxy, "/me", Some(&token)).await;
+    assert_eq!(get(proxy, "/public", None).await.0, 200);
+    let (status, body) = get(proxy, "/me", Some(&token)).await;
     assert_eq!((status, body), (503, json!({ "error": "keys unavailable" })));
     let ready = reqwest::get(proxy.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -372,7 +365,7 @@ async fn with_the_idp_down_at_start_public_routes_work_and_tokens_wait_for_keys(
 
     idp.come_up().await;
     eventually("tokens verify once the IdP is up", || async {
-        get(&proxy, "/me", Some(&token)).await.0 == 200
+        get(proxy, "/me", Some(&token)).await.0 == 200
     })
     .await;
     assert_eq!(reqwest::get(proxy.admin_url("/readyz")).await.unwrap().status(), 200);
@@ -382,38 +375,31 @@ async fn with_the_idp_down_at_start_public_routes_work_and_tokens_wait_for_keys(
 async fn a_failing_idp_leaves_the_last_good_keys_serving_until_their_maximum_age() {
     let ec = SigningKey::ec("ec-1");
     let idp = JwksServer::start(&[&ec]).await;
-    let upstream = identity_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = proxy(
-        dir.path(),
-        &idp,
-        &jwks_url(&idp, "jwks_refetch_interval = \"1ms\""),
-        &upstream,
-    )
-    .await;
+    let rig = Rig::jwks(&idp, "jwks_refetch_interval = \"1ms\"").await;
+    let proxy = &rig.proxy;
     // Served, so the set was fetched at start.
-    assert_eq!(get(&proxy, "/me", Some(&ec.token("u", "idp", json!({})))).await.0, 200);
+    assert_eq!(get(proxy, "/me", Some(&ec.token("u", "idp", json!({})))).await.0, 200);
     idp.fail(true);
     // A token with an unknown kid makes the proxy try, and fail, to fetch.
     let stranger = SigningKey::fresh_ec("unknown").token("x", "idp", json!({}));
-    assert_eq!(get(&proxy, "/me", Some(&stranger)).await.0, 401);
+    assert_eq!(get(proxy, "/me", Some(&stranger)).await.0, 401);
     assert_eq!(idp.fetches(), 2);
     for i in 0..3 {
         // New tokens each time: verified with the keys, not remembered.
         let token = ec.token(&format!("u{i}"), "idp", json!({}));
-        assert_eq!(get(&proxy, "/me", Some(&token)).await.0, 200);
+        assert_eq!(get(proxy, "/me", Some(&token)).await.0, 200);
     }
 
     // Past jwks_max_stale, the last good set is no longer trusted.
-    let dir = tempfile::tempdir().unwrap();
     idp.fail(false);
-    let strict = proxy_with_max_stale(dir.path(), &idp, &upstream).await;
+    let strict = Rig::jwks(&idp, "jwks_refetch_interval = \"1ms\"\njwks_max_stale = \"300ms\"").await;
+    let strict = &strict.proxy;
     // Once serving, it holds a fetched set (fresh or already too old).
-    assert_ne!(get(&strict, "/public", None).await.0, 0);
+    assert_ne!(get(strict, "/public", None).await.0, 0);
     idp.fail(true);
     eventually("tokens are refused once the keys are too old", || async {
         let token = ec.token(&format!("late-{}", rand_suffix()), "idp", json!({}));
-        get(&strict, "/me", Some(&token)).await == (503, json!({ "error": "keys unavailable" }))
+        get(strict, "/me", Some(&token)).await == (503, json!({ "error": "keys unavailable" }))
     })
     .await;
     let ready: Value = reqwest::get(strict.admin_url("/readyz"))
@@ -424,16 +410,6 @@ async fn a_failing_idp_leaves_the_last_good_keys_serving_until_their_maximum_age
         .unwrap();
     let why = ready["keys_unavailable"][0].as_str().unwrap();
     assert!(why.contains("jwks_max_stale") && why.contains("500"), "{why}");
-}
-
-async fn proxy_with_max_stale(dir: &Path, idp: &JwksServer, upstream: &ScriptedUpstream) -> ProxyHandle {
-    proxy(
-        dir,
-        idp,
-        &jwks_url(idp, "jwks_refetch_interval = \"1ms\"\njwks_max_stale = \"300ms\""),
-        upstream,
-    )
-    .await
 }
 
 fn rand_suffix() -> u64 {
@@ -447,8 +423,6 @@ async fn a_token_from_one_issuer_is_never_verified_with_another_issuers_keys() {
     let rsa = SigningKey::rsa("rsa-1");
     let idp = JwksServer::start(&[&rsa]).await;
     let ec_local = SigningKey::ec("local");
-    let upstream = identity_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
     let issuers = format!(
         r#"
 [[jwt.issuers]]
@@ -465,26 +439,25 @@ public_key_file = "{KEYS}/ec256-public.pem"
 "#,
         idp.url()
     );
-    idp.ca.write(dir.path(), "idp-ca");
-    let toml = format!("{issuers}\n{ROUTES}");
-    let proxy = spawn_reloadable_proxy(proxy_config_file(dir.path(), &toml, upstream.addr, None, None)).await;
+    let rig = Rig::start(&idp, &issuers, &[]).await;
+    let proxy = &rig.proxy;
 
     let keycloak = rsa.token(
         "kc-user",
         "https://idp.example",
         json!({ "realm_access": { "roles": ["editor"] } }),
     );
-    let (status, body) = get(&proxy, "/me", Some(&keycloak)).await;
+    let (status, body) = get(proxy, "/me", Some(&keycloak)).await;
     assert_eq!((status, &body["role"]), (200, &json!("editor")));
     let local = ec_local.token("local-user", "local", json!({}));
-    assert_eq!(get(&proxy, "/me", Some(&local)).await.1["role"], "user");
+    assert_eq!(get(proxy, "/me", Some(&local)).await.1["role"], "user");
 
     // Each key signing for the other issuer, and an unknown issuer.
     let rsa_as_local = rsa.token("x", "local", json!({}));
     let ec_as_idp = ec_local.token("x", "https://idp.example", json!({}));
     let nobody = rsa.token("x", "https://elsewhere.example", json!({}));
     for token in [rsa_as_local, ec_as_idp, nobody] {
-        assert_eq!(get(&proxy, "/me", Some(&token)).await.0, 401);
+        assert_eq!(get(proxy, "/me", Some(&token)).await.0, 401);
     }
 }
 
@@ -492,14 +465,13 @@ public_key_file = "{KEYS}/ec256-public.pem"
 async fn discovery_finds_the_key_set_from_the_issuer() {
     let ec = SigningKey::ec("ec-1");
     let idp = JwksServer::start(&[&ec]).await;
-    let upstream = identity_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
     let jwt = format!(
-        "algorithms = [\"ES256\"]\njwks_url = \"{}\"\ndiscovery = true\nissuer = \"idp\"\n",
+        "[jwt]\njwks_ca_file = \"idp-ca.pem\"\nalgorithms = [\"ES256\"]\njwks_url = \"{}\"\ndiscovery = true\nissuer = \"idp\"\n",
         idp.issuer_url()
     );
-    let proxy = proxy(dir.path(), &idp, &jwt, &upstream).await;
-    assert_eq!(get(&proxy, "/me", Some(&ec.token("u", "idp", json!({})))).await.0, 200);
+    let rig = Rig::start(&idp, &jwt, &[]).await;
+    let proxy = &rig.proxy;
+    assert_eq!(get(proxy, "/me", Some(&ec.token("u", "idp", json!({})))).await.0, 200);
     assert_eq!(idp.fetches(), 2, "the configuration, then the key set");
 }
 
@@ -507,15 +479,10 @@ async fn discovery_finds_the_key_set_from_the_issuer() {
 async fn an_hmac_issuer_reads_its_secrets_from_files_and_verifies_the_previous_one_too() {
     let ec = SigningKey::ec("ec-1");
     let idp = JwksServer::start(&[&ec]).await;
-    let upstream = identity_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (current, previous) = (
+    let (current, previous): (&[u8], &[u8]) = (
         b"current-issuer-secret-of-32-bytes-at-least",
         b"previous-issuer-secret-of-32-bytes-at-least",
     );
-    std::fs::write(dir.path().join("secret"), [&current[..], b"\n"].concat()).unwrap();
-    std::fs::write(dir.path().join("previous"), previous).unwrap();
-    idp.ca.write(dir.path(), "idp-ca");
     let toml = format!(
         r#"
 [[jwt.issuers]]
@@ -529,10 +496,12 @@ issuer = "idp"
 algorithms = ["ES256"]
 jwks_url = "{}"
 jwks_ca_file = "idp-ca.pem"
-{ROUTES}"#,
+"#,
         idp.url()
     );
-    let proxy = spawn_reloadable_proxy(proxy_config_file(dir.path(), &toml, upstream.addr, None, None)).await;
+    let files = [("secret", &[current, b"\n"].concat()[..]), ("previous", previous)];
+    let rig = Rig::start(&idp, &toml, &files).await;
+    let proxy = &rig.proxy;
     let hmac = |secret: &[u8], iss: &str| {
         SigningKey {
             kid: "k".into(),
@@ -542,9 +511,9 @@ jwks_ca_file = "idp-ca.pem"
         }
         .token("svc", iss, json!({}))
     };
-    assert_eq!(get(&proxy, "/me", Some(&hmac(current, "service"))).await.0, 200);
-    assert_eq!(get(&proxy, "/me", Some(&hmac(previous, "service"))).await.0, 200);
-    assert_eq!(get(&proxy, "/me", Some(&ec.token("u", "idp", json!({})))).await.0, 200);
+    assert_eq!(get(proxy, "/me", Some(&hmac(current, "service"))).await.0, 200);
+    assert_eq!(get(proxy, "/me", Some(&hmac(previous, "service"))).await.0, 200);
+    assert_eq!(get(proxy, "/me", Some(&ec.token("u", "idp", json!({})))).await.0, 200);
     // The service's secret verifies nothing claimed by the IdP.
-    assert_eq!(get(&proxy, "/me", Some(&hmac(current, "idp"))).await.0, 401);
+    assert_eq!(get(proxy, "/me", Some(&hmac(current, "idp"))).await.0, 401);
 }

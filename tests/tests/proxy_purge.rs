@@ -100,10 +100,13 @@ impl Rig {
         states
     }
 
-    /// Fills every path, checks each is a hit, then moves the upstream on.
+    /// Fills every path, waits until each is a hit (a miss's store into
+    /// Redis completes after its answer), then moves the upstream on.
     async fn filled(self) -> Rig {
-        self.states().await;
-        assert!(self.states().await.iter().all(|(x, v)| x == "HIT" && *v == 0));
+        eventually("every path is a hit", || async {
+            self.states().await.iter().all(|(x, v)| x == "HIT" && *v == 0)
+        })
+        .await;
         self.version.store(1, Ordering::SeqCst);
         self
     }
