@@ -38,7 +38,7 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
             sa.max_request_body_bytes == sb.max_request_body_bytes,
         ),
         ("server.shutdown_grace", sa.shutdown_grace == sb.shutdown_grace),
-        ("upstream.url", ua.base == ub.base),
+        ("upstream.url", ua.endpoints == ub.endpoints),
         ("upstream.ca_file", tls_field(ua, ub, |t| &t.ca_file)),
         ("upstream.server_name", tls_field(ua, ub, |t| &t.server_name)),
         (

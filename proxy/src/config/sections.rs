@@ -13,7 +13,7 @@ use crate::auth::{JwtSettings, KeySetting};
 use crate::cache::settings::{Backend, CacheLimits, StoreSettings};
 use crate::secret::Secret;
 use crate::tls::UpstreamTls;
-use crate::upstream::{Http2, UpstreamSettings};
+use crate::upstream::{Balance, Http2, UpstreamSettings};
 
 pub(super) fn upstream_settings(
     p: &mut Problems,
@@ -89,7 +89,10 @@ pub(super) fn upstream_settings(
         }
     };
     Some(UpstreamSettings {
-        base,
+        endpoints: vec![base],
+        balance: Balance::RoundRobin,
+        eject_after: DEFAULT_EJECT_AFTER,
+        eject_for: DEFAULT_EJECT_FOR,
         tls,
         http2,
         connect_timeout: positive(
@@ -116,7 +119,8 @@ fn is_valid_namespace(namespace: &str) -> bool {
     (1..=256).contains(&namespace.len()) && !namespace.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Where entries live. The namespace defaults to the upstream's authority.
+/// Where entries live. The namespace defaults to the upstream's authority
+/// (the first endpoint's, when there are several).
 pub(super) fn store_settings(
     p: &mut Problems,
     raw: &RawCache,
@@ -148,8 +152,8 @@ pub(super) fn store_settings(
             explicit.clone()
         }
         (None, Some(upstream)) => upstream
-            .base
-            .authority()
+            .authorities()
+            .next()
             .map(|a| a.as_str().to_ascii_lowercase())
             .unwrap_or_default(),
         (None, None) => String::new(),

@@ -115,7 +115,6 @@ pub fn upstream_headers(
     claims: Option<&Claims>,
     identity: &IdentitySettings,
     forwarded: Forwarded,
-    host: &HeaderValue,
 ) -> Result<HeaderMap, InvalidIdentity> {
     let mut out = HeaderMap::with_capacity(client.len() + 4);
     match policy {
@@ -144,7 +143,6 @@ pub fn upstream_headers(
             }
         }
     }
-    out.insert(header::HOST, host.clone());
     out.insert(
         X_FORWARDED_FOR,
         HeaderValue::from_str(&forwarded.peer.to_string()).expect("an IP is a valid header value"),
@@ -226,22 +224,16 @@ mod tests {
     }
 
     fn shape(policy: HeaderPolicy<'_>, claims: Option<&Claims>) -> HeaderMap {
-        let host = HeaderValue::from_static("127.0.0.1:5000");
-        upstream_headers(
-            &client_headers(),
-            policy,
-            claims,
-            &identity(),
-            forwarded("10.0.0.9"),
-            &host,
-        )
-        .unwrap()
+        upstream_headers(&client_headers(), policy, claims, &identity(), forwarded("10.0.0.9")).unwrap()
     }
 
     #[test]
     fn uncacheable_rules_forward_end_to_end_headers_only() {
         let h = shape(HeaderPolicy::All, None);
-        assert_eq!(h["host"], "127.0.0.1:5000");
+        assert!(
+            !h.contains_key("host"),
+            "the client's Host forwarded: the endpoint's is set as it is sent"
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["via"], "1.1 proxy");
@@ -331,19 +323,9 @@ mod tests {
             subject: "u42".into(),
             roles: vec!["user".into()],
         };
-        let host = HeaderValue::from_static("h");
         let names: Vec<HeaderName> = SPOOFS.iter().map(|n| HeaderName::from_static(n)).collect();
-        let shaped = |policy| {
-            upstream_headers(
-                &client,
-                policy,
-                Some(&claims),
-                &identity(),
-                forwarded("10.0.0.9"),
-                &host,
-            )
-            .unwrap()
-        };
+        let shaped =
+            |policy| upstream_headers(&client, policy, Some(&claims), &identity(), forwarded("10.0.0.9")).unwrap();
         let all = shaped(HeaderPolicy::All);
         let only = shaped(HeaderPolicy::Only {
             names: &names,
@@ -383,14 +365,12 @@ mod tests {
             subject: "a\nb".into(),
             roles: vec![],
         };
-        let host = HeaderValue::from_static("h");
         let result = upstream_headers(
             &HeaderMap::new(),
             HeaderPolicy::All,
             Some(&claims),
             &identity(),
             forwarded("127.0.0.1"),
-            &host,
         );
         assert_eq!(result.unwrap_err(), InvalidIdentity);
     }

@@ -1,16 +1,18 @@
 //! The upstream side (DESIGN.md steps 4 and 6): request shaping
-//! ([`headers`]) and the pooled client, with its timeouts and the single
-//! retry of an idempotent request whose pooled connection closed before
-//! answering.
+//! ([`headers`]), the backend's endpoints and their passive health
+//! ([`pool`]), and the pooled client, with its timeouts and the single
+//! retry of a replayable request: after its pooled connection closed
+//! before answering, or, on another endpoint, after it could not connect.
 
 mod headers;
+mod pool;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HOST};
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Method, Request, Response, Uri};
+use http::{Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -22,6 +24,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub use self::headers::{
     is_proxy_owned, strip_hop_by_hop, upstream_headers, Forwarded, HeaderPolicy, IdentitySettings, InvalidIdentity, VIA,
 };
+pub use self::pool::Balance;
+use self::pool::{Endpoint, Endpoints, Outcome};
+use crate::metrics::Metrics;
 use crate::tls::UpstreamTls;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,9 +37,17 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// built from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
-    /// `http://host:port` or `https://host:port`, no path.
-    pub base: Uri,
-    /// Set for an `https://` base.
+    /// The backend's endpoints, `http://host:port` or `https://host:port`
+    /// with no path: at least one, all of one scheme, no two alike.
+    pub endpoints: Vec<Uri>,
+    /// How requests are spread over the endpoints.
+    pub balance: Balance,
+    /// Consecutive failures to connect or to answer in time that eject an
+    /// endpoint (when there are several).
+    pub eject_after: u32,
+    /// How long an ejected endpoint gets no requests before one probes it.
+    pub eject_for: Duration,
+    /// Set for `https://` endpoints.
     pub tls: Option<UpstreamTls>,
     pub http2: Http2,
     pub connect_timeout: Duration,
@@ -42,6 +55,17 @@ pub struct UpstreamSettings {
     pub pool_max_idle_per_host: usize,
     /// Requests at the backend at once, all rules together; 0: no limit.
     pub max_concurrent_requests: usize,
+}
+
+impl UpstreamSettings {
+    /// The endpoints' `host:port`s, in order.
+    pub fn authorities(&self) -> impl Iterator<Item = &Authority> {
+        self.endpoints.iter().filter_map(Uri::authority)
+    }
+
+    fn is_https(&self) -> bool {
+        self.endpoints.first().and_then(Uri::scheme) == Some(&Scheme::HTTPS)
+    }
 }
 
 /// Which HTTP version the proxy speaks to the backend.
@@ -98,18 +122,19 @@ pub struct Outbound {
     pub response_timeout: Duration,
 }
 
-/// The pooled client for one backend.
+/// The pooled client for one backend and its endpoints. One client for
+/// all of them: its pool keeps connections per endpoint already.
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     scheme: Scheme,
-    authority: Authority,
-    host: HeaderValue,
+    endpoints: Endpoints,
 }
 
 impl Upstream {
     /// `tls`: how to verify an `https://` backend (from
     /// [`crate::tls::client::client_config`]); `None` for `http://`.
-    pub fn new(settings: &UpstreamSettings, tls: Option<rustls::ClientConfig>) -> Upstream {
+    /// `metrics` gets each endpoint's series.
+    pub fn new(settings: &UpstreamSettings, tls: Option<rustls::ClientConfig>, metrics: &Metrics) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
@@ -124,74 +149,125 @@ impl Upstream {
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
             .http2_only(settings.http2 == Http2::Always);
         let client = builder.build(connector);
-        let authority = settings
-            .base
-            .authority()
-            .expect("validated upstream has an authority")
-            .clone();
-        let https = settings.base.scheme() == Some(&Scheme::HTTPS);
+        let endpoints = Endpoints::new(
+            settings.authorities().cloned().collect(),
+            settings.balance,
+            settings.eject_after,
+            settings.eject_for,
+            metrics,
+        );
         Upstream {
             client,
-            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
-            host: HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value"),
-            authority,
+            scheme: if settings.is_https() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+            endpoints,
         }
     }
 
-    /// The `Host` the backend sees: its own authority, not the client's,
-    /// so virtual hosting on the backend works and clients cannot steer it.
-    pub fn host(&self) -> &HeaderValue {
-        &self.host
-    }
-
-    /// Sends `out` and returns the response head with a streaming body.
-    /// Retries once when a replayable request's pooled connection closed
-    /// before any response byte (the backend closed an idle connection as
-    /// we reused it).
+    /// Sends `out` to an endpoint and returns the response head with a
+    /// streaming body. A replayable request (idempotent, bodiless) is
+    /// tried once more when [`Upstream::retries`] says so; nothing else
+    /// is ever sent twice.
     pub async fn send(&self, out: Outbound) -> Result<Response<Incoming>, UpstreamError> {
         let timeout = out.response_timeout;
-        let retry = out
+        let replay = out
             .replayable
             .then(|| (out.method.clone(), out.path_and_query.clone(), out.headers.clone()));
-        let first = self.request(out.method, &out.path_and_query, out.headers, out.body)?;
-        match self.timed(first, timeout).await {
-            Err(Attempt::Closed(_)) if retry.is_some() => {
-                let (method, path, headers) = retry.expect("checked");
-                tracing::debug!("pooled upstream connection closed early; retrying once");
-                let body = Empty::new().map_err(|e| match e {}).boxed();
-                let second = self.request(method, &path, headers, body)?;
-                self.timed(second, timeout).await.map_err(Attempt::into_error)
-            }
-            other => other.map_err(Attempt::into_error),
+        let first = self.endpoints.pick(None);
+        let failure = match self
+            .attempt(first, out.method, &out.path_and_query, out.headers, out.body, timeout)
+            .await
+        {
+            Ok(response) => return Ok(response),
+            Err(failure) => failure,
+        };
+        let Some((method, path, headers)) = replay.filter(|_| self.retries(&failure)) else {
+            return Err(failure.into_error());
+        };
+        let second = self.endpoints.pick(Some(first));
+        tracing::debug!(
+            failed = %self.endpoints.get(first).authority,
+            retry = %self.endpoints.get(second).authority,
+            reason = failure.describe(),
+            "retrying a replayable request once"
+        );
+        let body = Empty::new().map_err(|e| match e {}).boxed();
+        self.attempt(second, method, &path, headers, body, timeout)
+            .await
+            .map_err(Attempt::into_error)
+    }
+
+    /// Whether a replayable request that failed so is tried once more:
+    /// when its pooled connection closed before a response byte (the
+    /// backend closed or reset it as it was reused, or went away), on
+    /// another endpoint if there is one, else on the same; when it could
+    /// not connect (nothing was sent), on another endpoint only. Never
+    /// after a response timeout: the backend may still be working on it,
+    /// and a second wait would double the client's.
+    fn retries(&self, failure: &Attempt) -> bool {
+        match failure {
+            Attempt::Closed(_) => true,
+            Attempt::Other(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) => self.endpoints.len() > 1,
+            Attempt::Other(_) | Attempt::TimedOut => false,
         }
     }
 
-    fn request(
+    /// One attempt at endpoint `index`, counted as outstanding there until
+    /// its response headers, and recorded for its health.
+    async fn attempt(
         &self,
+        index: usize,
         method: Method,
         path: &str,
         headers: HeaderMap,
         body: ProxyBody,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, Attempt> {
+        let request = self
+            .request(self.endpoints.get(index), method, path, headers, body)
+            .map_err(Attempt::Other)?;
+        let _in_flight = self.endpoints.start(index);
+        let result = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(Attempt::TimedOut),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(classify(e)),
+        };
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(Attempt::TimedOut) => Outcome::Timeout,
+            Err(Attempt::Other(UpstreamError::Connect(_))) => Outcome::ConnectError,
+            Err(Attempt::Other(UpstreamError::ConnectTimeout)) => Outcome::ConnectTimeout,
+            Err(Attempt::Closed(_) | Attempt::Other(_)) => Outcome::Error,
+        };
+        self.endpoints.record(index, outcome);
+        result
+    }
+
+    /// The request for `endpoint`, with its `Host`: the endpoint's own
+    /// authority, not the client's.
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        method: Method,
+        path: &str,
+        mut headers: HeaderMap,
+        body: ProxyBody,
     ) -> Result<Request<ProxyBody>, UpstreamError> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .authority(endpoint.authority.clone())
             .path_and_query(path)
             .build()
             .map_err(|e| UpstreamError::Failed(format!("building the upstream URI: {e}")))?;
+        headers.insert(HOST, endpoint.host.clone());
         let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         Ok(request)
-    }
-
-    async fn timed(&self, request: Request<ProxyBody>, timeout: Duration) -> Result<Response<Incoming>, Attempt> {
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Err(_) => Err(Attempt::TimedOut),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(classify(e)),
-        }
     }
 }
 
@@ -232,6 +308,16 @@ enum Attempt {
 }
 
 impl Attempt {
+    fn describe(&self) -> &'static str {
+        match self {
+            Attempt::TimedOut => "timed out",
+            Attempt::Closed(_) => "connection closed before answering",
+            Attempt::Other(UpstreamError::Connect(_)) => "could not connect",
+            Attempt::Other(UpstreamError::ConnectTimeout) => "connect timed out",
+            Attempt::Other(_) => "failed",
+        }
+    }
+
     fn into_error(self) -> UpstreamError {
         match self {
             Attempt::TimedOut => UpstreamError::Timeout,
@@ -254,12 +340,23 @@ fn classify(err: hyper_util::client::legacy::Error) -> Attempt {
             UpstreamError::Connect(message)
         });
     }
-    for e in source_chain(&err) {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() {
-                return Attempt::Closed(message);
-            }
-        }
+    // Closed before a response byte: ended (incomplete message), dropped
+    // before sending (canceled), or reset under the request (a backend
+    // closing a connection with the request unread resets it).
+    let closed = source_chain(&err).any(|e| {
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                )
+            })
+    });
+    if closed {
+        return Attempt::Closed(message);
     }
     Attempt::Other(UpstreamError::Failed(message))
 }
