@@ -185,10 +185,10 @@ impl Endpoints {
     /// Counts an attempt at endpoint `index` as outstanding until the
     /// returned guard drops (with its response headers, its failure, or
     /// its cancellation).
-    pub fn start(&self, index: usize) -> InFlight {
+    pub fn start(&self, index: usize) -> InFlight<'_> {
         let outstanding = &self.list[index].metrics.outstanding;
         outstanding.inc();
-        InFlight(outstanding.clone())
+        InFlight(outstanding)
     }
 
     /// Records what an attempt at endpoint `index` came to.
@@ -267,21 +267,25 @@ impl Endpoints {
     }
 
     fn now_ms(&self) -> u64 {
-        Instant::now().saturating_duration_since(self.epoch).as_millis() as u64
+        millis(Instant::now().saturating_duration_since(self.epoch))
     }
 
     /// When an ejection starting at `now` ends; never 0, which means
     /// admitted.
     fn until(&self, now: u64) -> u64 {
-        now.saturating_add(self.eject_for.as_millis() as u64).max(1)
+        now.saturating_add(millis(self.eject_for)).max(1)
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// An attempt in flight at an endpoint, for `least_outstanding` and
 /// `proxy_upstream_endpoint_outstanding`.
-pub struct InFlight(Gauge);
+pub struct InFlight<'a>(&'a Gauge);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
