@@ -46,21 +46,23 @@ where
     }
 }
 
-/// Ready when the upstream accepts a connection, the cache store
-/// answers and every JWKS URL's keys can be used; 503 naming what is not.
-/// Keys that cannot be used make authenticated routes answer 503 too,
-/// while public routes keep working.
+/// Ready when the upstream (one of its endpoints, when there are several)
+/// accepts a connection, the cache store answers and every JWKS URL's
+/// keys can be used; 503 naming what is not. Keys that cannot be used make
+/// authenticated routes answer 503 too, while public routes keep working.
 async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
     let upstream = &proxy.boot.upstream;
-    let authority = upstream
-        .base
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .unwrap_or_default();
-    let upstream_ok = matches!(
-        tokio::time::timeout(upstream.connect_timeout, tokio::net::TcpStream::connect(&authority)).await,
-        Ok(Ok(_))
-    );
+    let accepts = |authority: &http::uri::Authority| {
+        let authority = authority.as_str().to_owned();
+        async move {
+            matches!(
+                tokio::time::timeout(upstream.connect_timeout, tokio::net::TcpStream::connect(&authority)).await,
+                Ok(Ok(_))
+            )
+        }
+    };
+    let endpoints: Vec<bool> = futures_util::future::join_all(upstream.authorities().map(accepts)).await;
+    let upstream_ok = endpoints.contains(&true);
     let store_ok = proxy.store.ping().await.is_ok();
     let keys_unavailable = proxy
         .runtime
@@ -76,18 +78,24 @@ async fn readiness(proxy: &Proxy) -> Response<ProxyBody> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    body::json_response(
-        status,
-        &json!({
-            "upstream": word(upstream_ok),
-            "cache": word(store_ok),
-            "keys": word(keys_ok),
-            "keys_unavailable": keys_unavailable,
-            "cache_store": proxy.store.kind(),
-            "cache_namespace": proxy.boot.store.namespace,
-            "warnings": proxy.store.warnings().await,
-        }),
-    )
+    let mut answer = json!({
+        "upstream": word(upstream_ok),
+        "cache": word(store_ok),
+        "keys": word(keys_ok),
+        "keys_unavailable": keys_unavailable,
+        "cache_store": proxy.store.kind(),
+        "cache_namespace": proxy.boot.store.namespace,
+        "warnings": proxy.store.warnings().await,
+    });
+    if endpoints.len() > 1 {
+        let each: serde_json::Map<String, serde_json::Value> = upstream
+            .authorities()
+            .zip(&endpoints)
+            .map(|(authority, ok)| (authority.to_string(), word(*ok).into()))
+            .collect();
+        answer["upstream_endpoints"] = each.into();
+    }
+    body::json_response(status, &answer)
 }
 
 /// `POST /reload`: the config file read anew and swapped in whole, or the

@@ -23,7 +23,8 @@
 //!   the request path asks about a miss.
 //! - [`concurrency`]: how many requests may be at the backend at once.
 //! - [`conditional`]: validators, 304s and revalidation.
-//! - [`upstream`]: request shaping and the pooled client.
+//! - [`upstream`]: request shaping, the pooled client and the backend's
+//!   endpoints (balancing, passive health, the one retry).
 //! - [`vary`]: headers the origin varies on, learned per rule.
 //! - [`invalidate`]: which write outcomes invalidate.
 //! - [`admin`]: health, readiness, metrics, reload and config listener;
@@ -135,7 +136,7 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
         flights: Arc::default(),
         learned_vary: Default::default(),
         me: me.clone(),
-        upstream: Upstream::new(&boot.upstream, upstream_tls),
+        upstream: Upstream::new(&boot.upstream, upstream_tls, &metrics),
         upstream_slots: UpstreamSlots::new(boot.upstream.max_concurrent_requests),
         runtime: Runtime::new(snapshot, source, metrics.clone()),
         metrics,
@@ -184,7 +185,7 @@ pub async fn run(
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = %admin.local_addr()?,
-        upstream = %proxy.boot.upstream.base,
+        upstream = %upstream_list(&proxy.boot.upstream),
         store = proxy.store.kind(),
         namespace = %proxy.boot.store.namespace,
         routes = snapshot.settings.routes.iter().count(),
@@ -227,6 +228,12 @@ pub async fn run(
     }
     proxy.store.close().await;
     Ok(())
+}
+
+/// The backend's endpoints for the log: `http://a:1, http://b:2`.
+fn upstream_list(upstream: &upstream::UpstreamSettings) -> String {
+    let urls: Vec<String> = upstream.endpoints.iter().map(ToString::to_string).collect();
+    urls.join(", ")
 }
 
 /// Where a listener finds the TLS configuration for its next handshake:

@@ -48,6 +48,19 @@ pub struct CauseLabels {
     pub cause: &'static str,
 }
 
+/// One backend endpoint (`host:port`): few, named in the config, so a
+/// bounded label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointOutcomeLabels {
+    pub endpoint: String,
+    pub outcome: &'static str,
+}
+
 /// Label for requests that matched no rule.
 pub const NO_RULE: &str = "none";
 
@@ -69,6 +82,10 @@ pub struct Metrics {
     connections_closed: Family<ReasonLabels, Counter>,
     connections_open: Gauge,
     upstream_rejected: Family<RuleLabels, Counter>,
+    endpoint_requests: Family<EndpointOutcomeLabels, Counter>,
+    endpoint_ejected: Family<EndpointLabels, Gauge>,
+    endpoint_ejections: Family<EndpointLabels, Counter>,
+    endpoint_outstanding: Family<EndpointLabels, Gauge>,
     config_reloads: Family<OutcomeLabels, Counter>,
     config_info: Family<VersionLabels, Gauge>,
 }
@@ -179,6 +196,30 @@ impl Metrics {
             "Requests answered 503 because too many were at the backend already, by rule",
             upstream_rejected.clone(),
         );
+        let endpoint_requests = Family::default();
+        registry.register(
+            "upstream_endpoint_requests",
+            "Attempts sent to each backend endpoint, by outcome (ok: response headers received, whatever the status; connect_error, connect_timeout: nothing was sent; timeout: no response headers in time; error: the connection failed after sending); a retried request counts once per attempt",
+            endpoint_requests.clone(),
+        );
+        let endpoint_ejected = Family::default();
+        registry.register(
+            "upstream_endpoint_ejected",
+            "1 while a backend endpoint is ejected by passive health checks, else 0",
+            endpoint_ejected.clone(),
+        );
+        let endpoint_ejections = Family::default();
+        registry.register(
+            "upstream_endpoint_ejections",
+            "Times a backend endpoint was ejected after upstream.eject_after consecutive failures",
+            endpoint_ejections.clone(),
+        );
+        let endpoint_outstanding = Family::default();
+        registry.register(
+            "upstream_endpoint_outstanding",
+            "Attempts at each backend endpoint now, until their response headers",
+            endpoint_outstanding.clone(),
+        );
         let config_reloads = Family::default();
         registry.register(
             "config_reloads",
@@ -211,6 +252,35 @@ impl Metrics {
             connections_closed,
             connections_open,
             upstream_rejected,
+            endpoint_requests,
+            endpoint_ejected,
+            endpoint_ejections,
+            endpoint_outstanding,
+        }
+    }
+
+    /// The series of one backend endpoint, created now so that recording
+    /// on the request path touches atomics only, and so that every outcome
+    /// shows (at 0) from the start.
+    pub fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
+        let outcome = |outcome: &'static str| {
+            self.endpoint_requests.get_or_create_owned(&EndpointOutcomeLabels {
+                endpoint: endpoint.to_owned(),
+                outcome,
+            })
+        };
+        let labels = EndpointLabels {
+            endpoint: endpoint.to_owned(),
+        };
+        EndpointMetrics {
+            ok: outcome("ok"),
+            connect_error: outcome("connect_error"),
+            connect_timeout: outcome("connect_timeout"),
+            timeout: outcome("timeout"),
+            error: outcome("error"),
+            ejected: self.endpoint_ejected.get_or_create_owned(&labels),
+            ejections: self.endpoint_ejections.get_or_create_owned(&labels),
+            outstanding: self.endpoint_outstanding.get_or_create_owned(&labels),
         }
     }
 
@@ -308,6 +378,21 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// One backend endpoint's series (see [`Metrics::endpoint`]); handles onto
+/// the registered atomics. `Default` gives unregistered ones, for tests.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointMetrics {
+    pub ok: Counter,
+    pub connect_error: Counter,
+    pub connect_timeout: Counter,
+    pub timeout: Counter,
+    pub error: Counter,
+    pub ejected: Gauge,
+    pub ejections: Counter,
+    /// Attempts in flight: also what `least_outstanding` balancing reads.
+    pub outstanding: Gauge,
 }
 
 /// One open connection in `proxy_connections_open`.

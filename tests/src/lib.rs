@@ -33,8 +33,8 @@ pub mod wait;
 pub use crate::client::{raw_http, ApiClient, RawResponse};
 pub use crate::origin::{spawn_origin, spawn_origin_with, OriginHandle, StoppedOrigin};
 pub use crate::proxy::{
-    proxy_config, proxy_config_file, redis_prefix, spawn_proxy, spawn_reloadable_proxy, ProxyHandle, ITEMS_CONFIG,
-    SHIPPED_CONFIG,
+    endpoints_proxy_config, proxy_config, proxy_config_file, redis_prefix, spawn_proxy, spawn_reloadable_proxy,
+    ProxyHandle, ITEMS_CONFIG, SHIPPED_CONFIG,
 };
 pub use crate::servers::{MongoServer, RedisServer};
 pub use crate::stack::Stack;

@@ -48,14 +48,42 @@ pub fn proxy_config(
     cache_ttl_secs: Option<u64>,
 ) -> Config {
     let overrides = Overrides {
+        upstream: Some(format!("http://{upstream}")),
+        cache_ttl: cache_ttl_secs.map(|s| s.to_string()),
+        ..harness_overrides(redis_url)
+    };
+    load(toml, overrides)
+}
+
+/// As [`proxy_config`], for a backend with several endpoints: `upstreams`
+/// become `upstream.urls` in the TOML (added to its `[upstream]` table, or
+/// as one), since the `UPSTREAM_URL` override would replace the list.
+pub fn endpoints_proxy_config(toml: &str, upstreams: &[SocketAddr], redis_url: Option<String>) -> Config {
+    let urls: Vec<String> = upstreams.iter().map(|addr| format!("\"http://{addr}\"")).collect();
+    let urls = format!("urls = [{}]\n", urls.join(", "));
+    let toml = match toml.find("[upstream]\n") {
+        Some(at) => format!(
+            "{}{urls}{}",
+            &toml[..at + "[upstream]\n".len()],
+            &toml[at + "[upstream]\n".len()..]
+        ),
+        None => format!("{toml}\n[upstream]\n{urls}"),
+    };
+    load(&toml, harness_overrides(redis_url))
+}
+
+/// Ephemeral listeners, the test JWT secret and `redis_url`.
+fn harness_overrides(redis_url: Option<String>) -> Overrides {
+    Overrides {
         listen: Some("127.0.0.1:0".into()),
         admin_listen: Some("127.0.0.1:0".into()),
-        upstream: Some(format!("http://{upstream}")),
         redis_url,
-        cache_ttl: cache_ttl_secs.map(|s| s.to_string()),
         jwt_secret: Some(TEST_JWT_SECRET.into()),
         ..Overrides::default()
-    };
+    }
+}
+
+fn load(toml: &str, overrides: Overrides) -> Config {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     Config::load(toml, overrides, &base).unwrap_or_else(|e| panic!("test proxy config invalid:\n{e}"))
 }

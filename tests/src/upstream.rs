@@ -1,6 +1,8 @@
 //! A small scripted HTTP upstream, for tests that need an origin that sends
 //! particular headers or misbehaves on purpose. It counts every request it
-//! receives, so a test can prove a cache hit never reached it.
+//! receives, so a test can prove a cache hit never reached it. Stopping it
+//! (or dropping it) closes its listener and every connection it holds, as
+//! a backend process that exits does.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 pub type Reply = Response<Full<Bytes>>;
 type Script = dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync;
@@ -33,6 +35,17 @@ impl ScriptedUpstream {
         Fut: Future<Output = Reply> + Send + 'static,
     {
         ScriptedUpstream::serve(None, script).await
+    }
+
+    /// Serves every request with `script` on `addr`: a stopped upstream
+    /// started again where the proxy expects it.
+    pub async fn start_on<F, Fut>(addr: SocketAddr, script: F) -> ScriptedUpstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind upstream again");
+        ScriptedUpstream::serve_on(listener, None, script)
     }
 
     /// Serves every request with `script` over TLS with `tls`.
@@ -80,12 +93,18 @@ impl ScriptedUpstream {
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
         let task = tokio::spawn(async move {
+            // Owned by this task: ending it aborts every connection.
+            let mut connections = JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    Some(_) = connections.join_next() => continue,
+                };
+                let Ok((stream, _)) = accepted else {
                     return;
                 };
                 let (script, counter, tls) = (script.clone(), counter.clone(), tls.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |req| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let reply = script(req);
@@ -108,6 +127,16 @@ impl ScriptedUpstream {
     /// Requests received so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops serving, as a backend process that exits: once this returns
+    /// the listener is closed (connecting is refused, and the address can
+    /// be bound again) and every open connection is being closed, requests
+    /// in flight unanswered. Returns the address it served on.
+    pub async fn stop(mut self) -> SocketAddr {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.addr
     }
 }
 

@@ -38,7 +38,10 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
             sa.max_request_body_bytes == sb.max_request_body_bytes,
         ),
         ("server.shutdown_grace", sa.shutdown_grace == sb.shutdown_grace),
-        ("upstream.url", ua.base == ub.base),
+        (endpoints_field(ua, ub), ua.endpoints == ub.endpoints),
+        ("upstream.balance", ua.balance == ub.balance),
+        ("upstream.eject_after", ua.eject_after == ub.eject_after),
+        ("upstream.eject_for", ua.eject_for == ub.eject_for),
         ("upstream.ca_file", tls_field(ua, ub, |t| &t.ca_file)),
         ("upstream.server_name", tls_field(ua, ub, |t| &t.server_name)),
         (
@@ -84,6 +87,16 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
         "a boot field is missing from the list"
     );
     errors
+}
+
+/// The field that names the endpoints: `upstream.urls` when either side
+/// has several.
+fn endpoints_field(a: &UpstreamSettings, b: &UpstreamSettings) -> &'static str {
+    if a.endpoints.len() > 1 || b.endpoints.len() > 1 {
+        "upstream.urls"
+    } else {
+        "upstream.url"
+    }
 }
 
 /// Whether one upstream TLS field is the same in both.

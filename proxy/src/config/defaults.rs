@@ -42,6 +42,14 @@ pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// behind one proxy has in flight, low enough that a stalled backend does
 /// not collect every client's request.
 pub const DEFAULT_UPSTREAM_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Consecutive failures (refused, reset before sending, connect or response
+/// timeout) that eject one of several endpoints: one failure is noise, three
+/// in a row with no answer between them is an endpoint gone.
+pub const DEFAULT_EJECT_AFTER: u32 = 3;
+/// How long an ejected endpoint is left alone before one request probes
+/// it: long enough that a dead endpoint costs a probe every few seconds,
+/// short enough that a restarted one is back soon.
+pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
 /// The seed's Redis TTL default; `CACHE_TTL` overrides it.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Larger responses are streamed through and not stored.

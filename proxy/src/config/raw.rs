@@ -55,6 +55,11 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub url: Option<String>,
+    pub urls: Option<Vec<String>>,
+    pub balance: Option<String>,
+    pub eject_after: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub eject_for: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]

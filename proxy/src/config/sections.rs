@@ -12,7 +12,7 @@ use super::tls::certificate_files;
 use crate::cache::settings::{Backend, CacheLimits, StoreSettings};
 use crate::secret::Secret;
 use crate::tls::UpstreamTls;
-use crate::upstream::{Http2, UpstreamSettings};
+use crate::upstream::{Balance, Http2, UpstreamSettings};
 
 pub(super) fn upstream_settings(
     p: &mut Problems,
@@ -20,31 +20,53 @@ pub(super) fn upstream_settings(
     url: Option<String>,
     base_dir: &Path,
 ) -> Option<UpstreamSettings> {
-    let Some(url) = url.or(raw.url) else {
-        p.add("upstream.url", "is required (or set UPSTREAM_URL / --upstream)");
-        return None;
-    };
-    let base = match url.parse::<Uri>() {
-        Ok(uri)
-            if matches!(uri.scheme_str(), Some("http" | "https"))
-                && uri.authority().is_some()
-                && matches!(uri.path(), "" | "/")
-                && uri.query().is_none() =>
-        {
-            uri
+    // UPSTREAM_URL / --upstream name one URL, which replaces the file's.
+    let named: Vec<(String, String)> = match (url, raw.url, raw.urls) {
+        (_, Some(_), Some(_)) => {
+            p.add("upstream.urls", "set either upstream.url or upstream.urls, not both");
+            return None;
         }
-        Ok(_) => {
+        (Some(url), _, _) | (None, Some(url), None) => vec![("upstream.url".to_owned(), url)],
+        (None, None, Some(urls)) if urls.is_empty() => {
+            p.add("upstream.urls", "must name at least one URL");
+            return None;
+        }
+        (None, None, Some(urls)) => urls
+            .into_iter()
+            .enumerate()
+            .map(|(i, url)| (format!("upstream.urls[{i}]"), url))
+            .collect(),
+        (None, None, None) => {
             p.add(
                 "upstream.url",
-                format!("{url:?} must be http://host:port or https://host:port, with no path or query"),
+                "is required (or upstream.urls, or set UPSTREAM_URL / --upstream)",
             );
             return None;
         }
-        Err(e) => {
-            p.add("upstream.url", format!("{url:?}: {e}"));
-            return None;
-        }
     };
+    let endpoints: Vec<Uri> = named
+        .iter()
+        .filter_map(|(field, url)| endpoint_url(p, field, url))
+        .collect();
+    if endpoints.len() < named.len() {
+        return None;
+    }
+    let base = &endpoints[0];
+    if endpoints.iter().any(|e| e.scheme() != base.scheme()) {
+        p.add(
+            "upstream.urls",
+            "mixes http:// and https://: every endpoint of the backend must use one scheme",
+        );
+        return None;
+    }
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        if let Some(j) = endpoints[..i]
+            .iter()
+            .position(|e| e.authority() == endpoint.authority())
+        {
+            p.add(format!("upstream.urls[{i}]"), format!("repeats upstream.urls[{j}]"));
+        }
+    }
     let https = base.scheme_str() == Some("https");
     let client_certificate = certificate_files(
         p,
@@ -67,7 +89,7 @@ pub(super) fn upstream_settings(
     ];
     for (field, set) in tls_only {
         if set && !https {
-            p.add(field, "applies only to an https:// upstream.url");
+            p.add(field, "applies only to an https:// upstream");
         }
     }
     let tls = https.then(|| UpstreamTls {
@@ -87,8 +109,22 @@ pub(super) fn upstream_settings(
             Http2::Auto
         }
     };
+    let balance = match raw.balance.as_deref() {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("least_outstanding") => Balance::LeastOutstanding,
+        Some(other) => {
+            p.add(
+                "upstream.balance",
+                format!("{other:?} is not \"round_robin\" or \"least_outstanding\""),
+            );
+            Balance::RoundRobin
+        }
+    };
     Some(UpstreamSettings {
-        base,
+        balance,
+        eject_after: at_least_one_u32(p, "upstream.eject_after", raw.eject_after, DEFAULT_EJECT_AFTER),
+        eject_for: positive(p, "upstream.eject_for", raw.eject_for, DEFAULT_EJECT_FOR),
+        endpoints,
         tls,
         http2,
         connect_timeout: positive(
@@ -110,12 +146,39 @@ pub(super) fn upstream_settings(
     })
 }
 
+/// One endpoint's URL: `http://host:port` or `https://host:port`, no path
+/// or query.
+fn endpoint_url(p: &mut Problems, field: &str, url: &str) -> Option<Uri> {
+    match url.parse::<Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none() =>
+        {
+            Some(uri)
+        }
+        Ok(_) => {
+            p.add(
+                field,
+                format!("{url:?} must be http://host:port or https://host:port, with no path or query"),
+            );
+            None
+        }
+        Err(e) => {
+            p.add(field, format!("{url:?}: {e}"));
+            None
+        }
+    }
+}
+
 /// A namespace travels in Redis key and channel names.
 fn is_valid_namespace(namespace: &str) -> bool {
     (1..=256).contains(&namespace.len()) && !namespace.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Where entries live. The namespace defaults to the upstream's authority.
+/// Where entries live. The namespace defaults to the upstream's authority
+/// (the first endpoint's, when there are several).
 pub(super) fn store_settings(
     p: &mut Problems,
     raw: &RawCache,
@@ -147,8 +210,8 @@ pub(super) fn store_settings(
             explicit.clone()
         }
         (None, Some(upstream)) => upstream
-            .base
-            .authority()
+            .authorities()
+            .next()
             .map(|a| a.as_str().to_ascii_lowercase())
             .unwrap_or_default(),
         (None, None) => String::new(),

@@ -527,3 +527,96 @@ fn issuers_are_validated_each_under_its_own_name() {
     assert!(matches!(ok.runtime.jwt[0].keys, crate::auth::KeySetting::JwksUrl(_)));
     assert_eq!(ok.runtime.jwt[1].role_claim, DEFAULT_ROLE_CLAIM);
 }
+
+const TWO_ENDPOINTS: &str = r#"
+    [upstream]
+    urls = ["http://10.0.0.1:5000", "http://10.0.0.2:5000"]
+    [[routes]]
+    name = "login"
+    path = "/login"
+    methods = ["POST"]
+    access = "public"
+"#;
+
+#[test]
+fn upstream_urls_name_several_endpoints_and_the_first_names_the_cache() {
+    let cfg = load(TWO_ENDPOINTS).unwrap();
+    let upstream = &cfg.boot.upstream;
+    let authorities: Vec<&str> = upstream.authorities().map(|a| a.as_str()).collect();
+    assert_eq!(authorities, ["10.0.0.1:5000", "10.0.0.2:5000"]);
+    assert_eq!(upstream.balance, crate::upstream::Balance::RoundRobin);
+    assert_eq!(upstream.eject_after, DEFAULT_EJECT_AFTER);
+    assert_eq!(upstream.eject_for, DEFAULT_EJECT_FOR);
+    assert_eq!(cfg.boot.store.namespace, "10.0.0.1:5000");
+
+    let tuned = load(&TWO_ENDPOINTS.replace(
+        "[upstream]\n",
+        "[upstream]\nbalance = \"least_outstanding\"\neject_after = 5\neject_for = \"250ms\"\n",
+    ))
+    .unwrap();
+    assert_eq!(tuned.boot.upstream.balance, crate::upstream::Balance::LeastOutstanding);
+    assert_eq!(tuned.boot.upstream.eject_after, 5);
+    assert_eq!(tuned.boot.upstream.eject_for, Duration::from_millis(250));
+
+    // One URL is what it always was; UPSTREAM_URL replaces a list.
+    let single = load(MINIMAL).unwrap();
+    assert_eq!(
+        single.boot.upstream.endpoints,
+        ["http://127.0.0.1:5000".parse::<http::Uri>().unwrap()]
+    );
+    assert_eq!(single.boot.store.namespace, "127.0.0.1:5000");
+    let overrides = Overrides {
+        upstream: Some("http://10.0.0.9:80".into()),
+        ..Overrides::default()
+    };
+    let replaced = Config::load(TWO_ENDPOINTS, overrides, Path::new(".")).unwrap();
+    assert_eq!(replaced.boot.upstream.endpoints.len(), 1);
+    assert_eq!(replaced.boot.store.namespace, "10.0.0.9:80");
+}
+
+#[test]
+fn upstream_urls_are_checked_one_by_one_and_together() {
+    let with = |upstream: &str| {
+        let text = TWO_ENDPOINTS.replace("urls = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]", upstream);
+        fields(load(&text).unwrap_err())
+    };
+    assert_eq!(with("url = \"http://a:1\"\nurls = [\"http://b:2\"]"), ["upstream.urls"]);
+    assert_eq!(with("urls = []"), ["upstream.urls"]);
+    assert_eq!(
+        with("urls = [\"http://a:1\", \"http://b:2/api\", \"ftp://c:3\"]"),
+        ["upstream.urls[1]", "upstream.urls[2]"]
+    );
+    assert_eq!(with("urls = [\"http://a:1\", \"https://b:2\"]"), ["upstream.urls"]);
+    assert_eq!(with("urls = [\"http://a:1\", \"http://A:1\"]"), ["upstream.urls[1]"]);
+    assert_eq!(
+        with("urls = [\"http://a:1\", \"http://b:2\"]\nbalance = \"random\"\neject_after = 0\neject_for = \"0s\""),
+        ["upstream.balance", "upstream.eject_after", "upstream.eject_for"]
+    );
+    assert_eq!(with(""), ["upstream.url"]);
+}
+
+#[test]
+fn the_endpoints_and_their_health_settings_take_a_restart() {
+    let running = load(TWO_ENDPOINTS).unwrap().boot;
+    let changed = load(&TWO_ENDPOINTS.replace(
+        "\"http://10.0.0.2:5000\"]",
+        "\"http://10.0.0.3:5000\"]\nbalance = \"least_outstanding\"\neject_after = 2\neject_for = \"1s\"",
+    ))
+    .unwrap()
+    .boot;
+    assert_eq!(
+        fields(ConfigErrors(boot_changes(&running, &changed))),
+        [
+            "upstream.urls",
+            "upstream.balance",
+            "upstream.eject_after",
+            "upstream.eject_for"
+        ]
+    );
+    let single = load(MINIMAL).unwrap().boot;
+    let moved = load(&MINIMAL.replace(":5000", ":5001")).unwrap().boot;
+    assert_eq!(
+        fields(ConfigErrors(boot_changes(&single, &moved))),
+        ["upstream.url", "cache.namespace"]
+    );
+}

@@ -241,7 +241,6 @@ impl Proxy {
                 peer: req.client.peer.ip(),
                 proto: req.client.scheme(),
             },
-            self.upstream.host(),
         )
         .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()).into())
     }
