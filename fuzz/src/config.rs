@@ -80,10 +80,11 @@ fn check(config: &Config, paths: &[Option<String>]) {
     for jwt in &config.runtime.jwt {
         // Key files are read when the settings are put to use: a bad one
         // is named by its field, never a panic.
+        let metrics = std::sync::Arc::new(proxy::metrics::Metrics::new());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime");
-        if let Err(e) = runtime.block_on(proxy::auth::JwtVerifier::load(jwt, None)) {
+        if let Err(e) = runtime.block_on(proxy::auth::JwtVerifier::load(jwt, None, &metrics)) {
             assert!(e.field.starts_with("jwt.") || e.field == "JWT_SECRET_KEY", "{e:?}");
         }
     }

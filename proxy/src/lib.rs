@@ -82,13 +82,16 @@ pub struct Prepared {
     pub snapshot: Snapshot,
     /// How to verify an `https://` backend.
     pub upstream_tls: Option<rustls::ClientConfig>,
+    /// Made here: putting settings to use (fetching a JWKS) counts too.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Puts the settings to use; a key, certificate or CA file that cannot be
 /// read or used is reported like any invalid field.
 pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
     let invalid = |field: String, message: String| ConfigErrors(vec![ConfigError::new(field, message)]);
-    let snapshot = Snapshot::build(config.runtime, config.version, None)
+    let metrics = Arc::new(Metrics::new());
+    let snapshot = Snapshot::build(config.runtime, config.version, None, &metrics)
         .await
         .map_err(|p| invalid(p.field, p.message))?;
     let upstream_tls = match &config.boot.upstream.tls {
@@ -103,6 +106,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
         boot: config.boot,
         snapshot,
         upstream_tls,
+        metrics,
     })
 }
 
@@ -122,8 +126,8 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
         boot,
         snapshot,
         upstream_tls,
+        metrics,
     } = prepared;
-    let metrics = Arc::new(Metrics::new());
     let store = build_store(&boot.store, metrics.clone())?;
     let source = reload_from.map(|file| {
         Box::new(FileSource {

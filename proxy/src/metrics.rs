@@ -88,6 +88,19 @@ pub struct Metrics {
     endpoint_outstanding: Family<EndpointLabels, Gauge>,
     config_reloads: Family<OutcomeLabels, Counter>,
     config_info: Family<VersionLabels, Gauge>,
+    jwks_fetches: Family<JwksOutcomeLabels, Counter>,
+    jwks_keys: Family<JwksLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksLabels {
+    pub jwks: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksOutcomeLabels {
+    pub jwks: String,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -232,8 +245,22 @@ impl Metrics {
             "1 for the version of the settings in use",
             config_info.clone(),
         );
+        let jwks_fetches = Family::default();
+        registry.register(
+            "jwks_fetches",
+            "Fetches of each JWKS URL, by outcome (ok, error)",
+            jwks_fetches.clone(),
+        );
+        let jwks_keys = Family::default();
+        registry.register(
+            "jwks_keys",
+            "Keys usable from each JWKS URL's last good fetch (0: none, tokens answered 503)",
+            jwks_keys.clone(),
+        );
         Metrics {
             registry,
+            jwks_fetches,
+            jwks_keys,
             config_reloads,
             config_info,
             requests,
@@ -350,6 +377,21 @@ impl Metrics {
 
     pub fn upstream_rejected(&self, rule: &'static str) {
         self.upstream_rejected.get_or_create(&RuleLabels { rule }).inc();
+    }
+
+    /// One fetch of the JWKS at `url`; `keys`: how many the set in use
+    /// holds after it.
+    pub fn jwks_fetch(&self, url: &str, outcome: &'static str, keys: usize) {
+        let jwks = url.to_owned();
+        self.jwks_fetches
+            .get_or_create(&JwksOutcomeLabels {
+                jwks: jwks.clone(),
+                outcome,
+            })
+            .inc();
+        self.jwks_keys
+            .get_or_create(&JwksLabels { jwks })
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     pub fn config_reload(&self, outcome: &'static str) {

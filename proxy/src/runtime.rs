@@ -108,12 +108,13 @@ impl Snapshot {
         settings: RuntimeSettings,
         version: Arc<str>,
         previous: Option<&Snapshot>,
+        metrics: &Arc<Metrics>,
     ) -> Result<Snapshot, Problem> {
         let jwt = match settings.jwt.as_slice() {
             [] => None,
             issuers => {
                 let previous = previous.and_then(|p| p.jwt.as_deref());
-                let loaded = Issuers::load(issuers, previous).await.map_err(|e| Problem {
+                let loaded = Issuers::load(issuers, previous, metrics).await.map_err(|e| Problem {
                     field: e.field.to_owned(),
                     message: e.message,
                 })?;
@@ -319,7 +320,7 @@ impl Runtime {
         };
         let (settings, version) = source.read().await?;
         let previous = self.current.load_full();
-        let next = Snapshot::build(settings, version.clone(), Some(&previous))
+        let next = Snapshot::build(settings, version.clone(), Some(&previous), &self.metrics)
             .await
             .map_err(|problem| vec![problem])?;
         self.current.store(Arc::new(next));

@@ -295,6 +295,14 @@ async fn a_new_key_is_accepted_after_exactly_one_refetch_and_a_removed_one_stops
     assert_eq!(get(proxy, "/me", Some(&new_token)).await.0, 200);
     assert_eq!(get(proxy, "/me", Some(&old_token)).await.0, 200);
     assert_eq!(idp.fetches(), 2, "known kids fetch nothing");
+    let series = |name: &str, outcome: &str| format!(r#"{name}{{jwks="{}",outcome="{outcome}"}}"#, idp.url());
+    assert_eq!(proxy.metric(&series("proxy_jwks_fetches_total", "ok")).await, 2);
+    assert_eq!(
+        proxy
+            .metric(&format!(r#"proxy_jwks_keys{{jwks="{}"}}"#, idp.url()))
+            .await,
+        2
+    );
 
     // The old key is withdrawn; a token naming an unknown kid brings the
     // new set, and the old key's token, though remembered as verified,
@@ -384,6 +392,8 @@ async fn a_failing_idp_leaves_the_last_good_keys_serving_until_their_maximum_age
     let stranger = SigningKey::fresh_ec("unknown").token("x", "idp", json!({}));
     assert_eq!(get(proxy, "/me", Some(&stranger)).await.0, 401);
     assert_eq!(idp.fetches(), 2);
+    let failed = format!(r#"proxy_jwks_fetches_total{{jwks="{}",outcome="error"}}"#, idp.url());
+    assert_eq!(proxy.metric(&failed).await, 1);
     for i in 0..3 {
         // New tokens each time: verified with the keys, not remembered.
         let token = ec.token(&format!("u{i}"), "idp", json!({}));

@@ -11,6 +11,7 @@ use super::keys::KeyError;
 use super::settings::JwtSettings;
 use super::verifier::JwtVerifier;
 use super::{bearer, AuthError, Claims};
+use crate::metrics::Metrics;
 
 #[derive(Debug)]
 pub struct Issuers {
@@ -21,11 +22,15 @@ pub struct Issuers {
 impl Issuers {
     /// Builds each issuer's verifier; `previous` lends each issuer's
     /// fetched key set to its successor after a reload.
-    pub async fn load(settings: &[JwtSettings], previous: Option<&Issuers>) -> Result<Issuers, KeyError> {
+    pub async fn load(
+        settings: &[JwtSettings],
+        previous: Option<&Issuers>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Issuers, KeyError> {
         let mut verifiers = Vec::with_capacity(settings.len());
         for (i, issuer) in settings.iter().enumerate() {
             let before = previous.and_then(|p| p.verifiers.iter().find(|v| v.issuer() == issuer.issuer.as_deref()));
-            let verifier = JwtVerifier::load(issuer, before)
+            let verifier = JwtVerifier::load(issuer, before, metrics)
                 .await
                 .map_err(|e| match settings.len() {
                     // Name the issuer's own field, not `[jwt]`'s.

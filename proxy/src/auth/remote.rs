@@ -27,6 +27,7 @@ use jsonwebtoken::Algorithm;
 use super::keys::{jwks_keys, KeyError, KeySet};
 use super::settings::RemoteSettings;
 use crate::error_chain::error_chain;
+use crate::metrics::Metrics;
 
 /// A fetch (connect, headers and body) that takes longer has failed.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +75,7 @@ pub struct RemoteKeys {
     /// The last error, for `/readyz` without taking the fetch lock.
     last_error: std::sync::Mutex<Option<String>>,
     stale_logged: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl RemoteKeys {
@@ -81,7 +83,11 @@ impl RemoteKeys {
     /// it fresh from then on. Only an unusable CA file is an error: a URL
     /// that cannot be fetched yet leaves the set empty, tokens answered
     /// "keys unavailable", and the fetch retried.
-    pub async fn start(settings: RemoteSettings, algorithms: Vec<Algorithm>) -> Result<Arc<RemoteKeys>, KeyError> {
+    pub async fn start(
+        settings: RemoteSettings,
+        algorithms: Vec<Algorithm>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<RemoteKeys>, KeyError> {
         let tls = crate::tls::client::client_config("jwt.jwks", settings.ca_file.as_deref(), None)
             .await
             .map_err(|e| KeyError {
@@ -107,6 +113,7 @@ impl RemoteKeys {
             failures_in_a_row: AtomicU32::new(0),
             last_error: std::sync::Mutex::new(None),
             stale_logged: AtomicBool::new(false),
+            metrics,
         });
         {
             let mut log = keys.fetching.lock().await;
@@ -207,6 +214,7 @@ impl RemoteKeys {
                     tracing::debug!(url = %self.settings.url, keys = count, why, "JWKS fetched");
                 }
                 self.stale_logged.store(false, Ordering::SeqCst);
+                self.metrics.jwks_fetch(&self.settings.url.to_string(), "ok", count);
                 log.last_error = None;
             }
             failed => {
@@ -221,6 +229,8 @@ impl RemoteKeys {
                     "tokens are refused (503) until a fetch succeeds"
                 };
                 tracing::warn!(url = %self.settings.url, why, %error, "JWKS fetch failed; {serving}");
+                let kept = self.current.load().as_ref().map_or(0, |set| set.keys.keys.len());
+                self.metrics.jwks_fetch(&self.settings.url.to_string(), "error", kept);
                 log.last_error = Some(error);
             }
         }

@@ -13,6 +13,7 @@ use super::keys::{check_secret, jwks_keys, pem_key, secret_key, Key, KeyError, K
 use super::remote::RemoteKeys;
 use super::settings::{JwtSettings, KeySetting};
 use super::{is_header_safe, role_claim, AuthError, Claims};
+use crate::metrics::Metrics;
 
 /// Bytes of tokens remembered after a full verification (each weighed by
 /// its length plus its claims), so a flood of distinct or huge tokens costs
@@ -81,7 +82,11 @@ impl JwtVerifier {
     /// verifier answers "keys unavailable" until a fetch succeeds.
     /// `previous`: this issuer's verifier before a reload, whose fetched key
     /// set carries over when its URL is unchanged.
-    pub async fn load(settings: &JwtSettings, previous: Option<&JwtVerifier>) -> Result<JwtVerifier, KeyError> {
+    pub async fn load(
+        settings: &JwtSettings,
+        previous: Option<&JwtVerifier>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<JwtVerifier, KeyError> {
         let algorithms = &settings.algorithms;
         let keys = match &settings.keys {
             KeySetting::Secret(secret) => {
@@ -132,7 +137,7 @@ impl JwtVerifier {
                 });
                 match reused {
                     Some(keys) => Keys::Remote(keys),
-                    None => Keys::Remote(RemoteKeys::start(remote.clone(), algorithms.clone()).await?),
+                    None => Keys::Remote(RemoteKeys::start(remote.clone(), algorithms.clone(), metrics.clone()).await?),
                 }
             }
         };
