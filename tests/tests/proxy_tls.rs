@@ -308,6 +308,21 @@ async fn an_https_backend_with_its_own_ca_is_reached_over_h2_when_it_offers_it()
 }
 
 #[tokio::test]
+async fn http2_always_speaks_h2c_to_a_plain_backend() {
+    let upstream = echo_upstream(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("[upstream]\nhttp2 = \"always\"\n{ROUTE}");
+    let proxy = spawn_reloadable_proxy(proxy_config_file(dir.path(), &toml, upstream.addr, None, None)).await;
+    let body: serde_json::Value = reqwest::get(proxy.base_url() + "/r")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["version"], "HTTP/2.0");
+}
+
+#[tokio::test]
 async fn a_backend_certificate_for_another_name_or_ca_is_a_502() {
     let ca = TestCa::new("backend CA");
     let wrong_name = ca.server(&["elsewhere.test"]);
