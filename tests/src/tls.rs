@@ -111,13 +111,33 @@ impl Leaf {
 
     /// A rustls server config presenting this certificate, offering `alpn`.
     pub fn server_config(&self, alpn: &[&str]) -> Arc<rustls::ServerConfig> {
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![self.der.clone()], self.private_key())
-                .unwrap();
+        self.server_config_for(None, alpn)
+    }
+
+    /// The same, requiring a client certificate `clients` issued.
+    pub fn server_config_requiring(&self, clients: &TestCa, alpn: &[&str]) -> Arc<rustls::ServerConfig> {
+        self.server_config_for(Some(clients), alpn)
+    }
+
+    fn server_config_for(&self, clients: Option<&TestCa>, alpn: &[&str]) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match clients {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.issuer.der().clone()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(vec![self.der.clone()], self.private_key())
+            .unwrap();
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Arc::new(config)
     }

@@ -308,6 +308,31 @@ async fn an_https_backend_with_its_own_ca_is_reached_over_h2_when_it_offers_it()
 }
 
 #[tokio::test]
+async fn a_backend_requiring_a_client_certificate_gets_the_configured_one() {
+    let ca = TestCa::new("backend CA");
+    let clients = TestCa::new("backend's client CA");
+    let tls = ca
+        .server(&["localhost"])
+        .server_config_requiring(&clients, &["h2", "http/1.1"]);
+    let upstream = echo_upstream(Some(tls)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    clients.client("proxy").write(dir.path(), "proxy-client");
+    let with = "client_cert_file = \"proxy-client.crt\"\nclient_key_file = \"proxy-client.key\"";
+    let proxy = via_https_backend(dir.path(), &ca, &upstream, with).await;
+    assert_eq!(reqwest::get(proxy.base_url() + "/r").await.unwrap().status(), 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let without = via_https_backend(dir.path(), &ca, &upstream, "").await;
+    assert_eq!(reqwest::get(without.base_url() + "/r").await.unwrap().status(), 502);
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "only the request with a certificate reached the backend"
+    );
+}
+
+#[tokio::test]
 async fn http2_always_speaks_h2c_to_a_plain_backend() {
     let upstream = echo_upstream(None).await;
     let dir = tempfile::tempdir().unwrap();
