@@ -94,14 +94,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
     let snapshot = Snapshot::build(config.runtime, config.version, None, &metrics)
         .await
         .map_err(|p| invalid(p.field, p.message))?;
-    let upstream_tls = match &config.boot.upstream.tls {
-        Some(tls) => Some(
-            tls::client::client_config("upstream", tls.ca_file.as_deref(), tls.client_certificate.as_ref())
-                .await
-                .map_err(|e| invalid(e.field, e.message))?,
-        ),
-        None => None,
-    };
+    let upstream_tls = snapshot.backend_tls.as_ref().map(|backend| backend.client_config());
     Ok(Prepared {
         boot: config.boot,
         snapshot,

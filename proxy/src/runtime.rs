@@ -20,8 +20,9 @@ use crate::concurrency::RuleSlots;
 use crate::metrics::Metrics;
 use crate::route::RuleSet;
 use crate::secret::Secret;
+use crate::tls::backend::{BackendTls, Material};
 use crate::tls::server::ServerTls;
-use crate::tls::TlsSettings;
+use crate::tls::{BackendTlsFiles, TlsSettings};
 use crate::upstream::IdentitySettings;
 
 /// What may change without a restart.
@@ -40,6 +41,8 @@ pub struct RuntimeSettings {
     /// JWT only.
     pub admin_token: Option<Secret>,
     pub tls: ListenerTls,
+    /// What TLS to an `https://` backend verifies with and presents.
+    pub backend_tls: Option<BackendTlsFiles>,
 }
 
 impl RuntimeSettings {
@@ -52,6 +55,12 @@ impl RuntimeSettings {
                 files.extend([pair.cert_file.clone(), pair.key_file.clone()]);
             }
             files.extend(tls.client_ca_file.clone());
+        }
+        if let Some(backend) = &self.backend_tls {
+            files.extend(backend.ca_file.clone());
+            if let Some(pair) = &backend.client_certificate {
+                files.extend([pair.cert_file.clone(), pair.key_file.clone()]);
+            }
         }
         for jwt in &self.jwt {
             match &jwt.keys {
@@ -92,6 +101,9 @@ pub struct Snapshot {
     pub jwt: Option<Arc<Issuers>>,
     pub rule_slots: RuleSlots,
     pub tls: ServingTls,
+    /// Shared by every snapshot: the connection pool asks it at each
+    /// handshake, and a new snapshot installs its files into it.
+    pub backend_tls: Option<Arc<BackendTls>>,
 }
 
 /// A setting that cannot be used, named by its config path.
@@ -137,12 +149,31 @@ impl Snapshot {
             )
             .await?,
         };
+        // Last: installing is the one step that acts on shared state, so
+        // nothing may fail after it.
+        let backend_tls = match &settings.backend_tls {
+            None => None,
+            Some(files) => {
+                let material = Material::load(files).await.map_err(|e| Problem {
+                    field: e.field,
+                    message: e.message,
+                })?;
+                Some(match previous.and_then(|p| p.backend_tls.clone()) {
+                    Some(shared) => {
+                        shared.install(material);
+                        shared
+                    }
+                    None => BackendTls::new(material),
+                })
+            }
+        };
         Ok(Snapshot {
             version,
             settings,
             jwt,
             rule_slots,
             tls,
+            backend_tls,
         })
     }
 
@@ -203,7 +234,11 @@ impl Snapshot {
                 "lease_ttl_secs": s.cache.lease_ttl.as_secs_f64(),
                 "surrogate_key_header": s.cache.surrogate_key_header.as_ref().map(|h| h.as_str()),
             },
-            "upstream": { "response_timeout_secs": s.response_timeout.as_secs_f64() },
+            "upstream": {
+                "response_timeout_secs": s.response_timeout.as_secs_f64(),
+                "ca_file": s.backend_tls.as_ref().and_then(|b| b.ca_file.as_ref()),
+                "client_cert_file": s.backend_tls.as_ref().and_then(|b| b.client_certificate.as_ref()).map(|c| &c.cert_file),
+            },
             "admin_token": s.admin_token.as_ref().map(|_| "(redacted)"),
             "tls": {
                 "clients": s.tls.clients.as_ref().map(describe_tls),

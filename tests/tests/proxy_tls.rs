@@ -278,7 +278,7 @@ async fn the_admin_listener_may_use_tls_too() {
 async fn via_https_backend(dir: &Path, ca: &TestCa, upstream: &ScriptedUpstream, extra: &str) -> ProxyHandle {
     ca.write(dir, "backend-ca");
     let toml = format!("[upstream]\nca_file = \"backend-ca.pem\"\n{extra}\n");
-    let mut file = proxy_config_file(dir, &format!("{toml}\n{ROUTE}"), upstream.addr, None, None);
+    let mut file = proxy_config_file(dir, &format!("{toml}\n{ROUTE}"), upstream.addr, None, Some(ADMIN_TOKEN));
     file.flags.upstream = Some(format!("https://localhost:{}", upstream.addr.port()));
     spawn_reloadable_proxy(file).await
 }
@@ -308,7 +308,7 @@ async fn an_https_backend_with_its_own_ca_is_reached_over_h2_when_it_offers_it()
 }
 
 #[tokio::test]
-async fn a_backend_requiring_a_client_certificate_gets_the_configured_one() {
+async fn a_backend_requiring_a_client_certificate_gets_the_configured_one_renewed_on_reload() {
     let ca = TestCa::new("backend CA");
     let clients = TestCa::new("backend's client CA");
     let tls = ca
@@ -316,10 +316,17 @@ async fn a_backend_requiring_a_client_certificate_gets_the_configured_one() {
         .server_config_requiring(&clients, &["h2", "http/1.1"]);
     let upstream = echo_upstream(Some(tls)).await;
 
+    // A certificate the backend does not accept (another CA), then the
+    // right one written over it and reloaded: no restart.
     let dir = tempfile::tempdir().unwrap();
-    clients.client("proxy").write(dir.path(), "proxy-client");
+    TestCa::new("stranger CA")
+        .client("proxy")
+        .write(dir.path(), "proxy-client");
     let with = "client_cert_file = \"proxy-client.crt\"\nclient_key_file = \"proxy-client.key\"";
     let proxy = via_https_backend(dir.path(), &ca, &upstream, with).await;
+    assert_eq!(reqwest::get(proxy.base_url() + "/r").await.unwrap().status(), 502);
+    clients.client("proxy").write(dir.path(), "proxy-client");
+    assert_eq!(reload(&proxy).await, 200);
     assert_eq!(reqwest::get(proxy.base_url() + "/r").await.unwrap().status(), 200);
 
     let dir = tempfile::tempdir().unwrap();
@@ -328,7 +335,7 @@ async fn a_backend_requiring_a_client_certificate_gets_the_configured_one() {
     assert_eq!(
         upstream.hits(),
         1,
-        "only the request with a certificate reached the backend"
+        "only the request with an accepted certificate reached the backend"
     );
 }
 

@@ -42,12 +42,7 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
         ("upstream.balance", ua.balance == ub.balance),
         ("upstream.eject_after", ua.eject_after == ub.eject_after),
         ("upstream.eject_for", ua.eject_for == ub.eject_for),
-        ("upstream.ca_file", tls_field(ua, ub, |t| &t.ca_file)),
         ("upstream.server_name", tls_field(ua, ub, |t| &t.server_name)),
-        (
-            "upstream.client_cert_file",
-            tls_field(ua, ub, |t| &t.client_certificate),
-        ),
         ("upstream.http2", ua.http2 == ub.http2),
         ("upstream.connect_timeout", ua.connect_timeout == ub.connect_timeout),
         (

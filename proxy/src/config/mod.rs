@@ -138,7 +138,11 @@ impl Config {
             raw.upstream.response_timeout,
             DEFAULT_RESPONSE_TIMEOUT,
         );
-        let upstream = sections::upstream_settings(&mut p, raw.upstream, overrides.upstream, base_dir);
+        let (upstream, backend_tls) =
+            match sections::upstream_settings(&mut p, raw.upstream, overrides.upstream, base_dir) {
+                Some((upstream, backend_tls)) => (Some(upstream), backend_tls),
+                None => (None, None),
+            };
         let store = sections::store_settings(&mut p, &raw.cache, overrides.redis_url, upstream.as_ref());
         let default_ttl = sections::default_ttl(&mut p, &raw.cache, overrides.cache_ttl);
         let cache = sections::cache_limits(&mut p, &raw.cache);
@@ -203,6 +207,7 @@ impl Config {
                 response_timeout,
                 admin_token: admin_token.map(Secret),
                 tls,
+                backend_tls,
             },
             version,
         })

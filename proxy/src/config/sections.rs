@@ -11,7 +11,7 @@ use super::raw::{RawCache, RawUpstream};
 use super::tls::certificate_files;
 use crate::cache::settings::{Backend, CacheLimits, StoreSettings};
 use crate::secret::Secret;
-use crate::tls::UpstreamTls;
+use crate::tls::{BackendTlsFiles, UpstreamTls};
 use crate::upstream::{Balance, Http2, UpstreamSettings};
 
 pub(super) fn upstream_settings(
@@ -19,7 +19,7 @@ pub(super) fn upstream_settings(
     raw: RawUpstream,
     url: Option<String>,
     base_dir: &Path,
-) -> Option<UpstreamSettings> {
+) -> Option<(UpstreamSettings, Option<BackendTlsFiles>)> {
     // UPSTREAM_URL / --upstream name one URL, which replaces the file's.
     let named: Vec<(String, String)> = match (url, raw.url, raw.urls) {
         (_, Some(_), Some(_)) => {
@@ -92,9 +92,11 @@ pub(super) fn upstream_settings(
             p.add(field, "applies only to an https:// upstream");
         }
     }
-    let tls = https.then(|| UpstreamTls {
-        ca_file: raw.ca_file.map(|path| base_dir.join(path)),
+    let tls = https.then_some(UpstreamTls {
         server_name: raw.server_name,
+    });
+    let files = https.then(|| BackendTlsFiles {
+        ca_file: raw.ca_file.map(|path| base_dir.join(path)),
         client_certificate,
     });
     let http2 = match raw.http2.as_deref() {
@@ -120,7 +122,7 @@ pub(super) fn upstream_settings(
             Balance::RoundRobin
         }
     };
-    Some(UpstreamSettings {
+    let settings = UpstreamSettings {
         balance,
         eject_after: at_least_one_u32(p, "upstream.eject_after", raw.eject_after, DEFAULT_EJECT_AFTER),
         eject_for: positive(p, "upstream.eject_for", raw.eject_for, DEFAULT_EJECT_FOR),
@@ -143,7 +145,8 @@ pub(super) fn upstream_settings(
         max_concurrent_requests: raw
             .max_concurrent_requests
             .unwrap_or(DEFAULT_UPSTREAM_MAX_CONCURRENT_REQUESTS),
-    })
+    };
+    Some((settings, files))
 }
 
 /// One endpoint's URL: `http://host:port` or `https://host:port`, no path

@@ -15,6 +15,16 @@ use rustls::{ClientConfig, RootCertStore};
 use super::settings::CertificateFiles;
 use super::{pem, provider, LoadError};
 
+/// The CAs in `ca_file` alone, or the built-in roots.
+pub async fn roots(section: &str, ca_file: Option<&Path>) -> Result<RootCertStore, LoadError> {
+    Ok(match ca_file {
+        Some(path) => pem::roots(&format!("{section}.ca_file"), path).await?,
+        None => RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    })
+}
+
 /// Verifies servers against `ca_file` alone, or the built-in roots;
 /// presents `client_certificate` when the server asks for one.
 pub async fn client_config(
@@ -22,12 +32,7 @@ pub async fn client_config(
     ca_file: Option<&Path>,
     client_certificate: Option<&CertificateFiles>,
 ) -> Result<ClientConfig, LoadError> {
-    let roots = match ca_file {
-        Some(path) => pem::roots(&format!("{section}.ca_file"), path).await?,
-        None => RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        },
-    };
+    let roots = roots(section, ca_file).await?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| LoadError::new(section, e.to_string()))?

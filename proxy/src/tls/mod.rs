@@ -5,6 +5,7 @@
 //! reload, or a certificate renewed on disk, takes effect for the next
 //! handshake while open connections keep the session they have.
 
+pub mod backend;
 pub mod client;
 mod pem;
 pub mod server;
@@ -14,7 +15,7 @@ use std::sync::{Arc, LazyLock};
 
 use rustls::crypto::CryptoProvider;
 
-pub use self::settings::{CertificateFiles, ClientAuth, NamedCertificate, TlsSettings, UpstreamTls};
+pub use self::settings::{BackendTlsFiles, CertificateFiles, ClientAuth, NamedCertificate, TlsSettings, UpstreamTls};
 
 /// A file or setting that cannot be used, named by its config path.
 #[derive(Debug, Clone, PartialEq, Eq)]

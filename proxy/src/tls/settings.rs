@@ -40,14 +40,21 @@ pub struct TlsSettings {
     pub client_auth: ClientAuth,
 }
 
-/// TLS to the backend (an `https://` upstream).
+/// TLS to the backend (an `https://` upstream), as the connection pool
+/// is built with it: a boot setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
-    /// Trust only these CAs; `None`: the Mozilla roots built in.
-    pub ca_file: Option<PathBuf>,
     /// The name the backend's certificate must carry (and SNI sends);
     /// `None`: the upstream URL's host.
     pub server_name: Option<String>,
+}
+
+/// The files TLS to the backend reads: runtime settings, renewed on
+/// reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTlsFiles {
+    /// Trust only these CAs; `None`: the Mozilla roots built in.
+    pub ca_file: Option<PathBuf>,
     /// A client certificate for mutual TLS to the backend.
     pub client_certificate: Option<CertificateFiles>,
 }

@@ -133,7 +133,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// `tls`: how to verify an `https://` backend (from
-    /// [`crate::tls::client::client_config`]); `None` for `http://`.
+    /// [`crate::tls::backend::BackendTls`], renewed on reload); `None` for
+    /// `http://`.
     /// `metrics` gets each endpoint's series.
     pub fn new(settings: &UpstreamSettings, tls: Option<rustls::ClientConfig>, metrics: &Metrics) -> Upstream {
         let mut connector = HttpConnector::new();
