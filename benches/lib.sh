@@ -78,26 +78,40 @@ start_origin_stack() {
   UPSTREAM="127.0.0.1:$ORIGIN_PORT"
 }
 
-# prime NAME PORT: fills the target's cache and checks the next answer is a hit.
+# target_url PORT|URL: the target's base URL; a bare port is plain HTTP on
+# 127.0.0.1.
+target_url() {
+  case $1 in
+    *://*) echo "$1" ;;
+    *) echo "http://127.0.0.1:$1" ;;
+  esac
+}
+
+# prime NAME PORT|URL: fills the target's cache and checks the next answer is
+# a hit. An https:// target's certificate must chain to $TLS_CA.
 prime() {
-  local t=$1 url="http://127.0.0.1:$2/users" status
-  curl -s -o /dev/null -H "authorization: Bearer $TOKEN" "$url"
-  status=$(curl -s -D - -o /dev/null -H "authorization: Bearer $TOKEN" "$url" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
+  local t=$1 url status
+  url="$(target_url "$2")/users"
+  local curl=(curl -s -H "authorization: Bearer $TOKEN")
+  [ -n "${TLS_CA:-}" ] && curl+=(--cacert "$TLS_CA")
+  "${curl[@]}" -o /dev/null "$url"
+  status=$("${curl[@]}" -D - -o /dev/null "$url" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
   case "$status" in HIT) ;; *) die "$t does not serve GET /users from its cache (X-Cache: ${status:-none}); see $WORK" ;; esac
 }
 
-# measure NAME PORT PID...: primes the target, then wrk on its GET /users
+# measure NAME PORT|URL PID...: primes the target, then wrk on its GET /users
 # for DURATION s. Leaves RPS, REQUESTS, NON2XX, CPU_US (CPU µs of the PIDs
 # per request), TARGET_TICKS (their clock ticks) and WRK_TICKS (wrk's); dies
 # when wrk saw socket errors or non-2xx answers.
 measure() {
-  local t=$1 port=$2; shift 2
-  local before after out
-  prime "$t" "$port"
+  local t=$1 target=$2; shift 2
+  local before after out url
+  url="$(target_url "$target")/users"
+  prime "$t" "$target"
   before=$(cpu_ticks "$@")
   # The subshell's reaped children are wrk alone: its cutime + cstime. A
   # failing wrk is the subshell's status, as `set -e` expects.
-  out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$port/users" &&
+  out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" -H "authorization: Bearer $TOKEN" "$url" &&
     awk '{print "wrk-ticks", $16 + $17}' "/proc/$BASHPID/stat")
   after=$(cpu_ticks "$@")
   TARGET_TICKS=$((after - before))

@@ -1,5 +1,6 @@
-//! The load engine: keep-alive HTTP/1.1 connections driven closed-loop (as
-//! fast as each connection can go) or open-loop (a fixed request rate).
+//! The load engine: keep-alive HTTP/1.1 connections, plain or over TLS,
+//! driven closed-loop (as fast as each connection can go) or open-loop (a
+//! fixed request rate).
 //!
 //! Open-loop latency is measured from when each request was *scheduled*
 //! whenever the server made it late — its connection was still busy with
@@ -40,6 +41,48 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// `Some(r)`: open loop at `r` requests/s; `None`: closed loop.
     pub rate: Option<u64>,
+    /// `Some`: every connection does a TLS handshake first.
+    pub tls: Option<Tls>,
+}
+
+/// TLS for [`LoadSpec::tls`]: the client configuration and the name the
+/// server's certificate must carry.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl Tls {
+    /// TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519 only, ALPN
+    /// `http/1.1`, trusting only the PEM certificates in `ca_file`: the
+    /// suite benches/peers pins on every HTTPS target, so that each is
+    /// measured on the same cipher whatever it would prefer.
+    pub fn pinned(
+        ca_file: &std::path::Path,
+        server_name: rustls_pki_types::ServerName<'static>,
+    ) -> anyhow::Result<Tls> {
+        use rustls::crypto::ring;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)? {
+            roots.add(cert?)?;
+        }
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: vec![ring::cipher_suite::TLS13_AES_128_GCM_SHA256],
+            kx_groups: vec![ring::kx_group::X25519],
+            ..ring::default_provider()
+        };
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Tls {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
 }
 
 /// What one run measured (after warm-up).
@@ -135,9 +178,20 @@ struct ConnectionStats {
     classes: [u64; 4],
 }
 
-async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+async fn connect(spec: &LoadSpec) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(spec.addr).await?;
     stream.set_nodelay(true)?;
+    let Some(tls) = &spec.tls else {
+        return handshake(stream).await;
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    handshake(connector.connect(tls.server_name.clone(), stream).await?).await
+}
+
+async fn handshake<S>(stream: S) -> anyhow::Result<http1::SendRequest<Full<Bytes>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -156,7 +210,7 @@ async fn connection(
         errors: 0,
         classes: [0; 4],
     };
-    let mut sender = connect(spec.addr).await?;
+    let mut sender = connect(&spec).await?;
     let mut previous_done = start;
     while !shared.stop.load(Ordering::Relaxed) {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
@@ -209,7 +263,7 @@ async fn connection(
                     stats.errors += 1;
                 }
                 // The connection is unusable after an error; open a new one.
-                sender = connect(spec.addr).await?;
+                sender = connect(&spec).await?;
             }
         }
     }

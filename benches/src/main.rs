@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use benches::load::{self, LoadSpec, Planned};
+use benches::load::{self, LoadSpec, Planned, Tls};
 use benches::report::{self, Row};
 use benches::scenarios::{self, BenchStack};
 use bytes::Bytes;
@@ -86,6 +86,11 @@ enum Command {
         /// Open loop at this rate (requests/s); closed loop when absent.
         #[arg(long)]
         rate: Option<u64>,
+        /// Connect with TLS, trusting only the PEM certificates in this file
+        /// (which must name the address's IP): TLS 1.3,
+        /// TLS_AES_128_GCM_SHA256, X25519, ALPN http/1.1.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
 }
 
@@ -109,7 +114,14 @@ fn main() -> anyhow::Result<()> {
                 path,
                 headers,
                 rate,
-            } => single(load, addr, path, headers, rate).await,
+                tls_ca,
+            } => {
+                let tls = match tls_ca {
+                    Some(ca) => Some(Tls::pinned(&ca, addr.ip().into())?),
+                    None => None,
+                };
+                single(load, addr, path, headers, rate, tls).await
+            }
             Command::Seed {
                 mongo_uri,
                 database,
@@ -147,6 +159,7 @@ async fn suite(
             warmup: Duration::ZERO,
             duration: args.duration,
             rate: None,
+            tls: None,
         };
         eprintln!("{} against {} ...", scenario.name, scenario.target.name());
         // Warm up in a run of its own, so the upstream count covers only
@@ -208,6 +221,7 @@ async fn single(
     path: String,
     headers: Vec<String>,
     rate: Option<u64>,
+    tls: Option<Tls>,
 ) -> anyhow::Result<()> {
     let mut map = HeaderMap::new();
     for h in &headers {
@@ -231,6 +245,7 @@ async fn single(
         warmup: args.warmup,
         duration: args.duration,
         rate,
+        tls,
     };
     let result = load::run(&spec, Arc::new(move |_| planned.clone())).await?;
     println!("{}", serde_json::to_string(&result)?);

@@ -17,6 +17,7 @@ async fn every_scenario_runs_cleanly_and_hits_stay_off_the_upstream() {
                 warmup: Duration::ZERO,
                 duration: Duration::from_millis(300),
                 rate,
+                tls: None,
             };
             // Warm the cache in a run of its own, so the count below covers
             // only the measured run.
