@@ -158,3 +158,19 @@ pub fn json_reply(status: u16, body: &str, headers: &[(&str, &str)]) -> Reply {
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("valid reply")
 }
+
+/// Reads one request head (up to its blank line, at most 4 KiB) from a
+/// raw connection, for backends that misbehave below HTTP; `false` when
+/// the connection ended (or the head outgrew the buffer) first.
+pub async fn read_request_head(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let mut read = 0;
+    while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf[read..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => read += n,
+        }
+    }
+    true
+}

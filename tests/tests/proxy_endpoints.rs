@@ -15,7 +15,6 @@ use std::sync::Arc;
 use e2e::wait::eventually;
 use e2e::{endpoints_proxy_config, json_reply, spawn_proxy, ProxyHandle, ScriptedUpstream};
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
 /// `eject_for` short, so re-admission comes soon; a connect timeout well
@@ -193,13 +192,8 @@ async fn closes_unanswered() -> (SocketAddr, Arc<AtomicUsize>) {
             };
             let count = count.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut read = 0;
-                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf[read..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
-                    }
+                if !e2e::upstream::read_request_head(&mut stream).await {
+                    return;
                 }
                 count.fetch_add(1, Ordering::SeqCst);
             });

@@ -147,13 +147,8 @@ async fn closes_reused_connections() -> (std::net::SocketAddr, Arc<AtomicUsize>)
             };
             let count = count.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut read = 0;
-                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf[read..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
-                    }
+                if !e2e::upstream::read_request_head(&mut stream).await {
+                    return;
                 }
                 count.fetch_add(1, Ordering::SeqCst);
                 let body = r#"{"ok":true}"#;
@@ -163,7 +158,7 @@ async fn closes_reused_connections() -> (std::net::SocketAddr, Arc<AtomicUsize>)
                 );
                 let _ = stream.write_all(reply.as_bytes()).await;
                 // Wait for the next request on this connection, then drop it unanswered.
-                let _ = stream.read(&mut buf).await;
+                let _ = stream.read(&mut [0u8; 4096]).await;
             });
         }
     });

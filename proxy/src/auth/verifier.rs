@@ -270,7 +270,10 @@ impl JwtVerifier {
         let attempts = remote.attempts();
         match self.verify(token) {
             Err(AuthError::UnknownKid | AuthError::KeysUnavailable) => {
-                remote.refetch(attempts).await;
+                // Boxed: the fetch's future (an HTTP client request) is
+                // large, and would otherwise be part of every request's
+                // future, moved and zeroed on the common path too.
+                Box::pin(remote.refetch(attempts)).await;
                 self.verify(token)
             }
             other => other,
