@@ -100,7 +100,7 @@ impl Proxy {
                 vary: learned_vary.clone(),
             };
             let mut status = ctx.cache_status;
-            return Ok(self.fetch_and_store(&fetch, None, &mut status).await?.0);
+            return Ok(Box::pin(self.fetch_and_store(&fetch, None, &mut status)).await?.0);
         }
 
         let (generations, stale) = match self.store.lookup(&key, &policy.tags).await {
@@ -122,18 +122,20 @@ impl Proxy {
         };
         // Misses coalesce only when the store answered: the generations it
         // read are what proves a leader's entry may be served to a waiter.
+        // The miss path's futures are boxed (here, and the fetch below):
+        // a miss is worth an allocation, and unboxed they would make every
+        // hit's future larger, which each request moves as it starts.
         let plan = match &generations {
             Some(generations) => {
-                self.coalescer()
-                    .plan(Miss {
-                        key,
-                        generations,
-                        tags: &policy.tags,
-                        stale: stale.as_deref(),
-                        wait_limit: req.snap.settings.response_timeout,
-                        lease_ttl: req.snap.settings.cache.lease_ttl,
-                    })
-                    .await
+                let miss = Miss {
+                    key,
+                    generations,
+                    tags: &policy.tags,
+                    stale: stale.as_deref(),
+                    wait_limit: req.snap.settings.response_timeout,
+                    lease_ttl: req.snap.settings.cache.lease_ttl,
+                };
+                Box::pin(self.coalescer().plan(miss)).await
             }
             None => MissPlan::FetchOwn,
         };
@@ -159,11 +161,8 @@ impl Proxy {
             vary: learned_vary.clone(),
         };
         let result = match leader {
-            Some(leader) => {
-                self.lead(fetch, generations, leader, lease, &mut ctx.cache_status)
-                    .await
-            }
-            None => self.fetch_and_store(&fetch, generations, &mut ctx.cache_status).await,
+            Some(leader) => Box::pin(self.lead(fetch, generations, leader, lease, &mut ctx.cache_status)).await,
+            None => Box::pin(self.fetch_and_store(&fetch, generations, &mut ctx.cache_status)).await,
         };
         if fetch_failed(&result) {
             if let Some(entry) = stale.filter(|e| e.may_serve_on_error(now_ms())) {

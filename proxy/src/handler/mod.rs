@@ -159,7 +159,11 @@ impl Proxy {
             Some(policy) if is_read => self.cached_read(&admitted, policy, ctx).await,
             _ => {
                 ctx.cache_status = CacheStatus::Bypass(if is_read { Bypass::Uncacheable } else { Bypass::Method });
-                self.pass_through(admitted, body).await
+                // Boxed, like the miss path in `cached_answer`: a request
+                // to the backend is worth an allocation, and its future
+                // would otherwise make every hit's future larger, which
+                // each request moves (memcpy) as it starts.
+                Box::pin(self.pass_through(admitted, body)).await
             }
         }
     }
