@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`process`]: children that die with the test binary, free ports, waits.
 //! - [`servers`]: [`RedisServer`] and [`MongoServer`] (FerretDB).
+//! - [`cluster`]: [`cluster::RedisCluster`], a real local Redis Cluster.
 //! - [`origin`]: [`spawn_origin`], the real origin in-process.
 //! - [`proxy`]: [`spawn_proxy`], the real proxy in-process, and its config.
 //! - [`upstream`]: [`ScriptedUpstream`], an origin that misbehaves on purpose.
@@ -18,6 +19,7 @@
 //! - [`client`]: a small JSON client for the origin's API.
 
 pub mod client;
+pub mod cluster;
 pub mod origin;
 pub mod previous;
 pub mod process;

@@ -37,7 +37,7 @@ impl RedisServer {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match spawn_redis(port, &dir) {
+            match spawn_redis(port, &dir, &[]) {
                 Ok(child) => {
                     return RedisServer {
                         port,
@@ -73,7 +73,7 @@ impl RedisServer {
     /// every key, as after a crash without persistence).
     pub fn restart(&mut self) {
         self.stop();
-        let child = spawn_redis(self.port, &self.dir).unwrap_or_else(|e| panic!("redis restart failed: {e}"));
+        let child = spawn_redis(self.port, &self.dir, &[]).unwrap_or_else(|e| panic!("redis restart failed: {e}"));
         self.child = Some(child);
     }
 
@@ -91,7 +91,9 @@ impl RedisServer {
     }
 }
 
-fn spawn_redis(port: u16, dir: &tempfile::TempDir) -> Result<ManagedChild, String> {
+/// A `redis-server` on `port` with its files in `dir`, and `extra`
+/// arguments (cluster mode, for one).
+pub(crate) fn spawn_redis(port: u16, dir: &tempfile::TempDir, extra: &[&str]) -> Result<ManagedChild, String> {
     let binary = find_binary("redis-server", "REDIS_SERVER_BIN", &[], REDIS_INSTALL_HINT);
     let mut command = Command::new(binary);
     command
@@ -112,7 +114,11 @@ fn spawn_redis(port: u16, dir: &tempfile::TempDir) -> Result<ManagedChild, Strin
             "volatile-lru",
         ])
         .args(["--dir".as_ref(), dir.path().as_os_str()])
-        .args(["--logfile".as_ref(), dir.path().join("redis.log").as_os_str()])
+        .args([
+            "--logfile".as_ref(),
+            dir.path().join(format!("redis-{port}.log")).as_os_str(),
+        ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = ManagedChild::spawn("redis-server", command).map_err(|e| e.to_string())?;
@@ -120,7 +126,7 @@ fn spawn_redis(port: u16, dir: &tempfile::TempDir) -> Result<ManagedChild, Strin
     Ok(child)
 }
 
-fn redis_answers_ping(port: u16) -> bool {
+pub(crate) fn redis_answers_ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };

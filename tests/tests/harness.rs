@@ -83,3 +83,27 @@ fn a_restarted_redis_is_a_new_process_on_the_same_port() {
     assert_ne!(redis.pid().unwrap(), old_pid);
     assert!(!is_alive(old_pid));
 }
+
+#[test]
+fn a_local_redis_cluster_forms_with_three_primaries_and_three_replicas() {
+    let mut cluster = e2e::cluster::RedisCluster::start();
+    let ports = cluster.ports().to_vec();
+    assert_eq!(ports.len(), 6);
+    for port in &ports {
+        let info = cluster.info(*port);
+        assert!(info.contains("cluster_state:ok"), "{info}");
+        assert!(info.contains("cluster_size:3"), "three primaries: {info}");
+        assert!(info.contains("cluster_known_nodes:6"), "{info}");
+    }
+    // A killed node and the others alike stop with it, as every other
+    // server does.
+    cluster.kill(ports[0]);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err());
+    drop(cluster);
+    for port in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "node {port} outlived the cluster"
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! A real local Redis Cluster: three primaries and three replicas, each a
+//! `redis-server --cluster-enabled yes` on free ports, joined with
+//! `redis-cli --cluster create`, stopped on drop like every other server.
+//!
+//! One per test binary is enough (tests keep apart by key namespace); it
+//! takes a few seconds to form.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::{find_binary, free_port, ManagedChild};
+use crate::servers::{spawn_redis, REDIS_INSTALL_HINT};
+
+/// Nodes in the cluster: three primaries, one replica each.
+const NODES: usize = 6;
+/// How long the cluster may take to agree it serves every slot.
+const FORMING_LIMIT: Duration = Duration::from_secs(60);
+/// A node's cluster bus listens on its port + 10000.
+const BUS_OFFSET: u16 = 10_000;
+
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    nodes: Vec<Option<ManagedChild>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("temp dir for the cluster");
+        let mut ports = Vec::with_capacity(NODES);
+        let mut nodes = Vec::with_capacity(NODES);
+        while nodes.len() < NODES {
+            let port = free_cluster_port();
+            let config = format!("nodes-{port}.conf");
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &config,
+                // Failover within seconds in the failover tests, not the
+                // default 15.
+                "--cluster-node-timeout",
+                "2000",
+            ];
+            if let Ok(child) = spawn_redis(port, &dir, &extra) {
+                ports.push(port);
+                nodes.push(Some(child));
+            }
+        }
+        let cluster = RedisCluster {
+            ports,
+            nodes,
+            _dir: dir,
+        };
+        cluster.create();
+        cluster
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node: seeds for a cluster client.
+    pub fn seeds(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// `CLUSTER INFO` as one node sees it.
+    pub fn info(&self, port: u16) -> String {
+        cli(port, &["cluster", "info"])
+    }
+
+    /// Kills a node (`kill -9`): a primary's replica takes over after the
+    /// node timeout.
+    pub fn kill(&mut self, port: u16) {
+        let i = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node of this cluster");
+        self.nodes[i] = None;
+    }
+
+    fn create(&self) {
+        let binary = find_binary("redis-cli", "REDIS_CLI_BIN", &[], REDIS_INSTALL_HINT);
+        let mut command = Command::new(binary);
+        command.arg("--cluster").arg("create");
+        command.args(self.ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        command.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let output = command.stdin(Stdio::null()).output().expect("redis-cli runs");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let deadline = Instant::now() + FORMING_LIMIT;
+        for port in &self.ports {
+            // Polls a condition with a deadline: the nodes gossip until
+            // each agrees every slot is served.
+            while !self.info(*port).contains("cluster_state:ok") {
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not form: {}",
+                    self.info(*port)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        let bus_free = port
+            .checked_add(BUS_OFFSET)
+            .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok());
+        if bus_free {
+            return port;
+        }
+    }
+}
+
+/// `redis-cli -p <port> <args>`'s output.
+fn cli(port: u16, args: &[&str]) -> String {
+    let binary = find_binary("redis-cli", "REDIS_CLI_BIN", &[], REDIS_INSTALL_HINT);
+    let output = Command::new(binary)
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
