@@ -56,11 +56,6 @@ impl RedisCluster {
         cluster
     }
 
-    /// `redis://127.0.0.1:<port>` of every node: seeds for a cluster client.
-    pub fn seeds(&self) -> Vec<String> {
-        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
-    }
-
     pub fn ports(&self) -> &[u16] {
         &self.ports
     }

@@ -7,7 +7,9 @@
 //! # Layout
 //! - [`process`]: children that die with the test binary, free ports, waits.
 //! - [`servers`]: [`RedisServer`] and [`MongoServer`] (FerretDB).
-//! - [`cluster`]: [`cluster::RedisCluster`], a real local Redis Cluster.
+//! - [`cluster`]: [`cluster::RedisCluster`], a real local Redis Cluster;
+//!   [`sentinel`]: [`sentinel::SentinelGroup`], a primary, a replica and
+//!   three sentinels.
 //! - [`origin`]: [`spawn_origin`], the real origin in-process.
 //! - [`proxy`]: [`spawn_proxy`], the real proxy in-process, and its config.
 //! - [`upstream`]: [`ScriptedUpstream`], an origin that misbehaves on purpose.
@@ -24,6 +26,7 @@ pub mod origin;
 pub mod previous;
 pub mod process;
 pub mod proxy;
+pub mod sentinel;
 pub mod servers;
 pub mod stack;
 pub mod task;

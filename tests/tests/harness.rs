@@ -107,3 +107,17 @@ fn a_local_redis_cluster_forms_with_three_primaries_and_three_replicas() {
         );
     }
 }
+
+#[test]
+fn a_local_sentinel_group_promotes_the_replica_when_the_primary_dies() {
+    let mut group = e2e::sentinel::SentinelGroup::start();
+    assert_eq!(group.current_primary(), Some(group.primary_port()));
+    group.kill_primary();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Polls a condition with a deadline: the sentinels agree the primary
+    // is down, elect a leader and promote the replica.
+    while group.current_primary() != Some(group.replica_port()) {
+        assert!(std::time::Instant::now() < deadline, "no failover");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

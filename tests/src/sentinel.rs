@@ -1,0 +1,128 @@
+//! A real local Sentinel group: one primary, one replica and three
+//! sentinels watching them (quorum 2), on free ports, stopped on drop like
+//! every other server. The sentinels are `redis-server --sentinel`, which
+//! Debian's `redis-server` package provides.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::{find_binary, free_port, wait_until, ManagedChild};
+use crate::servers::{redis_answers_ping, spawn_redis, REDIS_INSTALL_HINT};
+
+/// The name the sentinels know the primary by.
+pub const SERVICE: &str = "proxy-cache";
+const SENTINELS: usize = 3;
+const STARTUP_LIMIT: Duration = Duration::from_secs(20);
+/// How long the group may take to agree on its members.
+const FORMING_LIMIT: Duration = Duration::from_secs(60);
+
+pub struct SentinelGroup {
+    primary: (u16, Option<ManagedChild>),
+    replica: (u16, Option<ManagedChild>),
+    sentinels: Vec<(u16, ManagedChild)>,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelGroup {
+    pub fn start() -> SentinelGroup {
+        let dir = tempfile::tempdir().expect("temp dir for sentinel");
+        let primary_port = free_port();
+        let primary = spawn_redis(primary_port, &dir, &[]).expect("the primary starts");
+        let replica_port = free_port();
+        let port = primary_port.to_string();
+        let replica =
+            spawn_redis(replica_port, &dir, &["--replicaof", "127.0.0.1", &port]).expect("the replica starts");
+        let sentinels = (0..SENTINELS)
+            .map(|_| {
+                let port = free_port();
+                (port, spawn_sentinel(port, primary_port, &dir))
+            })
+            .collect();
+        let group = SentinelGroup {
+            primary: (primary_port, Some(primary)),
+            replica: (replica_port, Some(replica)),
+            sentinels,
+            _dir: dir,
+        };
+        group.await_formed();
+        group
+    }
+
+    pub fn primary_port(&self) -> u16 {
+        self.primary.0
+    }
+
+    pub fn replica_port(&self) -> u16 {
+        self.replica.0
+    }
+
+    /// The primary the sentinels name now.
+    pub fn current_primary(&self) -> Option<u16> {
+        let reply = cli(self.sentinels[0].0, &["sentinel", "get-master-addr-by-name", SERVICE]);
+        reply.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Kills the primary (`kill -9`): the sentinels promote the replica
+    /// after their down-after time.
+    pub fn kill_primary(&mut self) {
+        self.primary.1 = None;
+    }
+
+    fn await_formed(&self) {
+        let deadline = Instant::now() + FORMING_LIMIT;
+        for (port, _) in &self.sentinels {
+            // Polls a condition with a deadline: sentinels find the
+            // replica and each other through the primary.
+            loop {
+                let replicas = cli(*port, &["sentinel", "replicas", SERVICE]);
+                let peers = cli(*port, &["sentinel", "sentinels", SERVICE]);
+                let known_replica = replicas.contains(&self.replica.0.to_string());
+                let known_peers = self
+                    .sentinels
+                    .iter()
+                    .filter(|(other, _)| other != port)
+                    .all(|(other, _)| peers.contains(&other.to_string()));
+                if known_replica && known_peers {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the sentinel group did not form");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn spawn_sentinel(port: u16, primary: u16, dir: &tempfile::TempDir) -> ManagedChild {
+    let config = dir.path().join(format!("sentinel-{port}.conf"));
+    let text = format!(
+        "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
+         sentinel monitor {SERVICE} 127.0.0.1 {primary} 2\n\
+         sentinel down-after-milliseconds {SERVICE} 1000\n\
+         sentinel failover-timeout {SERVICE} 5000\n\
+         sentinel parallel-syncs {SERVICE} 1\n",
+        dir.path().display(),
+        dir.path().join(format!("sentinel-{port}.log")).display(),
+    );
+    std::fs::write(&config, text).expect("write the sentinel config");
+    let binary = find_binary("redis-server", "REDIS_SERVER_BIN", &[], REDIS_INSTALL_HINT);
+    let mut command = Command::new(binary);
+    command
+        .arg(&config)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = ManagedChild::spawn("redis-sentinel", command).expect("a sentinel starts");
+    wait_until(&mut child, STARTUP_LIMIT, || redis_answers_ping(port)).expect("a sentinel answers");
+    child
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let binary = find_binary("redis-cli", "REDIS_CLI_BIN", &[], REDIS_INSTALL_HINT);
+    let output = Command::new(binary)
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
