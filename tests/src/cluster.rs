@@ -5,11 +5,10 @@
 //! One per test binary is enough (tests keep apart by key namespace); it
 //! takes a few seconds to form.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::{find_binary, free_port, ManagedChild};
-use crate::servers::{spawn_redis, REDIS_INSTALL_HINT};
+use crate::process::{free_port, ManagedChild};
+use crate::servers::{redis_cli, redis_cli_at, spawn_redis};
 
 /// Nodes in the cluster: three primaries, one replica each.
 const NODES: usize = 6;
@@ -62,7 +61,7 @@ impl RedisCluster {
 
     /// `CLUSTER INFO` as one node sees it.
     pub fn info(&self, port: u16) -> String {
-        cli(port, &["cluster", "info"])
+        redis_cli_at(port, &["cluster", "info"])
     }
 
     /// Kills a node (`kill -9`): a primary's replica takes over after the
@@ -77,12 +76,11 @@ impl RedisCluster {
     }
 
     fn create(&self) {
-        let binary = find_binary("redis-cli", "REDIS_CLI_BIN", &[], REDIS_INSTALL_HINT);
-        let mut command = Command::new(binary);
-        command.arg("--cluster").arg("create");
-        command.args(self.ports.iter().map(|p| format!("127.0.0.1:{p}")));
-        command.args(["--cluster-replicas", "1", "--cluster-yes"]);
-        let output = command.stdin(Stdio::null()).output().expect("redis-cli runs");
+        let nodes: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(nodes.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let output = redis_cli(&args);
         assert!(
             output.status.success(),
             "redis-cli --cluster create failed: {}",
@@ -115,16 +113,4 @@ fn free_cluster_port() -> u16 {
             return port;
         }
     }
-}
-
-/// `redis-cli -p <port> <args>`'s output.
-fn cli(port: u16, args: &[&str]) -> String {
-    let binary = find_binary("redis-cli", "REDIS_CLI_BIN", &[], REDIS_INSTALL_HINT);
-    let output = Command::new(binary)
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::process::{find_binary, free_port, wait_until, ManagedChild};
-use crate::servers::{redis_answers_ping, spawn_redis, REDIS_INSTALL_HINT};
+use crate::servers::{redis_answers_ping, redis_cli_at, spawn_redis, REDIS_INSTALL_HINT};
 
 /// The name the sentinels know the primary by.
 pub const SERVICE: &str = "proxy-cache";
@@ -58,7 +58,7 @@ impl SentinelGroup {
 
     /// The primary the sentinels name now.
     pub fn current_primary(&self) -> Option<u16> {
-        let reply = cli(self.sentinels[0].0, &["sentinel", "get-master-addr-by-name", SERVICE]);
+        let reply = redis_cli_at(self.sentinels[0].0, &["sentinel", "get-master-addr-by-name", SERVICE]);
         reply.lines().nth(1)?.trim().parse().ok()
     }
 
@@ -74,8 +74,8 @@ impl SentinelGroup {
             // Polls a condition with a deadline: sentinels find the
             // replica and each other through the primary.
             loop {
-                let replicas = cli(*port, &["sentinel", "replicas", SERVICE]);
-                let peers = cli(*port, &["sentinel", "sentinels", SERVICE]);
+                let replicas = redis_cli_at(*port, &["sentinel", "replicas", SERVICE]);
+                let peers = redis_cli_at(*port, &["sentinel", "sentinels", SERVICE]);
                 let known_replica = replicas.contains(&self.replica.0.to_string());
                 let known_peers = self
                     .sentinels
@@ -114,15 +114,4 @@ fn spawn_sentinel(port: u16, primary: u16, dir: &tempfile::TempDir) -> ManagedCh
     let mut child = ManagedChild::spawn("redis-sentinel", command).expect("a sentinel starts");
     wait_until(&mut child, STARTUP_LIMIT, || redis_answers_ping(port)).expect("a sentinel answers");
     child
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let binary = find_binary("redis-cli", "REDIS_CLI_BIN", &[], REDIS_INSTALL_HINT);
-    let output = Command::new(binary)
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }

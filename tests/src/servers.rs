@@ -126,6 +126,23 @@ pub(crate) fn spawn_redis(port: u16, dir: &tempfile::TempDir, extra: &[&str]) ->
     Ok(child)
 }
 
+/// `redis-cli <args>` run to its end.
+pub(crate) fn redis_cli(args: &[&str]) -> std::process::Output {
+    let binary = find_binary("redis-cli", "REDIS_CLI_BIN", &[], REDIS_INSTALL_HINT);
+    Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli runs")
+}
+
+/// `redis-cli -p <port> <args>`'s output.
+pub(crate) fn redis_cli_at(port: u16, args: &[&str]) -> String {
+    let port = port.to_string();
+    let args: Vec<&str> = ["-p", port.as_str()].into_iter().chain(args.iter().copied()).collect();
+    String::from_utf8_lossy(&redis_cli(&args).stdout).into_owned()
+}
+
 pub(crate) fn redis_answers_ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;

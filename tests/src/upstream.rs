@@ -159,10 +159,38 @@ pub fn json_reply(status: u16, body: &str, headers: &[(&str, &str)]) -> Reply {
         .expect("valid reply")
 }
 
-/// Reads one request head (up to its blank line, at most 4 KiB) from a
-/// raw connection, for backends that misbehave below HTTP; `false` when
-/// the connection ended (or the head outgrew the buffer) first.
-pub async fn read_request_head(stream: &mut tokio::net::TcpStream) -> bool {
+/// A raw backend, below HTTP, for backends that misbehave on the wire:
+/// each connection's request head is read and counted, then `after_head`
+/// gets the connection (to answer, hang up, or wait). Its address, and
+/// the count of request heads read.
+pub async fn raw_upstream<F, Fut>(after_head: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let count = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (count, after_head) = (count.clone(), after_head.clone());
+            tokio::spawn(async move {
+                if read_request_head(&mut stream).await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    after_head(stream).await;
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Reads one request head (up to its blank line, at most 4 KiB); `false`
+/// when the connection ended (or the head outgrew the buffer) first.
+async fn read_request_head(stream: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 4096];
     let mut read = 0;

@@ -181,25 +181,7 @@ async fn least_outstanding_one_backend_stopped_under_load_fails_no_get_is_ejecte
 /// A raw backend that reads each request's head, counts it and closes the
 /// connection without answering: it may have acted on the request.
 async fn closes_unanswered() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = Arc::new(AtomicUsize::new(0));
-    let count = received.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                if !e2e::upstream::read_request_head(&mut stream).await {
-                    return;
-                }
-                count.fetch_add(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, received)
+    e2e::upstream::raw_upstream(|stream| async move { drop(stream) }).await
 }
 
 #[tokio::test]

@@ -136,33 +136,17 @@ async fn request_bodies_over_the_limit_are_413_declared_or_streamed() {
 /// without answering it: the race of a backend closing an idle connection
 /// just as the proxy reuses it.
 async fn closes_reused_connections() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let answered = Arc::new(AtomicUsize::new(0));
-    let count = answered.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                if !e2e::upstream::read_request_head(&mut stream).await {
-                    return;
-                }
-                count.fetch_add(1, Ordering::SeqCst);
-                let body = r#"{"ok":true}"#;
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
-                // Wait for the next request on this connection, then drop it unanswered.
-                let _ = stream.read(&mut [0u8; 4096]).await;
-            });
-        }
-    });
-    (addr, answered)
+    e2e::upstream::raw_upstream(|mut stream| async move {
+        let body = r#"{"ok":true}"#;
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(reply.as_bytes()).await;
+        // Wait for the next request on this connection, then drop it unanswered.
+        let _ = stream.read(&mut [0u8; 4096]).await;
+    })
+    .await
 }
 
 #[tokio::test]

@@ -528,19 +528,17 @@ fn issuers_are_validated_each_under_its_own_name() {
     assert_eq!(ok.runtime.jwt[1].role_claim, DEFAULT_ROLE_CLAIM);
 }
 
-const TWO_ENDPOINTS: &str = r#"
-    [upstream]
-    urls = ["http://10.0.0.1:5000", "http://10.0.0.2:5000"]
-    [[routes]]
-    name = "login"
-    path = "/login"
-    methods = ["POST"]
-    access = "public"
-"#;
+/// `MINIMAL` with two endpoints instead of its one URL.
+fn two_endpoints() -> String {
+    MINIMAL.replace(
+        "url = \"http://127.0.0.1:5000\"",
+        "urls = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]",
+    )
+}
 
 #[test]
 fn upstream_urls_name_several_endpoints_and_the_first_names_the_cache() {
-    let cfg = load(TWO_ENDPOINTS).unwrap();
+    let cfg = load(&two_endpoints()).unwrap();
     let upstream = &cfg.boot.upstream;
     let authorities: Vec<&str> = upstream.authorities().map(|a| a.as_str()).collect();
     assert_eq!(authorities, ["10.0.0.1:5000", "10.0.0.2:5000"]);
@@ -549,7 +547,7 @@ fn upstream_urls_name_several_endpoints_and_the_first_names_the_cache() {
     assert_eq!(upstream.eject_for, DEFAULT_EJECT_FOR);
     assert_eq!(cfg.boot.store.namespace, "10.0.0.1:5000");
 
-    let tuned = load(&TWO_ENDPOINTS.replace(
+    let tuned = load(&two_endpoints().replace(
         "[upstream]\n",
         "[upstream]\nbalance = \"least_outstanding\"\neject_after = 5\neject_for = \"250ms\"\n",
     ))
@@ -569,7 +567,7 @@ fn upstream_urls_name_several_endpoints_and_the_first_names_the_cache() {
         upstream: Some("http://10.0.0.9:80".into()),
         ..Overrides::default()
     };
-    let replaced = Config::load(TWO_ENDPOINTS, overrides, Path::new(".")).unwrap();
+    let replaced = Config::load(&two_endpoints(), overrides, Path::new(".")).unwrap();
     assert_eq!(replaced.boot.upstream.endpoints.len(), 1);
     assert_eq!(replaced.boot.store.namespace, "10.0.0.9:80");
 }
@@ -577,7 +575,7 @@ fn upstream_urls_name_several_endpoints_and_the_first_names_the_cache() {
 #[test]
 fn upstream_urls_are_checked_one_by_one_and_together() {
     let with = |upstream: &str| {
-        let text = TWO_ENDPOINTS.replace("urls = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]", upstream);
+        let text = two_endpoints().replace("urls = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]", upstream);
         fields(load(&text).unwrap_err())
     };
     assert_eq!(with("url = \"http://a:1\"\nurls = [\"http://b:2\"]"), ["upstream.urls"]);
@@ -597,8 +595,8 @@ fn upstream_urls_are_checked_one_by_one_and_together() {
 
 #[test]
 fn the_endpoints_and_their_health_settings_take_a_restart() {
-    let running = load(TWO_ENDPOINTS).unwrap().boot;
-    let changed = load(&TWO_ENDPOINTS.replace(
+    let running = load(&two_endpoints()).unwrap().boot;
+    let changed = load(&two_endpoints().replace(
         "\"http://10.0.0.2:5000\"]",
         "\"http://10.0.0.3:5000\"]\nbalance = \"least_outstanding\"\neject_after = 2\neject_for = \"1s\"",
     ))
