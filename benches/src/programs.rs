@@ -108,27 +108,12 @@ pub fn drive(run: impl Future<Output = anyhow::Result<bool>>) -> ExitCode {
 /// Ctrl-C or SIGTERM: a driver stops its load early and still reports. A
 /// second one exits at once (the servers die with this process).
 pub async fn interrupted() {
-    signalled().await;
+    proxy::termination_signal().await;
     tokio::spawn(async {
-        signalled().await;
+        proxy::termination_signal().await;
         eprintln!("interrupted again: exiting without a report");
         std::process::exit(130);
     });
-}
-
-async fn signalled() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }
 
 /// Starts one request at each slot of `rate` per second from `start`

@@ -30,7 +30,7 @@
 //! - [`admin`]: health, readiness, metrics, reload and config listener;
 //!   [`purge`]: `POST /purge`; [`operator`]: who may use them.
 //! - [`tls`]: certificates and rustls configurations, both sides.
-//! - [`metrics`], [`error`], [`error_chain`], [`body`], [`secret`]: support.
+//! - [`metrics`], [`error`], [`error_chain`], [`problem`], [`body`], [`secret`]: support.
 
 pub mod admin;
 pub mod auth;
@@ -47,6 +47,7 @@ pub mod handler;
 pub mod invalidate;
 pub mod metrics;
 pub mod operator;
+pub mod problem;
 pub mod purge;
 pub mod rbac;
 pub mod route;
@@ -69,7 +70,7 @@ use crate::cache::redis::RedisStore;
 use crate::cache::settings::{Backend, StoreSettings};
 use crate::cache::Store;
 use crate::concurrency::UpstreamSlots;
-use crate::config::{Config, ConfigError, ConfigErrors, ConfigFile, FileSource};
+use crate::config::{Config, ConfigErrors, ConfigFile, FileSource};
 use crate::handler::Proxy;
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, SettingsSource, Snapshot};
@@ -80,8 +81,6 @@ use crate::upstream::Upstream;
 pub struct Prepared {
     pub boot: BootSettings,
     pub snapshot: Snapshot,
-    /// How to verify an `https://` backend.
-    pub upstream_tls: Option<rustls::ClientConfig>,
     /// Made here: putting settings to use (fetching a JWKS) counts too.
     pub metrics: Arc<Metrics>,
 }
@@ -89,16 +88,13 @@ pub struct Prepared {
 /// Puts the settings to use; a key, certificate or CA file that cannot be
 /// read or used is reported like any invalid field.
 pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
-    let invalid = |field: String, message: String| ConfigErrors(vec![ConfigError::new(field, message)]);
     let metrics = Arc::new(Metrics::new());
     let snapshot = Snapshot::build(config.runtime, config.version, None, &metrics)
         .await
-        .map_err(|p| invalid(p.field, p.message))?;
-    let upstream_tls = snapshot.backend_tls.as_ref().map(|backend| backend.client_config());
+        .map_err(|problem| ConfigErrors(vec![problem]))?;
     Ok(Prepared {
         boot: config.boot,
         snapshot,
-        upstream_tls,
         metrics,
     })
 }
@@ -118,9 +114,11 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
     let Prepared {
         boot,
         snapshot,
-        upstream_tls,
         metrics,
     } = prepared;
+    // The backend's TLS asks the snapshots' shared material at each
+    // handshake, so a reload renews it.
+    let upstream_tls = snapshot.backend_tls.as_ref().map(|backend| backend.client_config());
     let store = build_store(&boot.store, metrics.clone())?;
     let source = reload_from.map(|file| {
         Box::new(FileSource {
@@ -245,6 +243,23 @@ fn listener_tls(
         let snapshot = proxy.runtime.load();
         pick(&snapshot.tls).map(|tls| tls.config.clone())
     })
+}
+
+/// Resolves on Ctrl-C or SIGTERM: how the binary, and the bench drivers
+/// that run it, are told to stop.
+pub async fn termination_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 /// SIGHUP reloads, as for nginx and HAProxy. Outcomes are logged and

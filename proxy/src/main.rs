@@ -147,17 +147,6 @@ async fn serve(prepared: proxy::Prepared, reload_from: ReloadFrom) -> anyhow::Re
     proxy::run(listener, admin, prepared, Some(reload_from), shutdown_signal()).await
 }
 async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
+    proxy::termination_signal().await;
     tracing::info!("shutting down; draining connections");
 }

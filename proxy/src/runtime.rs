@@ -18,6 +18,7 @@ use crate::auth::{Issuers, JwtSettings, KeySetting};
 use crate::cache::settings::CacheLimits;
 use crate::concurrency::RuleSlots;
 use crate::metrics::Metrics;
+pub use crate::problem::Problem;
 use crate::route::RuleSet;
 use crate::secret::Secret;
 use crate::tls::backend::{BackendTls, Material};
@@ -106,13 +107,6 @@ pub struct Snapshot {
     pub backend_tls: Option<Arc<BackendTls>>,
 }
 
-/// A setting that cannot be used, named by its config path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub field: String,
-    pub message: String,
-}
-
 impl Snapshot {
     /// Puts `settings` to use: reads key files and builds the verifier.
     /// `previous` lends what may carry over (per-rule backend slots).
@@ -126,10 +120,7 @@ impl Snapshot {
             [] => None,
             issuers => {
                 let previous = previous.and_then(|p| p.jwt.as_deref());
-                let loaded = Issuers::load(issuers, previous, metrics).await.map_err(|e| Problem {
-                    field: e.field.to_owned(),
-                    message: e.message,
-                })?;
+                let loaded = Issuers::load(issuers, previous, metrics).await?;
                 Some(Arc::new(loaded))
             }
         };
@@ -154,10 +145,7 @@ impl Snapshot {
         let backend_tls = match &settings.backend_tls {
             None => None,
             Some(files) => {
-                let material = Material::load(files).await.map_err(|e| Problem {
-                    field: e.field,
-                    message: e.message,
-                })?;
+                let material = Material::load(files).await?;
                 Some(match previous.and_then(|p| p.backend_tls.clone()) {
                     Some(shared) => {
                         shared.install(material);
@@ -267,13 +255,7 @@ async fn listener_tls(
     previous: Option<&ServerTls>,
 ) -> Result<Option<ServerTls>, Problem> {
     let Some(settings) = settings else { return Ok(None) };
-    ServerTls::load(section, settings, previous)
-        .await
-        .map(Some)
-        .map_err(|e| Problem {
-            field: e.field,
-            message: e.message,
-        })
+    ServerTls::load(section, settings, previous).await.map(Some)
 }
 
 /// Where new runtime settings come from: the config file (and `.env`) in

@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Warm: the generation exists, the index sets exist.
     get(0).await?.error_for_status()?;
-    wait_for_keys(&mut conn, 1).await?;
+    wait_for_entries(&mut conn, 1).await?;
     let before = used_memory(&mut conn).await?;
     let keys_before: usize = redis::cmd("DBSIZE").query_async(&mut conn).await?;
     for i in 1..=cli.entries {
@@ -77,18 +77,9 @@ async fn main() -> anyhow::Result<()> {
     let keys_after: usize = redis::cmd("DBSIZE").query_async(&mut conn).await?;
     let per_entry = (after - before) as f64 / cli.entries as f64;
 
-    let entry_key: String = first_key(&mut conn, "*:e:*").await?;
-    let entry_bytes: usize = redis::cmd("MEMORY")
-        .arg("USAGE")
-        .arg(&entry_key)
-        .query_async(&mut conn)
-        .await?;
+    let entry_bytes = memory_usage(&mut conn, "*:e:*").await?;
     let index_key: String = first_key(&mut conn, "*:ix:/items").await?;
-    let index_bytes: usize = redis::cmd("MEMORY")
-        .arg("USAGE")
-        .arg(&index_key)
-        .query_async(&mut conn)
-        .await?;
+    let index_bytes = memory_usage(&mut conn, &index_key).await?;
     let index_members: usize = redis::cmd("ZCARD").arg(&index_key).query_async(&mut conn).await?;
 
     // Hits: every entry once more, served from Redis.
@@ -178,15 +169,17 @@ async fn commandstats(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::R
     Ok(calls)
 }
 
+/// `MEMORY USAGE` of the first key matching `pattern`.
+async fn memory_usage(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> anyhow::Result<usize> {
+    let key = first_key(conn, pattern).await?;
+    Ok(redis::cmd("MEMORY").arg("USAGE").arg(&key).query_async(conn).await?)
+}
+
 async fn first_key(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> anyhow::Result<String> {
     let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(conn).await?;
     keys.into_iter()
         .next()
         .with_context(|| format!("no key matches {pattern}"))
-}
-
-async fn wait_for_keys(conn: &mut redis::aio::MultiplexedConnection, at_least: usize) -> anyhow::Result<()> {
-    wait_for_entries(conn, at_least).await.map(drop)
 }
 
 /// Polls until `at_least` entry keys exist: stores complete after their

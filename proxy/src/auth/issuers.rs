@@ -7,11 +7,11 @@ use std::sync::Arc;
 use http::HeaderMap;
 use serde_json::Value;
 
-use super::keys::KeyError;
 use super::settings::JwtSettings;
 use super::verifier::JwtVerifier;
 use super::{bearer, AuthError, Claims};
 use crate::metrics::Metrics;
+use crate::problem::Problem;
 
 #[derive(Debug)]
 pub struct Issuers {
@@ -26,7 +26,7 @@ impl Issuers {
         settings: &[JwtSettings],
         previous: Option<&Issuers>,
         metrics: &Arc<Metrics>,
-    ) -> Result<Issuers, KeyError> {
+    ) -> Result<Issuers, Problem> {
         let mut verifiers = Vec::with_capacity(settings.len());
         for (i, issuer) in settings.iter().enumerate() {
             let before = previous.and_then(|p| p.verifiers.iter().find(|v| v.issuer() == issuer.issuer.as_deref()));
@@ -35,7 +35,7 @@ impl Issuers {
                 .map_err(|e| match settings.len() {
                     // Name the issuer's own field, not `[jwt]`'s.
                     1 => e,
-                    _ => KeyError {
+                    _ => Problem {
                         field: e.field.replacen("jwt.", &format!("jwt.issuers[{i}]."), 1),
                         ..e
                     },

@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 use jsonwebtoken::jwk::{JwkSet, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+use crate::problem::Problem;
+
 /// Where verification keys come from, as bytes.
 pub enum KeySource {
     /// HMAC secret, from `JWT_SECRET_KEY`.
@@ -19,13 +21,6 @@ pub enum KeySource {
     Pem(Vec<u8>),
     /// A JWKS document; tokens select a key by `kid`.
     Jwks(Vec<u8>),
-}
-
-/// A key-loading problem, naming the config field at fault.
-#[derive(Debug)]
-pub struct KeyError {
-    pub field: String,
-    pub message: String,
 }
 
 /// One key and the algorithms it may verify.
@@ -151,14 +146,14 @@ pub fn jwks_keys(algorithms: &[Algorithm], json: &[u8]) -> Result<KeySet, String
 /// RFC 7518 §3.2: an HMAC key must be at least as long as the hash
 /// output. Anyone holding one token can test guesses of a shorter secret
 /// offline, at no cost to us and invisible to us.
-pub fn check_secret(algorithm: Algorithm, len: usize) -> Result<(), KeyError> {
+pub fn check_secret(algorithm: Algorithm, len: usize) -> Result<(), Problem> {
     let min = match algorithm {
         Algorithm::HS384 => 48,
         Algorithm::HS512 => 64,
         _ => 32,
     };
     if len < min {
-        return Err(KeyError {
+        return Err(Problem {
             field: "JWT_SECRET_KEY".into(),
             message: format!(
                 "is {len} bytes; {algorithm:?} needs at least {min} (RFC 7518 §3.2), \

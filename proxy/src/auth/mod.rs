@@ -28,7 +28,7 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 
 pub use self::issuers::Issuers;
-pub use self::keys::{check_secret, KeyError, KeySource};
+pub use self::keys::{check_secret, KeySource};
 pub use self::settings::{JwtSettings, KeySetting, RemoteSettings};
 pub use self::verifier::JwtVerifier;
 

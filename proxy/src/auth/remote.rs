@@ -24,10 +24,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 
-use super::keys::{jwks_keys, KeyError, KeySet};
+use super::keys::{jwks_keys, KeySet};
 use super::settings::RemoteSettings;
 use crate::error_chain::error_chain;
 use crate::metrics::Metrics;
+use crate::problem::Problem;
 
 /// A fetch (connect, headers and body) that takes longer has failed.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,27 +45,14 @@ pub struct Fetched {
     refresh_after: Duration,
 }
 
-impl std::ops::Deref for Fetched {
-    type Target = KeySet;
-    fn deref(&self) -> &KeySet {
-        &self.keys
-    }
-}
-
-/// What the last fetch left behind; held while fetching, which makes
-/// fetches one at a time.
-#[derive(Default)]
-struct FetchLog {
-    last_attempt: Option<Instant>,
-    last_error: Option<String>,
-}
-
 pub struct RemoteKeys {
     settings: RemoteSettings,
     algorithms: Vec<Algorithm>,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     current: ArcSwapOption<Fetched>,
-    fetching: tokio::sync::Mutex<FetchLog>,
+    /// When the last fetch began; held while fetching, which makes
+    /// fetches one at a time.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
     /// Fetches finished, good or bad: a request that saw the set lacking
     /// its `kid` refetches only if none finished since.
     attempts: AtomicU64,
@@ -72,7 +60,7 @@ pub struct RemoteKeys {
     /// before one are verified again.
     losses: AtomicU64,
     failures_in_a_row: AtomicU32,
-    /// The last error, for `/readyz` without taking the fetch lock.
+    /// The last fetch's error, for `/readyz` without taking the fetch lock.
     last_error: std::sync::Mutex<Option<String>>,
     stale_logged: AtomicBool,
     metrics: Arc<Metrics>,
@@ -87,10 +75,10 @@ impl RemoteKeys {
         settings: RemoteSettings,
         algorithms: Vec<Algorithm>,
         metrics: Arc<Metrics>,
-    ) -> Result<Arc<RemoteKeys>, KeyError> {
-        let tls = crate::tls::client::client_config("jwt.jwks", settings.ca_file.as_deref(), None)
+    ) -> Result<Arc<RemoteKeys>, Problem> {
+        let tls = crate::tls::client::client_config("jwt.jwks", settings.ca_file.as_deref())
             .await
-            .map_err(|e| KeyError {
+            .map_err(|e| Problem {
                 field: "jwt.jwks_ca_file".into(),
                 message: e.message,
             })?;
@@ -107,7 +95,7 @@ impl RemoteKeys {
             algorithms,
             client: Client::builder(TokioExecutor::new()).build(connector),
             current: ArcSwapOption::empty(),
-            fetching: tokio::sync::Mutex::new(FetchLog::default()),
+            fetching: tokio::sync::Mutex::new(None),
             attempts: AtomicU64::new(0),
             losses: AtomicU64::new(0),
             failures_in_a_row: AtomicU32::new(0),
@@ -116,8 +104,8 @@ impl RemoteKeys {
             metrics,
         });
         {
-            let mut log = keys.fetching.lock().await;
-            keys.fetch(&mut log, "start").await;
+            let mut last_attempt = keys.fetching.lock().await;
+            keys.fetch(&mut last_attempt, "start").await;
         }
         tokio::spawn(keep_fresh(Arc::downgrade(&keys)));
         Ok(keys)
@@ -176,23 +164,20 @@ impl RemoteKeys {
     /// less than `jwks_refetch_interval` ago. Concurrent callers wait for
     /// the one fetch.
     pub async fn refetch(&self, seen: u64) {
-        let mut log = self.fetching.lock().await;
+        let mut last_attempt = self.fetching.lock().await;
         if self.attempts() != seen {
             return;
         }
-        if log
-            .last_attempt
-            .is_some_and(|at| at.elapsed() < self.settings.refetch_interval)
-        {
+        if last_attempt.is_some_and(|at| at.elapsed() < self.settings.refetch_interval) {
             return;
         }
-        self.fetch(&mut log, "unknown kid").await;
+        self.fetch(&mut last_attempt, "unknown kid").await;
     }
 
-    /// One fetch; the caller holds the fetch lock (`log`).
-    async fn fetch(&self, log: &mut FetchLog, why: &'static str) {
-        log.last_attempt = Some(Instant::now());
-        match tokio::time::timeout(FETCH_TIMEOUT, self.download()).await {
+    /// One fetch; the caller holds the fetch lock (`last_attempt`).
+    async fn fetch(&self, last_attempt: &mut Option<Instant>, why: &'static str) {
+        *last_attempt = Some(Instant::now());
+        let error = match tokio::time::timeout(FETCH_TIMEOUT, self.download()).await {
             Ok(Ok((keys, refresh_after))) => {
                 let count = keys.keys.len();
                 let previous = self.current.load_full();
@@ -215,7 +200,7 @@ impl RemoteKeys {
                 }
                 self.stale_logged.store(false, Ordering::SeqCst);
                 self.metrics.jwks_fetch(&self.settings.url.to_string(), "ok", count);
-                log.last_error = None;
+                None
             }
             failed => {
                 let error = match failed {
@@ -231,10 +216,10 @@ impl RemoteKeys {
                 tracing::warn!(url = %self.settings.url, why, %error, "JWKS fetch failed; {serving}");
                 let kept = self.current.load().as_ref().map_or(0, |set| set.keys.keys.len());
                 self.metrics.jwks_fetch(&self.settings.url.to_string(), "error", kept);
-                log.last_error = Some(error);
+                Some(error)
             }
-        }
-        *self.last_error.lock().expect("not poisoned") = log.last_error.clone();
+        };
+        *self.last_error.lock().expect("not poisoned") = error;
         self.attempts.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -322,7 +307,7 @@ async fn keep_fresh(keys: Weak<RemoteKeys>) {
         };
         tokio::time::sleep(wait).await;
         let Some(keys) = keys.upgrade() else { return };
-        let mut log = keys.fetching.lock().await;
-        keys.fetch(&mut log, "refresh").await;
+        let mut last_attempt = keys.fetching.lock().await;
+        keys.fetch(&mut last_attempt, "refresh").await;
     }
 }

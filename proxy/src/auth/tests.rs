@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use super::verifier::Verified;
 use super::*;
+use crate::problem::Problem;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
@@ -408,7 +409,7 @@ fn jwks_selects_the_key_by_kid() {
 
 /// The test JWKS with `test-key` (the one `rsa-private.pem` signs for)
 /// edited by `f`.
-fn jwks_with(f: impl Fn(&mut Value)) -> Result<JwtVerifier, KeyError> {
+fn jwks_with(f: impl Fn(&mut Value)) -> Result<JwtVerifier, Problem> {
     let mut set: Value = serde_json::from_slice(&key("jwks.json")).unwrap();
     let test_key = set["keys"]
         .as_array_mut()

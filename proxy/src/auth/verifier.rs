@@ -9,11 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::keys::{check_secret, jwks_keys, pem_key, secret_key, Key, KeyError, KeySet, KeySource};
+use super::keys::{check_secret, jwks_keys, pem_key, secret_key, Key, KeySet, KeySource};
 use super::remote::RemoteKeys;
 use super::settings::{JwtSettings, KeySetting};
 use super::{is_header_safe, role_claim, AuthError, Claims};
 use crate::metrics::Metrics;
+use crate::problem::Problem;
 
 /// Bytes of tokens remembered after a full verification (each weighed by
 /// its length plus its claims), so a flood of distinct or huge tokens costs
@@ -86,24 +87,14 @@ impl JwtVerifier {
         settings: &JwtSettings,
         previous: Option<&JwtVerifier>,
         metrics: &Arc<Metrics>,
-    ) -> Result<JwtVerifier, KeyError> {
+    ) -> Result<JwtVerifier, Problem> {
         let algorithms = &settings.algorithms;
         let keys = match &settings.keys {
             KeySetting::Secret(secret) => {
-                check_secret(algorithms[0], secret.0.len())?;
-                let current = secret_key(algorithms, secret.0.as_bytes());
+                let keys = keys_from(algorithms, KeySource::Secret(secret.0.as_bytes().to_vec()))?;
                 match &settings.previous_secret {
-                    Some(previous) => {
-                        check_secret(algorithms[0], previous.0.len()).map_err(|e| KeyError {
-                            field: "JWT_SECRET_KEY_PREVIOUS".into(),
-                            ..e
-                        })?;
-                        Keys::Rotating {
-                            current,
-                            previous: secret_key(algorithms, previous.0.as_bytes()),
-                        }
-                    }
-                    None => Keys::Single(current),
+                    Some(previous) => rotating(keys, previous.0.as_bytes())?,
+                    None => keys,
                 }
             }
             KeySetting::SecretFile { file, previous } => {
@@ -117,19 +108,9 @@ impl JwtVerifier {
                 }
             }
             KeySetting::PemFile(path) => {
-                let pem = read("jwt.public_key_file", path).await?;
-                Keys::Single(pem_key(algorithms, &pem).map_err(|message| KeyError {
-                    field: "jwt.public_key_file".into(),
-                    message,
-                })?)
+                keys_from(algorithms, KeySource::Pem(read("jwt.public_key_file", path).await?))?
             }
-            KeySetting::JwksFile(path) => {
-                let json = read("jwt.jwks_file", path).await?;
-                Keys::ByKid(jwks_keys(algorithms, &json).map_err(|message| KeyError {
-                    field: "jwt.jwks_file".into(),
-                    message,
-                })?)
-            }
+            KeySetting::JwksFile(path) => keys_from(algorithms, KeySource::Jwks(read("jwt.jwks_file", path).await?))?,
             KeySetting::JwksUrl(remote) => {
                 let reused = previous.and_then(|p| match &p.keys {
                     Keys::Remote(keys) if keys.serves(remote, algorithms) => Some(keys.clone()),
@@ -153,22 +134,9 @@ impl JwtVerifier {
         audience: Option<String>,
         leeway: Duration,
         role_claim: String,
-    ) -> Result<JwtVerifier, KeyError> {
+    ) -> Result<JwtVerifier, Problem> {
         let algorithms = [algorithm];
-        let keys = match source {
-            KeySource::Secret(secret) => {
-                check_secret(algorithm, secret.len())?;
-                Keys::Single(secret_key(&algorithms, &secret))
-            }
-            KeySource::Pem(pem) => Keys::Single(pem_key(&algorithms, &pem).map_err(|message| KeyError {
-                field: "jwt.public_key_file".into(),
-                message,
-            })?),
-            KeySource::Jwks(json) => Keys::ByKid(jwks_keys(&algorithms, &json).map_err(|message| KeyError {
-                field: "jwt.jwks_file".into(),
-                message,
-            })?),
-        };
+        let keys = keys_from(&algorithms, source)?;
         let settings = JwtSettings {
             algorithms: algorithms.to_vec(),
             keys: KeySetting::Secret(crate::secret::Secret(String::new())),
@@ -183,24 +151,8 @@ impl JwtVerifier {
 
     /// Also accepts tokens signed with `previous`, the HMAC secret before
     /// the current one.
-    pub fn with_previous_secret(mut self, previous: &[u8]) -> Result<JwtVerifier, KeyError> {
-        let field = "JWT_SECRET_KEY_PREVIOUS";
-        self.keys = match self.keys {
-            Keys::Single(current) if current.decoding.family() == jsonwebtoken::AlgorithmFamily::Hmac => {
-                check_secret(current.algorithms[0], previous.len()).map_err(|e| KeyError {
-                    field: field.into(),
-                    ..e
-                })?;
-                let previous = secret_key(&current.algorithms, previous);
-                Keys::Rotating { current, previous }
-            }
-            _ => {
-                return Err(KeyError {
-                    field: field.into(),
-                    message: "only an HMAC secret (JWT_SECRET_KEY) can have a previous one".into(),
-                })
-            }
-        };
+    pub fn with_previous_secret(mut self, previous: &[u8]) -> Result<JwtVerifier, Problem> {
+        self.keys = rotating(self.keys, previous)?;
         Ok(self)
     }
 
@@ -337,7 +289,7 @@ impl JwtVerifier {
             Keys::ByKid(set) => by_kid(set)?,
             Keys::Remote(remote) => {
                 let set = remote.current().ok_or(AuthError::KeysUnavailable)?;
-                by_kid(&set)?
+                by_kid(&set.keys)?
             }
         }
         .map_err(invalid)?;
@@ -387,21 +339,62 @@ impl JwtVerifier {
     }
 }
 
+/// The keys of one source, each error named by the field the source comes
+/// from.
+fn keys_from(algorithms: &[Algorithm], source: KeySource) -> Result<Keys, Problem> {
+    let named = |field: &str| {
+        let field = field.to_owned();
+        move |message| Problem { field, message }
+    };
+    match source {
+        KeySource::Secret(secret) => {
+            check_secret(algorithms[0], secret.len())?;
+            Ok(Keys::Single(secret_key(algorithms, &secret)))
+        }
+        KeySource::Pem(pem) => pem_key(algorithms, &pem)
+            .map(Keys::Single)
+            .map_err(named("jwt.public_key_file")),
+        KeySource::Jwks(json) => jwks_keys(algorithms, &json)
+            .map(Keys::ByKid)
+            .map_err(named("jwt.jwks_file")),
+    }
+}
+
+/// An HMAC secret's keys, also accepting tokens signed with `previous`
+/// (`JWT_SECRET_KEY_PREVIOUS`).
+fn rotating(keys: Keys, previous: &[u8]) -> Result<Keys, Problem> {
+    let field = "JWT_SECRET_KEY_PREVIOUS";
+    match keys {
+        Keys::Single(current) if current.decoding.family() == jsonwebtoken::AlgorithmFamily::Hmac => {
+            check_secret(current.algorithms[0], previous.len()).map_err(|e| Problem {
+                field: field.into(),
+                ..e
+            })?;
+            let previous = secret_key(&current.algorithms, previous);
+            Ok(Keys::Rotating { current, previous })
+        }
+        _ => Err(Problem {
+            field: field.into(),
+            message: "only an HMAC secret (JWT_SECRET_KEY) can have a previous one".into(),
+        }),
+    }
+}
+
 /// An HMAC secret from a file, without the line end editors and
 /// `echo` leave.
-async fn secret_file(field: &str, path: &Path, algorithms: &[Algorithm]) -> Result<Key, KeyError> {
+async fn secret_file(field: &str, path: &Path, algorithms: &[Algorithm]) -> Result<Key, Problem> {
     let bytes = read(field, path).await?;
     let secret = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
     let secret = secret.strip_suffix(b"\r").unwrap_or(secret);
-    check_secret(algorithms[0], secret.len()).map_err(|e| KeyError {
+    check_secret(algorithms[0], secret.len()).map_err(|e| Problem {
         field: field.into(),
         ..e
     })?;
     Ok(secret_key(algorithms, secret))
 }
 
-async fn read(field: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
-    tokio::fs::read(path).await.map_err(|e| KeyError {
+async fn read(field: &str, path: &Path) -> Result<Vec<u8>, Problem> {
+    tokio::fs::read(path).await.map_err(|e| Problem {
         field: field.into(),
         message: format!("cannot read {}: {e}", path.display()),
     })

@@ -3,7 +3,6 @@
 use super::errors::ConfigError;
 use crate::boot::BootSettings;
 use crate::cache::settings::Backend;
-use crate::tls::UpstreamTls;
 use crate::upstream::UpstreamSettings;
 
 /// Every boot field that differs between the running settings and a
@@ -42,7 +41,7 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
         ("upstream.balance", ua.balance == ub.balance),
         ("upstream.eject_after", ua.eject_after == ub.eject_after),
         ("upstream.eject_for", ua.eject_for == ub.eject_for),
-        ("upstream.server_name", tls_field(ua, ub, |t| &t.server_name)),
+        ("upstream.server_name", ua.tls == ub.tls),
         ("upstream.http2", ua.http2 == ub.http2),
         ("upstream.connect_timeout", ua.connect_timeout == ub.connect_timeout),
         (
@@ -92,11 +91,6 @@ fn endpoints_field(a: &UpstreamSettings, b: &UpstreamSettings) -> &'static str {
     } else {
         "upstream.url"
     }
-}
-
-/// Whether one upstream TLS field is the same in both.
-fn tls_field<T: PartialEq>(a: &UpstreamSettings, b: &UpstreamSettings, field: impl Fn(&UpstreamTls) -> &T) -> bool {
-    a.tls.as_ref().map(&field) == b.tls.as_ref().map(&field)
 }
 
 /// A backend's fields, each `None` where the other backend has it:

@@ -1,20 +1,7 @@
 //! Invalid fields, named by their path, all of them at once.
 
 /// One invalid field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub type ConfigError = crate::problem::Problem;
 
 /// Every problem found, so an operator fixes them in one pass.
 #[derive(Debug, Clone, PartialEq, Eq)]

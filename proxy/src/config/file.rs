@@ -89,28 +89,14 @@ pub struct FileSource {
 #[async_trait]
 impl SettingsSource for FileSource {
     async fn read(&self) -> Result<(RuntimeSettings, Arc<str>), Vec<Problem>> {
-        let problems = |errors: Vec<ConfigError>| {
-            errors
-                .into_iter()
-                .map(|e| Problem {
-                    field: e.field,
-                    message: e.message,
-                })
-                .collect::<Vec<_>>()
-        };
         let file = self.file.clone();
         let config = tokio::task::spawn_blocking(move || file.load())
             .await
-            .map_err(|e| {
-                vec![Problem {
-                    field: "config".into(),
-                    message: format!("reading the config failed: {e}"),
-                }]
-            })?
-            .map_err(|errors| problems(errors.0))?;
+            .map_err(|e| vec![Problem::new("config", format!("reading the config failed: {e}"))])?
+            .map_err(|errors| errors.0)?;
         let changed = boot_changes(&self.running, &config.boot);
         if !changed.is_empty() {
-            return Err(problems(changed));
+            return Err(changed);
         }
         Ok((config.runtime, config.version))
     }

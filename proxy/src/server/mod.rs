@@ -111,11 +111,17 @@ pub async fn serve<H, F>(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(settings.header_read_timeout));
-    let builder = Arc::new(builder);
     let limit = Arc::new(Semaphore::new(settings.max_connections));
     let per_ip = PerIpLimit::new(settings.max_connections_per_ip);
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let settings = Arc::new(settings);
+    let shared = Shared {
+        builder: Arc::new(builder),
+        settings: settings.clone(),
+        metrics: metrics.clone(),
+        handle,
+        phase: phase_rx,
+    };
     tokio::pin!(shutdown);
 
     let admit = |stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
@@ -125,16 +131,7 @@ pub async fn serve<H, F>(
             tracing::debug!(%peer, "connection refused: too many from this address");
             return;
         };
-        let connection = serve_connection(
-            builder.clone(),
-            stream,
-            peer,
-            tls(),
-            settings.clone(),
-            metrics.clone(),
-            handle.clone(),
-            phase_rx.clone(),
-        );
+        let connection = serve_connection(shared.clone(), stream, peer, tls());
         tokio::spawn(async move {
             connection.await;
             drop((permit, ip_slot));
@@ -192,22 +189,27 @@ fn accept_queued(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
     queued
 }
 
-/// Serves one connection, after a TLS handshake with `tls` if given.
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection<H, F>(
+/// What every connection of one listener is served with.
+#[derive(Clone)]
+struct Shared<H> {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    tls: Option<Arc<rustls::ServerConfig>>,
     settings: Arc<ServerSettings>,
     metrics: Arc<Metrics>,
     handle: H,
     phase: watch::Receiver<Phase>,
+}
+
+/// Serves one connection, after a TLS handshake with `tls` if given.
+async fn serve_connection<H, F>(
+    shared: Shared<H>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) where
     H: Fn(Request<Incoming>, Client) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let _open = metrics.connection_opened();
+    let _open = shared.metrics.connection_opened();
     let _ = stream.set_nodelay(true);
     let client = Client {
         peer,
@@ -216,33 +218,34 @@ async fn serve_connection<H, F>(
     };
     // The write deadline sits under TLS: it bounds the socket, whatever
     // writes it (handshake, records, alerts).
-    let io = WriteDeadline::new(stream, settings.write_timeout);
+    let io = WriteDeadline::new(stream, shared.settings.write_timeout);
     match tls {
-        None => serve_http(builder, io, client, settings, metrics, handle, phase).await,
+        None => serve_http(shared, io, client).await,
         Some(config) => {
-            let Some(io) = tls::handshake(config, io, settings.header_read_timeout, peer, &metrics).await else {
+            let limit = shared.settings.header_read_timeout;
+            let Some(io) = tls::handshake(config, io, limit, peer, &shared.metrics).await else {
                 return;
             };
-            serve_http(builder, io, client, settings, metrics, handle, phase).await
+            serve_http(shared, io, client).await
         }
     }
 }
 
 /// Serves HTTP on one connection until it ends, its watchdog expires it,
 /// or the server closes it.
-async fn serve_http<I, H, F>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    io: I,
-    client: Client,
-    settings: Arc<ServerSettings>,
-    metrics: Arc<Metrics>,
-    handle: H,
-    mut phase: watch::Receiver<Phase>,
-) where
+async fn serve_http<I, H, F>(shared: Shared<H>, io: I, client: Client)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, Client) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    let Shared {
+        builder,
+        settings,
+        metrics,
+        handle,
+        mut phase,
+    } = shared;
     let peer = client.peer;
     let activity = Arc::new(Activity::default());
     let limits = Limits {

@@ -20,7 +20,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use super::client::roots;
 use super::settings::BackendTlsFiles;
-use super::{pem, provider, LoadError};
+use super::{pem, provider};
+use crate::problem::Problem;
 
 /// What one version of the settings verifies with and presents.
 pub struct Material {
@@ -31,22 +32,15 @@ pub struct Material {
 impl Material {
     /// Reads the files; a CA or certificate that cannot be used is named
     /// by its field.
-    pub async fn load(files: &BackendTlsFiles) -> Result<Material, LoadError> {
+    pub async fn load(files: &BackendTlsFiles) -> Result<Material, Problem> {
         let roots = roots("upstream", files.ca_file.as_deref()).await?;
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
-            .map_err(|e| LoadError::new("upstream.ca_file", e.to_string()))?;
+            .map_err(|e| Problem::new("upstream.ca_file", e.to_string()))?;
         let certificate = match &files.client_certificate {
             Some(pair) => {
-                let chain = pem::certificates("upstream.client_cert_file", &pair.cert_file).await?;
-                let key = pem::private_key("upstream.client_key_file", &pair.key_file).await?;
-                let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
-                    LoadError::new(
-                        "upstream.client_key_file",
-                        format!("cannot be used with the client certificate: {e}"),
-                    )
-                })?;
-                Some(Arc::new(certified))
+                let fields = ("upstream.client_cert_file", "upstream.client_key_file");
+                Some(pem::certified_key(pair, fields).await?)
             }
             None => None,
         };

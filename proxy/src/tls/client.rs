@@ -12,11 +12,11 @@ use std::path::Path;
 
 use rustls::{ClientConfig, RootCertStore};
 
-use super::settings::CertificateFiles;
-use super::{pem, provider, LoadError};
+use super::{pem, provider};
+use crate::problem::Problem;
 
 /// The CAs in `ca_file` alone, or the built-in roots.
-pub async fn roots(section: &str, ca_file: Option<&Path>) -> Result<RootCertStore, LoadError> {
+pub async fn roots(section: &str, ca_file: Option<&Path>) -> Result<RootCertStore, Problem> {
     Ok(match ca_file {
         Some(path) => pem::roots(&format!("{section}.ca_file"), path).await?,
         None => RootCertStore {
@@ -25,28 +25,14 @@ pub async fn roots(section: &str, ca_file: Option<&Path>) -> Result<RootCertStor
     })
 }
 
-/// Verifies servers against `ca_file` alone, or the built-in roots;
-/// presents `client_certificate` when the server asks for one.
-pub async fn client_config(
-    section: &str,
-    ca_file: Option<&Path>,
-    client_certificate: Option<&CertificateFiles>,
-) -> Result<ClientConfig, LoadError> {
+/// Verifies servers against `ca_file` alone, or the built-in roots, and
+/// presents no certificate (a JWKS endpoint; the backend's configuration,
+/// renewed on reload, is [`super::backend::BackendTls`]).
+pub async fn client_config(section: &str, ca_file: Option<&Path>) -> Result<ClientConfig, Problem> {
     let roots = roots(section, ca_file).await?;
-    let builder = ClientConfig::builder_with_provider(provider())
+    Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| LoadError::new(section, e.to_string()))?
-        .with_root_certificates(roots);
-    match client_certificate {
-        Some(files) => {
-            let cert_field = format!("{section}.client_cert_file");
-            let key_field = format!("{section}.client_key_file");
-            let chain = pem::certificates(&cert_field, &files.cert_file).await?;
-            let key = pem::private_key(&key_field, &files.key_file).await?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| LoadError::new(key_field, format!("cannot be used with the client certificate: {e}")))
-        }
-        None => Ok(builder.with_no_client_auth()),
-    }
+        .map_err(|e| Problem::new(section, e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

@@ -17,22 +17,6 @@ use rustls::crypto::CryptoProvider;
 
 pub use self::settings::{BackendTlsFiles, CertificateFiles, ClientAuth, NamedCertificate, TlsSettings, UpstreamTls};
 
-/// A file or setting that cannot be used, named by its config path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadError {
-    pub field: String,
-    pub message: String,
-}
-
-impl LoadError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> LoadError {
-        LoadError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
 /// The one crypto provider, chosen explicitly rather than installed as the
 /// process default: ring, already in the tree, with rustls' safe defaults
 /// (TLS 1.2 and 1.3, forward-secret AEAD suites only).

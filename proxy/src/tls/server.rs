@@ -11,7 +11,8 @@ use rustls::ServerConfig;
 use rustls_pki_types::DnsName;
 
 use super::settings::{CertificateFiles, ClientAuth, TlsSettings};
-use super::{pem, provider, LoadError};
+use super::{pem, provider};
+use crate::problem::Problem;
 
 /// Sessions a listener remembers for TLS 1.2 resumption.
 const SESSION_CACHE_SIZE: usize = 4096;
@@ -33,9 +34,9 @@ impl std::fmt::Debug for Resumption {
 }
 
 impl Resumption {
-    pub fn new() -> Result<Resumption, LoadError> {
+    pub fn new() -> Result<Resumption, Problem> {
         let ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| LoadError::new("tls", format!("cannot make a session ticket key: {e}")))?;
+            .map_err(|e| Problem::new("tls", format!("cannot make a session ticket key: {e}")))?;
         Ok(Resumption {
             sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
             ticketer,
@@ -59,7 +60,7 @@ impl ServerTls {
         section: &str,
         settings: &TlsSettings,
         previous: Option<&ServerTls>,
-    ) -> Result<ServerTls, LoadError> {
+    ) -> Result<ServerTls, Problem> {
         let mut by_name = HashMap::new();
         let mut default = match &settings.default {
             Some(files) => Some(certified_key(section, files).await?),
@@ -70,7 +71,7 @@ impl ServerTls {
             let key = certified_key(&field, &named.files).await?;
             for name in &named.server_names {
                 if by_name.insert(name.to_ascii_lowercase(), key.clone()).is_some() {
-                    return Err(LoadError::new(
+                    return Err(Problem::new(
                         format!("{field}.server_names"),
                         format!("{name:?} is named by another certificate too"),
                     ));
@@ -79,14 +80,14 @@ impl ServerTls {
             default.get_or_insert(key);
         }
         let Some(default) = default else {
-            return Err(LoadError::new(
+            return Err(Problem::new(
                 format!("{section}.cert_file"),
                 "is required (or at least one [[tls.certificates]])",
             ));
         };
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| LoadError::new(section, e.to_string()))?;
+            .map_err(|e| Problem::new(section, e.to_string()))?;
         let builder = match &settings.client_ca_file {
             Some(path) => {
                 let field = format!("{section}.client_ca_file");
@@ -96,7 +97,7 @@ impl ServerTls {
                     ClientAuth::Required => verifier,
                     ClientAuth::Optional => verifier.allow_unauthenticated(),
                 };
-                let verifier = verifier.build().map_err(|e| LoadError::new(field, e.to_string()))?;
+                let verifier = verifier.build().map_err(|e| Problem::new(field, e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -116,22 +117,11 @@ impl ServerTls {
     }
 }
 
-async fn certified_key(section: &str, files: &CertificateFiles) -> Result<Arc<CertifiedKey>, LoadError> {
-    let cert_field = format!("{section}.cert_file");
-    let key_field = format!("{section}.key_file");
-    let chain = pem::certificates(&cert_field, &files.cert_file).await?;
-    let key = pem::private_key(&key_field, &files.key_file).await?;
-    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
-        LoadError::new(
-            key_field,
-            format!(
-                "{} cannot be used with {}: {e}",
-                files.key_file.display(),
-                files.cert_file.display()
-            ),
-        )
-    })?;
-    Ok(Arc::new(certified))
+/// The certificate pair of a `[tls]` section (or one of its
+/// `certificates`), named by its fields.
+async fn certified_key(section: &str, files: &CertificateFiles) -> Result<Arc<CertifiedKey>, Problem> {
+    let fields = (format!("{section}.cert_file"), format!("{section}.key_file"));
+    pem::certified_key(files, (&fields.0, &fields.1)).await
 }
 
 /// Whether `name` may be listed in `server_names`: a DNS name, or `*.`
