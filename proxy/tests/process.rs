@@ -2,11 +2,12 @@
 //! a changed file) reloads the config file, and a second process started on the same address takes over from
 //! the first (SIGTERM) without a failed request.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,9 +35,18 @@ cache = {{ scope = "shared", ttl = "1h" }}
     )
 }
 
-/// A free port: bound, read, released. Ports are never fixed in tests.
+/// A free port: bound, read, released, and never handed out twice by this
+/// test binary (the kernel readily returns a just-released port, so a
+/// listener and its admin listener could otherwise get the same one). Ports
+/// are never fixed in tests.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// An upstream that answers every request `{"ok": true}`.

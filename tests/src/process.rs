@@ -7,11 +7,12 @@
 //! a thread of its own; so all children are forked from one spawner thread
 //! that lives as long as the process.
 
+use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
@@ -99,14 +100,23 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
-/// A TCP port that was free a moment ago. Another process may take it before
-/// the server binds, so callers retry on a fresh port when a server fails to
-/// come up.
+/// A TCP port that was free a moment ago and that this process has not
+/// handed out before. Another process may take it before the server binds,
+/// so callers retry on a fresh port when a server fails to come up. The
+/// kernel readily gives a just-released port again, so without the record
+/// two calls in a row (a listener and its admin listener) can return the same
+/// port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        if HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls `ready` every 10 ms until it is true, the child exits, or `limit`
