@@ -50,6 +50,7 @@ pub mod operator;
 pub mod problem;
 pub mod purge;
 pub mod rbac;
+pub mod redis_layer;
 pub mod route;
 pub mod runtime;
 pub mod secret;
@@ -104,7 +105,11 @@ pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
 pub fn build_store(store: &StoreSettings, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &store.backend {
         Backend::Memory { max_bytes } => Arc::new(MemoryStore::new(*max_bytes)),
-        Backend::Redis { url, l1_max_bytes } => RedisStore::new(&url.0, *l1_max_bytes, store, metrics)?,
+        Backend::Redis {
+            target,
+            buckets,
+            l1_max_bytes,
+        } => RedisStore::new(target, *buckets, *l1_max_bytes, store, metrics)?,
     })
 }
 

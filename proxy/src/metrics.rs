@@ -72,6 +72,7 @@ pub struct Metrics {
     store_errors: Family<OperationLabels, Counter>,
     invalidations: Family<OperationLabels, Counter>,
     redis_errors: Family<OperationLabels, Counter>,
+    unreplicated_invalidations: Counter,
     l1_lookups: Family<OutcomeLabels, Counter>,
     l1_evictions: Family<CauseLabels, Counter>,
     coalesced: Family<OutcomeLabels, Counter>,
@@ -148,6 +149,12 @@ impl Metrics {
             "redis_errors",
             "Failed Redis attempts (retries included), by kind (timeout, error)",
             redis_errors.clone(),
+        );
+        let unreplicated_invalidations = Counter::default();
+        registry.register(
+            "redis_unreplicated_invalidations",
+            "Generation replacements the primary acknowledged but no replica confirmed within the wait (Sentinel, cluster): a failover at that moment could lose them",
+            unreplicated_invalidations.clone(),
         );
         let l1_lookups = Family::default();
         registry.register(
@@ -269,6 +276,7 @@ impl Metrics {
             store_errors,
             invalidations,
             redis_errors,
+            unreplicated_invalidations,
             l1_lookups,
             l1_evictions,
             coalesced,
@@ -341,6 +349,10 @@ impl Metrics {
         self.redis_errors
             .get_or_create(&OperationLabels { operation: kind })
             .inc();
+    }
+
+    pub fn unreplicated_invalidation(&self) {
+        self.unreplicated_invalidations.inc();
     }
 
     pub fn l1_lookup(&self, outcome: &'static str) {

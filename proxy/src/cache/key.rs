@@ -166,6 +166,14 @@ impl CacheKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Which of `count` buckets the key falls in: its first eight bytes
+    /// (a SHA-256, so evenly spread) modulo `count`.
+    pub fn bucket(&self, count: usize) -> usize {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        (u64::from_be_bytes(first) % count.max(1) as u64) as usize
+    }
 }
 
 fn field(h: &mut Sha256, bytes: &[u8]) {

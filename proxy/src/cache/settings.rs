@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use crate::secret::Secret;
+use crate::redis_layer::RedisTarget;
 
 /// Where entries live and how the store talks to it. A change needs a
 /// restart: a reload that changes any of it is refused.
@@ -31,7 +31,10 @@ pub enum Backend {
     /// Bounded in-process store; the default without Redis.
     Memory { max_bytes: u64 },
     Redis {
-        url: Secret,
+        target: RedisTarget,
+        /// Buckets entries are spread over (`cache.redis_buckets`); 0 takes
+        /// the deployment's default (64 on a cluster, 1 elsewhere).
+        buckets: usize,
         /// Bound of the in-process copies kept in front of Redis; 0 turns
         /// that tier off.
         l1_max_bytes: u64,

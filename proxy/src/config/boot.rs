@@ -3,6 +3,7 @@
 use super::errors::ConfigError;
 use crate::boot::BootSettings;
 use crate::cache::settings::Backend;
+use crate::redis_layer::RedisTarget;
 use crate::upstream::UpstreamSettings;
 
 /// Every boot field that differs between the running settings and a
@@ -56,7 +57,9 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
             "upstream.max_concurrent_requests",
             ua.max_concurrent_requests == ub.max_concurrent_requests,
         ),
-        ("cache.redis_url", ba.0 == bb.0),
+        (redis_field(ba.0, bb.0), ba.0 == bb.0),
+        // Only between two Redis deployments: from memory it is implied.
+        ("cache.redis_buckets", ba.3.zip(bb.3).is_none_or(|(a, b)| a == b)),
         ("cache.memory_max_bytes", ba.1 == bb.1),
         ("cache.l1_max_bytes", ba.2 == bb.2),
         ("cache.operation_timeout", ca.operation_timeout == cb.operation_timeout),
@@ -94,10 +97,25 @@ fn endpoints_field(a: &UpstreamSettings, b: &UpstreamSettings) -> &'static str {
 }
 
 /// A backend's fields, each `None` where the other backend has it:
-/// `(cache.redis_url, cache.memory_max_bytes, cache.l1_max_bytes)`.
-fn backend_fields(backend: &Backend) -> (Option<&str>, Option<u64>, Option<u64>) {
+/// `(cache.redis_url or cache.redis_cluster, cache.memory_max_bytes,
+/// cache.l1_max_bytes, cache.redis_buckets)`.
+fn backend_fields(backend: &Backend) -> (Option<&RedisTarget>, Option<u64>, Option<u64>, Option<usize>) {
     match backend {
-        Backend::Redis { url, l1_max_bytes } => (Some(&url.0), None, Some(*l1_max_bytes)),
-        Backend::Memory { max_bytes } => (None, Some(*max_bytes), None),
+        Backend::Redis {
+            target,
+            buckets,
+            l1_max_bytes,
+        } => (Some(target), None, Some(*l1_max_bytes), Some(*buckets)),
+        Backend::Memory { max_bytes } => (None, Some(*max_bytes), None, None),
+    }
+}
+
+/// The field that names the Redis deployment: `cache.redis_cluster` when
+/// either side is a cluster.
+fn redis_field(a: Option<&RedisTarget>, b: Option<&RedisTarget>) -> &'static str {
+    if [a, b].into_iter().flatten().any(RedisTarget::is_cluster) {
+        "cache.redis_cluster"
+    } else {
+        "cache.redis_url"
     }
 }

@@ -99,6 +99,8 @@ pub struct RawNamedCertificate {
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     pub redis_url: Option<String>,
+    pub redis_cluster: Option<Vec<String>>,
+    pub redis_buckets: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub default_ttl: Option<Duration>,
     pub max_entry_bytes: Option<u64>,

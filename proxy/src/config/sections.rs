@@ -10,7 +10,7 @@ use super::fields::{at_least_one_u32, header_name, positive};
 use super::raw::{RawCache, RawUpstream};
 use super::tls::certificate_files;
 use crate::cache::settings::{Backend, CacheLimits, StoreSettings};
-use crate::secret::Secret;
+use crate::redis_layer::RedisTarget;
 use crate::tls::{BackendTlsFiles, UpstreamTls};
 use crate::upstream::{Balance, Http2, UpstreamSettings};
 
@@ -180,6 +180,38 @@ fn is_valid_namespace(namespace: &str) -> bool {
     (1..=256).contains(&namespace.len()) && !namespace.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// Most buckets entries may be spread over: a cluster's hash slots.
+const MAX_REDIS_BUCKETS: usize = 16384;
+
+/// The Redis deployment named by `cache.redis_url` (or its override from
+/// the environment or the command line, which wins) or
+/// `cache.redis_cluster`; `None` for the memory store.
+fn redis_target(p: &mut Problems, raw: &RawCache, redis_url: Option<String>) -> Option<RedisTarget> {
+    if raw.redis_url.is_some() && raw.redis_cluster.is_some() {
+        p.add(
+            "cache.redis_cluster",
+            "set either cache.redis_url (one node or Sentinel) or cache.redis_cluster, not both",
+        );
+    }
+    match (redis_url.or_else(|| raw.redis_url.clone()), &raw.redis_cluster) {
+        (Some(url), _) => match RedisTarget::from_url(&url) {
+            Ok(target) => Some(target),
+            Err(e) => {
+                p.add("cache.redis_url", format!("not a usable Redis URL: {e}"));
+                None
+            }
+        },
+        (None, Some(seeds)) => match RedisTarget::cluster(seeds) {
+            Ok(target) => Some(target),
+            Err(e) => {
+                p.add("cache.redis_cluster", e);
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
 /// Where entries live. The namespace defaults to the upstream's authority
 /// (the first endpoint's, when there are several).
 pub(super) fn store_settings(
@@ -188,13 +220,32 @@ pub(super) fn store_settings(
     redis_url: Option<String>,
     upstream: Option<&UpstreamSettings>,
 ) -> StoreSettings {
-    let backend = match redis_url.or_else(|| raw.redis_url.clone()) {
-        Some(url) => {
-            if let Err(e) = redis::Client::open(url.as_str()) {
-                p.add("cache.redis_url", format!("not a usable Redis URL: {e}"));
+    let backend = match redis_target(p, raw, redis_url) {
+        Some(target) => {
+            let buckets = raw.redis_buckets.unwrap_or(0);
+            if raw.redis_buckets.is_some() && !(1..=MAX_REDIS_BUCKETS).contains(&buckets) {
+                p.add(
+                    "cache.redis_buckets",
+                    format!("must be from 1 to {MAX_REDIS_BUCKETS} (the hash slots of a cluster)"),
+                );
+            }
+            if target.is_cluster() || buckets > 1 {
+                // The bucket's hash tag must be the first `{…}` of a name.
+                for (field, value) in [
+                    ("cache.key_prefix", &raw.key_prefix),
+                    ("cache.namespace", &raw.namespace),
+                ] {
+                    if value.as_deref().is_some_and(|v| v.contains(['{', '}'])) {
+                        p.add(
+                            field,
+                            "must not contain { or } when entries are spread over buckets (a cluster)",
+                        );
+                    }
+                }
             }
             Backend::Redis {
-                url: Secret(url),
+                target,
+                buckets,
                 l1_max_bytes: raw.l1_max_bytes.unwrap_or(DEFAULT_L1_MAX_BYTES),
             }
         }

@@ -6,6 +6,7 @@ use super::*;
 use crate::cache::settings::Backend;
 use crate::cache::Scope;
 use crate::rbac::Access;
+use crate::redis_layer::RedisTarget;
 
 /// Long enough for HS256 (RFC 7518 §3.2).
 const SECRET: &str = "config-test-secret-of-32-bytes-or-more";
@@ -170,15 +171,49 @@ fn redis_gets_an_l1_unless_its_bound_is_zero() {
         let text = format!("{MINIMAL}\n[cache]\nredis_url = \"redis://127.0.0.1:6379/0\"\n{extra}");
         load(&text).unwrap().boot.store.backend
     };
-    let url = Secret("redis://127.0.0.1:6379/0".into());
+    let target = RedisTarget::Node(Secret("redis://127.0.0.1:6379/0".into()));
     assert_eq!(
         with_redis(""),
         Backend::Redis {
-            url: url.clone(),
+            target: target.clone(),
+            buckets: 0,
             l1_max_bytes: DEFAULT_L1_MAX_BYTES
         }
     );
-    assert_eq!(with_redis("l1_max_bytes = 0"), Backend::Redis { url, l1_max_bytes: 0 });
+    assert_eq!(
+        with_redis("l1_max_bytes = 0"),
+        Backend::Redis {
+            target,
+            buckets: 0,
+            l1_max_bytes: 0
+        }
+    );
+}
+
+#[test]
+fn redis_cluster_names_seed_nodes_and_refuses_a_url_beside_it_or_braces_in_names() {
+    let load_cache = |cache: &str| load(&format!("{MINIMAL}\n[cache]\n{cache}"));
+    let backend = load_cache("redis_cluster = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]")
+        .unwrap()
+        .boot
+        .store
+        .backend;
+    let Backend::Redis { target, buckets: 0, .. } = backend else {
+        panic!("not a redis backend with default buckets: {backend:?}")
+    };
+    assert!(target.is_cluster());
+    let both = "redis_url = \"redis://h:1\"\nredis_cluster = [\"redis://h:2\"]";
+    assert_eq!(fields(load_cache(both).unwrap_err()), ["cache.redis_cluster"]);
+    let braces = "redis_cluster = [\"redis://h:2\"]\nnamespace = \"{x}\"";
+    assert_eq!(fields(load_cache(braces).unwrap_err()), ["cache.namespace"]);
+    assert_eq!(
+        fields(load_cache("redis_url = \"redis://h:1\"\nredis_buckets = 0").unwrap_err()),
+        ["cache.redis_buckets"]
+    );
+    assert_eq!(
+        fields(load_cache("redis_url = \"redis+sentinel://h:1\"").unwrap_err()),
+        ["cache.redis_url"]
+    );
 }
 
 #[test]

@@ -10,6 +10,11 @@
 //! write acknowledged before that: the guarantee a read of its own gives.
 //! One batch is in flight at a time; reads arriving meanwhile form the
 //! next, so batches grow with load and a lone read is sent at once.
+//!
+//! Each read names its group: the reads one pipeline may carry together
+//! (on one node, all; on a cluster, one bucket's, which live in one hash
+//! slot). A batch sends one pipeline per group, concurrently: one round
+//! trip to each node involved, never one per key.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,6 +39,8 @@ pub enum Part {
 
 /// One lookup's read: a part of the entry and its tags' generations.
 pub struct Read {
+    /// Which pipeline may carry it.
+    pub group: usize,
     pub entry_key: String,
     pub part: Part,
     pub generation_keys: Vec<String>,
@@ -50,11 +57,12 @@ pub struct ReadBatcher {
 }
 
 impl ReadBatcher {
-    /// Starts the batching task; `execute` sends one pipeline and returns
-    /// its replies in order. The task ends when the batcher is dropped.
+    /// Starts the batching task; `execute` sends one group's pipeline and
+    /// returns its replies in order. The task ends when the batcher is
+    /// dropped.
     pub fn start<F, Fut>(execute: F) -> ReadBatcher
     where
-        F: Fn(redis::Pipeline) -> Fut + Send + 'static,
+        F: Fn(usize, redis::Pipeline) -> Fut + Send + 'static,
         Fut: Future<Output = ReadResult> + Send + 'static,
     {
         let (queue, jobs) = mpsc::unbounded_channel();
@@ -71,25 +79,45 @@ impl ReadBatcher {
 
 async fn run<F, Fut>(mut jobs: mpsc::UnboundedReceiver<Job>, execute: F)
 where
-    F: Fn(redis::Pipeline) -> Fut,
+    F: Fn(usize, redis::Pipeline) -> Fut,
     Fut: Future<Output = ReadResult>,
 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let plan = Plan::new(&batch);
-        let replies = execute(plan.pipeline).await;
-        for ((_, reply), slots) in batch.drain(..).zip(plan.slots) {
-            let answer = match &replies {
-                Ok(values) => slots
-                    .iter()
-                    .map(|&slot| values.get(slot).cloned())
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| StoreError::Backend("fewer replies than commands".into())),
-                Err(e) => Err(e.clone()),
-            };
-            // The requester may have gone (client disconnected): nothing to do.
-            let _ = reply.send(answer);
+        let first = batch[0].0.group;
+        if batch.iter().all(|(read, _)| read.group == first) {
+            // One node, or one bucket: the common case, sent as it is.
+            let plan = Plan::new(&batch);
+            let replies = execute(first, plan.pipeline).await;
+            answer(batch.drain(..), plan.slots, replies);
+            continue;
         }
+        let mut groups: HashMap<usize, Vec<Job>> = HashMap::new();
+        for job in batch.drain(..) {
+            groups.entry(job.0.group).or_default().push(job);
+        }
+        let sends = groups.into_iter().map(|(group, jobs)| {
+            let plan = Plan::new(&jobs);
+            let replies = execute(group, plan.pipeline);
+            async move { answer(jobs, plan.slots, replies.await) }
+        });
+        futures_util::future::join_all(sends).await;
+    }
+}
+
+/// Hands each read of one pipeline the replies it needs.
+fn answer(jobs: impl IntoIterator<Item = Job>, slots: Vec<Vec<usize>>, replies: ReadResult) {
+    for ((_, reply), slots) in jobs.into_iter().zip(slots) {
+        let answer = match &replies {
+            Ok(values) => slots
+                .iter()
+                .map(|&slot| values.get(slot).cloned())
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| StoreError::Backend("fewer replies than commands".into())),
+            Err(e) => Err(e.clone()),
+        };
+        // The requester may have gone (client disconnected): nothing to do.
+        let _ = reply.send(answer);
     }
 }
 
@@ -146,6 +174,7 @@ mod tests {
 
     fn read(part: Part, entry_key: &str, generation_keys: &[&str]) -> Read {
         Read {
+            group: 0,
             entry_key: entry_key.into(),
             part,
             generation_keys: generation_keys.iter().map(|k| k.to_string()).collect(),
@@ -172,7 +201,7 @@ mod tests {
     }
 
     /// Answers each command with its position in the pipeline.
-    fn numbering(pipeline: redis::Pipeline) -> std::future::Ready<ReadResult> {
+    fn numbering(_group: usize, pipeline: redis::Pipeline) -> std::future::Ready<ReadResult> {
         std::future::ready(Ok((0..pipeline.len())
             .map(|i| Some(Bytes::from(i.to_string())))
             .collect()))
@@ -190,7 +219,7 @@ mod tests {
     async fn concurrent_reads_share_pipelines_and_each_gets_its_answer() {
         let pipelines = Arc::new(AtomicUsize::new(0));
         let counted = pipelines.clone();
-        let batcher = Arc::new(ReadBatcher::start(move |pipeline: redis::Pipeline| {
+        let batcher = Arc::new(ReadBatcher::start(move |_group, pipeline: redis::Pipeline| {
             counted.fetch_add(1, Ordering::SeqCst);
             let replies = pipeline
                 .cmd_iter()
@@ -225,13 +254,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_of_different_groups_go_in_their_own_pipelines_and_get_their_own_replies() {
+        let batcher = Arc::new(ReadBatcher::start(|group: usize, pipeline: redis::Pipeline| {
+            // Each reply names the group its pipeline was sent for.
+            std::future::ready(Ok((0..pipeline.len())
+                .map(|_| Some(Bytes::from(group.to_string())))
+                .collect()))
+        }));
+        let reads: Vec<_> = (0..40)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move {
+                    let mut r = read(Part::Value, &format!("e{i}"), &["g"]);
+                    r.group = i % 4;
+                    (i, batcher.read(r).await.unwrap())
+                })
+            })
+            .collect();
+        for r in reads {
+            let (i, values) = r.await.unwrap();
+            let group = Some(Bytes::from((i % 4).to_string()));
+            assert_eq!(values, vec![group.clone(), group]);
+        }
+    }
+
+    #[tokio::test]
     async fn a_failed_batch_fails_every_read_in_it_and_a_short_reply_is_an_error() {
-        let failing = ReadBatcher::start(|_| std::future::ready(Err(StoreError::Timeout)));
+        let failing = ReadBatcher::start(|_, _| std::future::ready(Err(StoreError::Timeout)));
         assert!(matches!(
             failing.read(read(Part::Value, "e", &[])).await,
             Err(StoreError::Timeout)
         ));
-        let short = ReadBatcher::start(|_| std::future::ready(Ok(vec![None])));
+        let short = ReadBatcher::start(|_, _| std::future::ready(Ok(vec![None])));
         assert!(matches!(
             short.read(read(Part::Value, "e", &["g"])).await,
             Err(StoreError::Backend(_))

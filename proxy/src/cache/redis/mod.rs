@@ -15,6 +15,14 @@
 //! process dies first, they may serve entries the write replaced. That
 //! window is the price of letting writes pass while Redis is unreachable.
 //!
+//! Redis is one node, a Sentinel group's primary or a cluster, behind one
+//! [`RedisHandle`]. On a cluster, everything of one entry lives in its
+//! bucket's hash slot (see [`keys`]); the store then works per *group*
+//! (one bucket each): a batch of reads is one pipeline per group, sent
+//! concurrently; each group has its own circuit breaker (a group lives on
+//! one node, so a bad shard opens only its groups' breakers) and its own
+//! pending invalidations. On one node there is one group.
+//!
 //! Key names are built in [`keys`] (entries, leases, generations, the
 //! purge index, the events channel). Generations have no TTL: a lost one
 //! would read as a miss, but letting them expire would only cause needless
@@ -33,26 +41,26 @@
 //! body; it never saves the round trip, so it cannot outlive a write made
 //! through another instance, and it is skipped whenever Redis is.
 
-use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::future::join_all;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 
 mod batch;
 pub mod keys;
+mod pending;
 
 use self::batch::{Part, Read, ReadBatcher, ReadResult};
-use self::keys::Names;
+use self::keys::{Names, CLUSTER_BUCKETS};
+use self::pending::Pending;
 use super::breaker::{Breaker, Transition};
 use super::entry::now_ms;
 use super::memory::{bounded_entries, encoded_weight, usable};
@@ -63,10 +71,7 @@ use super::{
 };
 use crate::cache::settings::StoreSettings;
 use crate::metrics::Metrics;
-
-/// How long a background (re)connection attempt may take; requests never
-/// wait for it longer than their own operation budget.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::redis_layer::{RedisHandle, RedisTarget};
 /// How often remembered invalidations are retried, and how often a write's
 /// invalidation is retried within `invalidation_wait`.
 pub const PENDING_RETRY: Duration = Duration::from_millis(100);
@@ -128,40 +133,46 @@ impl AsRef<Entry> for LocalCopy {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    redis: RedisHandle,
     /// The pub/sub channel invalidations are announced on.
     events: String,
-    /// Lookups' reads, coalesced into one pipeline per round trip.
+    /// Lookups' reads, coalesced into one pipeline per group per round trip.
     reads: ReadBatcher,
     l1: Option<Cache<CacheKey, LocalCopy>>,
     names: Names,
+    /// Whether each bucket is a group of its own (a cluster: one pipeline
+    /// may not cross hash slots) rather than all in one.
+    per_bucket: bool,
     operation_timeout: Duration,
     invalidation_wait: Duration,
-    breaker: Breaker,
-    /// Tags whose invalidation has not reached Redis yet, each with the
-    /// sequence number of its latest failed attempt: a flush removes a tag
-    /// only if no newer failure was recorded while it ran.
-    pending: Mutex<BTreeMap<String, u64>>,
-    pending_seq: AtomicU64,
-    has_pending: AtomicBool,
+    /// How long a write waits for a replica to hold its new generations
+    /// (`WAIT 1`), where a failover may promote one (Sentinel, cluster).
+    replica_wait: Option<Duration>,
+    /// One per group.
+    breakers: Vec<Breaker>,
+    pending: Pending,
     metrics: Arc<Metrics>,
 }
 
 impl RedisStore {
     /// Creates the store without connecting, and starts the task that
-    /// retries pending invalidations while nothing else would.
+    /// retries pending invalidations while nothing else would. `buckets`
+    /// of 0 takes the default: [`CLUSTER_BUCKETS`] on a cluster, 1
+    /// elsewhere.
     pub fn new(
-        url: &str,
+        target: &RedisTarget,
+        buckets: usize,
         l1_max_bytes: u64,
         settings: &StoreSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisStore>, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let redis = RedisHandle::new(target)?;
+        let per_bucket = redis.is_cluster();
+        let buckets = match (buckets, per_bucket) {
+            (0, true) => CLUSTER_BUCKETS,
+            (0, false) => 1,
+            (n, _) => n,
+        };
         let l1 = (l1_max_bytes > 0).then(|| {
             let metrics = metrics.clone();
             bounded_entries(l1_max_bytes, encoded_weight)
@@ -174,28 +185,58 @@ impl RedisStore {
                 })
                 .build()
         });
-        let names = Names::new(&settings.key_prefix, &settings.namespace);
+        let names = Names::new(&settings.key_prefix, &settings.namespace, buckets);
+        let groups = if per_bucket { buckets } else { 1 };
         let events = names.events();
         let store = Arc::new_cyclic(|store: &Weak<RedisStore>| RedisStore {
-            conn,
-            events: events.clone(),
+            redis,
+            events,
             reads: ReadBatcher::start(pipeline_runner(store.clone())),
             l1,
             names,
+            per_bucket,
             operation_timeout: settings.operation_timeout,
             invalidation_wait: settings.invalidation_wait,
-            breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
-            pending: Mutex::new(BTreeMap::new()),
-            pending_seq: AtomicU64::new(0),
-            has_pending: AtomicBool::new(false),
+            replica_wait: (!matches!(target, RedisTarget::Node(_))).then_some(settings.operation_timeout / 2),
+            breakers: (0..groups)
+                .map(|_| Breaker::new(settings.breaker_failures, settings.breaker_open_for))
+                .collect(),
+            pending: Pending::default(),
             metrics,
         });
         tokio::spawn(retry_pending(Arc::downgrade(&store)));
         tokio::spawn(warn_about_settings(Arc::downgrade(&store)));
         if store.l1.is_some() {
-            tokio::spawn(follow_invalidations(client, events, Arc::downgrade(&store)));
+            tokio::spawn(follow_invalidations(Arc::downgrade(&store)));
         }
         Ok(store)
+    }
+
+    /// The groups: pipelines that may be sent as one.
+    fn groups(&self) -> Range<usize> {
+        0..self.breakers.len()
+    }
+
+    fn group_of(&self, bucket: usize) -> usize {
+        if self.per_bucket {
+            bucket
+        } else {
+            0
+        }
+    }
+
+    fn buckets_of(&self, group: usize) -> Range<usize> {
+        if self.per_bucket {
+            group..group + 1
+        } else {
+            0..self.names.buckets()
+        }
+    }
+
+    /// The group and bucket of `key`'s entry.
+    fn place_of(&self, key: &CacheKey) -> (usize, usize) {
+        let bucket = self.names.bucket_of(key);
+        (self.group_of(bucket), bucket)
     }
 
     /// Runs a purge step: outside the breaker (an admin action must not
@@ -203,10 +244,28 @@ impl RedisStore {
     /// index can be large.
     async fn purge_step<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisHandle) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        self.within(PURGE_TIMEOUT, op(self.conn.clone())).await
+        self.within(PURGE_TIMEOUT, op(self.redis.clone())).await
+    }
+
+    /// Runs one purge pipeline per group, concurrently, each built by
+    /// `build` from the group's buckets; the replies of every group.
+    async fn purge_pipelines<T: redis::FromRedisValue>(
+        &self,
+        build: impl Fn(Range<usize>, &mut redis::Pipeline),
+    ) -> Result<Vec<T>, StoreError> {
+        let steps = self.groups().map(|group| {
+            let mut pipeline = redis::pipe();
+            build(self.buckets_of(group), &mut pipeline);
+            self.purge_step(|mut conn| async move { pipeline.query_async::<Vec<T>>(&mut conn).await })
+        });
+        let mut all = Vec::new();
+        for replies in join_all(steps).await {
+            all.extend(replies?);
+        }
+        Ok(all)
     }
 
     /// Runs `operation` within `budget`, counting its failures.
@@ -228,109 +287,122 @@ impl RedisStore {
         }
     }
 
-    /// The index set filing `place`.
-    fn index_set(&self, place: Filed<'_>) -> String {
+    /// `bucket`'s index set filing `place`.
+    fn index_set(&self, bucket: usize, place: Filed<'_>) -> String {
         match place {
-            Filed::Path(path) => self.names.path_set(path),
-            Filed::Prefix(prefix) => self.names.subtree_set(prefix),
-            Filed::Tag(tag) => self.names.tag_set(tag),
+            Filed::Path(path) => self.names.path_set(bucket, path),
+            Filed::Prefix(prefix) => self.names.subtree_set(bucket, prefix),
+            Filed::Tag(tag) => self.names.tag_set(bucket, tag),
         }
     }
 
-    /// Runs `op` behind the breaker: refused at once while it is open.
-    async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    /// Runs `op` on `group` behind its breaker: refused at once while it
+    /// is open.
+    async fn guarded<T, F, Fut>(&self, group: usize, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisHandle) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        if !self.breaker.allows() {
+        if !self.breakers[group].allows() {
             return Err(StoreError::Unavailable);
         }
-        self.attempt(op).await
+        self.attempt(group, op).await
     }
 
-    /// Runs `op` within the time budget, applying pending invalidations
-    /// first, and records the outcome in the breaker.
-    async fn attempt<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    /// Runs `op` on `group` within the time budget, applying the group's
+    /// pending invalidations first, and records the outcome in its
+    /// breaker.
+    async fn attempt<T, F, Fut>(&self, group: usize, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisHandle) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let attempt = async {
-            if self.has_pending.load(Ordering::Acquire) {
-                self.flush_pending().await?;
+            if self.pending.any() {
+                self.flush_pending(group).await?;
             }
-            op(self.conn.clone()).await
+            op(self.redis.clone()).await
         };
         let result = self.within(self.operation_timeout, attempt).await;
+        let breaker = &self.breakers[group];
         let transition = match &result {
-            Ok(_) => self.breaker.record_success(),
-            Err(_) => self.breaker.record_failure(),
+            Ok(_) => breaker.record_success(),
+            Err(_) => breaker.record_failure(),
         };
+        let shard = self.per_bucket.then_some(group);
         match (transition, &result) {
             (Transition::Opened, Err(e)) => {
-                tracing::warn!(error = %e, "redis unavailable; serving from upstream until it recovers")
+                tracing::warn!(error = %e, bucket = ?shard, "redis unavailable; serving from upstream until it recovers")
             }
-            (Transition::Closed, _) => tracing::info!("redis available again; caching resumed"),
+            (Transition::Closed, _) => tracing::info!(bucket = ?shard, "redis available again; caching resumed"),
             _ => {}
         }
         result
     }
 
-    /// Applies invalidations recorded during an outage.
-    async fn flush_pending(&self) -> RedisResult<()> {
-        let snapshot: Vec<(String, u64)> = self
-            .pending
-            .lock()
-            .expect("pending lock")
-            .iter()
-            .map(|(t, s)| (t.clone(), *s))
-            .collect();
-        if snapshot.is_empty() {
+    /// Applies the invalidations `group` has pending.
+    async fn flush_pending(&self, group: usize) -> RedisResult<()> {
+        let pending = self.pending.of(group);
+        if pending.is_empty() {
             return Ok(());
         }
-        let tags: Vec<String> = snapshot.iter().map(|(t, _)| t.clone()).collect();
-        self.bump(self.conn.clone(), &tags).await?;
-        let mut pending = self.pending.lock().expect("pending lock");
-        for (tag, seq) in &snapshot {
-            if pending.get(tag) == Some(seq) {
-                pending.remove(tag);
-            }
-        }
-        self.has_pending.store(!pending.is_empty(), Ordering::Release);
+        let tags = pending.tags();
+        self.bump(self.redis.clone(), group, &tags).await?;
+        self.pending.settle(&pending);
         tracing::info!(tags = ?tags, "applied invalidations recorded while redis was unreachable");
         Ok(())
     }
 
-    /// Gives `tags` fresh generations. When Redis is out of memory under
-    /// `noeviction` it refuses every write but still deletes: the
-    /// generations are then deleted instead, which fails closed on every
-    /// instance (a missing generation is a miss, and creating it again is
-    /// refused while memory is full), so the write still hides what it
-    /// replaced.
-    async fn bump(&self, mut conn: ConnectionManager, tags: &[String]) -> RedisResult<()> {
+    /// Gives `tags` fresh generations in `group`'s buckets, and (where a
+    /// failover may promote a replica) waits for a replica to hold them.
+    /// When Redis is out of memory under `noeviction` it refuses every
+    /// write but still deletes: the generations are then deleted instead,
+    /// which fails closed on every instance (a missing generation is a
+    /// miss, and creating it again is refused while memory is full), so
+    /// the write still hides what it replaced.
+    async fn bump(&self, mut conn: RedisHandle, group: usize, tags: &[String]) -> RedisResult<()> {
+        let buckets = self.buckets_of(group);
+        let announce = buckets.contains(&0);
         let mut pipe = redis::pipe();
-        for tag in tags {
-            pipe.cmd("SET")
-                .arg(self.names.generation(tag))
-                .arg(new_generation())
-                .ignore();
+        for bucket in buckets.clone() {
+            for tag in tags {
+                pipe.cmd("SET")
+                    .arg(self.names.generation(bucket, tag))
+                    .arg(new_generation())
+                    .ignore();
+            }
         }
         // Tells every instance to drop its L1 copies of these tags now,
         // rather than on their next lookup.
-        pipe.cmd("PUBLISH").arg(&self.events).arg(tags.join(" ")).ignore();
-        match pipe.query_async::<()>(&mut conn).await {
+        if announce {
+            self.redis.announce(&mut pipe, &self.events, &tags.join(" "));
+        }
+        if let Some(wait) = self.replica_wait {
+            pipe.cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
+        }
+        let acknowledged = match pipe.query_async::<Vec<i64>>(&mut conn).await {
             Err(err) if is_out_of_memory(&err) => {
                 tracing::warn!(?tags, "redis is out of memory; deleting the generations of these tags instead of replacing them (every instance misses on them until memory frees)");
                 let mut pipe = redis::pipe();
-                for tag in tags {
-                    pipe.cmd("DEL").arg(self.names.generation(tag)).ignore();
+                for bucket in buckets {
+                    for tag in tags {
+                        pipe.cmd("DEL").arg(self.names.generation(bucket, tag)).ignore();
+                    }
                 }
-                pipe.cmd("PUBLISH").arg(&self.events).arg(tags.join(" ")).ignore();
-                pipe.query_async::<()>(&mut conn).await
+                if announce {
+                    self.redis.announce(&mut pipe, &self.events, &tags.join(" "));
+                }
+                return pipe.query_async::<()>(&mut conn).await;
             }
-            other => other,
+            other => other?,
+        };
+        if self.replica_wait.is_some() && acknowledged.first().is_some_and(|&n| n < 1) {
+            // The primary holds the new generations; no replica confirmed
+            // them in time (none connected, or lagging). A failover now
+            // could lose them: counted, and said in the README.
+            self.metrics.unreplicated_invalidation();
         }
+        Ok(())
     }
 
     /// Problems with Redis's own settings that weaken a guarantee: an
@@ -342,7 +414,7 @@ impl RedisStore {
                 redis::cmd("CONFIG")
                     .arg("GET")
                     .arg("maxmemory-policy")
-                    .query_async(&mut self.conn.clone())
+                    .query_async(&mut self.redis.clone())
                     .await
             })
             .await?;
@@ -366,34 +438,38 @@ impl RedisStore {
         }
     }
 
-    /// Reads `part` of the entry under `key` and the generations of `tags`,
-    /// in the next batch.
+    /// Reads `part` of the entry under `key` and its bucket's generations
+    /// of `tags`, in the next batch.
     async fn read(
         &self,
         part: Part,
         key: &CacheKey,
         tags: &[String],
     ) -> Result<(Option<Bytes>, Vec<Option<Bytes>>), StoreError> {
+        let (group, bucket) = self.place_of(key);
         // Not `allows`: the batch's pipeline passes the breaker (and is the
         // half-open probe); claiming it here too would refuse that probe.
-        if self.breaker.is_open() {
+        if self.breakers[group].is_open() {
             return Err(StoreError::Unavailable);
         }
         let read = Read {
+            group,
             entry_key: self.names.entry(key),
             part,
-            generation_keys: tags.iter().map(|t| self.names.generation(t)).collect(),
+            generation_keys: tags.iter().map(|t| self.names.generation(bucket, t)).collect(),
         };
         let mut values = self.reads.read(read).await?;
         let entry = values.remove(0);
         Ok((entry, values))
     }
 
-    /// Creates the generations of `tags` that do not exist yet (first use,
-    /// or lost with Redis's data) and reads back whichever token won.
-    async fn create_generations(&self, tags: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let keys: Vec<String> = tags.iter().map(|t| self.names.generation(t)).collect();
-        self.guarded(|mut conn| async move {
+    /// Creates `key`'s bucket's generations of `tags` that do not exist
+    /// yet (first use, or lost with Redis's data) and reads back whichever
+    /// token won.
+    async fn create_generations(&self, key: &CacheKey, tags: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let (group, bucket) = self.place_of(key);
+        let keys: Vec<String> = tags.iter().map(|t| self.names.generation(bucket, t)).collect();
+        self.guarded(group, |mut conn| async move {
             let mut pipe = redis::pipe();
             for k in &keys {
                 pipe.cmd("SET").arg(k).arg(new_generation()).arg("NX").ignore();
@@ -431,15 +507,6 @@ impl RedisStore {
         // full read, which creates them.
         (same_value && current.iter().all(Option::is_some)).then(|| miss(tags, current))
     }
-
-    fn remember_pending(&self, tags: &[String]) {
-        let seq = self.pending_seq.fetch_add(1, Ordering::AcqRel);
-        let mut pending = self.pending.lock().expect("pending lock");
-        for tag in tags {
-            pending.insert(tag.clone(), seq);
-        }
-        self.has_pending.store(true, Ordering::Release);
-    }
 }
 
 /// Whether `recorded` holds exactly `current`, the generations just read
@@ -453,16 +520,16 @@ fn recorded_under(recorded: &Generations, tags: &[String], current: &[Option<Byt
             .all(|(((tag, generation), wanted), now)| tag == wanted && now.as_deref() == Some(generation.as_bytes()))
 }
 
-/// Sends a batch's pipeline behind the breaker, within the time budget.
+/// Sends a group's pipeline behind its breaker, within the time budget.
 fn pipeline_runner(
     store: Weak<RedisStore>,
-) -> impl Fn(redis::Pipeline) -> Pin<Box<dyn Future<Output = ReadResult> + Send>> {
-    move |pipeline| {
+) -> impl Fn(usize, redis::Pipeline) -> Pin<Box<dyn Future<Output = ReadResult> + Send>> {
+    move |group, pipeline| {
         let store = store.clone();
         Box::pin(async move {
             let store = store.upgrade().ok_or(StoreError::Unavailable)?;
             store
-                .guarded(|mut conn| async move { pipeline.query_async(&mut conn).await })
+                .guarded(group, |mut conn| async move { pipeline.query_async(&mut conn).await })
                 .await
         })
     }
@@ -511,28 +578,21 @@ fn decode_stamped(raw: Bytes) -> Option<LocalCopy> {
     }
 }
 
-/// Evicts L1 copies as invalidations are announced, reconnecting after
-/// [`PENDING_RETRY`] whenever the subscription drops. Only an early
-/// eviction: an L1 copy is never served without Redis confirming its
+/// Evicts L1 copies as invalidations are announced, following the channel
+/// again after [`PENDING_RETRY`] whenever the subscription drops. Only an
+/// early eviction: an L1 copy is never served without Redis confirming its
 /// generations, whether or not a message arrived.
-async fn follow_invalidations(client: redis::Client, channel: String, store: Weak<RedisStore>) {
-    loop {
-        if let Ok(mut pubsub) = client.get_async_pubsub().await {
-            if pubsub.subscribe(&channel).await.is_ok() {
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    let Some(store) = store.upgrade() else { return };
-                    if let Ok(tags) = message.get_payload::<String>() {
-                        store.evict_tagged(tags.split(' ').map(str::to_owned).collect());
-                    }
-                }
-            }
+async fn follow_invalidations(store: Weak<RedisStore>) {
+    let Some((redis, channel)) = store.upgrade().map(|s| (s.redis.clone(), s.events.clone())) else {
+        return;
+    };
+    let alive = || store.strong_count() > 0;
+    let evict = |tags: String| {
+        if let Some(store) = store.upgrade() {
+            store.evict_tagged(tags.split(' ').map(str::to_owned).collect());
         }
-        if store.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(PENDING_RETRY).await;
-    }
+    };
+    redis.follow(&channel, PENDING_RETRY, alive, evict).await;
 }
 
 /// Whether Redis refused a command, or any command of a pipeline, for
@@ -567,8 +627,8 @@ async fn retry_pending(store: Weak<RedisStore>) {
     loop {
         tick.tick().await;
         let Some(store) = store.upgrade() else { return };
-        if store.has_pending.load(Ordering::Acquire) {
-            let _ = store.attempt(|_| async { Ok(()) }).await;
+        for group in store.pending.groups() {
+            let _ = store.attempt(group, |_| async { Ok(()) }).await;
         }
     }
 }
@@ -586,7 +646,7 @@ impl CacheStore for RedisStore {
         let (raw_entry, current) = self.read(Part::Value, key, tags).await?;
         if current.iter().any(Option::is_none) {
             // A missing generation is a miss, whatever the entry says.
-            return Ok(miss(tags, self.create_generations(tags).await?));
+            return Ok(miss(tags, self.create_generations(key, tags).await?));
         }
         if let Some(copy) = raw_entry.and_then(decode_stamped) {
             // Compared in place: the owned generation list is only built
@@ -609,24 +669,25 @@ impl CacheStore for RedisStore {
             return Ok(());
         }
         let (stamp, value) = stamped(entry);
+        let (group, bucket) = self.place_of(key);
         let entry_key = self.names.entry(key);
         let hex = key.to_hex();
         let with_path = format!("{hex} {}", index.path);
-        let mut sets = vec![(self.names.path_set(index.path), &hex)];
+        let mut sets = vec![(self.names.path_set(bucket, index.path), &hex)];
         sets.extend(prefixes_of(index.path).map(|p| {
             let member = if records_paths(p) { &with_path } else { &hex };
-            (self.names.subtree_set(p), member)
+            (self.names.subtree_set(bucket, p), member)
         }));
         sets.extend(
             index
                 .tags
                 .iter()
                 .filter(|t| *t != ALL_TAG)
-                .map(|t| (self.names.tag_set(t), &hex)),
+                .map(|t| (self.names.tag_set(bucket, t), &hex)),
         );
         let (sets, members): (Vec<String>, Vec<String>) = sets.into_iter().map(|(set, m)| (set, m.clone())).unzip();
         let now = now_ms();
-        self.guarded(|mut conn| async move {
+        self.guarded(group, |mut conn| async move {
             STORE_SCRIPT
                 .key(entry_key)
                 .key(sets)
@@ -656,17 +717,20 @@ impl CacheStore for RedisStore {
             },
             other => (other, None),
         };
-        let (set, now) = (self.index_set(place), now_ms());
-        let members: Vec<String> = self
-            .purge_step(|mut conn| async move {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(set)
-                    .arg(now)
-                    .arg("+inf")
-                    .query_async(&mut conn)
-                    .await
+        let now = now_ms();
+        // Every bucket's index set of the place: one pipeline per group.
+        let members: Vec<Vec<String>> = self
+            .purge_pipelines(|buckets, pipeline| {
+                for bucket in buckets {
+                    pipeline
+                        .cmd("ZRANGEBYSCORE")
+                        .arg(self.index_set(bucket, place))
+                        .arg(now)
+                        .arg("+inf");
+                }
             })
             .await?;
+        let members: Vec<String> = members.into_iter().flatten().collect();
         Ok(members
             .iter()
             .filter_map(|member| {
@@ -688,14 +752,25 @@ impl CacheStore for RedisStore {
         if keys.is_empty() {
             return Ok(0);
         }
-        let keys: Vec<String> = keys.iter().map(|k| self.names.entry(k)).collect();
         if !soft {
-            return self
-                .purge_step(|mut conn| async move { redis::cmd("DEL").arg(&keys).query_async(&mut conn).await })
-                .await;
+            // One DEL per group: a command may not cross hash slots.
+            let mut by_group: Vec<Vec<String>> = vec![Vec::new(); self.breakers.len()];
+            for key in &keys {
+                by_group[self.place_of(key).0].push(self.names.entry(key));
+            }
+            let deletes = by_group.into_iter().filter(|keys| !keys.is_empty()).map(|keys| {
+                self.purge_step(
+                    |mut conn| async move { redis::cmd("DEL").arg(&keys).query_async::<u64>(&mut conn).await },
+                )
+            });
+            let mut removed = 0;
+            for deleted in join_all(deletes).await {
+                removed += deleted?;
+            }
+            return Ok(removed);
         }
         let mut marked = 0;
-        for key in keys {
+        for key in keys.iter().map(|k| self.names.entry(k)) {
             let raw: Option<Bytes> = self
                 .purge_step(|mut conn| {
                     let key = key.clone();
@@ -733,20 +808,35 @@ impl Invalidate for RedisStore {
             return Ok(());
         }
         // Not behind the breaker: a write is worth a few tries even while
-        // reads skip the cache.
+        // reads skip the cache. Every group at once; those that fail are
+        // tried again until `invalidation_wait` runs out.
         let give_up_at = tokio::time::Instant::now() + self.invalidation_wait;
+        let mut left: Vec<usize> = self.groups().collect();
         loop {
-            match self.attempt(|conn| async move { self.bump(conn, tags).await }).await {
-                Ok(()) => return Ok(()),
-                Err(err) if tokio::time::Instant::now() + PENDING_RETRY >= give_up_at => {
-                    // Whether or not Redis applied it, assume not: this
-                    // instance serves no cached answer until a bump of
-                    // these tags is acknowledged.
-                    self.remember_pending(tags);
-                    return Err(err);
+            let attempts = std::mem::take(&mut left).into_iter().map(|group| async move {
+                let result = self
+                    .attempt(group, |conn| async move { self.bump(conn, group, tags).await })
+                    .await;
+                (group, result)
+            });
+            let mut last_error = None;
+            for (group, result) in join_all(attempts).await {
+                if let Err(err) = result {
+                    left.push(group);
+                    last_error = Some(err);
                 }
-                Err(_) => tokio::time::sleep(PENDING_RETRY).await,
             }
+            let Some(err) = last_error else { return Ok(()) };
+            if tokio::time::Instant::now() + PENDING_RETRY >= give_up_at {
+                // Whether or not Redis applied them, assume not: this
+                // instance serves nothing from these groups until a bump
+                // of these tags there is acknowledged.
+                for &group in &left {
+                    self.pending.remember(group, tags);
+                }
+                return Err(err);
+            }
+            tokio::time::sleep(PENDING_RETRY).await;
         }
     }
 }
@@ -756,7 +846,7 @@ impl Leases for RedisStore {
     async fn lease(&self, key: &CacheKey, ttl: Duration) -> Result<Lease, StoreError> {
         let (lease_key, token) = (self.names.lease(key), new_generation());
         let granted: Option<String> = self
-            .guarded(|mut conn| {
+            .guarded(self.place_of(key).0, |mut conn| {
                 let token = token.clone();
                 async move {
                     redis::cmd("SET")
@@ -781,7 +871,7 @@ impl Leases for RedisStore {
         // Deleted only if still ours: an expired lease may have been
         // granted to another instance since.
         let released = self
-            .guarded(|mut conn| async move {
+            .guarded(self.place_of(key).0, |mut conn| async move {
                 RELEASE_SCRIPT
                     .key(lease_key)
                     .arg(token)
@@ -796,16 +886,20 @@ impl Leases for RedisStore {
 
     async fn leased(&self, key: &CacheKey) -> Result<bool, StoreError> {
         let lease_key = self.names.lease(key);
-        self.guarded(|mut conn| async move { redis::cmd("EXISTS").arg(lease_key).query_async(&mut conn).await })
-            .await
+        self.guarded(self.place_of(key).0, |mut conn| async move {
+            redis::cmd("EXISTS").arg(lease_key).query_async(&mut conn).await
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl StoreHealth for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.guarded(|mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
-            .await
+        self.guarded(0, |mut conn| async move {
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        })
+        .await
     }
 
     async fn warnings(&self) -> Vec<String> {
@@ -814,8 +908,12 @@ impl StoreHealth for RedisStore {
     }
 
     async fn close(&self) {
-        if self.has_pending.load(Ordering::Acquire) && self.attempt(|_| async { Ok(()) }).await.is_err() {
-            let lost: Vec<String> = self.pending.lock().expect("pending lock").keys().cloned().collect();
+        let mut unapplied = false;
+        for group in self.pending.groups() {
+            unapplied |= self.attempt(group, |_| async { Ok(()) }).await.is_err();
+        }
+        if unapplied {
+            let lost = self.pending.all_tags();
             tracing::error!(tags = ?lost, "exiting with invalidations redis never acknowledged; other instances may serve entries these writes replaced until they expire");
         }
     }

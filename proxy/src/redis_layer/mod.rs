@@ -1,0 +1,234 @@
+//! One Redis layer: a handle over a standalone node, a primary found
+//! through Sentinel, or a Redis Cluster, that the cache (and what later
+//! shares Redis: rate limits, revocation) talks through.
+//!
+//! The handle is a [`redis::aio::ConnectionLike`], so commands, pipelines
+//! and scripts are written once for every deployment. What differs is
+//! said by the handle: [`RedisHandle::is_cluster`] (a pipeline or a script
+//! must then stay within one hash slot; the cluster client routes it to the
+//! slot's primary and follows `MOVED`/`ASK`), and how invalidation
+//! announcements travel ([`RedisHandle::announce`],
+//! [`RedisHandle::follow`]: plain pub/sub on one primary, sharded pub/sub
+//! on a cluster).
+//!
+//! Nothing connects at construction: the proxy starts, and serves, with
+//! Redis down. Time budgets and circuit breakers stay with the caller,
+//! which knows what an operation is worth.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use tokio::sync::mpsc;
+
+mod sentinel;
+pub mod target;
+
+use self::sentinel::SentinelLink;
+pub use self::target::{RedisTarget, SentinelTarget};
+
+/// How long a background (re)connection attempt may take; requests never
+/// wait for it longer than their own operation budget.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A cloneable handle on the deployment; clones share connections.
+#[derive(Clone)]
+pub struct RedisHandle {
+    link: Link,
+    target: RedisTarget,
+}
+
+#[derive(Clone)]
+enum Link {
+    Node(ConnectionManager),
+    Sentinel(std::sync::Arc<SentinelLink>),
+    Cluster(ClusterConnection),
+}
+
+impl RedisHandle {
+    /// A handle on `target`, connecting on first use.
+    pub fn new(target: &RedisTarget) -> RedisResult<RedisHandle> {
+        let link = match target {
+            RedisTarget::Node(url) => Link::Node(ConnectionManager::new_lazy_with_config(
+                redis::Client::open(url.0.as_str())?,
+                manager_config(),
+            )?),
+            RedisTarget::Sentinel(sentinel) => Link::Sentinel(std::sync::Arc::new(SentinelLink::new(sentinel)?)),
+            RedisTarget::Cluster(seeds) => Link::Cluster(
+                cluster_builder(seeds)
+                    .build()?
+                    .get_pending_async_connection_with_config(cluster_config()),
+            ),
+        };
+        Ok(RedisHandle {
+            link,
+            target: target.clone(),
+        })
+    }
+
+    /// Whether pipelines and scripts must keep to one hash slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.link, Link::Cluster(_))
+    }
+
+    /// The command announcing `message` on `channel` to every instance
+    /// following it: `SPUBLISH` on a cluster (delivered by the one shard
+    /// owning the channel's slot, not broadcast over the whole cluster
+    /// bus), `PUBLISH` elsewhere.
+    pub fn announce(&self, pipeline: &mut Pipeline, channel: &str, message: &str) {
+        let command = if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
+        pipeline.cmd(command).arg(channel).arg(message).ignore();
+    }
+
+    /// Follows `channel` until `keep_going` says stop, handing each message
+    /// to `on_message`; reconnects (after `retry`) whenever the
+    /// subscription drops, including across a failover. Returns when
+    /// `keep_going` is false.
+    pub async fn follow(
+        &self,
+        channel: &str,
+        retry: Duration,
+        keep_going: impl Fn() -> bool,
+        on_message: impl Fn(String),
+    ) {
+        while keep_going() {
+            let _ = match &self.link {
+                Link::Cluster(_) => self.follow_sharded(channel, &keep_going, &on_message).await,
+                Link::Node(_) | Link::Sentinel(_) => self.follow_plain(channel, &keep_going, &on_message).await,
+            };
+            if !keep_going() {
+                return;
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    async fn follow_plain(
+        &self,
+        channel: &str,
+        keep_going: &impl Fn() -> bool,
+        on_message: &impl Fn(String),
+    ) -> RedisResult<()> {
+        let client = match &self.link {
+            Link::Sentinel(link) => link.primary_client().await?,
+            _ => match &self.target {
+                RedisTarget::Node(url) => redis::Client::open(url.0.as_str())?,
+                _ => unreachable!("a plain subscription is only made to a node or a sentinel's primary"),
+            },
+        };
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            if !keep_going() {
+                return Ok(());
+            }
+            if let Ok(text) = message.get_payload::<String>() {
+                on_message(text);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sharded pub/sub over a connection of its own (RESP3, which carries
+    /// the messages as pushes); the cluster client subscribes again on the
+    /// channel's new primary after a failover.
+    async fn follow_sharded(
+        &self,
+        channel: &str,
+        keep_going: &impl Fn() -> bool,
+        on_message: &impl Fn(String),
+    ) -> RedisResult<()> {
+        let RedisTarget::Cluster(seeds) = &self.target else {
+            unreachable!("sharded pub/sub is only used on a cluster")
+        };
+        let (pushes, mut received) = mpsc::unbounded_channel();
+        let client = cluster_builder(seeds)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .build()?;
+        let mut conn = client.get_async_connection_with_config(cluster_config()).await?;
+        conn.ssubscribe(channel).await?;
+        while let Some(push) = received.recv().await {
+            if !keep_going() {
+                return Ok(());
+            }
+            if push.kind == redis::PushKind::SMessage {
+                if let Some(Value::BulkString(text)) = push.data.get(1) {
+                    on_message(String::from_utf8_lossy(text).into_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionLike for RedisHandle {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.link {
+            Link::Node(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(conn) => conn.req_packed_command(cmd),
+            Link::Sentinel(link) => {
+                let link = link.clone();
+                Box::pin(async move {
+                    link.run(|mut conn| async move { conn.req_packed_command(cmd).await })
+                        .await
+                })
+            }
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.link {
+            Link::Node(conn) => conn.req_packed_commands(cmd, offset, count),
+            Link::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+            Link::Sentinel(link) => {
+                let link = link.clone();
+                Box::pin(async move {
+                    link.run(|mut conn| async move { conn.req_packed_commands(cmd, offset, count).await })
+                        .await
+                })
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.link {
+            Link::Node(conn) => conn.get_db(),
+            Link::Cluster(conn) => conn.get_db(),
+            Link::Sentinel(link) => link.db(),
+        }
+    }
+}
+
+/// One node's connection: reconnects in the background, and gives up on
+/// a command quickly rather than queueing it behind a reconnection.
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200))
+}
+
+fn cluster_builder(seeds: &[crate::secret::Secret]) -> ClusterClientBuilder {
+    // Few, short retries: a redirection (`MOVED`/`ASK`) or a topology
+    // refresh is followed at once; a slot with no reachable primary is
+    // the caller's to bypass, within its own budget, not the client's to
+    // wait out.
+    ClusterClientBuilder::new(seeds.iter().map(|s| s.0.clone()))
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(100)
+}
+
+fn cluster_config() -> redis::cluster::ClusterConfig {
+    redis::cluster::ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT)
+}
