@@ -59,6 +59,37 @@ impl RedisCluster {
         &self.ports
     }
 
+    /// The proxy's `cache.redis_url` for this cluster: every node a seed.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The primary serving the hash slot of `key`, as the cluster says now.
+    pub fn primary_of(&self, key: &str) -> Option<u16> {
+        let live = self.live_port()?;
+        let slot: u16 = redis_cli_at(live, &["cluster", "keyslot", key]).trim().parse().ok()?;
+        primary_for_slot(&redis_cli_at(live, &["cluster", "nodes"]), slot)
+    }
+
+    /// A node still running.
+    fn live_port(&self) -> Option<u16> {
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .find(|(_, node)| node.is_some())
+            .map(|(port, _)| *port)
+    }
+
+    /// Whether every running node says the cluster serves every slot.
+    pub fn is_ok(&self) -> bool {
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, node)| node.is_some())
+            .all(|(port, _)| self.info(*port).contains("cluster_state:ok"))
+    }
+
     /// `CLUSTER INFO` as one node sees it.
     pub fn info(&self, port: u16) -> String {
         redis_cli_at(port, &["cluster", "info"])
@@ -100,6 +131,25 @@ impl RedisCluster {
             }
         }
     }
+}
+
+/// In `CLUSTER NODES` output (`<id> <ip:port@bus> <flags> <primary> <ping>
+/// <pong> <epoch> <link> <slots>…`), the port of the live primary serving
+/// `slot`.
+fn primary_for_slot(nodes: &str, slot: u16) -> Option<u16> {
+    nodes.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let flags = fields.get(2)?;
+        if !flags.contains("master") || flags.contains("fail") {
+            return None;
+        }
+        let serves = fields.iter().skip(8).any(|range| {
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(l), Ok(h)) if (l..=h).contains(&slot))
+        });
+        let port = fields.get(1)?.split('@').next()?.rsplit(':').next()?;
+        serves.then(|| port.parse().ok()).flatten()
+    })
 }
 
 /// A free port whose cluster bus port (+10000) is free too.

@@ -10,6 +10,8 @@
 //! - [`cluster`]: [`cluster::RedisCluster`], a real local Redis Cluster;
 //!   [`sentinel`]: [`sentinel::SentinelGroup`], a primary, a replica and
 //!   three sentinels.
+//! - [`shared_redis`]: one node, one Sentinel group and one cluster per
+//!   test binary, and [`on_every_redis!`] to run a scenario on each.
 //! - [`origin`]: [`spawn_origin`], the real origin in-process.
 //! - [`proxy`]: [`spawn_proxy`], the real proxy in-process, and its config.
 //! - [`upstream`]: [`ScriptedUpstream`], an origin that misbehaves on purpose.
@@ -28,6 +30,7 @@ pub mod process;
 pub mod proxy;
 pub mod sentinel;
 pub mod servers;
+pub mod shared_redis;
 pub mod stack;
 pub mod task;
 pub mod tls;

@@ -48,6 +48,12 @@ impl SentinelGroup {
         group
     }
 
+    /// The proxy's `cache.redis_url` for this group.
+    pub fn url(&self) -> String {
+        let sentinels: Vec<String> = self.sentinels.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+        format!("redis+sentinel://{}/{SERVICE}", sentinels.join(","))
+    }
+
     pub fn primary_port(&self) -> u16 {
         self.primary.0
     }

@@ -13,7 +13,10 @@ pub struct Stack {
     pub direct: ApiClient,
     pub proxy: ProxyHandle,
     pub origin: OriginHandle,
-    pub redis: RedisServer,
+    /// The proxy's `cache.redis_url`.
+    pub redis_url: String,
+    /// The Redis started for this stack alone, if it was.
+    _own_redis: Option<RedisServer>,
     pub mongo: MongoServer,
 }
 
@@ -26,16 +29,27 @@ impl Stack {
     /// As [`Stack::start`], with `CACHE_TTL` set to `ttl_secs`.
     pub async fn start_with_ttl(ttl_secs: Option<u64>) -> Stack {
         let redis = RedisServer::start();
+        Stack::start_on(redis.url(), Some(redis), ttl_secs).await
+    }
+
+    /// The shipped config on a Redis deployment shared with other tests
+    /// (`redis_url` as the proxy takes it).
+    pub async fn start_on_shared(redis_url: String) -> Stack {
+        Stack::start_on(redis_url, None, None).await
+    }
+
+    async fn start_on(redis_url: String, own_redis: Option<RedisServer>, ttl_secs: Option<u64>) -> Stack {
         let mongo = MongoServer::start();
         let origin = spawn_origin(&mongo).await;
-        let config = proxy_config(SHIPPED_CONFIG, origin.addr, Some(redis.url()), ttl_secs);
+        let config = proxy_config(SHIPPED_CONFIG, origin.addr, Some(redis_url.clone()), ttl_secs);
         let proxy = spawn_proxy(config).await;
         Stack {
             api: ApiClient::new(proxy.base_url()),
             direct: ApiClient::new(format!("http://{}", origin.addr)),
             proxy,
             origin,
-            redis,
+            redis_url,
+            _own_redis: own_redis,
             mongo,
         }
     }

@@ -4,9 +4,12 @@
 //! Deterministic: the upstream holds every answer until the test has seen,
 //! in the proxies' metrics, that every request is waiting where it should.
 
+use e2e::shared_redis::Deployment;
 use e2e::token::mint;
 use e2e::wait::eventually;
-use e2e::{json_reply, proxy_config, redis_prefix, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
+use e2e::{
+    json_reply, on_every_redis, proxy_config, redis_prefix, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream,
+};
 use futures_util::future::join_all;
 use proxy::cache::{CacheKey, KeyParts, ScopeKey};
 use serde_json::{json, Value};
@@ -130,10 +133,12 @@ async fn two_hundred_cold_misses_through_one_instance_send_one_upstream_request_
     two_hundred_cold_misses_through_one_instance(None).await;
 }
 
-#[tokio::test]
-async fn two_hundred_cold_misses_through_three_instances_send_one_upstream_request() {
+// Coalescing across instances, by a lease in Redis, on one node, a
+// Sentinel group and a cluster.
+on_every_redis!(two_hundred_cold_misses_through_three_instances_send_one_upstream_request);
+
+async fn two_hundred_cold_misses_through_three_instances_send_one_upstream_request(redis: Deployment) {
     let (upstream, open) = gated_upstream(&[]).await;
-    let redis = RedisServer::start();
     let mut instances = Vec::new();
     for _ in 0..3 {
         instances.push(spawn_proxy(proxy_config(CONFIG, upstream.addr, Some(redis.url()), None)).await);

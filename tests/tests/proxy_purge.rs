@@ -4,9 +4,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use e2e::shared_redis::Deployment;
 use e2e::token::mint;
 use e2e::wait::eventually;
-use e2e::{json_reply, proxy_config, spawn_proxy, ApiClient, ProxyHandle, RedisServer, ScriptedUpstream, Stack};
+use e2e::{
+    json_reply, on_every_redis, proxy_config, spawn_proxy, ApiClient, ProxyHandle, RedisServer, ScriptedUpstream, Stack,
+};
 use proxy::config::Secret;
 use serde_json::{json, Value};
 
@@ -65,7 +68,7 @@ struct Rig {
     _upstream: ScriptedUpstream,
 }
 
-async fn rig(redis: Option<&RedisServer>) -> Rig {
+async fn rig(redis_url: Option<String>) -> Rig {
     let version = Arc::new(AtomicU64::new(0));
     let current = version.clone();
     let upstream = ScriptedUpstream::start(move |_| {
@@ -73,7 +76,7 @@ async fn rig(redis: Option<&RedisServer>) -> Rig {
         async move { json_reply(200, &body, &[]) }
     })
     .await;
-    let mut config = proxy_config(CONFIG, upstream.addr, redis.map(RedisServer::url), None);
+    let mut config = proxy_config(CONFIG, upstream.addr, redis_url, None);
     config.runtime.admin_token = Some(Secret(ADMIN_TOKEN.into()));
     let proxy = spawn_proxy(config).await;
     let api = ApiClient::new(proxy.base_url());
@@ -137,7 +140,9 @@ fn emptied(states: &[(String, u64)]) -> Vec<&'static str> {
         .collect()
 }
 
-async fn each_purge_empties_exactly_what_it_names(with_redis: bool) {
+/// Each purge on a fresh proxy (its own upstream, so its own namespace) on
+/// `redis` (`None`: the memory store).
+async fn each_purge_empties_exactly_what_it_names(redis: Option<Deployment>) {
     let cases = [
         (
             json!({"paths": ["/a/1"]}),
@@ -161,8 +166,7 @@ async fn each_purge_empties_exactly_what_it_names(with_redis: bool) {
         ),
     ];
     for (request, expected, counts) in cases {
-        let redis = with_redis.then(RedisServer::start);
-        let rig = rig(redis.as_ref()).await.filled().await;
+        let rig = rig(redis.map(Deployment::url)).await.filled().await;
         let (status, answer) = rig.purge(Some(ADMIN_TOKEN), request.clone()).await;
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["purged"], counts, "{request}");
@@ -170,20 +174,23 @@ async fn each_purge_empties_exactly_what_it_names(with_redis: bool) {
     }
 }
 
-#[tokio::test]
-async fn purges_by_path_prefix_tag_and_all_empty_exactly_what_they_name_in_redis() {
-    each_purge_empties_exactly_what_it_names(true).await;
+// Purge by path, prefix, tag and all on one node, a Sentinel group and a
+// cluster (where each bucket has its own index sets).
+on_every_redis!(purges_by_path_prefix_tag_and_all_empty_exactly_what_they_name_in_redis);
+
+async fn purges_by_path_prefix_tag_and_all_empty_exactly_what_they_name_in_redis(redis: Deployment) {
+    each_purge_empties_exactly_what_it_names(Some(redis)).await;
 }
 
 #[tokio::test]
 async fn purges_by_path_prefix_tag_and_all_empty_exactly_what_they_name_in_memory() {
-    each_purge_empties_exactly_what_it_names(false).await;
+    each_purge_empties_exactly_what_it_names(None).await;
 }
 
 #[tokio::test]
 async fn a_soft_purge_serves_stale_then_refreshes() {
     let redis = RedisServer::start();
-    let rig = rig(Some(&redis)).await.filled().await;
+    let rig = rig(Some(redis.url())).await.filled().await;
     let (status, answer) = rig
         .purge(Some(ADMIN_TOKEN), json!({"prefixes": ["/a"], "soft": true}))
         .await;
@@ -209,7 +216,7 @@ async fn a_soft_purge_serves_stale_then_refreshes() {
 #[tokio::test]
 async fn only_the_admin_token_or_an_admin_jwt_may_purge() {
     let redis = RedisServer::start();
-    let rig = rig(Some(&redis)).await.filled().await;
+    let rig = rig(Some(redis.url())).await.filled().await;
     let everything = json!({"all": true});
     let user = mint("someone", "user");
     for (token, status) in [
@@ -234,7 +241,7 @@ async fn only_the_admin_token_or_an_admin_jwt_may_purge() {
 #[tokio::test]
 async fn a_malformed_purge_is_400_and_purges_nothing() {
     let redis = RedisServer::start();
-    let rig = rig(Some(&redis)).await.filled().await;
+    let rig = rig(Some(redis.url())).await.filled().await;
     for request in [
         json!({}),
         json!({"urls": ["/a"]}),

@@ -7,7 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use e2e::{json_reply, proxy_config, spawn_proxy, RedisServer, ScriptedUpstream, ITEMS_CONFIG};
+use e2e::shared_redis::Deployment;
+use e2e::{json_reply, on_every_redis, proxy_config, spawn_proxy, ScriptedUpstream, ITEMS_CONFIG};
 use http::Method;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
@@ -82,9 +83,10 @@ async fn race_leaves_no_stale_entry(redis_url: Option<String>) {
     assert_eq!(cached.json::<Value>().await.unwrap()["version"], 1);
 }
 
-#[tokio::test]
-async fn a_raced_read_never_caches_pre_write_data_in_redis() {
-    let redis = RedisServer::start();
+// The race on one node, a Sentinel group and a cluster.
+on_every_redis!(a_raced_read_never_caches_pre_write_data_in_redis);
+
+async fn a_raced_read_never_caches_pre_write_data_in_redis(redis: Deployment) {
     race_leaves_no_stale_entry(Some(redis.url())).await;
 }
 

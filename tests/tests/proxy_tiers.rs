@@ -6,10 +6,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use e2e::shared_redis::Deployment;
 use e2e::wait::eventually;
 use e2e::{
-    json_reply, proxy_config, redis_prefix, spawn_proxy, ApiClient, ProxyHandle, RedisServer, ScriptedUpstream, Stack,
-    ITEMS_CONFIG,
+    json_reply, on_every_redis, proxy_config, redis_prefix, spawn_proxy, ApiClient, ProxyHandle, RedisServer,
+    ScriptedUpstream, Stack, ITEMS_CONFIG,
 };
 use http::Method;
 use serde_json::json;
@@ -18,7 +19,12 @@ const L1_HITS: &str = r#"proxy_l1_lookups_total{outcome="hit"}"#;
 
 /// A second proxy on the stack's Redis and origin: instance B.
 async fn second_instance(stack: &Stack) -> (ProxyHandle, ApiClient) {
-    let config = proxy_config(e2e::SHIPPED_CONFIG, stack.origin.addr, Some(stack.redis.url()), None);
+    let config = proxy_config(
+        e2e::SHIPPED_CONFIG,
+        stack.origin.addr,
+        Some(stack.redis_url.clone()),
+        None,
+    );
     let proxy = spawn_proxy(config).await;
     let api = ApiClient::new(proxy.base_url());
     (proxy, api)
@@ -42,9 +48,15 @@ async fn write_version(api: &ApiClient, path: &str, token: &str, version: u64) {
     assert_eq!(put.status, 200, "{:?}", put.body);
 }
 
-#[tokio::test]
-async fn a_write_through_one_instance_is_read_through_another_with_l1_on() {
-    let a = Stack::start().await;
+// Read-your-writes across instances, with L1, on one node, a Sentinel
+// group and a cluster.
+on_every_redis!(
+    a_write_through_one_instance_is_read_through_another_with_l1_on,
+    four_readers_on_one_instance_never_see_a_write_made_through_another_undone,
+);
+
+async fn a_write_through_one_instance_is_read_through_another_with_l1_on(redis: Deployment) {
+    let a = Stack::start_on_shared(redis.url()).await;
     let (b_proxy, b) = second_instance(&a).await;
     let (id, token) = a.api.register_and_login("rw-0").await;
     let path = format!("/users/{id}");
@@ -62,9 +74,8 @@ async fn a_write_through_one_instance_is_read_through_another_with_l1_on() {
     assert!(b_proxy.metric(L1_HITS).await >= 1000, "B's L1 was not in play");
 }
 
-#[tokio::test]
-async fn four_readers_on_one_instance_never_see_a_write_made_through_another_undone() {
-    let a = Stack::start().await;
+async fn four_readers_on_one_instance_never_see_a_write_made_through_another_undone(redis: Deployment) {
+    let a = Stack::start_on_shared(redis.url()).await;
     let (b_proxy, b) = second_instance(&a).await;
     let (id, token) = a.api.register_and_login("rw-0").await;
     let path = format!("/users/{id}");

@@ -33,7 +33,29 @@ impl RedisTarget {
     /// Reads `cache.redis_url`: `redis://`, `rediss://`, or
     /// `redis+sentinel://[user:password@]host:port[,host:port…]/service[/db]`
     /// (`rediss+sentinel://` for TLS to the sentinels and the primary).
+    ///
+    /// `redis+cluster://[user:password@]host:port[,host:port…]` (or
+    /// `rediss+cluster://`) names a cluster's seed nodes in one URL, so one
+    /// environment variable (`REDIS_URL`) can point at any deployment; it
+    /// is read as `cache.redis_cluster` would be.
     pub fn from_url(url: &str) -> Result<RedisTarget, String> {
+        let cluster = url
+            .strip_prefix("redis+cluster://")
+            .map(|rest| (rest, "redis"))
+            .or_else(|| url.strip_prefix("rediss+cluster://").map(|rest| (rest, "rediss")));
+        if let Some((rest, scheme)) = cluster {
+            let (credentials, hosts) = match rest.rsplit_once('@') {
+                Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+                None => (String::new(), rest),
+            };
+            let seeds: Vec<String> = hosts
+                .trim_end_matches('/')
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|host| format!("{scheme}://{credentials}{host}"))
+                .collect();
+            return RedisTarget::cluster(&seeds);
+        }
         let sentinel = url
             .strip_prefix("redis+sentinel://")
             .map(|rest| (rest, false))
@@ -159,6 +181,18 @@ mod tests {
         assert!(RedisTarget::from_url("redis+sentinel://10.0.0.1:26379/").is_err());
         assert!(RedisTarget::from_url("redis+sentinel:///cache").is_err());
         assert!(RedisTarget::from_url("redis+sentinel://h:1/cache/x").is_err());
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seed_nodes_with_their_credentials() {
+        assert_eq!(
+            RedisTarget::from_url("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000"),
+            Ok(RedisTarget::Cluster(vec![
+                Secret("redis://:pw@10.0.0.1:7000".into()),
+                Secret("redis://:pw@10.0.0.2:7000".into())
+            ]))
+        );
+        assert!(RedisTarget::from_url("redis+cluster://").is_err());
     }
 
     #[test]

@@ -348,14 +348,13 @@ impl RedisStore {
         }
         let tags = pending.tags();
         self.bump(self.redis.clone(), group, &tags).await?;
+        self.confirm_replicated().await;
         self.pending.settle(&pending);
         tracing::info!(tags = ?tags, "applied invalidations recorded while redis was unreachable");
         Ok(())
     }
 
-    /// Gives `tags` fresh generations in `group`'s buckets, and (where a
-    /// failover may promote a replica) waits for a replica to hold them.
-    /// When Redis is out of memory under `noeviction` it refuses every
+    /// Gives `tags` fresh generations in `group`'s buckets. When Redis is out of memory under `noeviction` it refuses every
     /// write but still deletes: the generations are then deleted instead,
     /// which fails closed on every instance (a missing generation is a
     /// miss, and creating it again is refused while memory is full), so
@@ -377,10 +376,7 @@ impl RedisStore {
         if announce {
             self.redis.announce(&mut pipe, &self.events, &tags.join(" "));
         }
-        if let Some(wait) = self.replica_wait {
-            pipe.cmd("WAIT").arg(1).arg(wait.as_millis() as u64);
-        }
-        let acknowledged = match pipe.query_async::<Vec<i64>>(&mut conn).await {
+        match pipe.query_async::<()>(&mut conn).await {
             Err(err) if is_out_of_memory(&err) => {
                 tracing::warn!(?tags, "redis is out of memory; deleting the generations of these tags instead of replacing them (every instance misses on them until memory frees)");
                 let mut pipe = redis::pipe();
@@ -392,17 +388,34 @@ impl RedisStore {
                 if announce {
                     self.redis.announce(&mut pipe, &self.events, &tags.join(" "));
                 }
-                return pipe.query_async::<()>(&mut conn).await;
+                pipe.query_async::<()>(&mut conn).await
             }
-            other => other?,
-        };
-        if self.replica_wait.is_some() && acknowledged.first().is_some_and(|&n| n < 1) {
-            // The primary holds the new generations; no replica confirmed
-            // them in time (none connected, or lagging). A failover now
-            // could lose them: counted, and said in the README.
+            other => other,
+        }
+    }
+
+    /// Where a failover may promote a replica (Sentinel, cluster): waits
+    /// until a replica of every primary holds the writes sent so far
+    /// (`WAIT 1`, which the cluster client sends to each primary on the
+    /// connection the writes took, and answers with the fewest replicas
+    /// any primary reached). A write is answered anyway after the wait:
+    /// the primaries hold its generations, and refusing writes while a
+    /// replica is away would stop caching for nothing a failover has not
+    /// already cost. Such writes are counted; the README says what a
+    /// failover at that moment can bring back.
+    async fn confirm_replicated(&self) {
+        let Some(wait) = self.replica_wait else { return };
+        let waited = tokio::time::timeout(
+            self.operation_timeout,
+            redis::cmd("WAIT")
+                .arg(1)
+                .arg(wait.as_millis() as u64)
+                .query_async::<i64>(&mut self.redis.clone()),
+        )
+        .await;
+        if !matches!(waited, Ok(Ok(replicas)) if replicas >= 1) {
             self.metrics.unreplicated_invalidation();
         }
-        Ok(())
     }
 
     /// Problems with Redis's own settings that weaken a guarantee: an
@@ -819,12 +832,18 @@ impl Invalidate for RedisStore {
                     .await;
                 (group, result)
             });
-            let mut last_error = None;
+            let (mut last_error, mut any_applied) = (None, false);
             for (group, result) in join_all(attempts).await {
-                if let Err(err) = result {
-                    left.push(group);
-                    last_error = Some(err);
+                match result {
+                    Ok(()) => any_applied = true,
+                    Err(err) => {
+                        left.push(group);
+                        last_error = Some(err);
+                    }
                 }
+            }
+            if any_applied {
+                self.confirm_replicated().await;
             }
             let Some(err) = last_error else { return Ok(()) };
             if tokio::time::Instant::now() + PENDING_RETRY >= give_up_at {
