@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::process::{free_port, ManagedChild};
-use crate::servers::{redis_cli, redis_cli_at, spawn_redis};
+use crate::servers::{redis_cli, redis_cli_at, redis_replication_ready, spawn_redis};
 
 /// Nodes in the cluster: three primaries, one replica each.
 const NODES: usize = 6;
@@ -120,8 +120,9 @@ impl RedisCluster {
         let deadline = Instant::now() + FORMING_LIMIT;
         for port in &self.ports {
             // Polls a condition with a deadline: the nodes gossip until
-            // each agrees every slot is served.
-            while !self.info(*port).contains("cluster_state:ok") {
+            // each agrees every slot is served, and each replica has
+            // synced (one that never did cannot take over).
+            while !(self.info(*port).contains("cluster_state:ok") && redis_replication_ready(*port)) {
                 assert!(
                     Instant::now() < deadline,
                     "the cluster did not form: {}",

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::process::{find_binary, free_port, wait_until, ManagedChild};
-use crate::servers::{redis_answers_ping, redis_cli_at, spawn_redis, REDIS_INSTALL_HINT};
+use crate::servers::{redis_answers_ping, redis_cli_at, redis_replication_ready, spawn_redis, REDIS_INSTALL_HINT};
 
 /// The name the sentinels know the primary by.
 pub const SERVICE: &str = "proxy-cache";
@@ -88,7 +88,7 @@ impl SentinelGroup {
                     .iter()
                     .filter(|(other, _)| other != port)
                     .all(|(other, _)| peers.contains(&other.to_string()));
-                if known_replica && known_peers {
+                if known_replica && known_peers && redis_replication_ready(self.replica.0) {
                     break;
                 }
                 assert!(Instant::now() < deadline, "the sentinel group did not form");

@@ -112,6 +112,10 @@ pub(crate) fn spawn_redis(port: u16, dir: &tempfile::TempDir, extra: &[&str]) ->
             "256mb",
             "--maxmemory-policy",
             "volatile-lru",
+            // A replica syncs at once rather than after the default 5 s,
+            // so a failover test's replica is ready to take over sooner.
+            "--repl-diskless-sync-delay",
+            "0",
         ])
         .args(["--dir".as_ref(), dir.path().as_os_str()])
         .args([
@@ -141,6 +145,13 @@ pub(crate) fn redis_cli_at(port: u16, args: &[&str]) -> String {
     let port = port.to_string();
     let args: Vec<&str> = ["-p", port.as_str()].into_iter().chain(args.iter().copied()).collect();
     String::from_utf8_lossy(&redis_cli(&args).stdout).into_owned()
+}
+
+/// Whether the node on `port` is a primary, or a replica whose link to
+/// its primary is up (it holds a copy it may take over with).
+pub(crate) fn redis_replication_ready(port: u16) -> bool {
+    let info = redis_cli_at(port, &["info", "replication"]);
+    info.contains("role:master") || info.contains("master_link_status:up")
 }
 
 pub(crate) fn redis_answers_ping(port: u16) -> bool {

@@ -15,8 +15,10 @@
 //! Redis down. Time budgets and circuit breakers stay with the caller,
 //! which knows what an operation is worth.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -29,6 +31,7 @@ pub mod target;
 
 use self::sentinel::SentinelLink;
 pub use self::target::{RedisTarget, SentinelTarget};
+use crate::secret::Secret;
 
 /// How long a background (re)connection attempt may take; requests never
 /// wait for it longer than their own operation budget.
@@ -44,8 +47,61 @@ pub struct RedisHandle {
 #[derive(Clone)]
 enum Link {
     Node(ConnectionManager),
-    Sentinel(std::sync::Arc<SentinelLink>),
-    Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelLink>),
+    Cluster(Arc<ClusterLink>),
+}
+
+/// A cluster connection that can be made anew. The cluster client learns
+/// a new topology from `MOVED` answers and lost connections, but a request
+/// to a dead primary waits on that node's reconnection, and callers give
+/// up (their time budget) before any error reaches the client: after a
+/// failover it would keep routing the dead node's slots to it. So after a
+/// failure the store asks for a new connection, which reads the slot map
+/// from the seeds; at most once per [`RENEW_EVERY`].
+struct ClusterLink {
+    seeds: Vec<Secret>,
+    conn: ArcSwap<ClusterConnection>,
+    renewed_at: Mutex<Instant>,
+}
+
+/// The least time between two renewals of a cluster connection.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+impl ClusterLink {
+    fn new(seeds: &[Secret]) -> RedisResult<ClusterLink> {
+        Ok(ClusterLink {
+            seeds: seeds.to_vec(),
+            conn: ArcSwap::from_pointee(ClusterLink::connect(seeds)?),
+            renewed_at: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn connect(seeds: &[Secret]) -> RedisResult<ClusterConnection> {
+        Ok(cluster_builder(seeds)
+            .build()?
+            .get_pending_async_connection_with_config(cluster_config()))
+    }
+
+    fn current(&self) -> ClusterConnection {
+        ClusterConnection::clone(&self.conn.load())
+    }
+
+    fn renew(&self) {
+        {
+            let mut renewed_at = self.renewed_at.lock().unwrap_or_else(PoisonError::into_inner);
+            if renewed_at.elapsed() < RENEW_EVERY {
+                return;
+            }
+            *renewed_at = Instant::now();
+        }
+        match ClusterLink::connect(&self.seeds) {
+            Ok(conn) => {
+                self.conn.store(Arc::new(conn));
+                tracing::debug!("reconnected to the redis cluster to learn its topology anew");
+            }
+            Err(e) => tracing::debug!(error = %e, "could not reconnect to the redis cluster"),
+        }
+    }
 }
 
 impl RedisHandle {
@@ -56,17 +112,22 @@ impl RedisHandle {
                 redis::Client::open(url.0.as_str())?,
                 manager_config(),
             )?),
-            RedisTarget::Sentinel(sentinel) => Link::Sentinel(std::sync::Arc::new(SentinelLink::new(sentinel)?)),
-            RedisTarget::Cluster(seeds) => Link::Cluster(
-                cluster_builder(seeds)
-                    .build()?
-                    .get_pending_async_connection_with_config(cluster_config()),
-            ),
+            RedisTarget::Sentinel(sentinel) => Link::Sentinel(SentinelLink::start(sentinel)?),
+            RedisTarget::Cluster(seeds) => Link::Cluster(Arc::new(ClusterLink::new(seeds)?)),
         };
         Ok(RedisHandle {
             link,
             target: target.clone(),
         })
+    }
+
+    /// Called after an operation failed: on a cluster, makes the
+    /// connection anew (at most once a second) so a failover's new primary
+    /// is found even when no error reached the cluster client.
+    pub fn recover(&self) {
+        if let Link::Cluster(link) = &self.link {
+            link.renew();
+        }
     }
 
     /// Whether pipelines and scripts must keep to one hash slot.
@@ -170,7 +231,10 @@ impl ConnectionLike for RedisHandle {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.link {
             Link::Node(conn) => conn.req_packed_command(cmd),
-            Link::Cluster(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(link) => {
+                let mut conn = link.current();
+                Box::pin(async move { conn.req_packed_command(cmd).await })
+            }
             Link::Sentinel(link) => {
                 let link = link.clone();
                 Box::pin(async move {
@@ -189,7 +253,10 @@ impl ConnectionLike for RedisHandle {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.link {
             Link::Node(conn) => conn.req_packed_commands(cmd, offset, count),
-            Link::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+            Link::Cluster(link) => {
+                let mut conn = link.current();
+                Box::pin(async move { conn.req_packed_commands(cmd, offset, count).await })
+            }
             Link::Sentinel(link) => {
                 let link = link.clone();
                 Box::pin(async move {
@@ -203,7 +270,7 @@ impl ConnectionLike for RedisHandle {
     fn get_db(&self) -> i64 {
         match &self.link {
             Link::Node(conn) => conn.get_db(),
-            Link::Cluster(conn) => conn.get_db(),
+            Link::Cluster(link) => link.current().get_db(),
             Link::Sentinel(link) => link.db(),
         }
     }
@@ -218,7 +285,7 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_max_delay(Duration::from_millis(200))
 }
 
-fn cluster_builder(seeds: &[crate::secret::Secret]) -> ClusterClientBuilder {
+fn cluster_builder(seeds: &[Secret]) -> ClusterClientBuilder {
     // Few, short retries: a redirection (`MOVED`/`ASK`) or a topology
     // refresh is followed at once; a slot with no reachable primary is
     // the caller's to bypass, within its own budget, not the client's to
@@ -229,6 +296,12 @@ fn cluster_builder(seeds: &[crate::secret::Secret]) -> ClusterClientBuilder {
         .max_retry_wait(100)
 }
 
+/// Bounds each reply as well as each connection: the client refreshes its
+/// slot map over its connections while holding every request, so one reply
+/// that never comes (a node lost mid-failover) would otherwise hold the
+/// whole cluster's traffic.
 fn cluster_config() -> redis::cluster::ClusterConfig {
-    redis::cluster::ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT)
+    redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(CONNECT_TIMEOUT)
 }

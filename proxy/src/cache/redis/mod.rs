@@ -44,6 +44,7 @@
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
@@ -150,6 +151,8 @@ pub struct RedisStore {
     replica_wait: Option<Duration>,
     /// One per group.
     breakers: Vec<Breaker>,
+    /// How many of them are open, to log an outage once.
+    open_groups: AtomicUsize,
     pending: Pending,
     metrics: Arc<Metrics>,
 }
@@ -201,6 +204,7 @@ impl RedisStore {
             breakers: (0..groups)
                 .map(|_| Breaker::new(settings.breaker_failures, settings.breaker_open_for))
                 .collect(),
+            open_groups: AtomicUsize::new(0),
             pending: Pending::default(),
             metrics,
         });
@@ -324,20 +328,41 @@ impl RedisStore {
             op(self.redis.clone()).await
         };
         let result = self.within(self.operation_timeout, attempt).await;
+        if result.is_err() {
+            self.redis.recover();
+        }
         let breaker = &self.breakers[group];
         let transition = match &result {
             Ok(_) => breaker.record_success(),
             Err(_) => breaker.record_failure(),
         };
-        let shard = self.per_bucket.then_some(group);
-        match (transition, &result) {
-            (Transition::Opened, Err(e)) => {
-                tracing::warn!(error = %e, bucket = ?shard, "redis unavailable; serving from upstream until it recovers")
-            }
-            (Transition::Closed, _) => tracing::info!(bucket = ?shard, "redis available again; caching resumed"),
-            _ => {}
-        }
+        self.log_transition(group, transition, result.as_ref().err());
         result
+    }
+
+    /// Says when the first group's breaker opens and when the last one
+    /// closes: a failed shard opens the breakers of all its buckets, which
+    /// is one event to an operator, not dozens.
+    fn log_transition(&self, group: usize, transition: Transition, error: Option<&StoreError>) {
+        let bucket = self.per_bucket.then_some(group);
+        match transition {
+            Transition::Opened => {
+                if self.open_groups.fetch_add(1, Ordering::AcqRel) == 0 {
+                    let error = error.map(ToString::to_string).unwrap_or_default();
+                    tracing::warn!(%error, ?bucket, "redis unavailable; serving from upstream until it recovers");
+                } else {
+                    tracing::debug!(?bucket, "redis unavailable for one more bucket");
+                }
+            }
+            Transition::Closed => {
+                if self.open_groups.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    tracing::info!("redis available again; caching resumed");
+                } else {
+                    tracing::debug!(?bucket, "redis available again for a bucket");
+                }
+            }
+            Transition::None => {}
+        }
     }
 
     /// Applies the invalidations `group` has pending.
@@ -347,8 +372,10 @@ impl RedisStore {
             return Ok(());
         }
         let tags = pending.tags();
+        // Not waiting for a replica here, inside another operation's
+        // budget: the caller that retries pending work (the retry task, a
+        // write) waits once for all it applied.
         self.bump(self.redis.clone(), group, &tags).await?;
-        self.confirm_replicated().await;
         self.pending.settle(&pending);
         tracing::info!(tags = ?tags, "applied invalidations recorded while redis was unreachable");
         Ok(())
@@ -640,8 +667,12 @@ async fn retry_pending(store: Weak<RedisStore>) {
     loop {
         tick.tick().await;
         let Some(store) = store.upgrade() else { return };
+        let mut applied = false;
         for group in store.pending.groups() {
-            let _ = store.attempt(group, |_| async { Ok(()) }).await;
+            applied |= store.attempt(group, |_| async { Ok(()) }).await.is_ok();
+        }
+        if applied {
+            store.confirm_replicated().await;
         }
     }
 }
