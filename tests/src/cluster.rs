@@ -95,6 +95,16 @@ impl RedisCluster {
         redis_cli_at(port, &["cluster", "info"])
     }
 
+    /// SIGSTOP on every node: the whole cluster answers nothing, and no
+    /// node is left to judge another failed.
+    pub fn pause(&self) {
+        self.nodes.iter().flatten().for_each(|node| node.signal(libc::SIGSTOP));
+    }
+
+    pub fn resume(&self) {
+        self.nodes.iter().flatten().for_each(|node| node.signal(libc::SIGCONT));
+    }
+
     /// Kills a node (`kill -9`): a primary's replica takes over after the
     /// node timeout.
     pub fn kill(&mut self, port: u16) {

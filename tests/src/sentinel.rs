@@ -68,6 +68,21 @@ impl SentinelGroup {
         reply.lines().nth(1)?.trim().parse().ok()
     }
 
+    /// SIGSTOP on every process of the group, sentinels included: Redis
+    /// answers nothing, and no sentinel is left to start a failover.
+    pub fn pause(&self) {
+        self.processes().for_each(|p| p.signal(libc::SIGSTOP));
+    }
+
+    pub fn resume(&self) {
+        self.processes().for_each(|p| p.signal(libc::SIGCONT));
+    }
+
+    fn processes(&self) -> impl Iterator<Item = &ManagedChild> {
+        let nodes = [&self.primary.1, &self.replica.1].into_iter().flatten();
+        nodes.chain(self.sentinels.iter().map(|(_, s)| s))
+    }
+
     /// Kills the primary (`kill -9`): the sentinels promote the replica
     /// after their down-after time.
     pub fn kill_primary(&mut self) {

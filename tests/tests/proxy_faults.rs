@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
+use e2e::shared_redis::Deployment;
+use e2e::{json_reply, on_every_redis, proxy_config, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
 use http::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -160,11 +161,33 @@ async fn redis_stopped_mid_test_means_bypass_not_errors() {
     assert_eq!(upstream.hits(), before + 1);
 }
 
-#[tokio::test]
-async fn a_write_while_redis_is_paused_leaves_nothing_stale_once_it_resumes() {
+// Outage invalidations on one node, a Sentinel group and a cluster: the
+// whole deployment is paused (sentinels and every node too, so nothing
+// fails over) while a write passes.
+on_every_redis!(
+    a_write_while_redis_is_paused_leaves_nothing_stale_once_it_resumes,
+    a_write_during_a_short_redis_pause_is_acknowledged_before_its_response,
+);
+
+/// [`CONFIG`] with writes waiting 300 ms for their invalidation, so a
+/// paused deployment stays paused less than a Sentinel's or a cluster
+/// node's failure detection time (1 s and 2 s in the harness).
+fn outage_config() -> String {
+    format!("{CONFIG}\n[cache]\ninvalidation_wait = \"300ms\"\n")
+}
+
+async fn outage_probe(upstream: &ScriptedUpstream, redis: Deployment) -> Probe {
+    let proxy = spawn_proxy(proxy_config(&outage_config(), upstream.addr, Some(redis.url()), None)).await;
+    Probe {
+        client: reqwest::Client::new(),
+        proxy,
+    }
+}
+
+async fn a_write_while_redis_is_paused_leaves_nothing_stale_once_it_resumes(redis: Deployment) {
+    let _alone = redis.exclusive().await;
     let (upstream, _) = versioned_upstream().await;
-    let redis = RedisServer::start();
-    let p = probe(&upstream, Some(redis.url())).await;
+    let p = outage_probe(&upstream, redis).await;
     assert_eq!(p.get().await, (200, "MISS".into(), 0));
     assert_eq!(p.get().await, (200, "HIT".into(), 0));
 
@@ -258,12 +281,11 @@ async fn a_client_sending_headers_slowly_is_cut_off() {
     assert_eq!(upstream.hits(), 0);
 }
 
-#[tokio::test]
-async fn a_write_during_a_short_redis_pause_is_acknowledged_before_its_response() {
+async fn a_write_during_a_short_redis_pause_is_acknowledged_before_its_response(redis: Deployment) {
+    let _alone = redis.exclusive().await;
     let (upstream, _) = versioned_upstream().await;
-    let redis = RedisServer::start();
-    let writer = Arc::new(probe(&upstream, Some(redis.url())).await);
-    let reader = probe(&upstream, Some(redis.url())).await;
+    let writer = Arc::new(outage_probe(&upstream, redis).await);
+    let reader = outage_probe(&upstream, redis).await;
     assert_eq!(reader.get().await, (200, "MISS".into(), 0));
     assert_eq!(reader.get().await, (200, "HIT".into(), 0));
 

@@ -13,8 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use e2e::shared_redis::Deployment;
 use e2e::wait::eventually;
-use e2e::{json_reply, proxy_config, raw_http, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream, ITEMS_CONFIG};
+use e2e::{
+    json_reply, on_every_redis, proxy_config, raw_http, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream,
+    ITEMS_CONFIG,
+};
 use http::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -196,6 +200,44 @@ async fn a_hung_up_write_whose_invalidation_redis_refuses_is_recorded_and_applie
     assert_eq!(version, 1);
 
     replica_of("NO", "ONE").query_async::<()>(&mut admin).await.unwrap();
+    let seen = std::sync::Mutex::new(Vec::new());
+    eventually("the recorded invalidation was applied and caching resumed", || async {
+        let answer = get(&proxy).await;
+        seen.lock().unwrap().push(answer.clone());
+        answer.0 == "HIT"
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
+    assert!(
+        seen.iter().all(|(_, v)| *v == 1),
+        "a pre-write answer was served: {seen:?}"
+    );
+}
+
+// A write whose invalidation the deployment refuses, on one node, a
+// Sentinel group and a cluster (where every bucket's group records it).
+on_every_redis!(a_write_whose_invalidation_redis_refuses_is_recorded_and_applied);
+
+async fn a_write_whose_invalidation_redis_refuses_is_recorded_and_applied(redis: Deployment) {
+    let _alone = redis.exclusive().await;
+    let backend = backend(false, false).await;
+    let proxy = spawn_proxy(proxy_config(&config(), backend.upstream.addr, Some(redis.url()), None)).await;
+    assert_eq!(get(&proxy).await, ("MISS".into(), 0));
+    assert_eq!(get(&proxy).await, ("HIT".into(), 0));
+
+    redis.refuse_writes(true);
+    let put = reqwest::Client::new()
+        .put(format!("{}/items", proxy.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "the write passes");
+    until_metric(&proxy, DEFERRED, 1).await;
+    // Recorded: this instance serves nothing from the cache until it is
+    // applied, so never the pre-write answer Redis still holds.
+    assert_eq!(get(&proxy).await.1, 1);
+
+    redis.refuse_writes(false);
     let seen = std::sync::Mutex::new(Vec::new());
     eventually("the recorded invalidation was applied and caching resumed", || async {
         let answer = get(&proxy).await;

@@ -25,6 +25,8 @@ use super::target::SentinelTarget;
 
 /// How often the watcher asks the sentinels which node is primary.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long one such question may take.
+const CHECK_LIMIT: Duration = Duration::from_secs(2);
 
 pub struct SentinelLink {
     sentinels: Mutex<SentinelClient>,
@@ -149,7 +151,9 @@ async fn watch(link: Weak<SentinelLink>) {
     loop {
         tick.tick().await;
         let Some(link) = link.upgrade() else { return };
-        link.check().await;
+        // A sentinel that accepts and never answers (a partition without
+        // resets) must not stop the watch.
+        let _ = tokio::time::timeout(CHECK_LIMIT, link.check()).await;
     }
 }
 
