@@ -73,6 +73,7 @@ pub struct Metrics {
     invalidations: Family<OperationLabels, Counter>,
     redis_errors: Family<OperationLabels, Counter>,
     unreplicated_invalidations: Counter,
+    read_round_trips: Counter,
     l1_lookups: Family<OutcomeLabels, Counter>,
     l1_evictions: Family<CauseLabels, Counter>,
     coalesced: Family<OutcomeLabels, Counter>,
@@ -155,6 +156,12 @@ impl Metrics {
             "redis_unreplicated_invalidations",
             "Generation replacements the primary acknowledged but no replica confirmed within the wait (Sentinel, cluster): a failover at that moment could lose them",
             unreplicated_invalidations.clone(),
+        );
+        let read_round_trips = Counter::default();
+        registry.register(
+            "redis_read_round_trips",
+            "Pipelines of lookups' reads sent to Redis, each one round trip to one node (concurrent lookups share them)",
+            read_round_trips.clone(),
         );
         let l1_lookups = Family::default();
         registry.register(
@@ -277,6 +284,7 @@ impl Metrics {
             invalidations,
             redis_errors,
             unreplicated_invalidations,
+            read_round_trips,
             l1_lookups,
             l1_evictions,
             coalesced,
@@ -349,6 +357,10 @@ impl Metrics {
         self.redis_errors
             .get_or_create(&OperationLabels { operation: kind })
             .inc();
+    }
+
+    pub fn read_round_trip(&self) {
+        self.read_round_trips.inc();
     }
 
     pub fn unreplicated_invalidation(&self) {

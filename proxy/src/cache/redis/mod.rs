@@ -568,6 +568,7 @@ fn pipeline_runner(
         let store = store.clone();
         Box::pin(async move {
             let store = store.upgrade().ok_or(StoreError::Unavailable)?;
+            store.metrics.read_round_trip();
             store
                 .guarded(group, |mut conn| async move { pipeline.query_async(&mut conn).await })
                 .await
