@@ -125,9 +125,9 @@ async fn load(file: &ConfigFile) -> Result<proxy::Prepared, ConfigErrors> {
 }
 
 fn init_logging() {
-    // The redis client warns at each reconnection attempt during an outage
-    // or a failover; the proxy says the same once, per episode.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG").unwrap_or_else(|_| "info,redis=error".into());
+    // The redis client logs each reconnection attempt during an outage or a
+    // failover; the proxy says the same once per episode, with the error.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG").unwrap_or_else(|_| "info,redis=off".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();

@@ -166,6 +166,17 @@ impl Load {
         self.tally
     }
 
+    /// Both instances say they are ready, though a node is still dead.
+    async fn ready(&self) {
+        for proxy in &self.instances {
+            eventually("/readyz is 200 after the failover", || async {
+                let ready = reqwest::get(proxy.admin_url("/readyz")).await.unwrap();
+                ready.status() == 200
+            })
+            .await;
+        }
+    }
+
     /// A write, then two reads through `instance`: the second is a hit
     /// (the cache works on the promoted primary).
     async fn caches_again(&self) {
@@ -236,6 +247,7 @@ async fn killing_the_cluster_primary_of_a_hot_entry_costs_no_5xx_and_no_stale_re
         load.write().await;
     }
     load.caches_again().await;
+    load.ready().await;
     let writes = load.writes;
     report("cluster failover", &load.finish().await, writes);
 }
@@ -263,6 +275,7 @@ async fn a_sentinel_failover_costs_no_5xx_and_no_stale_read() {
         load.write().await;
     }
     load.caches_again().await;
+    load.ready().await;
     let writes = load.writes;
     report("sentinel failover", &load.finish().await, writes);
 }

@@ -22,6 +22,7 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc;
@@ -155,15 +156,32 @@ impl RedisHandle {
         keep_going: impl Fn() -> bool,
         on_message: impl Fn(String),
     ) {
+        // Doubling up to 32 × `retry` while Redis stays away: only early
+        // L1 eviction waits on it, so no need to knock every 100 ms.
+        let mut delay = retry;
         while keep_going() {
-            let _ = match &self.link {
+            let followed = match &self.link {
                 Link::Cluster(_) => self.follow_sharded(channel, &keep_going, &on_message).await,
                 Link::Node(_) | Link::Sentinel(_) => self.follow_plain(channel, &keep_going, &on_message).await,
             };
             if !keep_going() {
                 return;
             }
-            tokio::time::sleep(retry).await;
+            delay = if followed.is_ok() { retry } else { (delay * 2).min(retry * 32) };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Whether Redis answers: on a cluster, any one node (a replica down
+    /// does not make the cache unusable, and each bucket's own breaker
+    /// tells the rest).
+    pub async fn ping(&self) -> RedisResult<()> {
+        match &self.link {
+            Link::Cluster(link) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                link.current().route_command(redis::cmd("PING"), routing).await.map(drop)
+            }
+            _ => redis::cmd("PING").query_async(&mut self.clone()).await,
         }
     }
 

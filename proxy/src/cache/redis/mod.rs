@@ -947,10 +947,12 @@ impl Leases for RedisStore {
 #[async_trait]
 impl StoreHealth for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.guarded(0, |mut conn| async move {
-            redis::cmd("PING").query_async::<()>(&mut conn).await
-        })
-        .await
+        if self.per_bucket {
+            // Not through a bucket's breaker: each bucket keeps its own
+            // verdict, and any node answering says the cluster is there.
+            return self.within(self.operation_timeout, self.redis.ping()).await;
+        }
+        self.guarded(0, |conn| async move { conn.ping().await }).await
     }
 
     async fn warnings(&self) -> Vec<String> {
