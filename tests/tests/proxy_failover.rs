@@ -157,6 +157,20 @@ impl Load {
         self.settled.store(true, Ordering::SeqCst);
     }
 
+    /// Once the failover happened: settles, writes [`WRITES_AFTER`] more
+    /// under the readers, checks caching and readiness are back, and
+    /// reports what the readers saw.
+    async fn after_failover(mut self, what: &str) {
+        self.settle().await;
+        for _ in 0..WRITES_AFTER {
+            self.write().await;
+        }
+        self.caches_again().await;
+        self.ready().await;
+        let writes = self.writes;
+        report(what, &self.finish().await, writes);
+    }
+
     /// Stops the readers; what they saw.
     async fn finish(self) -> Arc<Tally> {
         self.done.store(true, Ordering::SeqCst);
@@ -242,14 +256,7 @@ async fn killing_the_cluster_primary_of_a_hot_entry_costs_no_5xx_and_no_stale_re
     };
     load.write_until("a replica is promoted for the entry's slot", promoted)
         .await;
-    load.settle().await;
-    for _ in 0..WRITES_AFTER {
-        load.write().await;
-    }
-    load.caches_again().await;
-    load.ready().await;
-    let writes = load.writes;
-    report("cluster failover", &load.finish().await, writes);
+    load.after_failover("cluster failover").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -270,12 +277,5 @@ async fn a_sentinel_failover_costs_no_5xx_and_no_stale_read() {
         move || group.current_primary().is_some_and(|p| p != old_primary)
     };
     load.write_until("the sentinels promote the replica", promoted).await;
-    load.settle().await;
-    for _ in 0..WRITES_AFTER {
-        load.write().await;
-    }
-    load.caches_again().await;
-    load.ready().await;
-    let writes = load.writes;
-    report("sentinel failover", &load.finish().await, writes);
+    load.after_failover("sentinel failover").await;
 }

@@ -18,18 +18,21 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc;
 
+mod lanes;
 mod sentinel;
 pub mod target;
 
+use self::lanes::SlotOwners;
+pub use self::lanes::{slot_of, Lane};
 use self::sentinel::SentinelLink;
 pub use self::target::{RedisTarget, SentinelTarget};
 use crate::secret::Secret;
@@ -63,18 +66,41 @@ struct ClusterLink {
     seeds: Vec<Secret>,
     conn: ArcSwap<ClusterConnection>,
     renewed_at: Mutex<Instant>,
+    /// Which primary serves which slot, for reads sharing a pipeline per
+    /// node; read at start, every [`OWNERS_EVERY`] and after a failure.
+    owners: ArcSwapOption<SlotOwners>,
 }
 
 /// The least time between two renewals of a cluster connection.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How often the slot map is read again without a failure asking for it.
+const OWNERS_EVERY: Duration = Duration::from_secs(10);
 
 impl ClusterLink {
-    fn new(seeds: &[Secret]) -> RedisResult<ClusterLink> {
-        Ok(ClusterLink {
+    /// The link, and the task keeping its slot map (which ends with it).
+    fn start(seeds: &[Secret]) -> RedisResult<Arc<ClusterLink>> {
+        let link = Arc::new(ClusterLink {
             seeds: seeds.to_vec(),
             conn: ArcSwap::from_pointee(ClusterLink::connect(seeds)?),
             renewed_at: Mutex::new(Instant::now()),
-        })
+            owners: ArcSwapOption::empty(),
+        });
+        tokio::spawn(keep_owners(Arc::downgrade(&link)));
+        Ok(link)
+    }
+
+    /// Reads the slot map (`CLUSTER SLOTS`, from any node).
+    async fn read_owners(&self) {
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+        let reply = self
+            .current()
+            .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)
+            .await;
+        match reply.ok().as_ref().and_then(SlotOwners::from_reply) {
+            Some(owners) => self.owners.store(Some(Arc::new(owners))),
+            // Without a map, reads go in one lane per slot: slower, right.
+            None => self.owners.store(None),
+        }
     }
 
     fn connect(seeds: &[Secret]) -> RedisResult<ClusterConnection> {
@@ -95,6 +121,8 @@ impl ClusterLink {
             }
             *renewed_at = Instant::now();
         }
+        // The slot map too may be what was wrong: read it again first.
+        self.owners.store(None);
         match ClusterLink::connect(&self.seeds) {
             Ok(conn) => {
                 self.conn.store(Arc::new(conn));
@@ -102,6 +130,29 @@ impl ClusterLink {
             }
             Err(e) => tracing::debug!(error = %e, "could not reconnect to the redis cluster"),
         }
+    }
+}
+
+/// Reads the slot map now, every [`OWNERS_EVERY`], and within a second of
+/// a renewal forgetting it, while the link lives.
+async fn keep_owners(link: std::sync::Weak<ClusterLink>) {
+    let mut last = None::<Instant>;
+    loop {
+        let Some(strong) = link.upgrade() else { return };
+        // Without a map (at start, after a renewal, or while the cluster is
+        // away) asked again every second; with one, every OWNERS_EVERY.
+        let again_after = if strong.owners.load().is_none() {
+            RENEW_EVERY
+        } else {
+            OWNERS_EVERY
+        };
+        let due = last.is_none_or(|at| at.elapsed() >= again_after);
+        if due {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, strong.read_owners()).await;
+            last = Some(Instant::now());
+        }
+        drop(strong);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -114,7 +165,7 @@ impl RedisHandle {
                 manager_config(),
             )?),
             RedisTarget::Sentinel(sentinel) => Link::Sentinel(SentinelLink::start(sentinel)?),
-            RedisTarget::Cluster(seeds) => Link::Cluster(Arc::new(ClusterLink::new(seeds)?)),
+            RedisTarget::Cluster(seeds) => Link::Cluster(ClusterLink::start(seeds)?),
         };
         Ok(RedisHandle {
             link,
@@ -128,6 +179,37 @@ impl RedisHandle {
     pub fn recover(&self) {
         if let Link::Cluster(link) = &self.link {
             link.renew();
+        }
+    }
+
+    /// The lane of reads of hash slot `slot`: on a cluster, its primary's
+    /// (as the slot map last said), so that reads of every slot a node
+    /// serves share one pipeline; one lane elsewhere.
+    pub fn lane(&self, slot: u16) -> Lane {
+        match &self.link {
+            Link::Cluster(link) => match link.owners.load().as_deref() {
+                Some(owners) => owners.lane_of(slot),
+                None => Lane::Slot(slot),
+            },
+            Link::Node(_) | Link::Sentinel(_) => Lane::Single,
+        }
+    }
+
+    /// Sends `pipeline` down `lane`; its replies, a server error in any of
+    /// them failing the whole.
+    pub async fn send<T: redis::FromRedisValue>(&self, lane: &Lane, pipeline: Pipeline) -> RedisResult<T> {
+        match (lane, &self.link) {
+            (Lane::Node(host, port), Link::Cluster(link)) => {
+                let routing = SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_string(),
+                    port: *port,
+                };
+                let count = pipeline.len();
+                let replies = link.current().route_pipeline(pipeline, 0, count, routing).await?;
+                let replies = Value::Array(replies).extract_error()?;
+                Ok(redis::from_redis_value(replies)?)
+            }
+            _ => pipeline.query_async(&mut self.clone()).await,
         }
     }
 
@@ -167,7 +249,11 @@ impl RedisHandle {
             if !keep_going() {
                 return;
             }
-            delay = if followed.is_ok() { retry } else { (delay * 2).min(retry * 32) };
+            delay = if followed.is_ok() {
+                retry
+            } else {
+                (delay * 2).min(retry * 32)
+            };
             tokio::time::sleep(delay).await;
         }
     }
@@ -179,7 +265,10 @@ impl RedisHandle {
         match &self.link {
             Link::Cluster(link) => {
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-                link.current().route_command(redis::cmd("PING"), routing).await.map(drop)
+                link.current()
+                    .route_command(redis::cmd("PING"), routing)
+                    .await
+                    .map(drop)
             }
             _ => redis::cmd("PING").query_async(&mut self.clone()).await,
         }

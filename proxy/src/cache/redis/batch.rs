@@ -11,10 +11,12 @@
 //! One batch is in flight at a time; reads arriving meanwhile form the
 //! next, so batches grow with load and a lone read is sent at once.
 //!
-//! Each read names its group: the reads one pipeline may carry together
-//! (on one node, all; on a cluster, one bucket's, which live in one hash
-//! slot). A batch sends one pipeline per group, concurrently: one round
-//! trip to each node involved, never one per key.
+//! Each read names its lane: the reads one pipeline may carry together
+//! (on one node, all; on a cluster, those of the slots one primary
+//! serves). A batch sends one pipeline per lane, concurrently: one round
+//! trip to each node involved, never one per key. Each read also names its
+//! group (its bucket's, on a cluster), whose breaker the outcome is
+//! recorded in.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::STAMP_LEN;
 use crate::cache::StoreError;
+use crate::redis_layer::Lane;
 
 /// Most reads one pipeline carries.
 const MAX_BATCH: usize = 256;
@@ -40,6 +43,8 @@ pub enum Part {
 /// One lookup's read: a part of the entry and its tags' generations.
 pub struct Read {
     /// Which pipeline may carry it.
+    pub lane: Lane,
+    /// Whose breaker its outcome counts in.
     pub group: usize,
     pub entry_key: String,
     pub part: Part,
@@ -57,12 +62,12 @@ pub struct ReadBatcher {
 }
 
 impl ReadBatcher {
-    /// Starts the batching task; `execute` sends one group's pipeline and
-    /// returns its replies in order. The task ends when the batcher is
-    /// dropped.
+    /// Starts the batching task; `execute` sends one lane's pipeline
+    /// (carrying reads of the groups listed) and returns its replies in
+    /// order. The task ends when the batcher is dropped.
     pub fn start<F, Fut>(execute: F) -> ReadBatcher
     where
-        F: Fn(usize, redis::Pipeline) -> Fut + Send + 'static,
+        F: Fn(Lane, Vec<usize>, redis::Pipeline) -> Fut + Send + 'static,
         Fut: Future<Output = ReadResult> + Send + 'static,
     {
         let (queue, jobs) = mpsc::unbounded_channel();
@@ -79,26 +84,33 @@ impl ReadBatcher {
 
 async fn run<F, Fut>(mut jobs: mpsc::UnboundedReceiver<Job>, execute: F)
 where
-    F: Fn(usize, redis::Pipeline) -> Fut,
+    F: Fn(Lane, Vec<usize>, redis::Pipeline) -> Fut,
     Fut: Future<Output = ReadResult>,
 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let first = batch[0].0.group;
-        if batch.iter().all(|(read, _)| read.group == first) {
+        let first = &batch[0].0;
+        if batch
+            .iter()
+            .all(|(read, _)| read.lane == first.lane && read.group == first.group)
+        {
             // One node, or one bucket: the common case, sent as it is.
+            let (lane, group) = (first.lane.clone(), first.group);
             let plan = Plan::new(&batch);
-            let replies = execute(first, plan.pipeline).await;
+            let replies = execute(lane, vec![group], plan.pipeline).await;
             answer(batch.drain(..), plan.slots, replies);
             continue;
         }
-        let mut groups: HashMap<usize, Vec<Job>> = HashMap::new();
+        let mut lanes: HashMap<Lane, Vec<Job>> = HashMap::new();
         for job in batch.drain(..) {
-            groups.entry(job.0.group).or_default().push(job);
+            lanes.entry(job.0.lane.clone()).or_default().push(job);
         }
-        let sends = groups.into_iter().map(|(group, jobs)| {
+        let sends = lanes.into_iter().map(|(lane, jobs)| {
             let plan = Plan::new(&jobs);
-            let replies = execute(group, plan.pipeline);
+            let mut groups: Vec<usize> = jobs.iter().map(|(read, _)| read.group).collect();
+            groups.sort_unstable();
+            groups.dedup();
+            let replies = execute(lane, groups, plan.pipeline);
             async move { answer(jobs, plan.slots, replies.await) }
         });
         futures_util::future::join_all(sends).await;
@@ -174,6 +186,7 @@ mod tests {
 
     fn read(part: Part, entry_key: &str, generation_keys: &[&str]) -> Read {
         Read {
+            lane: Lane::Single,
             group: 0,
             entry_key: entry_key.into(),
             part,
@@ -201,7 +214,7 @@ mod tests {
     }
 
     /// Answers each command with its position in the pipeline.
-    fn numbering(_group: usize, pipeline: redis::Pipeline) -> std::future::Ready<ReadResult> {
+    fn numbering(_lane: Lane, _groups: Vec<usize>, pipeline: redis::Pipeline) -> std::future::Ready<ReadResult> {
         std::future::ready(Ok((0..pipeline.len())
             .map(|i| Some(Bytes::from(i.to_string())))
             .collect()))
@@ -219,7 +232,7 @@ mod tests {
     async fn concurrent_reads_share_pipelines_and_each_gets_its_answer() {
         let pipelines = Arc::new(AtomicUsize::new(0));
         let counted = pipelines.clone();
-        let batcher = Arc::new(ReadBatcher::start(move |_group, pipeline: redis::Pipeline| {
+        let batcher = Arc::new(ReadBatcher::start(move |_lane, _groups, pipeline: redis::Pipeline| {
             counted.fetch_add(1, Ordering::SeqCst);
             let replies = pipeline
                 .cmd_iter()
@@ -254,38 +267,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_of_different_groups_go_in_their_own_pipelines_and_get_their_own_replies() {
-        let batcher = Arc::new(ReadBatcher::start(|group: usize, pipeline: redis::Pipeline| {
-            // Each reply names the group its pipeline was sent for.
-            std::future::ready(Ok((0..pipeline.len())
-                .map(|_| Some(Bytes::from(group.to_string())))
-                .collect()))
-        }));
+    async fn reads_share_their_lanes_pipeline_which_lists_their_groups() {
+        // Each reply names the lane and the groups its pipeline was sent for.
+        let batcher = Arc::new(ReadBatcher::start(
+            |lane: Lane, groups: Vec<usize>, pipeline: redis::Pipeline| {
+                let Lane::Slot(lane) = lane else {
+                    panic!("unexpected lane")
+                };
+                std::future::ready(Ok((0..pipeline.len())
+                    .map(|_| Some(Bytes::from(format!("{lane}:{groups:?}"))))
+                    .collect()))
+            },
+        ));
         let reads: Vec<_> = (0..40)
             .map(|i| {
                 let batcher = batcher.clone();
                 tokio::spawn(async move {
                     let mut r = read(Part::Value, &format!("e{i}"), &["g"]);
-                    r.group = i % 4;
+                    // Two lanes, four groups: groups 0 and 2 in lane 0.
+                    (r.lane, r.group) = (Lane::Slot((i % 2) as u16), i % 4);
                     (i, batcher.read(r).await.unwrap())
                 })
             })
             .collect();
         for r in reads {
             let (i, values) = r.await.unwrap();
-            let group = Some(Bytes::from((i % 4).to_string()));
-            assert_eq!(values, vec![group.clone(), group]);
+            let reply = values[0].clone().unwrap();
+            let reply = std::str::from_utf8(&reply).unwrap();
+            let (lane, groups) = reply.split_once(':').unwrap();
+            assert_eq!(lane, (i % 2).to_string(), "read {i} went down another lane");
+            assert!(
+                groups.contains(&(i % 4).to_string()),
+                "read {i}'s group is not listed: {groups}"
+            );
+            assert_eq!(values[0], values[1], "one pipeline answered read {i}");
         }
     }
 
     #[tokio::test]
     async fn a_failed_batch_fails_every_read_in_it_and_a_short_reply_is_an_error() {
-        let failing = ReadBatcher::start(|_, _| std::future::ready(Err(StoreError::Timeout)));
+        let failing = ReadBatcher::start(|_, _, _| std::future::ready(Err(StoreError::Timeout)));
         assert!(matches!(
             failing.read(read(Part::Value, "e", &[])).await,
             Err(StoreError::Timeout)
         ));
-        let short = ReadBatcher::start(|_, _| std::future::ready(Ok(vec![None])));
+        let short = ReadBatcher::start(|_, _, _| std::future::ready(Ok(vec![None])));
         assert!(matches!(
             short.read(read(Part::Value, "e", &["g"])).await,
             Err(StoreError::Backend(_))

@@ -69,11 +69,17 @@ impl Names {
         key.bucket(self.buckets)
     }
 
+    /// What Redis Cluster hashes of `bucket`'s names: the text of their
+    /// hash tag.
+    pub fn hash_tag(bucket: usize) -> String {
+        format!("b{bucket}")
+    }
+
     fn name(&self, bucket: usize, kind: &str, rest: &str) -> String {
         if self.buckets == 1 {
             format!("{}{kind}{rest}", self.prefix)
         } else {
-            format!("{}{{b{bucket}}}:{kind}{rest}", self.prefix)
+            format!("{}{{{}}}:{kind}{rest}", self.prefix, Names::hash_tag(bucket))
         }
     }
 

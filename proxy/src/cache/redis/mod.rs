@@ -72,7 +72,7 @@ use super::{
 };
 use crate::cache::settings::StoreSettings;
 use crate::metrics::Metrics;
-use crate::redis_layer::{RedisHandle, RedisTarget};
+use crate::redis_layer::{slot_of, Lane, RedisHandle, RedisTarget};
 /// How often remembered invalidations are retried, and how often a write's
 /// invalidation is retried within `invalidation_wait`.
 pub const PENDING_RETRY: Duration = Duration::from_millis(100);
@@ -144,6 +144,8 @@ pub struct RedisStore {
     /// Whether each bucket is a group of its own (a cluster: one pipeline
     /// may not cross hash slots) rather than all in one.
     per_bucket: bool,
+    /// Each bucket's hash slot, where buckets are groups.
+    bucket_slots: Vec<u16>,
     operation_timeout: Duration,
     invalidation_wait: Duration,
     /// How long a write waits for a replica to hold its new generations
@@ -196,6 +198,7 @@ impl RedisStore {
             events,
             reads: ReadBatcher::start(pipeline_runner(store.clone())),
             l1,
+            bucket_slots: (0..buckets).map(|b| slot_of(&Names::hash_tag(b))).collect(),
             names,
             per_bucket,
             operation_timeout: settings.operation_timeout,
@@ -337,6 +340,34 @@ impl RedisStore {
             Err(_) => breaker.record_failure(),
         };
         self.log_transition(group, transition, result.as_ref().err());
+        result
+    }
+
+    /// Sends a cluster lane's pipeline, carrying reads of `groups`' buckets,
+    /// within the time budget, after those groups' pending invalidations,
+    /// and records the outcome in each group's breaker. Reads were refused
+    /// up front while their group's breaker was open; half-open groups are
+    /// probed by the lane's one pipeline rather than by a single read.
+    async fn read_lane(&self, lane: Lane, groups: &[usize], pipeline: redis::Pipeline) -> ReadResult {
+        let attempt = async {
+            if self.pending.any() {
+                for &group in groups {
+                    self.flush_pending(group).await?;
+                }
+            }
+            self.redis.send(&lane, pipeline).await
+        };
+        let result = self.within(self.operation_timeout, attempt).await;
+        if result.is_err() {
+            self.redis.recover();
+        }
+        for &group in groups {
+            let transition = match &result {
+                Ok(_) => self.breakers[group].record_success(),
+                Err(_) => self.breakers[group].record_failure(),
+            };
+            self.log_transition(group, transition, result.as_ref().err());
+        }
         result
     }
 
@@ -492,7 +523,12 @@ impl RedisStore {
         if self.breakers[group].is_open() {
             return Err(StoreError::Unavailable);
         }
+        let lane = match self.per_bucket {
+            true => self.redis.lane(self.bucket_slots[bucket]),
+            false => Lane::Single,
+        };
         let read = Read {
+            lane,
             group,
             entry_key: self.names.entry(key),
             part,
@@ -560,18 +596,24 @@ fn recorded_under(recorded: &Generations, tags: &[String], current: &[Option<Byt
             .all(|(((tag, generation), wanted), now)| tag == wanted && now.as_deref() == Some(generation.as_bytes()))
 }
 
-/// Sends a group's pipeline behind its breaker, within the time budget.
+/// Sends a lane's pipeline: on one node, behind its breaker; on a
+/// cluster, to the node of the lane, counted in each group's breaker.
 fn pipeline_runner(
     store: Weak<RedisStore>,
-) -> impl Fn(usize, redis::Pipeline) -> Pin<Box<dyn Future<Output = ReadResult> + Send>> {
-    move |group, pipeline| {
+) -> impl Fn(Lane, Vec<usize>, redis::Pipeline) -> Pin<Box<dyn Future<Output = ReadResult> + Send>> {
+    move |lane, groups, pipeline| {
         let store = store.clone();
         Box::pin(async move {
             let store = store.upgrade().ok_or(StoreError::Unavailable)?;
             store.metrics.read_round_trip();
-            store
-                .guarded(group, |mut conn| async move { pipeline.query_async(&mut conn).await })
-                .await
+            match lane {
+                Lane::Single => {
+                    store
+                        .guarded(0, |mut conn| async move { pipeline.query_async(&mut conn).await })
+                        .await
+                }
+                lane => store.read_lane(lane, &groups, pipeline).await,
+            }
         })
     }
 }
