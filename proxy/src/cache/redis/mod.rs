@@ -18,10 +18,12 @@
 //! Redis is one node, a Sentinel group's primary or a cluster, behind one
 //! [`RedisHandle`]. On a cluster, everything of one entry lives in its
 //! bucket's hash slot (see [`keys`]); the store then works per *group*
-//! (one bucket each): a batch of reads is one pipeline per group, sent
-//! concurrently; each group has its own circuit breaker (a group lives on
-//! one node, so a bad shard opens only its groups' breakers) and its own
-//! pending invalidations. On one node there is one group.
+//! (one bucket each): each group has its own circuit breaker (a group
+//! lives on one node, so a bad shard opens only its groups' breakers) and
+//! its own pending invalidations, and a write is one pipeline per group,
+//! sent concurrently. A batch of reads is one pipeline per node (its
+//! lane, from the cluster's slot map), whatever buckets it reads. On one
+//! node there is one group and one lane.
 //!
 //! Key names are built in [`keys`] (entries, leases, generations, the
 //! purge index, the events channel). Generations have no TTL: a lost one
