@@ -24,7 +24,21 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// A cluster for tests that share it: a node is judged failed after
+    /// 5 s, so a busy machine starving a node for a moment does not start
+    /// a failover under another test.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with_node_timeout(5000)
+    }
+
+    /// A cluster whose replicas take over within seconds
+    /// (`cluster-node-timeout` of 2 s), for the failover tests.
+    pub fn start_for_failover() -> RedisCluster {
+        RedisCluster::start_with_node_timeout(2000)
+    }
+
+    fn start_with_node_timeout(milliseconds: u32) -> RedisCluster {
+        let node_timeout = milliseconds.to_string();
         let dir = tempfile::tempdir().expect("temp dir for the cluster");
         let mut ports = Vec::with_capacity(NODES);
         let mut nodes = Vec::with_capacity(NODES);
@@ -36,10 +50,8 @@ impl RedisCluster {
                 "yes",
                 "--cluster-config-file",
                 &config,
-                // Failover within seconds in the failover tests, not the
-                // default 15.
                 "--cluster-node-timeout",
-                "2000",
+                &node_timeout,
             ];
             if let Ok(child) = spawn_redis(port, &dir, &extra) {
                 ports.push(port);

@@ -24,7 +24,20 @@ pub struct SentinelGroup {
 }
 
 impl SentinelGroup {
+    /// A group for tests that share it: the primary is judged down after
+    /// 5 s, so a busy machine starving it for a moment does not start a
+    /// failover under another test.
     pub fn start() -> SentinelGroup {
+        SentinelGroup::start_with_down_after(5000)
+    }
+
+    /// A group that fails over within seconds (down after 1 s), for the
+    /// failover tests.
+    pub fn start_for_failover() -> SentinelGroup {
+        SentinelGroup::start_with_down_after(1000)
+    }
+
+    fn start_with_down_after(milliseconds: u32) -> SentinelGroup {
         let dir = tempfile::tempdir().expect("temp dir for sentinel");
         let primary_port = free_port();
         let primary = spawn_redis(primary_port, &dir, &[]).expect("the primary starts");
@@ -35,7 +48,7 @@ impl SentinelGroup {
         let sentinels = (0..SENTINELS)
             .map(|_| {
                 let port = free_port();
-                (port, spawn_sentinel(port, primary_port, &dir))
+                (port, spawn_sentinel(port, primary_port, milliseconds, &dir))
             })
             .collect();
         let group = SentinelGroup {
@@ -113,12 +126,12 @@ impl SentinelGroup {
     }
 }
 
-fn spawn_sentinel(port: u16, primary: u16, dir: &tempfile::TempDir) -> ManagedChild {
+fn spawn_sentinel(port: u16, primary: u16, down_after_ms: u32, dir: &tempfile::TempDir) -> ManagedChild {
     let config = dir.path().join(format!("sentinel-{port}.conf"));
     let text = format!(
         "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
          sentinel monitor {SERVICE} 127.0.0.1 {primary} 2\n\
-         sentinel down-after-milliseconds {SERVICE} 1000\n\
+         sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n\
          sentinel failover-timeout {SERVICE} 5000\n\
          sentinel parallel-syncs {SERVICE} 1\n",
         dir.path().display(),

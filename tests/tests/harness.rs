@@ -86,7 +86,7 @@ fn a_restarted_redis_is_a_new_process_on_the_same_port() {
 
 #[test]
 fn a_local_redis_cluster_forms_with_three_primaries_and_three_replicas() {
-    let mut cluster = e2e::cluster::RedisCluster::start();
+    let mut cluster = e2e::cluster::RedisCluster::start_for_failover();
     let ports = cluster.ports().to_vec();
     assert_eq!(ports.len(), 6);
     for port in &ports {
@@ -110,7 +110,7 @@ fn a_local_redis_cluster_forms_with_three_primaries_and_three_replicas() {
 
 #[test]
 fn a_local_sentinel_group_promotes_the_replica_when_the_primary_dies() {
-    let mut group = e2e::sentinel::SentinelGroup::start();
+    let mut group = e2e::sentinel::SentinelGroup::start_for_failover();
     assert_eq!(group.current_primary(), Some(group.primary_port()));
     group.kill_primary();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

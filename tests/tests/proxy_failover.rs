@@ -238,7 +238,7 @@ fn report(what: &str, tally: &Arc<Tally>, writes: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_cluster_primary_of_a_hot_entry_costs_no_5xx_and_no_stale_read() {
-    let mut cluster = RedisCluster::start();
+    let mut cluster = RedisCluster::start_for_failover();
     let url = cluster.url();
     let upstream = versioned_upstream().await;
     let tag = items_bucket_tag(&url, &upstream);
@@ -261,7 +261,7 @@ async fn killing_the_cluster_primary_of_a_hot_entry_costs_no_5xx_and_no_stale_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sentinel_failover_costs_no_5xx_and_no_stale_read() {
-    let mut group = SentinelGroup::start();
+    let mut group = SentinelGroup::start_for_failover();
     let url = group.url();
     let upstream = versioned_upstream().await;
     let old_primary = group.primary_port();
