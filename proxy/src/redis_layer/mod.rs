@@ -15,27 +15,24 @@
 //! Redis down. Time budgets and circuit breakers stay with the caller,
 //! which knows what an operation is worth.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc;
 
+mod cluster;
 mod lanes;
 mod sentinel;
 pub mod target;
 
-use self::lanes::SlotOwners;
+use self::cluster::{cluster_builder, cluster_config, ClusterLink};
 pub use self::lanes::{slot_of, Lane};
 use self::sentinel::SentinelLink;
 pub use self::target::{RedisTarget, SentinelTarget};
-use crate::secret::Secret;
 
 /// How long a background (re)connection attempt may take; requests never
 /// wait for it longer than their own operation budget.
@@ -53,107 +50,6 @@ enum Link {
     Node(ConnectionManager),
     Sentinel(Arc<SentinelLink>),
     Cluster(Arc<ClusterLink>),
-}
-
-/// A cluster connection that can be made anew. The cluster client learns
-/// a new topology from `MOVED` answers and lost connections, but a request
-/// to a dead primary waits on that node's reconnection, and callers give
-/// up (their time budget) before any error reaches the client: after a
-/// failover it would keep routing the dead node's slots to it. So after a
-/// failure the store asks for a new connection, which reads the slot map
-/// from the seeds; at most once per [`RENEW_EVERY`].
-struct ClusterLink {
-    seeds: Vec<Secret>,
-    conn: ArcSwap<ClusterConnection>,
-    renewed_at: Mutex<Instant>,
-    /// Which primary serves which slot, for reads sharing a pipeline per
-    /// node; read at start, every [`OWNERS_EVERY`] and after a failure.
-    owners: ArcSwapOption<SlotOwners>,
-}
-
-/// The least time between two renewals of a cluster connection.
-const RENEW_EVERY: Duration = Duration::from_secs(1);
-/// How often the slot map is read again without a failure asking for it.
-const OWNERS_EVERY: Duration = Duration::from_secs(10);
-
-impl ClusterLink {
-    /// The link, and the task keeping its slot map (which ends with it).
-    fn start(seeds: &[Secret]) -> RedisResult<Arc<ClusterLink>> {
-        let link = Arc::new(ClusterLink {
-            seeds: seeds.to_vec(),
-            conn: ArcSwap::from_pointee(ClusterLink::connect(seeds)?),
-            renewed_at: Mutex::new(Instant::now()),
-            owners: ArcSwapOption::empty(),
-        });
-        tokio::spawn(keep_owners(Arc::downgrade(&link)));
-        Ok(link)
-    }
-
-    /// Reads the slot map (`CLUSTER SLOTS`, from any node).
-    async fn read_owners(&self) {
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-        let reply = self
-            .current()
-            .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)
-            .await;
-        match reply.ok().as_ref().and_then(SlotOwners::from_reply) {
-            Some(owners) => self.owners.store(Some(Arc::new(owners))),
-            // Without a map, reads go in one lane per slot: slower, right.
-            None => self.owners.store(None),
-        }
-    }
-
-    fn connect(seeds: &[Secret]) -> RedisResult<ClusterConnection> {
-        Ok(cluster_builder(seeds)
-            .build()?
-            .get_pending_async_connection_with_config(cluster_config()))
-    }
-
-    fn current(&self) -> ClusterConnection {
-        ClusterConnection::clone(&self.conn.load())
-    }
-
-    fn renew(&self) {
-        {
-            let mut renewed_at = self.renewed_at.lock().unwrap_or_else(PoisonError::into_inner);
-            if renewed_at.elapsed() < RENEW_EVERY {
-                return;
-            }
-            *renewed_at = Instant::now();
-        }
-        // The slot map too may be what was wrong: read it again first.
-        self.owners.store(None);
-        match ClusterLink::connect(&self.seeds) {
-            Ok(conn) => {
-                self.conn.store(Arc::new(conn));
-                tracing::debug!("reconnected to the redis cluster to learn its topology anew");
-            }
-            Err(e) => tracing::debug!(error = %e, "could not reconnect to the redis cluster"),
-        }
-    }
-}
-
-/// Reads the slot map now, every [`OWNERS_EVERY`], and within a second of
-/// a renewal forgetting it, while the link lives.
-async fn keep_owners(link: std::sync::Weak<ClusterLink>) {
-    let mut last = None::<Instant>;
-    loop {
-        let Some(strong) = link.upgrade() else { return };
-        // Without a map (at start, after a renewal, or while the cluster is
-        // away) asked again every second; with one, every OWNERS_EVERY.
-        let again_after = if strong.owners.load().is_none() {
-            RENEW_EVERY
-        } else {
-            OWNERS_EVERY
-        };
-        let due = last.is_none_or(|at| at.elapsed() >= again_after);
-        if due {
-            let _ = tokio::time::timeout(CONNECT_TIMEOUT, strong.read_owners()).await;
-            last = Some(Instant::now());
-        }
-        drop(strong);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 impl RedisHandle {
@@ -390,25 +286,4 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(200))
-}
-
-fn cluster_builder(seeds: &[Secret]) -> ClusterClientBuilder {
-    // Few, short retries: a redirection (`MOVED`/`ASK`) or a topology
-    // refresh is followed at once; a slot with no reachable primary is
-    // the caller's to bypass, within its own budget, not the client's to
-    // wait out.
-    ClusterClientBuilder::new(seeds.iter().map(|s| s.0.clone()))
-        .retries(2)
-        .min_retry_wait(10)
-        .max_retry_wait(100)
-}
-
-/// Bounds each reply as well as each connection: the client refreshes its
-/// slot map over its connections while holding every request, so one reply
-/// that never comes (a node lost mid-failover) would otherwise hold the
-/// whole cluster's traffic.
-fn cluster_config() -> redis::cluster::ClusterConfig {
-    redis::cluster::ClusterConfig::new()
-        .set_connection_timeout(CONNECT_TIMEOUT)
-        .set_response_timeout(CONNECT_TIMEOUT)
 }
