@@ -38,6 +38,23 @@ pub fn redis_prefix(upstream: SocketAddr) -> String {
     format!("{}{upstream}:", proxy::config::DEFAULT_KEY_PREFIX)
 }
 
+/// The cache key of a shared entry of `rule` at `path` (no query, no
+/// `vary`), as the proxy running `config` builds it.
+pub fn shared_key(config: &Config, rule: &str, path: &str) -> proxy::cache::CacheKey {
+    proxy::cache::CacheKey::build(&proxy::cache::KeyParts {
+        rule: config
+            .runtime
+            .routes
+            .by_name(rule)
+            .expect("a rule of the config")
+            .cache_id,
+        path,
+        query: None,
+        vary: &[],
+        scope: proxy::cache::ScopeKey::Shared,
+    })
+}
+
 /// Builds a proxy config from TOML with the harness's overrides: the given
 /// upstream and Redis (`None`: memory store), the test JWT secret, ephemeral
 /// listeners. `CACHE_TTL`-style default TTL when `cache_ttl_secs` is set.

@@ -8,10 +8,10 @@ use e2e::shared_redis::Deployment;
 use e2e::token::mint;
 use e2e::wait::eventually;
 use e2e::{
-    json_reply, on_every_redis, proxy_config, redis_prefix, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream,
+    json_reply, on_every_redis, proxy_config, redis_prefix, shared_key, spawn_proxy, ProxyHandle, RedisServer,
+    ScriptedUpstream,
 };
 use futures_util::future::join_all;
-use proxy::cache::{CacheKey, KeyParts, ScopeKey};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -169,13 +169,7 @@ async fn a_lease_left_by_a_dead_instance_only_delays_the_others_until_it_expires
     // An instance took the lease and died mid-fetch: its lease stays until
     // it expires, and nobody gives it back.
     let config = proxy_config(CONFIG, upstream.addr, Some(redis.url()), None);
-    let key = CacheKey::build(&KeyParts {
-        rule: config.runtime.routes.by_name("items").unwrap().cache_id,
-        path: "/items",
-        query: None,
-        vary: &[],
-        scope: ScopeKey::Shared,
-    });
+    let key = shared_key(&config, "items", "/items");
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()

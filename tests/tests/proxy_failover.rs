@@ -15,9 +15,8 @@ use std::sync::Arc;
 use e2e::cluster::RedisCluster;
 use e2e::sentinel::SentinelGroup;
 use e2e::wait::eventually;
-use e2e::{json_reply, proxy_config, spawn_proxy, ApiClient, ProxyHandle, ScriptedUpstream, ITEMS_CONFIG};
+use e2e::{json_reply, proxy_config, shared_key, spawn_proxy, ApiClient, ProxyHandle, ScriptedUpstream, ITEMS_CONFIG};
 use http::Method;
-use proxy::cache::{CacheKey, KeyParts, ScopeKey};
 use serde_json::json;
 
 /// Reads and writes made after the failover settled, to check it.
@@ -209,13 +208,7 @@ impl Load {
 /// The hash tag of the bucket `/items`'s entry lives in on a cluster.
 fn items_bucket_tag(redis_url: &str, upstream: &ScriptedUpstream) -> String {
     let config = proxy_config(ITEMS_CONFIG, upstream.addr, Some(redis_url.into()), None);
-    let key = CacheKey::build(&KeyParts {
-        rule: config.runtime.routes.by_name("items").unwrap().cache_id,
-        path: "/items",
-        query: None,
-        vary: &[],
-        scope: ScopeKey::Shared,
-    });
+    let key = shared_key(&config, "items", "/items");
     format!("{{b{}}}", key.bucket(proxy::cache::redis::keys::CLUSTER_BUCKETS))
 }
 
