@@ -31,14 +31,18 @@ static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
 static EXCLUSIVE: [Mutex<()>; 3] = [Mutex::const_new(()), Mutex::const_new(()), Mutex::const_new(())];
 
 impl Deployment {
-    /// The proxy's `cache.redis_url` for this binary's deployment of this
-    /// kind, started if it is not yet.
-    pub fn url(self) -> String {
+    /// This binary's deployment of this kind, started if it is not yet.
+    fn started(self) -> &'static dyn Shared {
         match self {
-            Deployment::Standalone => STANDALONE.get_or_init(RedisServer::start).url(),
-            Deployment::Sentinel => SENTINEL.get_or_init(SentinelGroup::start).url(),
-            Deployment::Cluster => CLUSTER.get_or_init(RedisCluster::start).url(),
+            Deployment::Standalone => STANDALONE.get_or_init(RedisServer::start),
+            Deployment::Sentinel => SENTINEL.get_or_init(SentinelGroup::start),
+            Deployment::Cluster => CLUSTER.get_or_init(RedisCluster::start),
         }
+    }
+
+    /// The proxy's `cache.redis_url` for it.
+    pub fn url(self) -> String {
+        self.started().url()
     }
 
     /// Waits until no other test of this binary pauses the deployment,
@@ -50,11 +54,11 @@ impl Deployment {
     /// SIGSTOP on every process of the deployment (sentinels included):
     /// Redis is unreachable, and nothing fails over.
     pub fn pause(self) {
-        match self {
-            Deployment::Standalone => STANDALONE.get_or_init(RedisServer::start).pause(),
-            Deployment::Sentinel => SENTINEL.get_or_init(SentinelGroup::start).pause(),
-            Deployment::Cluster => CLUSTER.get_or_init(RedisCluster::start).pause(),
-        }
+        self.started().pause();
+    }
+
+    pub fn resume(self) {
+        self.started().resume();
     }
 
     /// Makes every data node refuse (`refuse = true`) or accept `SET`
@@ -63,29 +67,64 @@ impl Deployment {
     /// paused server, a refused command is never applied later.
     pub fn refuse_writes(self, refuse: bool) {
         let rule = if refuse { "-set" } else { "+set" };
-        for port in self.data_ports() {
+        for port in self.started().data_ports() {
             let reply = redis_cli_at(port, &["acl", "setuser", "default", rule]);
             assert_eq!(reply.trim(), "OK", "ACL SETUSER on {port}: {reply}");
         }
     }
+}
 
-    fn data_ports(self) -> Vec<u16> {
-        match self {
-            Deployment::Standalone => vec![STANDALONE.get_or_init(RedisServer::start).addr().port()],
-            Deployment::Sentinel => {
-                let group = SENTINEL.get_or_init(SentinelGroup::start);
-                vec![group.primary_port(), group.replica_port()]
-            }
-            Deployment::Cluster => CLUSTER.get_or_init(RedisCluster::start).ports().to_vec(),
-        }
+/// What the scenarios do to a deployment, whichever it is.
+trait Shared: Sync {
+    fn url(&self) -> String;
+    fn pause(&self);
+    fn resume(&self);
+    /// The ports of its data nodes (not the sentinels).
+    fn data_ports(&self) -> Vec<u16>;
+}
+
+impl Shared for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
     }
+    fn pause(&self) {
+        RedisServer::pause(self)
+    }
+    fn resume(&self) {
+        RedisServer::resume(self)
+    }
+    fn data_ports(&self) -> Vec<u16> {
+        vec![self.addr().port()]
+    }
+}
 
-    pub fn resume(self) {
-        match self {
-            Deployment::Standalone => STANDALONE.get_or_init(RedisServer::start).resume(),
-            Deployment::Sentinel => SENTINEL.get_or_init(SentinelGroup::start).resume(),
-            Deployment::Cluster => CLUSTER.get_or_init(RedisCluster::start).resume(),
-        }
+impl Shared for SentinelGroup {
+    fn url(&self) -> String {
+        SentinelGroup::url(self)
+    }
+    fn pause(&self) {
+        SentinelGroup::pause(self)
+    }
+    fn resume(&self) {
+        SentinelGroup::resume(self)
+    }
+    fn data_ports(&self) -> Vec<u16> {
+        vec![self.primary_port(), self.replica_port()]
+    }
+}
+
+impl Shared for RedisCluster {
+    fn url(&self) -> String {
+        RedisCluster::url(self)
+    }
+    fn pause(&self) {
+        RedisCluster::pause(self)
+    }
+    fn resume(&self) {
+        RedisCluster::resume(self)
+    }
+    fn data_ports(&self) -> Vec<u16> {
+        self.ports().to_vec()
     }
 }
 

@@ -68,6 +68,17 @@ impl ClusterLink {
             .get_pending_async_connection_with_config(cluster_config()))
     }
 
+    /// A connection of its own that hands pushes (pub/sub messages) to
+    /// `pushes`.
+    pub async fn push_connection(&self, pushes: impl redis::aio::AsyncPushSender) -> RedisResult<ClusterConnection> {
+        cluster_builder(&self.seeds)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .build()?
+            .get_async_connection_with_config(cluster_config())
+            .await
+    }
+
     pub fn current(&self) -> ClusterConnection {
         ClusterConnection::clone(&self.conn.load())
     }
@@ -115,7 +126,7 @@ async fn keep_owners(link: Weak<ClusterLink>) {
     }
 }
 
-pub fn cluster_builder(seeds: &[Secret]) -> ClusterClientBuilder {
+fn cluster_builder(seeds: &[Secret]) -> ClusterClientBuilder {
     // Few, short retries: a redirection (`MOVED`/`ASK`) or a topology
     // refresh is followed at once; a slot with no reachable primary is
     // the caller's to bypass, within its own budget, not the client's to
@@ -130,7 +141,7 @@ pub fn cluster_builder(seeds: &[Secret]) -> ClusterClientBuilder {
 /// slot map over its connections while holding every request, so one reply
 /// that never comes (a node lost mid-failover) would otherwise hold the
 /// whole cluster's traffic.
-pub fn cluster_config() -> redis::cluster::ClusterConfig {
+fn cluster_config() -> redis::cluster::ClusterConfig {
     redis::cluster::ClusterConfig::new()
         .set_connection_timeout(CONNECT_TIMEOUT)
         .set_response_timeout(CONNECT_TIMEOUT)

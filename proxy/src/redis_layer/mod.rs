@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc;
 
 mod cluster;
@@ -29,7 +29,7 @@ mod lanes;
 mod sentinel;
 pub mod target;
 
-use self::cluster::{cluster_builder, cluster_config, ClusterLink};
+use self::cluster::ClusterLink;
 pub use self::lanes::{slot_of, Lane};
 use self::sentinel::SentinelLink;
 pub use self::target::{RedisTarget, SentinelTarget};
@@ -42,12 +42,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct RedisHandle {
     link: Link,
-    target: RedisTarget,
 }
 
 #[derive(Clone)]
 enum Link {
-    Node(ConnectionManager),
+    /// The node's connection, and its client for subscriptions.
+    Node(ConnectionManager, Arc<redis::Client>),
     Sentinel(Arc<SentinelLink>),
     Cluster(Arc<ClusterLink>),
 }
@@ -56,17 +56,17 @@ impl RedisHandle {
     /// A handle on `target`, connecting on first use.
     pub fn new(target: &RedisTarget) -> RedisResult<RedisHandle> {
         let link = match target {
-            RedisTarget::Node(url) => Link::Node(ConnectionManager::new_lazy_with_config(
-                redis::Client::open(url.0.as_str())?,
-                manager_config(),
-            )?),
+            RedisTarget::Node(url) => {
+                let client = redis::Client::open(url.0.as_str())?;
+                Link::Node(
+                    ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?,
+                    Arc::new(client),
+                )
+            }
             RedisTarget::Sentinel(sentinel) => Link::Sentinel(SentinelLink::start(sentinel)?),
             RedisTarget::Cluster(seeds) => Link::Cluster(ClusterLink::start(seeds)?),
         };
-        Ok(RedisHandle {
-            link,
-            target: target.clone(),
-        })
+        Ok(RedisHandle { link })
     }
 
     /// Called after an operation failed: on a cluster, makes the
@@ -87,13 +87,14 @@ impl RedisHandle {
                 Some(owners) => owners.lane_of(slot),
                 None => Lane::Slot(slot),
             },
-            Link::Node(_) | Link::Sentinel(_) => Lane::Single,
+            Link::Node(..) | Link::Sentinel(_) => Lane::Single,
         }
     }
 
-    /// Sends `pipeline` down `lane`; its replies, a server error in any of
-    /// them failing the whole.
-    pub async fn send<T: redis::FromRedisValue>(&self, lane: &Lane, pipeline: Pipeline) -> RedisResult<T> {
+    /// Sends `pipeline` down `lane` (on this handle, a clone of the
+    /// caller's); its replies, a server error in any of them failing the
+    /// whole.
+    pub async fn send<T: redis::FromRedisValue>(mut self, lane: &Lane, pipeline: Pipeline) -> RedisResult<T> {
         match (lane, &self.link) {
             (Lane::Node(host, port), Link::Cluster(link)) => {
                 let routing = SingleNodeRoutingInfo::ByAddress {
@@ -105,7 +106,7 @@ impl RedisHandle {
                 let replies = Value::Array(replies).extract_error()?;
                 Ok(redis::from_redis_value(replies)?)
             }
-            _ => pipeline.query_async(&mut self.clone()).await,
+            _ => pipeline.query_async(&mut self).await,
         }
     }
 
@@ -139,8 +140,12 @@ impl RedisHandle {
         let mut delay = retry;
         while keep_going() {
             let followed = match &self.link {
-                Link::Cluster(_) => self.follow_sharded(channel, &keep_going, &on_message).await,
-                Link::Node(_) | Link::Sentinel(_) => self.follow_plain(channel, &keep_going, &on_message).await,
+                Link::Cluster(link) => follow_sharded(link, channel, &keep_going, &on_message).await,
+                Link::Node(_, client) => follow_plain(Client::clone(client), channel, &keep_going, &on_message).await,
+                Link::Sentinel(link) => match link.primary_client().await {
+                    Ok(client) => follow_plain(client, channel, &keep_going, &on_message).await,
+                    Err(e) => Err(e),
+                },
             };
             if !keep_going() {
                 return;
@@ -169,71 +174,58 @@ impl RedisHandle {
             _ => redis::cmd("PING").query_async(&mut self.clone()).await,
         }
     }
+}
 
-    async fn follow_plain(
-        &self,
-        channel: &str,
-        keep_going: &impl Fn() -> bool,
-        on_message: &impl Fn(String),
-    ) -> RedisResult<()> {
-        let client = match &self.link {
-            Link::Sentinel(link) => link.primary_client().await?,
-            _ => match &self.target {
-                RedisTarget::Node(url) => redis::Client::open(url.0.as_str())?,
-                _ => unreachable!("a plain subscription is only made to a node or a sentinel's primary"),
-            },
-        };
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        let mut messages = pubsub.into_on_message();
-        while let Some(message) = messages.next().await {
-            if !keep_going() {
-                return Ok(());
-            }
-            if let Ok(text) = message.get_payload::<String>() {
-                on_message(text);
+/// Plain pub/sub on one node (or a Sentinel group's primary).
+async fn follow_plain(
+    client: redis::Client,
+    channel: &str,
+    keep_going: &impl Fn() -> bool,
+    on_message: &impl Fn(String),
+) -> RedisResult<()> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        if !keep_going() {
+            return Ok(());
+        }
+        if let Ok(text) = message.get_payload::<String>() {
+            on_message(text);
+        }
+    }
+    Ok(())
+}
+
+/// Sharded pub/sub over a cluster connection of its own (RESP3, which
+/// carries the messages as pushes); the cluster client subscribes again on
+/// the channel's new primary after a failover.
+async fn follow_sharded(
+    link: &ClusterLink,
+    channel: &str,
+    keep_going: &impl Fn() -> bool,
+    on_message: &impl Fn(String),
+) -> RedisResult<()> {
+    let (pushes, mut received) = mpsc::unbounded_channel();
+    let mut conn = link.push_connection(pushes).await?;
+    conn.ssubscribe(channel).await?;
+    while let Some(push) = received.recv().await {
+        if !keep_going() {
+            return Ok(());
+        }
+        if push.kind == redis::PushKind::SMessage {
+            if let Some(Value::BulkString(text)) = push.data.get(1) {
+                on_message(String::from_utf8_lossy(text).into_owned());
             }
         }
-        Ok(())
     }
-
-    /// Sharded pub/sub over a connection of its own (RESP3, which carries
-    /// the messages as pushes); the cluster client subscribes again on the
-    /// channel's new primary after a failover.
-    async fn follow_sharded(
-        &self,
-        channel: &str,
-        keep_going: &impl Fn() -> bool,
-        on_message: &impl Fn(String),
-    ) -> RedisResult<()> {
-        let RedisTarget::Cluster(seeds) = &self.target else {
-            unreachable!("sharded pub/sub is only used on a cluster")
-        };
-        let (pushes, mut received) = mpsc::unbounded_channel();
-        let client = cluster_builder(seeds)
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(pushes)
-            .build()?;
-        let mut conn = client.get_async_connection_with_config(cluster_config()).await?;
-        conn.ssubscribe(channel).await?;
-        while let Some(push) = received.recv().await {
-            if !keep_going() {
-                return Ok(());
-            }
-            if push.kind == redis::PushKind::SMessage {
-                if let Some(Value::BulkString(text)) = push.data.get(1) {
-                    on_message(String::from_utf8_lossy(text).into_owned());
-                }
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 impl ConnectionLike for RedisHandle {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.link {
-            Link::Node(conn) => conn.req_packed_command(cmd),
+            Link::Node(conn, _) => conn.req_packed_command(cmd),
             Link::Cluster(link) => {
                 let mut conn = link.current();
                 Box::pin(async move { conn.req_packed_command(cmd).await })
@@ -255,7 +247,7 @@ impl ConnectionLike for RedisHandle {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.link {
-            Link::Node(conn) => conn.req_packed_commands(cmd, offset, count),
+            Link::Node(conn, _) => conn.req_packed_commands(cmd, offset, count),
             Link::Cluster(link) => {
                 let mut conn = link.current();
                 Box::pin(async move { conn.req_packed_commands(cmd, offset, count).await })
@@ -272,7 +264,7 @@ impl ConnectionLike for RedisHandle {
 
     fn get_db(&self) -> i64 {
         match &self.link {
-            Link::Node(conn) => conn.get_db(),
+            Link::Node(conn, _) => conn.get_db(),
             Link::Cluster(link) => link.current().get_db(),
             Link::Sentinel(link) => link.db(),
         }

@@ -143,9 +143,6 @@ pub struct RedisStore {
     reads: ReadBatcher,
     l1: Option<Cache<CacheKey, LocalCopy>>,
     names: Names,
-    /// Whether each bucket is a group of its own (a cluster: one pipeline
-    /// may not cross hash slots) rather than all in one.
-    per_bucket: bool,
     /// Each bucket's hash slot, where buckets are groups.
     bucket_slots: Vec<u16>,
     operation_timeout: Duration,
@@ -174,8 +171,7 @@ impl RedisStore {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisStore>, redis::RedisError> {
         let redis = RedisHandle::new(target)?;
-        let per_bucket = redis.is_cluster();
-        let buckets = match (buckets, per_bucket) {
+        let buckets = match (buckets, redis.is_cluster()) {
             (0, true) => CLUSTER_BUCKETS,
             (0, false) => 1,
             (n, _) => n,
@@ -193,7 +189,7 @@ impl RedisStore {
                 .build()
         });
         let names = Names::new(&settings.key_prefix, &settings.namespace, buckets);
-        let groups = if per_bucket { buckets } else { 1 };
+        let groups = if redis.is_cluster() { buckets } else { 1 };
         let events = names.events();
         let store = Arc::new_cyclic(|store: &Weak<RedisStore>| RedisStore {
             redis,
@@ -202,7 +198,6 @@ impl RedisStore {
             l1,
             bucket_slots: (0..buckets).map(|b| slot_of(&Names::hash_tag(b))).collect(),
             names,
-            per_bucket,
             operation_timeout: settings.operation_timeout,
             invalidation_wait: settings.invalidation_wait,
             replica_wait: (!matches!(target, RedisTarget::Node(_))).then_some(settings.operation_timeout / 2),
@@ -221,13 +216,19 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// Whether each bucket is a group of its own (a cluster: one pipeline
+    /// may not cross hash slots) rather than all in one.
+    fn per_bucket(&self) -> bool {
+        self.redis.is_cluster()
+    }
+
     /// The groups: pipelines that may be sent as one.
     fn groups(&self) -> Range<usize> {
         0..self.breakers.len()
     }
 
     fn group_of(&self, bucket: usize) -> usize {
-        if self.per_bucket {
+        if self.per_bucket() {
             bucket
         } else {
             0
@@ -235,7 +236,7 @@ impl RedisStore {
     }
 
     fn buckets_of(&self, group: usize) -> Range<usize> {
-        if self.per_bucket {
+        if self.per_bucket() {
             group..group + 1
         } else {
             0..self.names.buckets()
@@ -326,9 +327,22 @@ impl RedisStore {
         F: FnOnce(RedisHandle) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        self.attempt_on(&[group], op).await
+    }
+
+    /// [`attempt`](Self::attempt) for an operation touching the buckets of
+    /// several groups (a lane's pipeline of reads): each group's pending
+    /// invalidations first, the outcome in each group's breaker.
+    async fn attempt_on<T, F, Fut>(&self, groups: &[usize], op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(RedisHandle) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let attempt = async {
             if self.pending.any() {
-                self.flush_pending(group).await?;
+                for &group in groups {
+                    self.flush_pending(group).await?;
+                }
             }
             op(self.redis.clone()).await
         };
@@ -336,37 +350,11 @@ impl RedisStore {
         if result.is_err() {
             self.redis.recover();
         }
-        let breaker = &self.breakers[group];
-        let transition = match &result {
-            Ok(_) => breaker.record_success(),
-            Err(_) => breaker.record_failure(),
-        };
-        self.log_transition(group, transition, result.as_ref().err());
-        result
-    }
-
-    /// Sends a cluster lane's pipeline, carrying reads of `groups`' buckets,
-    /// within the time budget, after those groups' pending invalidations,
-    /// and records the outcome in each group's breaker. Reads were refused
-    /// up front while their group's breaker was open; half-open groups are
-    /// probed by the lane's one pipeline rather than by a single read.
-    async fn read_lane(&self, lane: Lane, groups: &[usize], pipeline: redis::Pipeline) -> ReadResult {
-        let attempt = async {
-            if self.pending.any() {
-                for &group in groups {
-                    self.flush_pending(group).await?;
-                }
-            }
-            self.redis.send(&lane, pipeline).await
-        };
-        let result = self.within(self.operation_timeout, attempt).await;
-        if result.is_err() {
-            self.redis.recover();
-        }
         for &group in groups {
+            let breaker = &self.breakers[group];
             let transition = match &result {
-                Ok(_) => self.breakers[group].record_success(),
-                Err(_) => self.breakers[group].record_failure(),
+                Ok(_) => breaker.record_success(),
+                Err(_) => breaker.record_failure(),
             };
             self.log_transition(group, transition, result.as_ref().err());
         }
@@ -377,7 +365,7 @@ impl RedisStore {
     /// closes: a failed shard opens the breakers of all its buckets, which
     /// is one event to an operator, not dozens.
     fn log_transition(&self, group: usize, transition: Transition, error: Option<&StoreError>) {
-        let bucket = self.per_bucket.then_some(group);
+        let bucket = self.per_bucket().then_some(group);
         match transition {
             Transition::Opened => {
                 if self.open_groups.fetch_add(1, Ordering::AcqRel) == 0 {
@@ -525,7 +513,7 @@ impl RedisStore {
         if self.breakers[group].is_open() {
             return Err(StoreError::Unavailable);
         }
-        let lane = match self.per_bucket {
+        let lane = match self.per_bucket() {
             true => self.redis.lane(self.bucket_slots[bucket]),
             false => Lane::Single,
         };
@@ -608,14 +596,16 @@ fn pipeline_runner(
         Box::pin(async move {
             let store = store.upgrade().ok_or(StoreError::Unavailable)?;
             store.metrics.read_round_trip();
-            match lane {
-                Lane::Single => {
-                    store
-                        .guarded(0, |mut conn| async move { pipeline.query_async(&mut conn).await })
-                        .await
-                }
-                lane => store.read_lane(lane, &groups, pipeline).await,
+            // On one node the batch's pipeline is the breaker's half-open
+            // probe (`guarded`); on a cluster, reads were refused up front
+            // while their group's breaker was open, and a half-open group
+            // is probed by the lane's one pipeline.
+            if lane == Lane::Single && !store.breakers[0].allows() {
+                return Err(StoreError::Unavailable);
             }
+            store
+                .attempt_on(&groups, |conn| async move { conn.send(&lane, pipeline).await })
+                .await
         })
     }
 }
@@ -991,7 +981,7 @@ impl Leases for RedisStore {
 #[async_trait]
 impl StoreHealth for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        if self.per_bucket {
+        if self.per_bucket() {
             // Not through a bucket's breaker: each bucket keeps its own
             // verdict, and any node answering says the cluster is there.
             return self.within(self.operation_timeout, self.redis.ping()).await;
