@@ -56,6 +56,7 @@ pub mod runtime;
 pub mod secret;
 pub mod server;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod vary;
 

@@ -179,12 +179,14 @@ impl CacheControl {
     }
 }
 
-/// Response headers worth storing: not the proxy's own, and not `Age`,
-/// which is recomputed on every hit.
+/// Response headers worth storing: not the proxy's own, not `Age`, which
+/// is recomputed on every hit, and not the request id a backend may echo,
+/// which belongs to the request that fetched the entry.
 pub fn storable_headers(headers: &HeaderMap) -> HeaderMap {
     let mut kept = headers.clone();
     kept.remove(X_CACHE);
     kept.remove(AGE);
+    kept.remove(crate::trace::X_REQUEST_ID);
     kept
 }
 

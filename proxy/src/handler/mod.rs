@@ -34,6 +34,7 @@ use crate::rbac;
 use crate::route::{self, Rule, Target};
 use crate::runtime::{Runtime, Snapshot};
 use crate::server::Client;
+use crate::trace::{RequestTrace, X_REQUEST_ID};
 use crate::upstream::{self, BoxError, HeaderPolicy, Outbound, ProxyBody, Upstream, UpstreamError};
 use crate::vary::LearnedVary;
 
@@ -66,6 +67,8 @@ struct Admitted<'a> {
     rule: &'a Rule,
     claims: Option<Arc<Claims>>,
     client: Client,
+    /// Its request id and trace context, for the backend.
+    trace: RequestTrace,
 }
 
 /// What later steps and the outer handler need to know about a request.
@@ -83,12 +86,14 @@ impl Proxy {
     {
         let started = Instant::now();
         let method = request.method().clone();
+        let trace = RequestTrace::of(request.headers());
+        let request_id = trace.id.clone();
         let snap = self.runtime.load();
         let mut ctx = RequestCtx {
             rule: None,
             cache_status: CacheStatus::Bypass(Bypass::Error),
         };
-        let result = self.handle_inner(&snap, request, client, &mut ctx).await;
+        let result = self.handle_inner(&snap, request, client, trace, &mut ctx).await;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -110,6 +115,9 @@ impl Proxy {
             response.headers_mut().remove(name);
         }
         stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
+        // Per response, whatever answered: the backend's echo of another
+        // request's id is not this request's.
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
         let rule = ctx.rule.map_or(NO_RULE, |r| r.name);
         self.metrics
             .request(rule, response.status().as_u16(), ctx.cache_status.outcome());
@@ -122,6 +130,7 @@ impl Proxy {
         snap: &'a Arc<Snapshot>,
         request: Request<B>,
         client: Client,
+        trace: RequestTrace,
         ctx: &mut RequestCtx<'a>,
     ) -> Result<Response<ProxyBody>, ProxyError>
     where
@@ -154,6 +163,7 @@ impl Proxy {
             rule,
             claims,
             client,
+            trace,
         };
         match &rule.cache {
             Some(policy) if is_read => self.cached_read(&admitted, policy, ctx).await,
@@ -236,7 +246,7 @@ impl Proxy {
 
     /// Step 4: the headers sent upstream for an admitted request.
     fn upstream_headers(&self, req: &Admitted<'_>, policy: HeaderPolicy<'_>) -> Result<HeaderMap, ProxyError> {
-        upstream::upstream_headers(
+        let mut headers = upstream::upstream_headers(
             &req.parts.headers,
             policy,
             req.claims.as_deref(),
@@ -246,7 +256,14 @@ impl Proxy {
                 proto: req.client.scheme(),
             },
         )
-        .map_err(|_| auth::AuthError::InvalidToken("identity not representable as a header".into()).into())
+        .map_err(|_| {
+            ProxyError::from(auth::AuthError::InvalidToken(
+                "identity not representable as a header".into(),
+            ))
+        })?;
+        // On every rule, cacheable ones too: never part of a cache key.
+        req.trace.forward(&mut headers);
+        Ok(headers)
     }
 
     /// Streams an upstream body to the client, failing it (the client sees
