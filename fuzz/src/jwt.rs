@@ -205,5 +205,15 @@ fn independent_reading(token: &str, before: u64, after: u64) -> Result<Claims, S
         Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
         _ => Vec::new(),
     };
-    Ok(Claims { subject, roles })
+    // Kept for the access log only when short and free of control
+    // characters and edge spaces.
+    let jti = match claims.get("jti") {
+        Some(Value::String(jti))
+            if jti.len() <= 128 && !jti.bytes().any(|b| b.is_ascii_control()) && jti.trim_matches(' ') == jti =>
+        {
+            Some(jti.clone())
+        }
+        _ => None,
+    };
+    Ok(Claims { subject, roles, jti })
 }

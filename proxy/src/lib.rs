@@ -32,6 +32,7 @@
 //! - [`tls`]: certificates and rustls configurations, both sides.
 //! - [`metrics`], [`error`], [`error_chain`], [`problem`], [`body`], [`secret`]: support.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -66,6 +67,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::access_log::AccessOutput;
 use crate::boot::BootSettings;
 use crate::cache::memory::MemoryStore;
 use crate::cache::redis::RedisStore;
@@ -85,6 +87,9 @@ pub struct Prepared {
     pub snapshot: Snapshot,
     /// Made here: putting settings to use (fetching a JWKS) counts too.
     pub metrics: Arc<Metrics>,
+    /// Where access lines go; formatted and dropped unless the caller
+    /// (the binary: stdout) says otherwise.
+    pub access: AccessOutput,
 }
 
 /// Puts the settings to use; a key, certificate or CA file that cannot be
@@ -98,6 +103,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
         boot: config.boot,
         snapshot,
         metrics,
+        access: AccessOutput::discard(),
     })
 }
 
@@ -121,6 +127,7 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
         boot,
         snapshot,
         metrics,
+        access,
     } = prepared;
     // The backend's TLS asks the snapshots' shared material at each
     // handshake, so a reload renews it.
@@ -142,6 +149,7 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
         runtime: Runtime::new(snapshot, source, metrics.clone()),
         metrics,
         writes: Arc::default(),
+        access_output: access,
         boot,
     }))
 }

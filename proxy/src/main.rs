@@ -1,15 +1,19 @@
 //! `proxy` binary: CLI, `.env`, config loading, listeners, logging.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use proxy::access_log::{AccessFormat, AccessOutput, AccessSink};
 use proxy::config::{ConfigErrors, ConfigFile, Overrides};
 use proxy::server::{bind_shared, queued_connections_migrate};
 use proxy::ReloadFrom;
+use tracing_appender::non_blocking::NonBlocking;
 
 /// JWT-aware caching reverse proxy.
 ///
@@ -105,7 +109,21 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging();
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
+    // One writer thread for every log line, access lines included: a
+    // request never waits on stdout's write(2), and lines never interleave.
+    // Not lossy: when the writer falls 128k lines behind, requests wait
+    // rather than their lines being dropped.
+    let (writer, _flushed_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
+    init_logging(writer.clone(), json);
+    let mut prepared = prepared;
+    prepared.access = AccessOutput {
+        sink: Arc::new(LogWriter(writer)),
+        format: if json { AccessFormat::Json } else { AccessFormat::Text },
+    };
     let reload_from = ReloadFrom {
         file,
         watch: cli.watch.then_some(WATCH_EVERY),
@@ -124,15 +142,30 @@ async fn load(file: &ConfigFile) -> Result<proxy::Prepared, ConfigErrors> {
     proxy::prepare(file.load()?).await
 }
 
-fn init_logging() {
+fn init_logging(writer: NonBlocking, json: bool) {
     // The redis client logs each reconnection attempt during an outage or a
     // failover; the proxy says the same once per episode, with the error.
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOG").unwrap_or_else(|_| "info,redis=off".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+    // Colours only for a person at a terminal, not in journald or a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
+    if json {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Access lines into the log writer thread.
+struct LogWriter(NonBlocking);
+
+impl AccessSink for LogWriter {
+    fn write_line(&self, line: &[u8]) {
+        // Fails only once the writer thread is gone, at exit.
+        let _ = self.0.clone().write_all(line);
     }
 }
 

@@ -69,6 +69,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
     upstream_seconds: Family<RuleLabels, Histogram>,
+    request_seconds: Family<RuleLabels, Histogram>,
     store_errors: Family<OperationLabels, Counter>,
     invalidations: Family<OperationLabels, Counter>,
     redis_errors: Family<OperationLabels, Counter>,
@@ -132,6 +133,12 @@ impl Metrics {
             "upstream_duration_seconds",
             "Time to the upstream's response headers, by rule",
             upstream_seconds.clone(),
+        );
+        let request_seconds = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response headers, by rule",
+            request_seconds.clone(),
         );
         let store_errors = Family::default();
         registry.register(
@@ -280,6 +287,7 @@ impl Metrics {
             requests,
             cache,
             upstream_seconds,
+            request_seconds,
             store_errors,
             invalidations,
             redis_errors,
@@ -327,8 +335,12 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, rule: &'static str, status: u16, cache_outcome: &'static str) {
+    /// One answered request, `elapsed` after it arrived.
+    pub fn request(&self, rule: &'static str, status: u16, cache_outcome: &'static str, elapsed: Duration) {
         self.requests.get_or_create(&RequestLabels { rule, status }).inc();
+        self.request_seconds
+            .get_or_create(&RuleLabels { rule })
+            .observe(elapsed.as_secs_f64());
         self.cache
             .get_or_create(&CacheLabels {
                 rule,
@@ -483,7 +495,7 @@ mod tests {
     #[test]
     fn exposition_is_labelled_by_rule() {
         let m = Metrics::new();
-        m.request("users-list", 200, "hit");
+        m.request("users-list", 200, "hit", Duration::from_micros(80));
         m.upstream_latency("users-list", Duration::from_millis(3));
         m.store_error("lookup");
         let text = m.encode();

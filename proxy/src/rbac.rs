@@ -56,6 +56,7 @@ mod tests {
         Claims {
             subject: "u1".into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            jti: None,
         }
     }
 

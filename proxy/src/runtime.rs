@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
+use crate::access_log::LogSettings;
 use crate::auth::{Issuers, JwtSettings, KeySetting};
 use crate::cache::settings::CacheLimits;
 use crate::concurrency::RuleSlots;
@@ -41,6 +42,10 @@ pub struct RuntimeSettings {
     /// Authorises the admin endpoints besides an admin-role JWT; `None`:
     /// JWT only.
     pub admin_token: Option<Secret>,
+    /// Asked of the status page and `/metrics` when set (the admin token
+    /// is accepted too); `None`: they are open, like `/healthz`.
+    pub status_token: Option<Secret>,
+    pub log: LogSettings,
     pub tls: ListenerTls,
     /// What TLS to an `https://` backend verifies with and presents.
     pub backend_tls: Option<BackendTlsFiles>,
@@ -228,6 +233,14 @@ impl Snapshot {
                 "client_cert_file": s.backend_tls.as_ref().and_then(|b| b.client_certificate.as_ref()).map(|c| &c.cert_file),
             },
             "admin_token": s.admin_token.as_ref().map(|_| "(redacted)"),
+            "status_token": s.status_token.as_ref().map(|_| "(redacted)"),
+            "log": {
+                "access": s.log.access,
+                "access_sample": s.log.access_sample,
+                "hash_subjects": s.log.hash_subjects.is_some(),
+                "redact_query": s.log.redact_query,
+                "request_id_header": s.log.request_id_header.as_str(),
+            },
             "tls": {
                 "clients": s.tls.clients.as_ref().map(describe_tls),
                 "admin": s.tls.admin.as_ref().map(describe_tls),

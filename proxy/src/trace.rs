@@ -24,6 +24,8 @@ pub const MAX_ID_LEN: usize = 128;
 
 #[derive(Debug, Clone)]
 pub struct RequestTrace {
+    /// The request id's header (`log.request_id_header`).
+    pub header: HeaderName,
     /// The request id, as sent to the backend and the client.
     pub id: HeaderValue,
     /// The `traceparent` for the backend, with this hop's span id, and the
@@ -32,10 +34,10 @@ pub struct RequestTrace {
 }
 
 impl RequestTrace {
-    /// The trace of a request with `headers`.
-    pub fn of(headers: &HeaderMap) -> RequestTrace {
+    /// The trace of a request with `headers`, its id in `header`.
+    pub fn of(headers: &HeaderMap, header: &HeaderName) -> RequestTrace {
         let id = headers
-            .get(X_REQUEST_ID)
+            .get(header)
             .filter(|id| is_valid_id(id.as_bytes()))
             .cloned()
             .unwrap_or_else(new_id);
@@ -43,7 +45,17 @@ impl RequestTrace {
             .get(TRACEPARENT)
             .and_then(|parent| next_hop(parent.as_bytes()))
             .map(|parent| (parent, headers.get(TRACESTATE).cloned()));
-        RequestTrace { id, context }
+        RequestTrace {
+            header: header.clone(),
+            id,
+            context,
+        }
+    }
+
+    /// The trace id, when the request carries a trace.
+    pub fn trace_id(&self) -> Option<&str> {
+        let (parent, _) = self.context.as_ref()?;
+        parent.to_str().ok()?.get(3..35)
     }
 
     /// This hop's span id, when the request carries a trace.
@@ -55,7 +67,7 @@ impl RequestTrace {
     /// Puts the request id and the trace context in headers bound for the
     /// backend, replacing whatever the client sent under those names.
     pub fn forward(&self, headers: &mut HeaderMap) {
-        headers.insert(X_REQUEST_ID, self.id.clone());
+        headers.insert(self.header.clone(), self.id.clone());
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);
         if let Some((parent, state)) = &self.context {
@@ -130,33 +142,34 @@ mod tests {
     #[test]
     fn a_sane_client_id_is_kept_and_anything_else_replaced() {
         assert_eq!(
-            RequestTrace::of(&headers(&[("x-request-id", "abc-123_x.y:z")])).id,
+            RequestTrace::of(&headers(&[("x-request-id", "abc-123_x.y:z")]), &X_REQUEST_ID).id,
             "abc-123_x.y:z"
         );
         for bad in ["", "has space", "quote\"d", "a,b", &"x".repeat(MAX_ID_LEN + 1)] {
-            let id = RequestTrace::of(&headers(&[("x-request-id", bad)])).id;
+            let id = RequestTrace::of(&headers(&[("x-request-id", bad)]), &X_REQUEST_ID).id;
             assert_ne!(id, bad);
             assert_eq!(id.len(), 32, "made here: {id:?}");
         }
         let (a, b) = (
-            RequestTrace::of(&HeaderMap::new()).id,
-            RequestTrace::of(&HeaderMap::new()).id,
+            RequestTrace::of(&HeaderMap::new(), &X_REQUEST_ID).id,
+            RequestTrace::of(&HeaderMap::new(), &X_REQUEST_ID).id,
         );
         assert_ne!(a, b, "each request gets its own");
     }
 
     #[test]
     fn traceparent_keeps_the_trace_id_and_flags_with_a_new_parent_id() {
-        let trace = RequestTrace::of(&headers(&[
-            ("traceparent", PARENT),
-            ("tracestate", "congo=t61rcWkgMzE"),
-        ]));
+        let trace = RequestTrace::of(
+            &headers(&[("traceparent", PARENT), ("tracestate", "congo=t61rcWkgMzE")]),
+            &X_REQUEST_ID,
+        );
         let (parent, state) = trace.context.clone().unwrap();
         let parent = parent.to_str().unwrap().to_owned();
         assert!(parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{parent}");
         assert!(parent.ends_with("-01"));
         assert_ne!(&parent[36..52], "00f067aa0ba902b7", "a new span for this hop");
         assert_eq!(trace.span_id(), Some(&parent[36..52]));
+        assert_eq!(trace.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert_eq!(state.unwrap(), "congo=t61rcWkgMzE");
     }
 
@@ -170,20 +183,22 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
-            let trace = RequestTrace::of(&headers(&[("traceparent", bad), ("tracestate", "a=b")]));
+            let trace = RequestTrace::of(&headers(&[("traceparent", bad), ("tracestate", "a=b")]), &X_REQUEST_ID);
             assert!(trace.context.is_none(), "{bad}");
             let mut out = headers(&[("traceparent", bad), ("tracestate", "a=b")]);
             trace.forward(&mut out);
             assert!(out.get(TRACEPARENT).is_none() && out.get(TRACESTATE).is_none(), "{bad}");
         }
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future";
-        assert!(RequestTrace::of(&headers(&[("traceparent", later)])).context.is_some());
+        assert!(RequestTrace::of(&headers(&[("traceparent", later)]), &X_REQUEST_ID)
+            .context
+            .is_some());
     }
 
     #[test]
     fn forwarding_replaces_the_clients_values() {
         let client = headers(&[("x-request-id", "bad id"), ("traceparent", PARENT)]);
-        let trace = RequestTrace::of(&client);
+        let trace = RequestTrace::of(&client, &X_REQUEST_ID);
         let mut out = client.clone();
         trace.forward(&mut out);
         assert_eq!(out[X_REQUEST_ID], trace.id);

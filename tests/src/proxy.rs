@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
+use proxy::access_log::{AccessFormat, AccessOutput, AccessSink};
 use proxy::config::{Config, ConfigFile, Overrides};
 
 use crate::origin::TEST_JWT_SECRET;
@@ -161,7 +163,64 @@ pub async fn spawn_reloadable_proxy(file: ConfigFile) -> ProxyHandle {
     spawn(config, Some(file)).await
 }
 
+/// Starts `proxy::run` with `config`, its access lines (in `format`)
+/// captured.
+pub async fn spawn_logging_proxy(config: Config, format: AccessFormat) -> (ProxyHandle, Arc<AccessLines>) {
+    let lines = Arc::new(AccessLines::default());
+    let output = AccessOutput {
+        sink: lines.clone(),
+        format,
+    };
+    (spawn_with(config, None, Some(output)).await, lines)
+}
+
+/// Access lines as a proxy wrote them.
+#[derive(Default)]
+pub struct AccessLines {
+    lines: std::sync::Mutex<Vec<String>>,
+    written: tokio::sync::Notify,
+}
+
+impl AccessSink for AccessLines {
+    fn write_line(&self, line: &[u8]) {
+        self.lines
+            .lock()
+            .unwrap()
+            .push(String::from_utf8(line.to_vec()).expect("access lines are UTF-8"));
+        self.written.notify_waiters();
+    }
+}
+
+impl AccessLines {
+    /// Every line so far.
+    pub fn all(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The first line containing `needle`, once written (a line is written
+    /// when its response's body is dropped, which may be just after the
+    /// client has read it).
+    pub async fn find(&self, needle: &str) -> String {
+        let wait = async {
+            loop {
+                let written = self.written.notified();
+                if let Some(line) = self.all().into_iter().find(|l| l.contains(needle)) {
+                    return line;
+                }
+                written.await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no access line containing {needle:?} in {:#?}", self.all()))
+    }
+}
+
 async fn spawn(config: Config, file: Option<ConfigFile>) -> ProxyHandle {
+    spawn_with(config, file, None).await
+}
+
+async fn spawn_with(config: Config, file: Option<ConfigFile>, access: Option<AccessOutput>) -> ProxyHandle {
     let reload_from = file.map(|file| proxy::ReloadFrom { file, watch: None });
     crate::init_logging();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -170,9 +229,12 @@ async fn spawn(config: Config, file: Option<ConfigFile>) -> ProxyHandle {
         .expect("bind proxy admin");
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
     let task = ServerTask::spawn(|shutdown| async move {
-        let prepared = proxy::prepare(config)
+        let mut prepared = proxy::prepare(config)
             .await
             .map_err(|e| anyhow::anyhow!("test proxy config invalid:\n{e}"))?;
+        if let Some(access) = access {
+            prepared.access = access;
+        }
         proxy::run(listener, admin, prepared, reload_from, shutdown).await
     });
     ProxyHandle { addr, admin_addr, task }

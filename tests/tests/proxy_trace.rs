@@ -101,3 +101,31 @@ async fn traceparent_is_forwarded_with_the_same_trace_id_and_a_new_parent_id() {
         "an invalid one is dropped"
     );
 }
+
+#[tokio::test]
+async fn the_request_id_header_is_the_operators_choice() {
+    let upstream = ScriptedUpstream::start(|req| async move {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = json!({"correlation": header("x-correlation-id"), "request_id": header("x-request-id")});
+        json_reply(200, &body.to_string(), &[])
+    })
+    .await;
+    let toml = format!("[log]\nrequest_id_header = \"X-Correlation-Id\"\n{ITEMS_CONFIG}");
+    let proxy = spawn_proxy(proxy_config(&toml, upstream.addr, None, None)).await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/items", proxy.base_url()))
+        .header("x-correlation-id", "corr-7")
+        .header("x-request-id", "not-this-one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-correlation-id"], "corr-7");
+    assert!(response.headers().get("x-request-id").is_none());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["correlation"], "corr-7", "forwarded under the configured name");
+    assert_eq!(
+        body["request_id"],
+        Value::Null,
+        "X-Request-Id is then an ordinary header, not forwarded on a cached rule"
+    );
+}

@@ -39,6 +39,9 @@ pub struct Claims {
     pub subject: String,
     /// From the configured role claim (a string or an array of strings).
     pub roles: Vec<String>,
+    /// The token's `jti`, when it has one: names the token in the access
+    /// log without the token itself.
+    pub jti: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -58,7 +58,8 @@ fn a_valid_token_yields_subject_and_roles() {
         *claims,
         Claims {
             subject: "u1".into(),
-            roles: vec!["user".into()]
+            roles: vec!["user".into()],
+            jti: None
         }
     );
 }

@@ -182,7 +182,9 @@ impl JwtVerifier {
         let verified = moka::sync::Cache::builder()
             .max_capacity(VERIFIED_CACHE_BYTES)
             .weigher(|token: &Arc<str>, v: &Arc<Verified>| {
-                let claims = v.claims.subject.len() + v.claims.roles.iter().map(String::len).sum::<usize>();
+                let claims = v.claims.subject.len()
+                    + v.claims.roles.iter().map(String::len).sum::<usize>()
+                    + v.claims.jti.as_ref().map_or(0, String::len);
                 u32::try_from(token.len() + claims + 128).unwrap_or(u32::MAX)
             })
             .time_to_live(VERIFIED_CACHE_TTL)
@@ -324,6 +326,12 @@ impl JwtVerifier {
                 "a role contains ',' or cannot be forwarded as a header".into(),
             ));
         }
+        // Logged, so only a sane one: anything else is left out rather
+        // than escaped.
+        let jti = match claims.remove("jti") {
+            Some(Value::String(jti)) if jti.len() <= 128 && is_header_safe(&jti) => Some(jti),
+            _ => None,
+        };
         // `exp` is required and was validated as a number; `nbf` is optional.
         // Either may be a float (RFC 7519 NumericDate); rounded as
         // jsonwebtoken rounds them, so cached and full checks agree.
@@ -331,7 +339,7 @@ impl JwtVerifier {
         let exp = seconds("exp").unwrap_or(0);
         let nbf = seconds("nbf");
         Ok(Verified {
-            claims: Arc::new(Claims { subject, roles }),
+            claims: Arc::new(Claims { subject, roles, jti }),
             exp,
             nbf,
             losses,

@@ -180,12 +180,14 @@ impl CacheControl {
 }
 
 /// Response headers worth storing: not the proxy's own, not `Age`, which
-/// is recomputed on every hit, and not the request id a backend may echo,
-/// which belongs to the request that fetched the entry.
-pub fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+/// is recomputed on every hit, and not the request id a backend may echo
+/// (`request_id`, and the usual name), which belongs to the request that
+/// fetched the entry.
+pub fn storable_headers(headers: &HeaderMap, request_id: &HeaderName) -> HeaderMap {
     let mut kept = headers.clone();
     kept.remove(X_CACHE);
     kept.remove(AGE);
+    kept.remove(request_id);
     kept.remove(crate::trace::X_REQUEST_ID);
     kept
 }

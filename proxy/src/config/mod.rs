@@ -22,6 +22,7 @@ mod errors;
 mod fields;
 mod file;
 mod jwt;
+mod log;
 mod overrides;
 mod raw;
 mod routes;
@@ -181,12 +182,16 @@ impl Config {
             admin: tls::listener_tls(&mut p, "admin_tls", raw.admin_tls, base_dir),
         };
         let admin_token = overrides.admin_token.filter(|t| !t.is_empty());
-        if admin_token.as_ref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN) {
-            p.add(
-                "PROXY_ADMIN_TOKEN",
-                format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
-            );
+        let status_token = overrides.status_token.filter(|t| !t.is_empty());
+        for (name, token) in [
+            ("PROXY_ADMIN_TOKEN", &admin_token),
+            ("PROXY_STATUS_TOKEN", &status_token),
+        ] {
+            if token.as_ref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN) {
+                p.add(name, format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"));
+            }
         }
+        let log = log::log_settings(&mut p, raw.log, overrides.log_hash_key);
 
         if !p.0.is_empty() {
             return Err(ConfigErrors(p.0));
@@ -206,6 +211,8 @@ impl Config {
                 cache,
                 response_timeout,
                 admin_token: admin_token.map(Secret),
+                status_token: status_token.map(Secret),
+                log,
                 tls,
                 backend_tls,
             },

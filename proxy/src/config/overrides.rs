@@ -42,6 +42,11 @@ pub struct Overrides {
     pub jwt_audience: Option<String>,
     /// `PROXY_ADMIN_TOKEN`: a bearer token for `POST /purge`.
     pub admin_token: Option<String>,
+    /// `PROXY_STATUS_TOKEN`: when set, the status page and `/metrics` ask
+    /// for it (or the admin token).
+    pub status_token: Option<String>,
+    /// `LOG_HASH_KEY`: the key of `log.hash_subjects`' hashes.
+    pub log_hash_key: Option<String>,
 }
 
 impl Overrides {
@@ -70,6 +75,8 @@ impl Overrides {
             jwt_issuer: env.get("JWT_ISSUER"),
             jwt_audience: env.get("JWT_AUDIENCE"),
             admin_token: env.get("PROXY_ADMIN_TOKEN"),
+            status_token: env.get("PROXY_STATUS_TOKEN"),
+            log_hash_key: env.get("LOG_HASH_KEY"),
         }
     }
 
@@ -86,6 +93,8 @@ impl Overrides {
             jwt_issuer: higher.jwt_issuer.or(self.jwt_issuer),
             jwt_audience: higher.jwt_audience.or(self.jwt_audience),
             admin_token: higher.admin_token.or(self.admin_token),
+            status_token: higher.status_token.or(self.status_token),
+            log_hash_key: higher.log_hash_key.or(self.log_hash_key),
         }
     }
 }

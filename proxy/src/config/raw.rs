@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub jwt: RawJwt,
     #[serde(default)]
     pub identity: RawIdentity,
+    #[serde(default)]
+    pub log: RawLog,
     /// TLS on the client listener.
     pub tls: Option<RawTls>,
     /// TLS on the admin listener.
@@ -152,6 +154,16 @@ pub struct RawJwt {
     /// Several issuers, each a table of the fields above.
     #[serde(default)]
     pub issuers: Vec<RawJwt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access: Option<bool>,
+    pub access_sample: Option<f64>,
+    pub hash_subjects: Option<bool>,
+    pub redact_query: Option<Vec<String>>,
+    pub request_id_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -308,7 +308,7 @@ impl Proxy {
                 }
             }
         }
-        let headers = storable_headers(&headers);
+        let headers = storable_headers(&headers, &fetch.snap.settings.log.request_id_header);
         let now = now_ms();
         let lifetime = storability(policy, &rule.forward_headers, stale.status, &headers).ok();
         let entry = Entry::new(
@@ -392,7 +392,7 @@ impl Proxy {
                 path: &fetch.target.path,
                 tags: &tags,
             };
-            return Ok(self
+            let (mut response, entry) = self
                 .revalidated(
                     fetch,
                     rule,
@@ -403,7 +403,9 @@ impl Proxy {
                     &index,
                     cache_status,
                 )
-                .await);
+                .await;
+            response.extensions_mut().extend(head.extensions);
+            return Ok((response, entry));
         }
         let lifetime = match storability(policy, &rule.forward_headers, head.status, &head.headers) {
             Ok(lifetime) => lifetime,
@@ -458,7 +460,7 @@ impl Proxy {
             Err(_) => return Err(ProxyError::Upstream(UpstreamError::Timeout)),
         };
 
-        let mut stored_headers = storable_headers(&head.headers);
+        let mut stored_headers = storable_headers(&head.headers, &settings.log.request_id_header);
         let etag = conditional::ensure_strong_etag(&mut stored_headers, &bytes);
         head.headers.insert(ETAG, etag);
         let now = now_ms();

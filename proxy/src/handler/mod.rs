@@ -8,7 +8,10 @@
 //! live in their own modules and take explicit inputs; the cached read
 //! path (coalescing, stale serving, revalidation, storing) is in [`cached`].
 
+mod access;
 mod cached;
+
+use self::access::AccessStart;
 
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -20,6 +23,7 @@ use http::{HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
+use crate::access_log::{AccessOutput, UpstreamSeen};
 use crate::auth::{self, Claims};
 use crate::body;
 use crate::boot::BootSettings;
@@ -34,7 +38,7 @@ use crate::rbac;
 use crate::route::{self, Rule, Target};
 use crate::runtime::{Runtime, Snapshot};
 use crate::server::Client;
-use crate::trace::{RequestTrace, X_REQUEST_ID};
+use crate::trace::RequestTrace;
 use crate::upstream::{self, BoxError, HeaderPolicy, Outbound, ProxyBody, Upstream, UpstreamError};
 use crate::vary::LearnedVary;
 
@@ -56,6 +60,8 @@ pub struct Proxy {
     pub writes: Arc<WritesInFlight>,
     /// Limits on requests at the backend at once.
     pub upstream_slots: UpstreamSlots,
+    /// Where access lines go, and in which format.
+    pub access_output: AccessOutput,
 }
 
 /// A request that passed steps 1–3: where it goes and who sent it.
@@ -75,6 +81,15 @@ struct Admitted<'a> {
 struct RequestCtx<'a> {
     rule: Option<&'a Rule>,
     cache_status: CacheStatus,
+    /// Who sent it, once verified.
+    claims: Option<Arc<Claims>>,
+    /// Its normalised target, kept only when the request is logged.
+    target: Option<Target>,
+    /// Request body bytes: as declared, or as read when forwarded.
+    bytes_in: u64,
+    /// Why it was refused or failed, kept only when the request is logged.
+    error: Option<String>,
+    logged: bool,
 }
 
 impl Proxy {
@@ -85,13 +100,19 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
-        let method = request.method().clone();
-        let trace = RequestTrace::of(request.headers());
-        let request_id = trace.id.clone();
         let snap = self.runtime.load();
+        let trace = RequestTrace::of(request.headers(), &snap.settings.log.request_id_header);
+        let (id_header, request_id) = (trace.header.clone(), trace.id.clone());
+        let access = AccessStart::of(&snap, &request, &client, &trace, started);
+        let method = request.method().clone();
         let mut ctx = RequestCtx {
             rule: None,
             cache_status: CacheStatus::Bypass(Bypass::Error),
+            claims: None,
+            target: None,
+            bytes_in: content_length(request.headers()).unwrap_or(0),
+            error: None,
+            logged: access.is_some(),
         };
         let result = self.handle_inner(&snap, request, client, trace, &mut ctx).await;
         let mut response = match result {
@@ -107,6 +128,9 @@ impl Proxy {
                 if matches!(err, ProxyError::Route(route::RouteError::NoRule)) {
                     ctx.cache_status = CacheStatus::Bypass(Bypass::NoRule);
                 }
+                if ctx.logged {
+                    ctx.error = Some(err.to_string());
+                }
                 err.into_response()
             }
         };
@@ -117,12 +141,18 @@ impl Proxy {
         stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
         // Per response, whatever answered: the backend's echo of another
         // request's id is not this request's.
-        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        response.headers_mut().insert(id_header, request_id);
         let rule = ctx.rule.map_or(NO_RULE, |r| r.name);
-        self.metrics
-            .request(rule, response.status().as_u16(), ctx.cache_status.outcome());
-        tracing::debug!(%method, rule, status = response.status().as_u16(), cache = ctx.cache_status.outcome(), micros = started.elapsed().as_micros() as u64, "request");
-        response
+        self.metrics.request(
+            rule,
+            response.status().as_u16(),
+            ctx.cache_status.outcome(),
+            started.elapsed(),
+        );
+        match access {
+            Some(access) => access.attach(response, ctx, &snap, &self.access_output),
+            None => response,
+        }
     }
 
     async fn handle_inner<'a, B>(
@@ -139,6 +169,9 @@ impl Proxy {
     {
         let (parts, body) = request.into_parts();
         let target = route::normalise(parts.uri.path(), parts.uri.query())?;
+        if ctx.logged {
+            ctx.target = Some(target.clone());
+        }
         let rule = snap.settings.routes.match_rule(&parts.method, &target)?;
         ctx.rule = Some(rule);
 
@@ -148,6 +181,7 @@ impl Proxy {
             (Some(issuers), false) => issuers.authenticate(&parts.headers).await?,
             _ => None,
         };
+        ctx.claims.clone_from(&claims);
         rbac::authorize(&rule.access, claims.as_deref())?;
 
         let declared_length = content_length(&parts.headers);
@@ -173,7 +207,7 @@ impl Proxy {
                 // to the backend is worth an allocation, and its future
                 // would otherwise make every hit's future larger, which
                 // each request moves (memcpy) as it starts.
-                Box::pin(self.pass_through(admitted, body)).await
+                Box::pin(self.pass_through(admitted, body, &mut ctx.bytes_in)).await
             }
         }
     }
@@ -181,7 +215,12 @@ impl Proxy {
     /// Uncacheable rules and writes: the request body is read whole, then
     /// forwarded; the response streams back. Writes invalidate their tags
     /// before the response is released.
-    async fn pass_through<B>(&self, req: Admitted<'_>, body: B) -> Result<Response<ProxyBody>, ProxyError>
+    async fn pass_through<B>(
+        &self,
+        req: Admitted<'_>,
+        body: B,
+        bytes_in: &mut u64,
+    ) -> Result<Response<ProxyBody>, ProxyError>
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
@@ -190,6 +229,7 @@ impl Proxy {
         let headers = self.upstream_headers(&req, HeaderPolicy::All)?;
         let server = &self.boot.server;
         let bytes = body::read_request_body(body, server.max_request_body_bytes, server.body_read_timeout).await?;
+        *bytes_in = bytes.len() as u64;
         let response_timeout = req.snap.settings.response_timeout;
         let outbound = Outbound {
             response_timeout,
@@ -304,8 +344,12 @@ impl Proxy {
         })?;
         let started = Instant::now();
         let result = self.upstream.send(outbound).await;
-        self.metrics.upstream_latency(rule, started.elapsed());
-        result
+        let elapsed = started.elapsed();
+        self.metrics.upstream_latency(rule, elapsed);
+        let mut response = result?;
+        let status = response.status().as_u16();
+        response.extensions_mut().insert(UpstreamSeen { status, elapsed });
+        Ok(response)
     }
 
     /// Bumps the rule's tags and waits for the store to acknowledge. On

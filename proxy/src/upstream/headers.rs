@@ -287,6 +287,7 @@ mod tests {
         let claims = Claims {
             subject: "u42".into(),
             roles: vec!["user".into(), "editor".into()],
+            jti: None,
         };
         let h = shape(HeaderPolicy::All, Some(&claims));
         assert_eq!(h["x-auth-subject"], "u42");
@@ -322,6 +323,7 @@ mod tests {
         let claims = Claims {
             subject: "u42".into(),
             roles: vec!["user".into()],
+            jti: None,
         };
         let names: Vec<HeaderName> = SPOOFS.iter().map(|n| HeaderName::from_static(n)).collect();
         let shaped =
@@ -364,6 +366,7 @@ mod tests {
         let claims = Claims {
             subject: "a\nb".into(),
             roles: vec![],
+            jti: None,
         };
         let result = upstream_headers(
             &HeaderMap::new(),

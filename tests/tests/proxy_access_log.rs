@@ -1,0 +1,230 @@
+//! The access log: one line per request with what an operator asks of it,
+//! and none of what must never be written down (tokens, secret query
+//! values, bodies, cookies).
+
+use e2e::token::mint;
+use e2e::{json_reply, proxy_config, spawn_logging_proxy, AccessLines, ProxyHandle, ScriptedUpstream};
+use proxy::access_log::AccessFormat;
+use serde_json::Value;
+
+const CONFIG: &str = r#"
+[[routes]]
+name = "notes"
+path = "/notes"
+methods = ["GET"]
+access = "authenticated"
+cache = { scope = "user", tags = ["notes"] }
+
+[[routes]]
+name = "notes-write"
+path = "/notes"
+methods = ["POST"]
+access = "authenticated"
+invalidates = ["notes"]
+
+[[routes]]
+name = "broken"
+path = "/broken"
+methods = ["GET"]
+access = "public"
+"#;
+
+const BODY_MARKER: &str = "body-marker-7f3a";
+const COOKIE: &str = "session=cookie-secret-91c2";
+
+/// A backend whose answers carry a recognisable body, and a cookie on
+/// writes (an answer with one is not stored); `/broken` fails with a 502.
+async fn upstream() -> ScriptedUpstream {
+    ScriptedUpstream::start(|req| async move {
+        if req.uri().path() == "/broken" {
+            return json_reply(502, r#"{"error":"down"}"#, &[]);
+        }
+        let cookie: &[(&str, &str)] = if req.method() == "POST" {
+            &[("set-cookie", COOKIE)]
+        } else {
+            &[]
+        };
+        json_reply(200, &format!(r#"{{"note":"{BODY_MARKER}"}}"#), cookie)
+    })
+    .await
+}
+
+async fn proxy(
+    toml: &str,
+    upstream: &ScriptedUpstream,
+    format: AccessFormat,
+) -> (ProxyHandle, std::sync::Arc<AccessLines>) {
+    spawn_logging_proxy(proxy_config(toml, upstream.addr, None, None), format).await
+}
+
+#[tokio::test]
+async fn each_request_is_one_json_line_with_its_fields_and_no_secret() {
+    let upstream = upstream().await;
+    let (proxy, lines) = proxy(CONFIG, &upstream, AccessFormat::Json).await;
+    let token = mint("alice", "user");
+    let client = reqwest::Client::new();
+
+    let read = client
+        .get(format!(
+            "{}/notes?page=2&access_token=query-secret-5d1e",
+            proxy.base_url()
+        ))
+        .bearer_auth(&token)
+        .header("user-agent", "probe/1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let read_id = read.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let read_len = read.bytes().await.unwrap().len();
+
+    // A hit: served without the backend (before the write invalidates it).
+    let hit = client
+        .get(format!(
+            "{}/notes?page=2&access_token=query-secret-5d1e",
+            proxy.base_url()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let hit_id = hit.headers()["x-request-id"].to_str().unwrap().to_owned();
+    hit.bytes().await.unwrap();
+    let hit_line: Value = serde_json::from_str(&lines.find(&hit_id).await).unwrap();
+    assert_eq!(
+        (&hit_line["cache"], &hit_line["upstream_status"]),
+        (&"hit".into(), &Value::Null)
+    );
+
+    let password_body = r#"{"password":"hunter2-body-secret"}"#;
+    let write = client
+        .post(format!("{}/notes", proxy.base_url()))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(password_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 200);
+    let write_id = write.headers()["x-request-id"].to_str().unwrap().to_owned();
+    write.bytes().await.unwrap();
+
+    let read_line: Value = serde_json::from_str(&lines.find(&read_id).await).unwrap();
+    assert_eq!(read_line["method"], "GET");
+    assert_eq!(
+        read_line["path"], "/notes?access_token=REDACTED&page=2",
+        "normalised, secret redacted"
+    );
+    assert_eq!(read_line["rule"], "notes");
+    assert_eq!(read_line["status"], 200);
+    assert_eq!(read_line["cache"], "miss");
+    assert_eq!(read_line["upstream_status"], 200);
+    assert!(read_line["upstream_seconds"].as_f64().unwrap() > 0.0);
+    assert!(read_line["duration_seconds"].as_f64().unwrap() >= read_line["upstream_seconds"].as_f64().unwrap());
+    assert_eq!(read_line["bytes_out"], read_len as u64);
+    assert_eq!(read_line["completed"], true);
+    assert_eq!(read_line["peer"], "127.0.0.1");
+    assert_eq!(read_line["subject"], "alice");
+    assert_eq!(read_line["jti"], "e2e");
+    assert_eq!(read_line["user_agent"], "probe/1.0");
+    assert_eq!(read_line["protocol"], "HTTP/1.1");
+    assert!(read_line["time"].as_str().unwrap().ends_with('Z'));
+
+    let write_line: Value = serde_json::from_str(&lines.find(&write_id).await).unwrap();
+    assert_eq!(write_line["method"], "POST");
+    assert_eq!(write_line["rule"], "notes-write");
+    assert_eq!(write_line["cache"], "bypass");
+    assert_eq!(write_line["bytes_in"], password_body.len() as u64);
+
+    let everything = lines.all().concat();
+    assert_eq!(lines.all().len(), 3, "one line per request: {everything}");
+    for secret in [
+        token.as_str(),
+        "query-secret-5d1e",
+        "hunter2-body-secret",
+        BODY_MARKER,
+        "cookie-secret-91c2",
+    ] {
+        assert!(!everything.contains(secret), "{secret:?} logged: {everything}");
+    }
+}
+
+#[tokio::test]
+async fn text_lines_read_like_combined_and_refusals_say_why() {
+    let upstream = upstream().await;
+    let (proxy, lines) = proxy(CONFIG, &upstream, AccessFormat::Text).await;
+    let client = reqwest::Client::new();
+    let forged = format!("{}x", mint("mallory", "user"));
+    let refused = client
+        .get(format!("{}/notes?token=query-secret-5d1e", proxy.base_url()))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let id = refused.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let line = lines.find(&id).await;
+    assert!(
+        line.starts_with("127.0.0.1 - - ["),
+        "peer, no subject for a token that did not verify: {line}"
+    );
+    assert!(line.contains("] \"GET /notes?token=REDACTED HTTP/1.1\" 401 "), "{line}");
+    assert!(line.contains(" rule=notes cache=bypass "), "{line}");
+    assert!(line.contains(" error=\"invalid token"), "{line}");
+    assert!(!line.contains(&forged) && !line.contains("query-secret-5d1e"), "{line}");
+    assert_eq!(line.matches('\n').count(), 1);
+}
+
+#[tokio::test]
+async fn hashed_subjects_name_no_one() {
+    let upstream = upstream().await;
+    let toml = format!("[log]\nhash_subjects = true\n{CONFIG}");
+    let (proxy, lines) = proxy(&toml, &upstream, AccessFormat::Json).await;
+    let mut hashes = Vec::new();
+    for _ in 0..2 {
+        let response = reqwest::Client::new()
+            .get(format!("{}/notes", proxy.base_url()))
+            .bearer_auth(mint("alice", "user"))
+            .send()
+            .await
+            .unwrap();
+        let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        response.bytes().await.unwrap();
+        let line: Value = serde_json::from_str(&lines.find(&id).await).unwrap();
+        assert!(line.get("subject").is_none(), "{line}");
+        assert!(!line.to_string().contains("alice"), "{line}");
+        hashes.push(line["subject_hash"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(hashes[0], hashes[1], "the same subject, the same hash");
+    assert_eq!(hashes[0].len(), 16);
+}
+
+#[tokio::test]
+async fn sampling_zero_still_logs_server_errors() {
+    let upstream = upstream().await;
+    let toml = format!("[log]\naccess_sample = 0.0\n{CONFIG}");
+    let (proxy, lines) = proxy(&toml, &upstream, AccessFormat::Json).await;
+    // One connection: the first response's line, if any, is written before
+    // the second request is read.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    let ok = client
+        .get(format!("{}/notes", proxy.base_url()))
+        .bearer_auth(mint("alice", "user"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let ok_id = ok.headers()["x-request-id"].to_str().unwrap().to_owned();
+    ok.bytes().await.unwrap();
+    let failed = client.get(format!("{}/broken", proxy.base_url())).send().await.unwrap();
+    assert_eq!(failed.status(), 502);
+    let failed_id = failed.headers()["x-request-id"].to_str().unwrap().to_owned();
+    failed.bytes().await.unwrap();
+    let line: Value = serde_json::from_str(&lines.find(&failed_id).await).unwrap();
+    assert_eq!((&line["status"], &line["upstream_status"]), (&502.into(), &502.into()));
+    assert!(
+        !lines.all().concat().contains(&ok_id),
+        "a 200 is not sampled at 0: {:?}",
+        lines.all()
+    );
+}
