@@ -1,5 +1,5 @@
-//! The admin listener: liveness, readiness, metrics, and the operator's
-//! endpoints (purge, reload, the settings in use).
+//! The admin listener: liveness, readiness, metrics, the status page, and
+//! the operator's endpoints (purge, reload, the settings in use).
 //!
 //! Served on its own address (`admin_listen`, never the client listener),
 //! so operators can firewall it separately.
@@ -17,6 +17,7 @@ use crate::body;
 use crate::handler::Proxy;
 use crate::operator;
 use crate::purge;
+use crate::status;
 use crate::upstream::{BoxError, ProxyBody};
 
 /// Answers one admin request.
@@ -31,6 +32,13 @@ where
         (&Method::GET, "/config") => active_config(&proxy, request.headers()).await,
         (&Method::GET, "/healthz") => body::json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readiness(&proxy).await,
+        (&Method::GET, "/" | "/status" | "/status.json" | "/metrics")
+            if !status::may_read(&proxy.runtime.load(), request.headers()) =>
+        {
+            status::refused()
+        }
+        (&Method::GET, "/" | "/status") => status::page(),
+        (&Method::GET, "/status.json") => status::json(&proxy, &proxy.runtime.load()),
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(body::full(Bytes::from(proxy.metrics.encode())));
             response.headers_mut().insert(
@@ -39,9 +47,10 @@ where
             );
             response
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/config") => {
-            body::json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"}))
-        }
+        (
+            _,
+            "/" | "/status" | "/status.json" | "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/config",
+        ) => body::json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"})),
         _ => body::json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }

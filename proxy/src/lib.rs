@@ -56,6 +56,7 @@ pub mod route;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod status;
 pub mod tls;
 pub mod trace;
 pub mod upstream;
@@ -150,6 +151,8 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
         metrics,
         writes: Arc::default(),
         access_output: access,
+        status: Default::default(),
+        started: std::time::Instant::now(),
         boot,
     }))
 }
@@ -186,6 +189,7 @@ pub async fn run(
     if reloadable {
         tokio::spawn(reload_on_sighup(Arc::downgrade(&proxy)));
     }
+    tokio::spawn(status::observe(Arc::downgrade(&proxy)));
     if let Some((file, every)) = watch {
         tokio::spawn(reload_on_change(Arc::downgrade(&proxy), file, every));
     }

@@ -93,6 +93,17 @@ pub struct Metrics {
     config_info: Family<VersionLabels, Gauge>,
     jwks_fetches: Family<JwksOutcomeLabels, Counter>,
     jwks_keys: Family<JwksLabels, Gauge>,
+    store: StoreGauges,
+}
+
+/// The store's state, set every second by the status observer.
+#[derive(Default)]
+struct StoreGauges {
+    up: Gauge,
+    breakers_open: Gauge,
+    pending_invalidations: Gauge,
+    local_entries: Gauge,
+    local_bytes: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -278,7 +289,34 @@ impl Metrics {
             "Keys usable from each JWKS URL's last good fetch (0: none, tokens answered 503)",
             jwks_keys.clone(),
         );
+        let store = StoreGauges::default();
+        registry.register(
+            "cache_store_up",
+            "1 when the cache store answered its last ping (every second), else 0",
+            store.up.clone(),
+        );
+        registry.register(
+            "cache_breakers_open",
+            "Redis circuit breakers open now (one per group): lookups there bypass the cache",
+            store.breakers_open.clone(),
+        );
+        registry.register(
+            "invalidations_pending",
+            "Tags whose invalidation Redis has not acknowledged yet; caching of their routes is paused until it does",
+            store.pending_invalidations.clone(),
+        );
+        registry.register(
+            "cache_local_entries",
+            "Entries held in process memory: the memory store's, or Redis's L1 copies",
+            store.local_entries.clone(),
+        );
+        registry.register(
+            "cache_local_bytes",
+            "Bytes of the entries held in process memory (as weighed against memory_max_bytes or l1_max_bytes)",
+            store.local_bytes.clone(),
+        );
         Metrics {
+            store,
             registry,
             jwks_fetches,
             jwks_keys,
@@ -442,6 +480,16 @@ impl Metrics {
                 version: version.to_owned(),
             })
             .set(1);
+    }
+
+    /// The store's state as the status observer last saw it.
+    pub fn store_state(&self, up: bool, state: &crate::cache::StoreState) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.store.up.set(i64::from(up));
+        self.store.breakers_open.set(gauge(state.breakers_open));
+        self.store.pending_invalidations.set(gauge(state.pending_invalidations));
+        self.store.local_entries.set(gauge(state.local_entries));
+        self.store.local_bytes.set(gauge(state.local_bytes));
     }
 
     /// Counts a connection as open until the returned guard drops.

@@ -288,6 +288,24 @@ pub struct Runtime {
     /// previous snapshot, and the slower would win whatever the file says.
     reloading: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    /// The last [`RELOADS_KEPT`] reloads, newest last, for the status page.
+    reloads: std::sync::Mutex<std::collections::VecDeque<Reload>>,
+}
+
+/// How many reloads the status page lists.
+pub const RELOADS_KEPT: usize = 10;
+
+/// One reload, as the status page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reload {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// The version now in use (the same as before when refused).
+    pub version: String,
+    pub ok: bool,
+    /// The fields a refused reload found wrong (their messages are in the
+    /// log and in `POST /reload`'s answer, which need credentials).
+    pub fields: Vec<String>,
 }
 
 impl Runtime {
@@ -300,7 +318,34 @@ impl Runtime {
             source,
             reloading: tokio::sync::Mutex::new(()),
             metrics,
+            reloads: Default::default(),
         }
+    }
+
+    /// The last reloads, oldest first.
+    pub fn reloads(&self) -> Vec<Reload> {
+        self.reloads
+            .lock()
+            .expect("reload list poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn record(&self, ok: bool, fields: Vec<String>) {
+        let reload = Reload {
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            version: self.current.load().version.to_string(),
+            ok,
+            fields,
+        };
+        let mut reloads = self.reloads.lock().expect("reload list poisoned");
+        if reloads.len() == RELOADS_KEPT {
+            reloads.pop_front();
+        }
+        reloads.push_back(reload);
     }
 
     /// The snapshot a request starting now runs under. A guard, not a
@@ -327,10 +372,12 @@ impl Runtime {
             Ok(version) => {
                 self.metrics.config_reload("ok");
                 self.metrics.config_version(version);
+                self.record(true, Vec::new());
                 tracing::info!(%version, "configuration reloaded");
             }
             Err(problems) => {
                 self.metrics.config_reload("invalid");
+                self.record(false, problems.iter().map(|p| p.field.to_string()).collect());
                 let problems: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
                 tracing::warn!(
                     ?problems,

@@ -41,8 +41,8 @@ pub mod wait;
 pub use crate::client::{raw_http, ApiClient, RawResponse};
 pub use crate::origin::{spawn_origin, spawn_origin_with, OriginHandle, StoppedOrigin};
 pub use crate::proxy::{
-    endpoints_proxy_config, proxy_config, proxy_config_file, redis_prefix, shared_key, spawn_logging_proxy,
-    spawn_proxy, spawn_reloadable_proxy, AccessLines, ProxyHandle, ITEMS_CONFIG, SHIPPED_CONFIG,
+    endpoints_proxy_config, proxy_config, proxy_config_file, proxy_config_with, redis_prefix, shared_key,
+    spawn_logging_proxy, spawn_proxy, spawn_reloadable_proxy, AccessLines, ProxyHandle, ITEMS_CONFIG, SHIPPED_CONFIG,
 };
 pub use crate::servers::{MongoServer, RedisServer};
 pub use crate::stack::Stack;

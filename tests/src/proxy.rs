@@ -74,6 +74,17 @@ pub fn proxy_config(
     load(toml, overrides)
 }
 
+/// As [`proxy_config`] (memory store), with `change` made to the
+/// overrides (environment variables such as `PROXY_STATUS_TOKEN`).
+pub fn proxy_config_with(toml: &str, upstream: SocketAddr, change: impl FnOnce(&mut Overrides)) -> Config {
+    let mut overrides = Overrides {
+        upstream: Some(format!("http://{upstream}")),
+        ..harness_overrides(None)
+    };
+    change(&mut overrides);
+    load(toml, overrides)
+}
+
 /// As [`proxy_config`], for a backend with several endpoints: `upstreams`
 /// become `upstream.urls` in the TOML (added to its `[upstream]` table, or
 /// as one), since the `UPSTREAM_URL` override would replace the list.

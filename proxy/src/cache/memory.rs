@@ -18,7 +18,7 @@ use super::entry::now_ms;
 use super::purge::{is_under, place_of_prefix, prefixes_of, softly_expired};
 use super::{
     new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Invalidate, Leases, Lookup, StoreError,
-    StoreHealth,
+    StoreHealth, StoreState,
 };
 
 pub struct MemoryStore {
@@ -295,6 +295,14 @@ impl StoreHealth for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn state(&self) -> StoreState {
+        StoreState {
+            local_entries: self.entries.entry_count(),
+            local_bytes: self.entries.weighted_size(),
+            ..StoreState::default()
+        }
     }
 }
 

@@ -33,4 +33,6 @@ pub use self::key::{CacheKey, KeyParts, RequestKey, ScopeKey};
 pub use self::policy::{storability, storable_headers, CachePolicy, Lifetime, NotStorable, Scope};
 pub use self::purge::{Filed, IndexInfo, PurgeRequest, Purged};
 pub use self::status::{Bypass, CacheStatus, StaleReason, CACHE_STATUS, X_CACHE};
-pub use self::store::{new_generation, CacheStore, Invalidate, Lease, Leases, Lookup, Store, StoreError, StoreHealth};
+pub use self::store::{
+    new_generation, CacheStore, Invalidate, Lease, Leases, Lookup, Store, StoreError, StoreHealth, StoreState,
+};

@@ -106,6 +106,26 @@ pub trait StoreHealth: Send + Sync + 'static {
 
     /// `"redis"` or `"memory"`, for logs and metrics.
     fn kind(&self) -> &'static str;
+
+    /// What the store holds and how it is doing, without asking Redis: the
+    /// status page and the gauges read it every second.
+    fn state(&self) -> StoreState;
+}
+
+/// See [`StoreHealth::state`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreState {
+    /// Entries held in process memory: the memory store's, or Redis's L1
+    /// copies.
+    pub local_entries: u64,
+    /// Their weighted size in bytes.
+    pub local_bytes: u64,
+    /// Circuit breakers open, of `breakers` (one per Redis group; none for
+    /// the memory store).
+    pub breakers_open: u64,
+    pub breakers: u64,
+    /// Tags whose invalidation Redis has not acknowledged yet.
+    pub pending_invalidations: u64,
 }
 
 /// Everything the proxy asks of its store, as one object.

@@ -62,6 +62,9 @@ pub struct Proxy {
     pub upstream_slots: UpstreamSlots,
     /// Where access lines go, and in which format.
     pub access_output: AccessOutput,
+    /// Samples of the metrics for the status page.
+    pub status: crate::status::Board,
+    pub started: Instant,
 }
 
 /// A request that passed steps 1–3: where it goes and who sent it.

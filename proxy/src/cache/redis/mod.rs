@@ -70,7 +70,7 @@ use super::memory::{bounded_entries, encoded_weight, usable};
 use super::purge::{is_under, place_of_prefix, prefixes_of, records_paths, softly_expired, ALL_TAG};
 use super::{
     new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Invalidate, Lease, Leases, Lookup,
-    StoreError, StoreHealth,
+    StoreError, StoreHealth, StoreState,
 };
 use crate::cache::settings::StoreSettings;
 use crate::metrics::Metrics;
@@ -1007,5 +1007,19 @@ impl StoreHealth for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn state(&self) -> StoreState {
+        let (local_entries, local_bytes) = self
+            .l1
+            .as_ref()
+            .map_or((0, 0), |l1| (l1.entry_count(), l1.weighted_size()));
+        StoreState {
+            local_entries,
+            local_bytes,
+            breakers_open: self.breakers.iter().filter(|b| b.is_open()).count() as u64,
+            breakers: self.breakers.len() as u64,
+            pending_invalidations: self.pending.all_tags().len() as u64,
+        }
     }
 }
