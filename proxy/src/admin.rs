@@ -39,20 +39,39 @@ where
         }
         (&Method::GET, "/" | "/status") => status::page(),
         (&Method::GET, "/status.json") => status::json(&proxy, &proxy.runtime.load()),
-        (&Method::GET, "/metrics") => {
-            let mut response = Response::new(body::full(Bytes::from(proxy.metrics.encode())));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
-            response
-        }
+        (&Method::GET, "/metrics") => metrics(&proxy, request.headers()),
         (
             _,
             "/" | "/status" | "/status.json" | "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/config",
         ) => body::json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"})),
         _ => body::json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
+}
+
+/// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus
+/// does), else the Prometheus text format.
+fn metrics(proxy: &Proxy, headers: &HeaderMap) -> Response<ProxyBody> {
+    let openmetrics = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    let (text, content_type) = if openmetrics {
+        (
+            proxy.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            proxy.metrics.encode_prometheus_text(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut response = Response::new(body::full(Bytes::from(text)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// Ready when the upstream (one of its endpoints, when there are several)

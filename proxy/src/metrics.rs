@@ -498,12 +498,53 @@ impl Metrics {
         OpenConnection(self.connections_open.clone())
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+
+    /// The Prometheus text format (0.0.4), for scrapers and tools that do
+    /// not ask for OpenMetrics (`promtool check metrics`, older agents).
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_text_004(&self.encode())
+    }
+}
+
+/// OpenMetrics names a counter's family without `_total` (`# TYPE
+/// proxy_requests counter`) and its samples with it; the 0.0.4 text format
+/// names both with it, has no `# UNIT` and no `# EOF`. Everything else this
+/// registry writes (gauges, histograms, label escaping) reads the same.
+fn openmetrics_to_text_004(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match described {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// One backend endpoint's series (see [`Metrics::endpoint`]); handles onto
@@ -539,6 +580,21 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_text_format_names_counters_with_total() {
+        let m = Metrics::new();
+        m.request("users-list", 200, "hit", Duration::from_micros(80));
+        let text = m.encode_prometheus_text();
+        assert!(text.contains("# HELP proxy_requests_total Requests answered"), "{text}");
+        assert!(text.contains("# TYPE proxy_requests_total counter"), "{text}");
+        assert!(text.contains("# TYPE proxy_connections_open gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE proxy_request_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
 
     #[test]
     fn exposition_is_labelled_by_rule() {

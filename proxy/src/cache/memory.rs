@@ -298,6 +298,9 @@ impl StoreHealth for MemoryStore {
     }
 
     fn state(&self) -> StoreState {
+        // Counts are kept up to date by moka's maintenance, which otherwise
+        // waits for the next write; once a second is cheap.
+        self.entries.run_pending_tasks();
         StoreState {
             local_entries: self.entries.entry_count(),
             local_bytes: self.entries.weighted_size(),

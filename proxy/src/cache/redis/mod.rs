@@ -1010,10 +1010,10 @@ impl StoreHealth for RedisStore {
     }
 
     fn state(&self) -> StoreState {
-        let (local_entries, local_bytes) = self
-            .l1
-            .as_ref()
-            .map_or((0, 0), |l1| (l1.entry_count(), l1.weighted_size()));
+        let (local_entries, local_bytes) = self.l1.as_ref().map_or((0, 0), |l1| {
+            l1.run_pending_tasks();
+            (l1.entry_count(), l1.weighted_size())
+        });
         StoreState {
             local_entries,
             local_bytes,
