@@ -57,6 +57,29 @@ ensure_redis() {
   command -v redis-server >/dev/null || die "redis-server still not found after installing"
 }
 
+# What the extended tests drive: a browser and its WebDriver, Prometheus
+# (with promtool) and systemd-analyze, from Debian's packages.
+ensure_operator_tools() {
+  local missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  command -v prometheus >/dev/null || missing+=(prometheus)
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} from Debian's packages"
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # Debian's package starts a system-wide Prometheus (and node exporter)
+  # where systemd runs; the tests start their own.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+    as_root systemctl stop prometheus prometheus-node-exporter || true
+  fi
+  for tool in chromium chromedriver prometheus promtool systemd-analyze; do
+    command -v "$tool" >/dev/null || die "$tool still not found after installing"
+  done
+}
+
 # Where the ferretdb binary lives, found on PATH or under $(go env GOPATH)/bin.
 ferretdb_path() {
   if command -v ferretdb >/dev/null; then

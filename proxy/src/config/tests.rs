@@ -655,3 +655,26 @@ fn the_endpoints_and_their_health_settings_take_a_restart() {
         ["upstream.url", "cache.namespace"]
     );
 }
+
+#[test]
+fn the_example_configs_are_valid() {
+    let examples = [
+        (
+            "oidc-keycloak.toml",
+            include_str!("../../../deploy/examples/oidc-keycloak.toml"),
+        ),
+        (
+            "public-content.toml",
+            include_str!("../../../deploy/examples/public-content.toml"),
+        ),
+    ];
+    for (name, text) in examples {
+        let overrides = Overrides {
+            jwt_secret: Some("an-example-secret-of-thirty-two-bytes!".into()),
+            ..Overrides::default()
+        };
+        if let Err(errors) = Config::load(text, overrides, Path::new(".")) {
+            panic!("deploy/examples/{name}:\n{errors}");
+        }
+    }
+}
