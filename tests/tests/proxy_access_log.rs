@@ -228,3 +228,57 @@ async fn sampling_zero_still_logs_server_errors() {
         lines.all()
     );
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_body_is_logged_as_incomplete() {
+    use tokio::io::AsyncWriteExt;
+    // A backend that sends the head and part of a large body, then stalls.
+    let (addr, _) = e2e::upstream::raw_upstream(|mut stream| async move {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n";
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&[b' '; 4096]).await;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let toml = format!("[upstream]\nresponse_timeout = \"2s\"\n{CONFIG}");
+    let (proxy, lines) = spawn_logging_proxy(proxy_config(&toml, addr, None, None), AccessFormat::Json).await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/broken", proxy.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    drop(response);
+    let line: Value = serde_json::from_str(&lines.find(&id).await).unwrap();
+    assert_eq!(line["completed"], false, "{line}");
+    assert_eq!(line["status"], 200);
+    assert!(line["bytes_out"].as_u64().unwrap() < 1_000_000, "{line}");
+}
+
+#[tokio::test]
+async fn a_hostile_path_and_agent_stay_one_bounded_line() {
+    let upstream = upstream().await;
+    let (proxy, lines) = proxy(CONFIG, &upstream, AccessFormat::Text).await;
+    let long = format!("/{}?token=abc", "a".repeat(6000));
+    let response = reqwest::Client::new()
+        .get(format!("{}{long}", proxy.base_url()))
+        .header(
+            "user-agent",
+            reqwest::header::HeaderValue::from_bytes(b"x\" rule=forged \\ \xff").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    response.bytes().await.unwrap();
+    let line = lines.find(&id).await;
+    assert!(line.len() < 3000, "cut: {} bytes", line.len());
+    assert!(line.contains("\"x\\x22 rule=forged \\x5C \\xFF\""), "escaped: {line}");
+    assert_eq!(
+        line.matches(" rule=").count(),
+        2,
+        "the forged field stays inside the quotes: {line}"
+    );
+    assert_eq!(line.matches('\n').count(), 1);
+}
