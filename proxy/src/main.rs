@@ -112,12 +112,14 @@ fn main() -> ExitCode {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
     // One writer thread for every log line, access lines included: a
     // request never waits on stdout's write(2), and lines never interleave.
-    // Not lossy: when the writer falls 128k lines behind, requests wait
-    // rather than their lines being dropped.
+    // The thread drains what has queued and then flushes, so the buffer
+    // turns a burst of lines into one write instead of one per line (stdout
+    // alone flushes at every newline). Not lossy: when the writer falls 128k
+    // lines behind, requests wait rather than their lines being dropped.
     let (writer, _flushed_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("log-writer")
-        .finish(std::io::stdout());
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     init_logging(writer.clone(), json);
     let mut prepared = prepared;
     prepared.access = AccessOutput {

@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 
 use super::RequestCtx;
 use crate::access_log::{self, AccessOutput, Logged, Pending, Record, Sampling, Subject, UpstreamSeen};
+use crate::cache::CACHE_STATUS;
 use crate::metrics::NO_RULE;
 use crate::runtime::Snapshot;
 use crate::server::Client;
@@ -91,7 +92,14 @@ impl AccessStart {
             rule: ctx.rule.map_or(NO_RULE, |r| r.name),
             status: status.as_u16(),
             cache: ctx.cache_status.outcome(),
-            cache_detail: ctx.cache_status.cache_status(),
+            // This proxy's member, appended last (made once, for the header).
+            cache_detail: response
+                .headers()
+                .get_all(CACHE_STATUS)
+                .iter()
+                .last()
+                .cloned()
+                .unwrap_or_else(|| ctx.cache_status.cache_status()),
             upstream: response.extensions().get::<UpstreamSeen>().copied(),
             bytes_in: ctx.bytes_in,
             subject,
