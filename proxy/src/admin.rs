@@ -38,7 +38,7 @@ where
             status::refused()
         }
         (&Method::GET, "/" | "/status") => status::page(),
-        (&Method::GET, "/status.json") => status::json(&proxy, &proxy.runtime.load()),
+        (&Method::GET, "/status.json") => status::json(&proxy.status, &proxy.runtime, &proxy.runtime.load()),
         (&Method::GET, "/metrics") => metrics(&proxy, request.headers()),
         (
             _,

@@ -140,6 +140,7 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
             running: boot.clone(),
         }) as Box<dyn SettingsSource>
     });
+    let status = status::Status::new(store.clone(), metrics.clone());
     Ok(Arc::new_cyclic(|me| Proxy {
         store,
         flights: Arc::default(),
@@ -151,8 +152,7 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
         metrics,
         writes: Arc::default(),
         access_output: access,
-        status: Default::default(),
-        started: std::time::Instant::now(),
+        status,
         boot,
     }))
 }
@@ -189,7 +189,7 @@ pub async fn run(
     if reloadable {
         tokio::spawn(reload_on_sighup(Arc::downgrade(&proxy)));
     }
-    tokio::spawn(status::observe(Arc::downgrade(&proxy)));
+    tokio::spawn(status::observe(Arc::downgrade(&proxy.status)));
     if let Some((file, every)) = watch {
         tokio::spawn(reload_on_change(Arc::downgrade(&proxy), file, every));
     }

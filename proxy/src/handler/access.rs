@@ -97,7 +97,7 @@ impl AccessStart {
                 .headers()
                 .get_all(CACHE_STATUS)
                 .iter()
-                .last()
+                .next_back()
                 .cloned()
                 .unwrap_or_else(|| ctx.cache_status.cache_status()),
             upstream: response.extensions().get::<UpstreamSeen>().copied(),

@@ -62,9 +62,8 @@ pub struct Proxy {
     pub upstream_slots: UpstreamSlots,
     /// Where access lines go, and in which format.
     pub access_output: AccessOutput,
-    /// Samples of the metrics for the status page.
-    pub status: crate::status::Board,
-    pub started: Instant,
+    /// What the status page shows.
+    pub status: Arc<crate::status::Status>,
 }
 
 /// A request that passed steps 1–3: where it goes and who sent it.

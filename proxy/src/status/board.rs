@@ -105,16 +105,19 @@ impl Board {
     /// any other label seen (requests that matched no rule).
     pub fn rules(&self, configured: &[&str]) -> Vec<RuleView> {
         let history = self.history.lock().expect("status history poisoned");
-        let (Some(new), Some(old)) = (history.samples.back(), history.samples.front()) else {
-            return Vec::new();
-        };
         let mut names: Vec<String> = configured.iter().map(|s| (*s).to_owned()).collect();
-        for seen in rules(&new.points) {
-            if !names.contains(&seen) {
-                names.push(seen);
+        let window = match (history.samples.front(), history.samples.back()) {
+            (Some(old), Some(new)) => {
+                for seen in rules(&new.points) {
+                    if !names.contains(&seen) {
+                        names.push(seen);
+                    }
+                }
+                Window::between(old, new)
             }
-        }
-        let window = Window::between(old, new);
+            // Before the first sample: every rule, with no figures yet.
+            _ => Window::empty(),
+        };
         names
             .into_iter()
             .map(|rule| {
@@ -352,6 +355,12 @@ mod tests {
     fn rates_ratios_and_quantiles_come_from_the_window() {
         let metrics = Metrics::new();
         let board = Board::default();
+        let before = board.rules(&["users"]);
+        assert_eq!(
+            (before.len(), before[0].requests_per_second),
+            (1, None),
+            "listed before any sample"
+        );
         metrics.request("users", 200, "miss", Duration::from_millis(30));
         board.record(100.0, parse(&metrics.encode()));
         assert!(

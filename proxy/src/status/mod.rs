@@ -10,8 +10,8 @@
 mod board;
 mod exposition;
 
-use std::sync::Weak;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -22,8 +22,9 @@ use subtle::ConstantTimeEq;
 
 pub use self::board::Board;
 use crate::body;
-use crate::handler::Proxy;
-use crate::runtime::Snapshot;
+use crate::cache::Store;
+use crate::metrics::Metrics;
+use crate::runtime::{Runtime, Snapshot};
 use crate::upstream::ProxyBody;
 
 /// How often the observer samples.
@@ -33,24 +34,44 @@ pub const EVERY: Duration = Duration::from_secs(1);
 /// admin listener (no CDN, no fonts).
 const PAGE: &str = include_str!("page.html");
 
+/// What the status page reads, kept by the proxy.
+pub struct Status {
+    board: Board,
+    started: Instant,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Status {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<Status> {
+        Arc::new(Status {
+            board: Board::default(),
+            started: Instant::now(),
+            store,
+            metrics,
+        })
+    }
+}
+
 /// Samples the metrics and the store's state every [`EVERY`] until the
-/// proxy is gone.
-pub async fn observe(proxy: Weak<Proxy>) {
+/// proxy (which holds `status`) is gone.
+pub async fn observe(status: Weak<Status>) {
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let Some(proxy) = proxy.upgrade() else { return };
-        let up = matches!(tokio::time::timeout(EVERY, proxy.store.ping()).await, Ok(Ok(())));
-        proxy.metrics.store_state(up, &proxy.store.state());
-        let points = exposition::parse(&proxy.metrics.encode());
-        proxy.status.record(unix_now(), points);
+        let Some(status) = status.upgrade() else { return };
+        let up = matches!(tokio::time::timeout(EVERY, status.store.ping()).await, Ok(Ok(())));
+        status.metrics.store_state(up, &status.store.state());
+        let points = exposition::parse(&status.metrics.encode());
+        status.board.record(unix_now(), points);
     }
 }
 
-/// `GET /status.json`.
-pub fn json(proxy: &Proxy, snap: &Snapshot) -> Response<ProxyBody> {
-    let mut response = body::json_response(StatusCode::OK, &view(proxy, snap));
+/// `GET /status.json`: what `status` saw, for the rules of `snap`, with
+/// `runtime`'s reloads.
+pub fn json(status: &Status, runtime: &Runtime, snap: &Snapshot) -> Response<ProxyBody> {
+    let mut response = body::json_response(StatusCode::OK, &view(status, runtime, snap));
     response
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -126,20 +147,20 @@ pub fn refused() -> Response<ProxyBody> {
     response
 }
 
-fn view(proxy: &Proxy, snap: &Snapshot) -> Value {
-    let board = &proxy.status;
+fn view(status: &Status, runtime: &Runtime, snap: &Snapshot) -> Value {
+    let board = &status.board;
     let configured: Vec<&str> = snap.settings.routes.iter().map(|rule| rule.name).collect();
-    let state = proxy.store.state();
+    let state = status.store.state();
     let counters = |name: &str, label: &str| json!(board.counters(name, label));
     json!({
         "time": unix_now(),
-        "uptime_seconds": proxy.started.elapsed().as_secs(),
+        "uptime_seconds": status.started.elapsed().as_secs(),
         "version": &*snap.version,
         "totals": board.totals(),
         "connections_open": board.value("proxy_connections_open"),
         "rules": board.rules(&configured),
         "store": {
-            "kind": proxy.store.kind(),
+            "kind": status.store.kind(),
             "up": board.value("proxy_cache_store_up").map(|v| v > 0.0),
             "breakers_open": state.breakers_open,
             "breakers": state.breakers,
@@ -163,7 +184,7 @@ fn view(proxy: &Proxy, snap: &Snapshot) -> Value {
         },
         "config": {
             "version": &*snap.version,
-            "reloads": proxy.runtime.reloads(),
+            "reloads": runtime.reloads(),
         },
     })
 }
