@@ -99,11 +99,14 @@ fn program(name: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("{name} is not installed: run scripts/test --extended"))
 }
 
-/// A WebDriver session with chromedriver, over the W3C protocol.
+/// A WebDriver session with chromedriver, over the W3C protocol. The
+/// driver runs in a process group of its own, with the browser it starts,
+/// and the whole group is killed on drop: a test that fails before closing
+/// its session leaves no Chromium behind.
 struct Browser {
     http: reqwest::Client,
     session: String,
-    _driver: ManagedChild,
+    driver: ManagedChild,
 }
 
 impl Browser {
@@ -146,7 +149,7 @@ impl Browser {
         Browser {
             http,
             session: format!("{base}/session/{session}"),
-            _driver: driver,
+            driver,
         }
     }
 
@@ -204,6 +207,15 @@ impl Browser {
 
     async fn close(self) {
         let _ = self.http.delete(&self.session).send().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // SAFETY: a plain syscall on the group the driver leads (its pid).
+        unsafe {
+            libc::kill(-(self.driver.pid() as libc::pid_t), libc::SIGKILL);
+        }
     }
 }
 
@@ -399,7 +411,7 @@ async fn prometheus_scrapes_the_admin_listener_and_every_panel_has_data() {
     }
     let groups = prometheus.get("/api/v1/rules", &[]).await.expect("rules listed");
     let rules = groups["groups"][0]["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 10, "{groups}");
+    assert_eq!(rules.len(), 11, "{groups}");
     assert!(rules.iter().all(|r| r["health"] == "ok"), "{groups}");
     stop.store(true, Ordering::Relaxed);
 }
