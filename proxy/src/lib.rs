@@ -140,7 +140,7 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
             running: boot.clone(),
         }) as Box<dyn SettingsSource>
     });
-    let status = status::Status::new(store.clone(), metrics.clone());
+    let status = status::Status::new(store.clone(), metrics.clone(), access.sink.clone());
     Ok(Arc::new_cyclic(|me| Proxy {
         store,
         flights: Arc::default(),

@@ -114,10 +114,12 @@ fn main() -> ExitCode {
     // request never waits on stdout's write(2), and lines never interleave.
     // The thread drains what has queued and then flushes, so the buffer
     // turns a burst of lines into one write instead of one per line (stdout
-    // alone flushes at every newline). Not lossy: when the writer falls 128k
-    // lines behind, requests wait rather than their lines being dropped.
-    let (writer, _flushed_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
+    // alone flushes at every newline). Lossy: when the writer falls 128k
+    // lines behind (stdout stalled: a full pipe, a throttled journal), lines
+    // are dropped and counted (proxy_log_lines_dropped_total) rather than
+    // stalling every request on the runtime's threads.
+    let (writer, flushed_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     init_logging(writer.clone(), json);
@@ -130,13 +132,19 @@ fn main() -> ExitCode {
         file,
         watch: cli.watch.then_some(WATCH_EVERY),
     };
-    match runtime.block_on(serve(prepared, reload_from)) {
+    let served = runtime.block_on(serve(prepared, reload_from));
+    // Tasks dropped as the runtime shuts down may still log: the writer
+    // is flushed only after it is gone.
+    drop(runtime);
+    let code = match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(flushed_at_exit);
+    code
 }
 
 /// Reads, validates and puts to use what `file` says (key files included).
@@ -168,6 +176,10 @@ impl AccessSink for LogWriter {
     fn write_line(&self, line: &[u8]) {
         // Fails only once the writer thread is gone, at exit.
         let _ = self.0.clone().write_all(line);
+    }
+
+    fn dropped_lines(&self) -> u64 {
+        self.0.error_counter().dropped_lines() as u64
     }
 }
 

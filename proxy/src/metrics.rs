@@ -94,6 +94,7 @@ pub struct Metrics {
     jwks_fetches: Family<JwksOutcomeLabels, Counter>,
     jwks_keys: Family<JwksLabels, Gauge>,
     store: StoreGauges,
+    log_lines_dropped: Counter,
 }
 
 /// The store's state, set every second by the status observer.
@@ -315,7 +316,14 @@ impl Metrics {
             "Bytes of the entries held in process memory (as weighed against memory_max_bytes or l1_max_bytes)",
             store.local_bytes.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines (access lines and events) dropped because stdout fell 128k lines behind",
+            log_lines_dropped.clone(),
+        );
         Metrics {
+            log_lines_dropped,
             store,
             registry,
             jwks_fetches,
@@ -490,6 +498,14 @@ impl Metrics {
         self.store.pending_invalidations.set(gauge(state.pending_invalidations));
         self.store.local_entries.set(gauge(state.local_entries));
         self.store.local_bytes.set(gauge(state.local_bytes));
+    }
+
+    /// Brings the dropped-lines counter up to `total`, the writer's count.
+    pub fn log_lines_dropped(&self, total: u64) {
+        let counted = self.log_lines_dropped.get();
+        if total > counted {
+            self.log_lines_dropped.inc_by(total - counted);
+        }
     }
 
     /// Counts a connection as open until the returned guard drops.

@@ -45,7 +45,7 @@ pub struct RuntimeSettings {
     /// Asked of the status page and `/metrics` when set (the admin token
     /// is accepted too); `None`: they are open, like `/healthz`.
     pub status_token: Option<Secret>,
-    pub log: LogSettings,
+    pub log: Arc<LogSettings>,
     pub tls: ListenerTls,
     /// What TLS to an `https://` backend verifies with and presents.
     pub backend_tls: Option<BackendTlsFiles>,

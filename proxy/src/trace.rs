@@ -8,6 +8,8 @@
 //!
 //! `traceparent` (W3C Trace Context, version 00) is forwarded with the
 //! same trace id and a new parent id: the proxy hop is a span of its own.
+//! Until spans are exported, a tracing backend sees the backend's span
+//! under a parent it never received (the trace id still joins them).
 //! An invalid one is dropped with its `tracestate`, as the
 //! recommendation asks; none is made when the client sent none (there is
 //! no span export yet: [`RequestTrace::span_id`] is where it would start).
@@ -41,10 +43,13 @@ impl RequestTrace {
             .filter(|id| is_valid_id(id.as_bytes()))
             .cloned()
             .unwrap_or_else(new_id);
-        let context = headers
-            .get(TRACEPARENT)
-            .and_then(|parent| next_hop(parent.as_bytes()))
-            .map(|parent| (parent, headers.get(TRACESTATE).cloned()));
+        // Two traceparents contradict each other: neither is believed. Several
+        // tracestate fields are one list (W3C Trace Context §3.3.1).
+        let mut parents = headers.get_all(TRACEPARENT).iter();
+        let context = match (parents.next(), parents.next()) {
+            (Some(parent), None) => next_hop(parent.as_bytes()).map(|parent| (parent, tracestate(headers))),
+            _ => None,
+        };
         RequestTrace {
             header: header.clone(),
             id,
@@ -88,6 +93,21 @@ fn is_valid_id(id: &[u8]) -> bool {
 fn new_id() -> HeaderValue {
     let bytes: [u8; 16] = rand::random();
     HeaderValue::from_str(&hex::encode(bytes)).expect("hex is a valid header value")
+}
+
+/// The client's `tracestate` fields as one value.
+fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut fields = headers.get_all(TRACESTATE).iter();
+    let first = fields.next()?;
+    let rest: Vec<&[u8]> = fields.map(HeaderValue::as_bytes).collect();
+    if rest.is_empty() {
+        return Some(first.clone());
+    }
+    let joined = std::iter::once(first.as_bytes())
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join(&b","[..]);
+    HeaderValue::from_bytes(&joined).ok()
 }
 
 /// `version-traceid-parentid-flags` with a new parent id, if `parent` is a
@@ -193,6 +213,17 @@ mod tests {
         assert!(RequestTrace::of(&headers(&[("traceparent", later)]), &X_REQUEST_ID)
             .context
             .is_some());
+    }
+
+    #[test]
+    fn two_traceparents_are_none_and_tracestates_join() {
+        let mut two = headers(&[("traceparent", PARENT)]);
+        two.append(TRACEPARENT, HeaderValue::from_static(PARENT));
+        assert!(RequestTrace::of(&two, &X_REQUEST_ID).context.is_none());
+        let mut states = headers(&[("traceparent", PARENT), ("tracestate", "a=1")]);
+        states.append(TRACESTATE, HeaderValue::from_static("b=2"));
+        let (_, state) = RequestTrace::of(&states, &X_REQUEST_ID).context.unwrap();
+        assert_eq!(state.unwrap(), "a=1,b=2");
     }
 
     #[test]

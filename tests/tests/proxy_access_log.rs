@@ -240,7 +240,8 @@ async fn a_client_that_hangs_up_mid_body_is_logged_as_incomplete() {
         std::future::pending::<()>().await;
     })
     .await;
-    let toml = format!("[upstream]\nresponse_timeout = \"2s\"\n{CONFIG}");
+    // Far longer than the wait for the line: only the hang-up can end it.
+    let toml = format!("[upstream]\nresponse_timeout = \"60s\"\n{CONFIG}");
     let (proxy, lines) = spawn_logging_proxy(proxy_config(&toml, addr, None, None), AccessFormat::Json).await;
     let response = reqwest::Client::new()
         .get(format!("{}/broken", proxy.base_url()))
@@ -281,4 +282,55 @@ async fn a_hostile_path_and_agent_stay_one_bounded_line() {
         "the forged field stays inside the quotes: {line}"
     );
     assert_eq!(line.matches('\n').count(), 1);
+}
+
+#[tokio::test]
+async fn a_chunked_answer_sent_whole_is_complete() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _) = e2e::upstream::raw_upstream(|mut stream| async move {
+        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+                      5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
+        let _ = stream.write_all(answer.as_bytes()).await;
+    })
+    .await;
+    let (proxy, lines) = spawn_logging_proxy(proxy_config(CONFIG, addr, None, None), AccessFormat::Json).await;
+    let response = reqwest::get(format!("{}/broken", proxy.base_url())).await.unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(response.text().await.unwrap(), "{\"a\":1}");
+    let line: Value = serde_json::from_str(&lines.find(&id).await).unwrap();
+    assert_eq!(
+        (&line["completed"], &line["bytes_out"]),
+        (&true.into(), &7.into()),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_answer_is_logged_as_499() {
+    // A backend that never answers; the client gives up first.
+    let (addr, heads) = e2e::upstream::raw_upstream(|stream| async move {
+        let _held_open = stream;
+        std::future::pending::<()>().await
+    })
+    .await;
+    let (proxy, lines) = spawn_logging_proxy(proxy_config(CONFIG, addr, None, None), AccessFormat::Json).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .get(format!("{}/broken?token=abc", proxy.base_url()))
+        .header("x-request-id", "gone-1")
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    assert_eq!(
+        heads.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the request reached the backend"
+    );
+    let line: Value = serde_json::from_str(&lines.find("gone-1").await).unwrap();
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["completed"], false);
+    assert_eq!(line["path"], "/broken?token=REDACTED");
 }

@@ -13,6 +13,9 @@ use crate::upstream::{BoxError, ProxyBody};
 pub struct Logged {
     inner: ProxyBody,
     sent: u64,
+    /// The body said it ended (a chunked or close-delimited body never
+    /// reports `is_end_stream` itself).
+    ended: bool,
     failed: bool,
     pending: Option<Pending>,
 }
@@ -22,6 +25,7 @@ impl Logged {
         Logged {
             inner,
             sent: 0,
+            ended: false,
             failed: false,
             pending: Some(pending),
         }
@@ -41,7 +45,8 @@ impl Body for Logged {
                 }
             }
             Poll::Ready(Some(Err(_))) => self.failed = true,
-            _ => {}
+            Poll::Ready(None) => self.ended = true,
+            Poll::Pending => {}
         }
         polled
     }
@@ -58,7 +63,8 @@ impl Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         if let Some(pending) = self.pending.take() {
-            pending.finish(self.sent, !self.failed && self.inner.is_end_stream());
+            let ended = self.ended || self.inner.is_end_stream();
+            pending.finish(self.sent, ended && !self.failed);
         }
     }
 }

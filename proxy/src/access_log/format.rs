@@ -96,18 +96,12 @@ fn json(r: &Record, bytes_out: u64, completed: bool) -> String {
 /// as `key=value`.
 fn text(r: &Record, bytes_out: u64, completed: bool) -> String {
     let mut out = String::with_capacity(256 + r.path.len());
-    let subject = match &r.subject {
-        Some(Subject::Plain(s)) | Some(Subject::Hashed(s)) => s.as_str(),
-        None => "-",
-    };
-    let _ = write!(
-        out,
-        "{} - {} [{}] \"{} ",
-        r.peer,
-        subject,
-        humantime::format_rfc3339_micros(r.time),
-        r.method
-    );
+    let _ = write!(out, "{} - ", r.peer);
+    match &r.subject {
+        Some(Subject::Plain(s)) | Some(Subject::Hashed(s)) => escape_word(&mut out, s.as_bytes()),
+        None => out.push('-'),
+    }
+    let _ = write!(out, " [{}] \"{} ", humantime::format_rfc3339_micros(r.time), r.method);
     escape(&mut out, r.path.as_bytes(), MAX_PATH_LEN);
     let _ = write!(out, " {}\" {} {} \"-\" \"", protocol(r.version), r.status, bytes_out);
     match &r.user_agent {
@@ -136,13 +130,16 @@ fn text(r: &Record, bytes_out: u64, completed: bool) -> String {
     }
     let _ = write!(
         out,
-        " duration_seconds={:.6} bytes_in={} completed={} jti={} trace_id={}",
+        " duration_seconds={:.6} bytes_in={} completed={} jti=",
         r.started.elapsed().as_secs_f64(),
         r.bytes_in,
         completed,
-        r.jti.as_deref().unwrap_or("-"),
-        r.trace_id.as_deref().unwrap_or("-"),
     );
+    match &r.jti {
+        Some(jti) => escape_word(&mut out, jti.as_bytes()),
+        None => out.push('-'),
+    }
+    let _ = write!(out, " trace_id={}", r.trace_id.as_deref().unwrap_or("-"));
     if let Some(error) = &r.error {
         out.push_str(" error=\"");
         escape(&mut out, error.as_bytes(), MAX_PATH_LEN);
@@ -181,20 +178,34 @@ fn cache_detail(r: &Record) -> &str {
 /// printable ASCII written as `\xHH`, as nginx escapes its variables: a
 /// client cannot start a new line or close a quoted field.
 fn escape(out: &mut String, bytes: &[u8], max: usize) {
+    escape_bytes(out, bytes, max, false);
+}
+
+fn escape_bytes(out: &mut String, bytes: &[u8], max: usize, spaces: bool) {
     for &b in bytes.iter().take(max) {
-        match b {
-            b'"' | b'\\' => {
-                let _ = write!(out, "\\x{b:02X}");
-            }
-            0x20..=0x7e => out.push(b as char),
-            _ => {
-                let _ = write!(out, "\\x{b:02X}");
-            }
+        let plain = match b {
+            b'"' | b'\\' => false,
+            b' ' => !spaces,
+            0x21..=0x7e => true,
+            _ => false,
+        };
+        if plain {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "\\x{b:02X}");
         }
     }
     if bytes.len() > max {
         out.push_str("...");
     }
+}
+
+/// Appends an unquoted field's value (a subject, a `jti`: the token's
+/// issuer chose them, and a self-service one lets users choose): as
+/// [`escape`], spaces too, so it cannot end early and forge a field.
+fn escape_word(out: &mut String, bytes: &[u8]) {
+    const MAX_WORD_LEN: usize = 256;
+    escape_bytes(out, bytes, MAX_WORD_LEN, true);
 }
 
 #[cfg(test)]
@@ -262,6 +273,24 @@ mod tests {
         assert_eq!(v["subject"], "alice");
         assert_eq!(v["user_agent"], "evil\\x22agent\\x09\\xFF");
         assert!(v.get("subject_hash").is_none());
+    }
+
+    #[test]
+    fn a_subject_or_jti_cannot_forge_a_field() {
+        let mut r = record();
+        r.subject = Some(Subject::Plain("bob\" 200 0 \"-\" \"".into()));
+        r.jti = Some("x trace_id=0af error=\"forged\"\u{2028}".into());
+        let line = line(&r, AccessFormat::Text, 0, true);
+        assert!(
+            line.starts_with("10.0.0.7 - bob\\x22\\x20200\\x200\\x20\\x22-\\x22\\x20\\x22 ["),
+            "{line}"
+        );
+        assert_eq!(line.matches(" trace_id=").count(), 1, "{line}");
+        assert!(!line.contains(" error="), "{line}");
+        assert!(
+            line.contains(" jti=x\\x20trace_id=0af\\x20error=\\x22forged\\x22\\xE2\\x80\\xA8 "),
+            "{line}"
+        );
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub use redact::{SubjectHasher, DEFAULT_REDACTED_PARAMETERS};
 pub trait AccessSink: Send + Sync {
     /// Writes one line (it ends with `\n`).
     fn write_line(&self, line: &[u8]);
+
+    /// Lines (of every log) dropped so far because the writer fell behind.
+    fn dropped_lines(&self) -> u64 {
+        0
+    }
 }
 
 /// Throws lines away.

@@ -27,18 +27,22 @@ pub const DEFAULT_REDACTED_PARAMETERS: &[&str] = &[
 /// What a redacted value becomes.
 pub const REDACTED: &str = "REDACTED";
 
-/// `path?query` with the values of `redacted` parameters replaced. Names
-/// are compared after percent-decoding and ASCII case-insensitively, so
-/// `Tok%65n=` is caught like `token=`.
+/// `path?query` with the values of `redacted` parameters replaced. Pairs
+/// are split at `&` and at `;` (which some frameworks also split at).
+/// Names are compared as the frameworks that read them would: after
+/// percent-decoding (`Tok%65n`), ASCII case-insensitively, without an
+/// array suffix (`token[]`, `password[0]`), and with ` `, `.` and `[` read
+/// as `_` (PHP reads `api.key` and `api+key` as `api_key`). Either
+/// reading matching the list redacts the value.
 pub fn path_and_query(path: &str, query: Option<&str>, redacted: &[String]) -> String {
     let mut out = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
     out.push_str(path);
     let Some(query) = query else { return out };
     out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
+    let mut rest = query;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let pair = &rest[..end];
         let (name, value) = match pair.split_once('=') {
             Some((name, value)) => (name, Some(value)),
             None => (pair, None),
@@ -48,8 +52,14 @@ pub fn path_and_query(path: &str, query: Option<&str>, redacted: &[String]) -> S
             out.push('=');
             out.push_str(if is_redacted(name, redacted) { REDACTED } else { value });
         }
+        match rest[end..].chars().next() {
+            Some(separator) => {
+                out.push(separator);
+                rest = &rest[end + 1..];
+            }
+            None => return out,
+        }
     }
-    out
 }
 
 fn is_redacted(name: &str, redacted: &[String]) -> bool {
@@ -57,7 +67,17 @@ fn is_redacted(name: &str, redacted: &[String]) -> bool {
         .next()
         .map(|(name, _)| name.into_owned())
         .unwrap_or_default();
-    redacted.iter().any(|r| r.eq_ignore_ascii_case(&decoded))
+    let base = match decoded.find('[') {
+        Some(at) if decoded.ends_with(']') && at > 0 => &decoded[..at],
+        _ => decoded.as_str(),
+    };
+    let php: String = base
+        .chars()
+        .map(|c| if matches!(c, ' ' | '.' | '[') { '_' } else { c })
+        .collect();
+    redacted
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(&decoded) || r.eq_ignore_ascii_case(base) || r.eq_ignore_ascii_case(&php))
 }
 
 /// HMAC-SHA256 of subjects under a key: the same subject logs the same
@@ -111,6 +131,23 @@ mod tests {
     fn percent_encoded_names_are_caught() {
         let logged = path_and_query("/x", Some("tok%65n=abc"), &defaults());
         assert_eq!(logged, "/x?tok%65n=REDACTED");
+    }
+
+    #[test]
+    fn other_spellings_frameworks_read_as_a_listed_name_are_caught() {
+        for (query, logged) in [
+            ("page=1;access_token=S", "page=1;access_token=REDACTED"),
+            ("api.key=S&api+key=S", "api.key=REDACTED&api+key=REDACTED"),
+            ("token[]=S&password[0]=S", "token[]=REDACTED&password[0]=REDACTED"),
+            ("client.secret=S", "client.secret=REDACTED"),
+            ("tokens=ok&[token]=ok", "tokens=ok&[token]=ok"),
+        ] {
+            assert_eq!(
+                path_and_query("/x", Some(query), &defaults()),
+                format!("/x?{logged}"),
+                "{query}"
+            );
+        }
     }
 
     #[test]

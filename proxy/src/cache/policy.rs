@@ -180,15 +180,22 @@ impl CacheControl {
 }
 
 /// Response headers worth storing: not the proxy's own, not `Age`, which
-/// is recomputed on every hit, and not the request id a backend may echo
-/// (`request_id`, and the usual name), which belongs to the request that
-/// fetched the entry.
+/// is recomputed on every hit, and not what describes the request that
+/// fetched the entry: the request id a backend may echo (`request_id`,
+/// and the usual name) and trace context (`traceresponse` included).
 pub fn storable_headers(headers: &HeaderMap, request_id: &HeaderName) -> HeaderMap {
     let mut kept = headers.clone();
     kept.remove(X_CACHE);
     kept.remove(AGE);
     kept.remove(request_id);
-    kept.remove(crate::trace::X_REQUEST_ID);
+    for per_request in [
+        crate::trace::X_REQUEST_ID,
+        crate::trace::TRACEPARENT,
+        crate::trace::TRACESTATE,
+        HeaderName::from_static("traceresponse"),
+    ] {
+        kept.remove(per_request);
+    }
     kept
 }
 
@@ -196,6 +203,27 @@ pub fn storable_headers(headers: &HeaderMap, request_id: &HeaderName) -> HeaderM
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn what_describes_the_fetching_request_is_not_stored() {
+        let mut answer = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("x-request-id", "first"),
+            ("x-correlation-id", "first"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            (
+                "traceresponse",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("age", "3"),
+        ] {
+            answer.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let stored = storable_headers(&answer, &HeaderName::from_static("x-correlation-id"));
+        let names: Vec<&str> = stored.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type"]);
+    }
 
     fn policy(scope: Scope) -> CachePolicy {
         CachePolicy {

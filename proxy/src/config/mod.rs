@@ -191,7 +191,7 @@ impl Config {
                 p.add(name, format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"));
             }
         }
-        let log = log::log_settings(&mut p, raw.log, overrides.log_hash_key);
+        let log = log::log_settings(&mut p, raw.log, overrides.log_hash_key, &identity);
 
         if !p.0.is_empty() {
             return Err(ConfigErrors(p.0));
@@ -212,7 +212,7 @@ impl Config {
                 response_timeout,
                 admin_token: admin_token.map(Secret),
                 status_token: status_token.map(Secret),
-                log,
+                log: Arc::new(log),
                 tls,
                 backend_tls,
             },

@@ -23,8 +23,9 @@ impl Env for HashMap<String, String> {
 }
 
 /// Settings that may come from outside the file. Secrets only ever come
-/// from here, never from the file.
-#[derive(Debug, Default, Clone)]
+/// from here, never from the file; `Debug` shows whether each is set, not
+/// its value.
+#[derive(Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
@@ -47,6 +48,27 @@ pub struct Overrides {
     pub status_token: Option<String>,
     /// `LOG_HASH_KEY`: the key of `log.hash_subjects`' hashes.
     pub log_hash_key: Option<String>,
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |value: &Option<String>| value.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Overrides")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("upstream", &self.upstream)
+            // A Redis URL may carry a password.
+            .field("redis_url", &secret(&self.redis_url))
+            .field("cache_ttl", &self.cache_ttl)
+            .field("jwt_secret", &secret(&self.jwt_secret))
+            .field("jwt_secret_previous", &secret(&self.jwt_secret_previous))
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("admin_token", &secret(&self.admin_token))
+            .field("status_token", &secret(&self.status_token))
+            .field("log_hash_key", &secret(&self.log_hash_key))
+            .finish()
+    }
 }
 
 impl Overrides {

@@ -678,3 +678,21 @@ fn the_example_configs_are_valid() {
         }
     }
 }
+
+#[test]
+fn the_request_id_header_cannot_stand_in_for_one_that_means_something() {
+    for taken in [
+        "X-Auth-Subject",
+        "x_auth_role",
+        "X-Forwarded-For",
+        "authorization",
+        "cache-control",
+        "traceparent",
+    ] {
+        let text = format!("[log]\nrequest_id_header = \"{taken}\"\n{MINIMAL}");
+        assert_eq!(fields(load(&text).unwrap_err()), ["log.request_id_header"], "{taken}");
+    }
+    let text = format!("[log]\nrequest_id_header = \"X-Correlation-Id\"\n{MINIMAL}");
+    let config = load(&text).unwrap();
+    assert_eq!(config.runtime.log.request_id_header, "x-correlation-id");
+}

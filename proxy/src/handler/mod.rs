@@ -85,13 +85,16 @@ struct RequestCtx<'a> {
     cache_status: CacheStatus,
     /// Who sent it, once verified.
     claims: Option<Arc<Claims>>,
-    /// Its normalised target, kept only when the request is logged.
+    /// Its normalised target, kept only when the request is sampled.
     target: Option<Target>,
     /// Request body bytes: as declared, or as read when forwarded.
     bytes_in: u64,
     /// Why it was refused or failed, kept only when the request is logged.
     error: Option<String>,
+    /// Whether the request may be logged (if only for a 5xx answer).
     logged: bool,
+    /// Whether it is logged whatever its answer.
+    sampled: bool,
 }
 
 impl Proxy {
@@ -105,7 +108,7 @@ impl Proxy {
         let snap = self.runtime.load();
         let trace = RequestTrace::of(request.headers(), &snap.settings.log.request_id_header);
         let (id_header, request_id) = (trace.header.clone(), trace.id.clone());
-        let access = AccessStart::of(&snap, &request, &client, &trace, started);
+        let access = AccessStart::of(&snap, &self.access_output, &request, &client, &trace, started);
         let method = request.method().clone();
         let mut ctx = RequestCtx {
             rule: None,
@@ -115,6 +118,7 @@ impl Proxy {
             bytes_in: content_length(request.headers()).unwrap_or(0),
             error: None,
             logged: access.is_some(),
+            sampled: access.as_ref().is_some_and(AccessStart::sampled),
         };
         let result = self.handle_inner(&snap, request, client, trace, &mut ctx).await;
         let mut response = match result {
@@ -152,7 +156,7 @@ impl Proxy {
             started.elapsed(),
         );
         match access {
-            Some(access) => access.attach(response, ctx, &snap, &self.access_output),
+            Some(access) => access.attach(response, ctx),
             None => response,
         }
     }
@@ -171,7 +175,7 @@ impl Proxy {
     {
         let (parts, body) = request.into_parts();
         let target = route::normalise(parts.uri.path(), parts.uri.query())?;
-        if ctx.logged {
+        if ctx.sampled {
             ctx.target = Some(target.clone());
         }
         let rule = snap.settings.routes.match_rule(&parts.method, &target)?;

@@ -19,7 +19,7 @@ pub const HISTORY: usize = 60;
 const SERVED_FROM_CACHE: &[&str] = &["hit", "stale", "revalidated"];
 
 struct Sample {
-    /// Seconds since the Unix epoch.
+    /// Seconds on a monotonic clock.
     at: f64,
     points: Vec<Point>,
 }
@@ -74,7 +74,7 @@ pub struct Totals {
 }
 
 impl Board {
-    /// Adds the sample of `at` (Unix seconds).
+    /// Adds the sample taken at `at` (seconds on a monotonic clock).
     pub fn record(&self, at: f64, points: Vec<Point>) {
         let mut history = self.history.lock().expect("status history poisoned");
         if let Some(last) = history.samples.back() {

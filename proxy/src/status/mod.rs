@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 pub use self::board::Board;
+use crate::access_log::AccessSink;
 use crate::body;
 use crate::cache::Store;
 use crate::metrics::Metrics;
@@ -40,15 +41,18 @@ pub struct Status {
     started: Instant,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// For its count of dropped lines.
+    log: Arc<dyn AccessSink>,
 }
 
 impl Status {
-    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<Status> {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, log: Arc<dyn AccessSink>) -> Arc<Status> {
         Arc::new(Status {
             board: Board::default(),
             started: Instant::now(),
             store,
             metrics,
+            log,
         })
     }
 }
@@ -63,8 +67,10 @@ pub async fn observe(status: Weak<Status>) {
         let Some(status) = status.upgrade() else { return };
         let up = matches!(tokio::time::timeout(EVERY, status.store.ping()).await, Ok(Ok(())));
         status.metrics.store_state(up, &status.store.state());
+        status.metrics.log_lines_dropped(status.log.dropped_lines());
         let points = exposition::parse(&status.metrics.encode());
-        status.board.record(unix_now(), points);
+        // Monotonic: a wall-clock step must not skew the rates.
+        status.board.record(status.started.elapsed().as_secs_f64(), points);
     }
 }
 
