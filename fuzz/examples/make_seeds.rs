@@ -81,6 +81,7 @@ fn sample_entry() -> Entry {
     headers.append("surrogate-key", HeaderValue::from_static("users user:42"));
     let lifetime = Lifetime {
         ttl: std::time::Duration::from_secs(60),
+        initial_age: std::time::Duration::ZERO,
         stale_while_revalidate: std::time::Duration::from_secs(30),
         stale_if_error: std::time::Duration::from_secs(300),
     };

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::header::VARY;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use proxy::cache::purge::{is_valid_tag, surrogate_keys, ALL_TAG};
-use proxy::cache::{storability, CachePolicy, Entry, Scope};
+use proxy::cache::{storability, CachePolicy, Entry, Freshness, Scope};
 use proxy::vary::LearnedVary;
 
 const TTLS: [u64; 8] = [60, 1, 2, 3600, 365 * 86_400, u64::MAX / 1000, u64::MAX / 2, u64::MAX];
@@ -40,6 +40,12 @@ pub fn headers(data: &[u8]) {
         stale_while_revalidate: Duration::from_secs(WINDOWS[usize::from(knobs >> 5)]),
         stale_if_error: Duration::from_secs(WINDOWS[usize::from(knobs >> 5) ^ 1]),
         max_origin_stale: Duration::from_secs(3600),
+        // Both readings of an answer without explicit freshness, by input.
+        freshness: if rest.len() % 2 == 0 {
+            Freshness::Route
+        } else {
+            Freshness::Origin
+        },
     };
     let (request, response) = parse(rest);
     check_storability(&policy, &response);
@@ -69,7 +75,8 @@ fn parse(text: &[u8]) -> (HeaderMap, HeaderMap) {
 
 fn check_storability(policy: &CachePolicy, response: &HeaderMap) {
     let forwarded = [HeaderName::from_static("accept")];
-    let Ok(lifetime) = storability(policy, &forwarded, StatusCode::OK, response) else {
+    let received = std::time::UNIX_EPOCH + Duration::from_millis(NOW_MS);
+    let Ok(lifetime) = storability(policy, &forwarded, StatusCode::OK, response, received) else {
         return;
     };
     assert!(lifetime.ttl >= Duration::from_secs(1) && lifetime.ttl <= policy.ttl);

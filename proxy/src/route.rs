@@ -563,6 +563,7 @@ mod tests {
             stale_while_revalidate: Default::default(),
             stale_if_error: Default::default(),
             max_origin_stale: Default::default(),
+            freshness: crate::cache::Freshness::Route,
         };
         let id =
             |path: &str, policy: &CachePolicy| cache_id("users", &Pattern::parse(path).unwrap(), Some(policy), &[]);

@@ -56,7 +56,8 @@ pub fn now_ms() -> u64 {
 }
 
 impl Entry {
-    /// An answer stored at `now_ms` for `lifetime`.
+    /// An answer stored at `now_ms` for `lifetime`; it was already
+    /// `lifetime.initial_age` old, which its `Age` goes on from.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
@@ -69,7 +70,7 @@ impl Entry {
             status,
             headers,
             body,
-            stored_at_ms: now_ms,
+            stored_at_ms: now_ms.saturating_sub(millis(lifetime.initial_age)),
             expires_at_ms: now_ms.saturating_add(millis(lifetime.ttl)),
             stale_while_revalidate_ms: millis(lifetime.stale_while_revalidate),
             stale_if_error_ms: millis(lifetime.stale_if_error),
@@ -77,7 +78,8 @@ impl Entry {
         }
     }
 
-    /// Seconds since the entry was stored (the `Age` header).
+    /// Its age in seconds (the `Age` header): the age it arrived with and
+    /// its time here since.
     pub fn age_secs(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.stored_at_ms) / 1000
     }
@@ -344,6 +346,7 @@ mod tests {
         let forever = Duration::from_secs(u64::MAX / 1000 + 1);
         let lifetime = Lifetime {
             ttl: forever,
+            initial_age: Duration::ZERO,
             stale_while_revalidate: forever,
             stale_if_error: Duration::from_secs(u64::MAX),
         };

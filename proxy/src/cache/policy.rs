@@ -2,9 +2,9 @@
 //! decisions RFC 9111 leaves to a shared cache, made here and nowhere else.
 //! Pure: every function depends on nothing but its arguments.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderName, AGE, CACHE_CONTROL, SET_COOKIE, VARY};
+use http::header::{HeaderName, AGE, CACHE_CONTROL, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
 use http::{HeaderMap, StatusCode};
 
 use super::status::X_CACHE;
@@ -38,12 +38,39 @@ pub struct CachePolicy {
     pub stale_if_error: Duration,
     /// Cap on the windows the origin's `Cache-Control` asks for.
     pub max_origin_stale: Duration,
+    /// What an answer without explicit freshness gets.
+    pub freshness: Freshness,
 }
+
+/// Where the freshness of an answer that states none comes from. Explicit
+/// freshness (`s-maxage`, `max-age`, `Expires`, less the received `Age`)
+/// is honoured either way, and the route's `ttl` bounds it either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// RFC 9111 §4.2: heuristic freshness (a tenth of the time since
+    /// `Last-Modified`) for heuristically cacheable statuses, else the
+    /// answer is not stored.
+    Origin,
+    /// The route's `ttl`: the operator's `cache` table is the explicit
+    /// mark that the route's answers may be cached (§4.2.2).
+    Route,
+}
+
+/// Statuses a cache may give heuristic freshness (RFC 9110 §15.1).
+const HEURISTICALLY_CACHEABLE: &[u16] = &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// The share of the time since `Last-Modified` heuristic freshness takes
+/// (RFC 9111 §4.2.2's typical setting).
+const HEURISTIC_FRACTION: u32 = 10;
 
 /// How long a stored response is fresh, then usable stale.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetime {
+    /// Freshness left from the moment it is stored.
     pub ttl: Duration,
+    /// Its age when received (RFC 9111 §4.2.3's corrected initial age):
+    /// its `Age` goes on from there.
+    pub initial_age: Duration,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
 }
@@ -60,18 +87,21 @@ pub enum NotStorable {
     /// The origin varies on a header that does not reach it.
     VaryUnkeyed,
     ZeroTtl,
+    /// Nothing says how long it is fresh (`freshness = "origin"`).
+    NoFreshness,
 }
 
 /// Decides whether a response may be stored under `policy`, and for how
 /// long. Pure: depends on nothing but its arguments.
 /// `forwarded` are the request headers that reach the origin besides the
 /// rule's `vary`: an answer may vary on those (they join its key), on
-/// nothing else.
+/// nothing else. `now` is when the answer was received.
 pub fn storability(
     policy: &CachePolicy,
     forwarded: &[HeaderName],
     status: StatusCode,
     headers: &HeaderMap,
+    now: SystemTime,
 ) -> Result<Lifetime, NotStorable> {
     if !policy.statuses.contains(&status.as_u16()) {
         return Err(NotStorable::Status);
@@ -112,15 +142,27 @@ pub fn storability(
             }
         }
     }
-    let ttl = match cc.s_maxage.or(cc.max_age) {
-        Some(origin_ttl) => policy.ttl.min(origin_ttl),
-        None => policy.ttl,
+    let dates = Dates::read(headers, now);
+    let initial_age = dates.initial_age();
+    // A shared cache reads s-maxage first, then max-age, then Expires
+    // (RFC 9111 §4.2.1).
+    let explicit = cc.s_maxage.or(cc.max_age).or_else(|| dates.expires_lifetime());
+    let ttl = match (explicit, policy.freshness) {
+        (Some(lifetime), _) => lifetime.saturating_sub(initial_age).min(policy.ttl),
+        (None, Freshness::Route) => policy.ttl,
+        (None, Freshness::Origin) => match dates.heuristic_lifetime(status) {
+            Some(lifetime) => lifetime.saturating_sub(initial_age).min(policy.ttl),
+            None => return Err(NotStorable::NoFreshness),
+        },
     };
     if ttl < Duration::from_secs(1) {
         return Err(NotStorable::ZeroTtl);
     }
     Ok(Lifetime {
         ttl,
+        // Without explicit freshness on a `route` rule the route's TTL
+        // counts from now; the answer's age is still reported in `Age`.
+        initial_age,
         stale_while_revalidate: cc
             .stale_while_revalidate
             .map_or(policy.stale_while_revalidate, |asked| {
@@ -130,6 +172,69 @@ pub fn storability(
             .stale_if_error
             .map_or(policy.stale_if_error, |asked| asked.min(policy.max_origin_stale)),
     })
+}
+
+/// The date-valued fields of an answer, read at `now`.
+struct Dates {
+    /// `Date`, or `now` when absent or invalid (RFC 9110 §6.6.1: a
+    /// recipient without one assigns its own).
+    date: SystemTime,
+    /// The first `Expires`: `Some(None)` when present but invalid, which
+    /// means already expired (RFC 9111 §5.3).
+    expires: Option<Option<SystemTime>>,
+    /// The first valid `Age`.
+    age: Option<Duration>,
+    last_modified: Option<SystemTime>,
+}
+
+impl Dates {
+    fn read(headers: &HeaderMap, now: SystemTime) -> Dates {
+        let date_of = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+        };
+        Dates {
+            date: date_of(DATE).unwrap_or(now),
+            expires: headers.get(EXPIRES).map(|_| date_of(EXPIRES)),
+            age: headers
+                .get(AGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+            last_modified: date_of(LAST_MODIFIED),
+        }
+    }
+
+    /// The age the origin, or a cache before us, reported (RFC 9111
+    /// §4.2.3's `age_value`). The apparent age (now less `Date`) is left
+    /// out, as Varnish leaves it out: a backend's clock a few seconds
+    /// off would otherwise shorten, or cut, every lifetime.
+    fn initial_age(&self) -> Duration {
+        self.age.unwrap_or_default()
+    }
+
+    /// `Expires` less `Date` (RFC 9111 §4.2.1); zero when invalid.
+    fn expires_lifetime(&self) -> Option<Duration> {
+        let expires = self.expires?;
+        Some(
+            expires
+                .and_then(|at| at.duration_since(self.date).ok())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// A tenth of the time since `Last-Modified`, for statuses a cache may
+    /// give heuristic freshness (RFC 9111 §4.2.2).
+    fn heuristic_lifetime(&self, status: StatusCode) -> Option<Duration> {
+        if !HEURISTICALLY_CACHEABLE.contains(&status.as_u16()) {
+            return None;
+        }
+        let since = self.date.duration_since(self.last_modified?).ok()?;
+        Some(since / HEURISTIC_FRACTION)
+    }
 }
 
 /// The response `Cache-Control` directives storability depends on.
@@ -165,9 +270,14 @@ impl CacheControl {
                     // fields in theory; treating them as whole-response is safe.
                     "no-cache" => cc.no_cache = true,
                     "private" => cc.private = true,
-                    // A malformed age is treated as 0: do not cache.
-                    "max-age" => cc.max_age = Some(seconds().unwrap_or(Duration::ZERO)),
-                    "s-maxage" => cc.s_maxage = Some(seconds().unwrap_or(Duration::ZERO)),
+                    // A malformed age is treated as 0: do not cache. A
+                    // repeated one: the first counts (RFC 9111 §4.2.1).
+                    "max-age" => {
+                        cc.max_age.get_or_insert(seconds().unwrap_or(Duration::ZERO));
+                    }
+                    "s-maxage" => {
+                        cc.s_maxage.get_or_insert(seconds().unwrap_or(Duration::ZERO));
+                    }
                     // RFC 5861; a malformed window is no window.
                     "stale-while-revalidate" => cc.stale_while_revalidate = Some(seconds().unwrap_or(Duration::ZERO)),
                     "stale-if-error" => cc.stale_if_error = Some(seconds().unwrap_or(Duration::ZERO)),
@@ -234,6 +344,7 @@ mod tests {
             tags: vec![],
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::ZERO,
+            freshness: Freshness::Route,
             max_origin_stale: Duration::from_secs(3600),
         }
     }
@@ -249,8 +360,19 @@ mod tests {
         h
     }
 
+    /// When the tests' answers are received.
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn http_date(offset_secs: i64) -> String {
+        httpdate::fmt_http_date(
+            now() + Duration::from_secs(offset_secs.max(0) as u64) - Duration::from_secs((-offset_secs).max(0) as u64),
+        )
+    }
+
     fn lifetime(pairs: &[(&str, &str)]) -> Lifetime {
-        storability(&policy(Scope::Shared), &[], StatusCode::OK, &headers(pairs)).unwrap()
+        storability(&policy(Scope::Shared), &[], StatusCode::OK, &headers(pairs), now()).unwrap()
     }
 
     fn verdict(scope: Scope, status: u16, pairs: &[(&str, &str)]) -> Result<Duration, NotStorable> {
@@ -259,8 +381,105 @@ mod tests {
             &[],
             StatusCode::from_u16(status).unwrap(),
             &headers(pairs),
+            now(),
         )
         .map(|l| l.ttl)
+    }
+
+    fn origin_verdict(status: u16, pairs: &[(&str, &str)]) -> Result<Lifetime, NotStorable> {
+        let policy = CachePolicy {
+            freshness: Freshness::Origin,
+            statuses: vec![200, 404],
+            ..policy(Scope::Shared)
+        };
+        storability(
+            &policy,
+            &[],
+            StatusCode::from_u16(status).unwrap(),
+            &headers(pairs),
+            now(),
+        )
+    }
+
+    #[test]
+    fn rfc9111_4_2_1_expires_less_date_is_the_lifetime_and_bounded_by_the_route() {
+        let (date, soon, later) = (http_date(0), http_date(30), http_date(3600));
+        assert_eq!(
+            lifetime(&[("date", &date), ("expires", &soon)]).ttl,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            lifetime(&[("date", &date), ("expires", &later)]).ttl,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            lifetime(&[("date", &date), ("expires", &later), ("cache-control", "max-age=20")]).ttl,
+            Duration::from_secs(20),
+            "max-age wins over Expires"
+        );
+    }
+
+    #[test]
+    fn rfc9111_5_3_an_expires_in_the_past_or_invalid_is_stale() {
+        let (date, past) = (http_date(0), http_date(-60));
+        for expires in [past.as_str(), "0", "not a date"] {
+            assert_eq!(
+                verdict(Scope::Shared, 200, &[("date", &date), ("expires", expires)]),
+                Err(NotStorable::ZeroTtl),
+                "{expires}"
+            );
+        }
+    }
+
+    #[test]
+    fn rfc9111_4_2_1_a_repeated_max_age_counts_once_the_first() {
+        assert_eq!(
+            lifetime(&[("cache-control", "max-age=5, max-age=1800")]).ttl,
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn rfc9111_4_2_3_the_received_age_is_spent_freshness() {
+        let aged = lifetime(&[("cache-control", "max-age=50"), ("age", "30")]);
+        assert_eq!(
+            (aged.ttl, aged.initial_age),
+            (Duration::from_secs(20), Duration::from_secs(30))
+        );
+        assert_eq!(
+            verdict(
+                Scope::Shared,
+                200,
+                &[("cache-control", "max-age=3600"), ("age", "7200")]
+            ),
+            Err(NotStorable::ZeroTtl)
+        );
+        // Without explicit freshness a route's own TTL is not shortened,
+        // but the age is still carried.
+        let routed = lifetime(&[("age", "30")]);
+        assert_eq!(
+            (routed.ttl, routed.initial_age),
+            (Duration::from_secs(60), Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn rfc9111_4_2_2_origin_freshness_is_heuristic_or_nothing() {
+        assert_eq!(origin_verdict(200, &[]), Err(NotStorable::NoFreshness));
+        let (date, modified) = (http_date(0), http_date(-200));
+        let heuristic = origin_verdict(200, &[("date", &date), ("last-modified", &modified)]).unwrap();
+        assert_eq!(
+            heuristic.ttl,
+            Duration::from_secs(20),
+            "a tenth of the time since Last-Modified"
+        );
+        let long_ago = http_date(-100_000);
+        let capped = origin_verdict(404, &[("date", &date), ("last-modified", &long_ago)]).unwrap();
+        assert_eq!(capped.ttl, Duration::from_secs(60), "the route's ttl bounds it");
+        assert_eq!(
+            origin_verdict(200, &[("cache-control", "max-age=10")]).unwrap().ttl,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
@@ -271,6 +490,7 @@ mod tests {
                 forwarded,
                 StatusCode::OK,
                 &headers(&[("vary", on)]),
+                now(),
             )
             .map(|_| ())
         };

@@ -202,6 +202,7 @@ pub struct RawRouteCache {
     pub stale_while_revalidate: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub stale_if_error: Option<Duration>,
+    pub freshness: Option<String>,
 }
 
 impl RawConfig {

@@ -177,7 +177,7 @@ fn route_cache(
     access: &crate::rbac::Access,
     inherited: &Inherited<'_>,
 ) -> Option<crate::cache::CachePolicy> {
-    use crate::cache::{CachePolicy, Scope};
+    use crate::cache::{CachePolicy, Freshness, Scope};
     let scope = match (raw.scope.as_deref(), access.is_public()) {
         (None, true) | (Some("shared"), _) => Scope::Shared,
         (None, false) | (Some("user"), false) => Scope::User,
@@ -209,7 +209,26 @@ fn route_cache(
                 format!("{s} is not a final HTTP status"),
             );
         }
+        // A stored 206 or 304 would be served whole to a plain GET (RFC
+        // 9111 §3.3, §4.3.4: they only complete or update a stored 200).
+        if matches!(s, 206 | 304) {
+            p.add(
+                format!("{field}.statuses[{j}]"),
+                format!("{s} answers one conditional or range request; it cannot be stored for others"),
+            );
+        }
     }
+    let freshness = match raw.freshness.as_deref() {
+        None | Some("route") => Freshness::Route,
+        Some("origin") => Freshness::Origin,
+        Some(other) => {
+            p.add(
+                format!("{field}.freshness"),
+                format!("{other:?} must be \"origin\" or \"route\""),
+            );
+            Freshness::Route
+        }
+    };
     let vary = header_names(p, &format!("{field}.vary"), raw.vary.as_deref().unwrap_or_default());
     let mut tags = raw.tags.unwrap_or_default();
     tag_list(p, &format!("{field}.tags"), &tags);
@@ -225,6 +244,7 @@ fn route_cache(
         stale_while_revalidate: raw.stale_while_revalidate.unwrap_or_default(),
         stale_if_error: raw.stale_if_error.unwrap_or_default(),
         max_origin_stale: inherited.max_stale,
+        freshness,
     })
 }
 

@@ -696,3 +696,18 @@ fn the_request_id_header_cannot_stand_in_for_one_that_means_something() {
     let config = load(&text).unwrap();
     assert_eq!(config.runtime.log.request_id_header, "x-correlation-id");
 }
+
+#[test]
+fn statuses_206_and_304_cannot_be_stored() {
+    for status in [206, 304] {
+        let text = format!(
+            "{MINIMAL}\n[[routes]]\nname = \"items\"\npath = \"/items\"\nmethods = [\"GET\"]\n\
+             access = \"public\"\ncache = {{ statuses = [200, {status}] }}\n"
+        );
+        assert_eq!(
+            fields(load(&text).unwrap_err()),
+            ["routes[1].cache.statuses[1]"],
+            "{status}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::SystemTime;
 
 use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -310,7 +311,7 @@ impl Proxy {
         }
         let headers = storable_headers(&headers, &fetch.snap.settings.log.request_id_header);
         let now = now_ms();
-        let lifetime = storability(policy, &rule.forward_headers, stale.status, &headers).ok();
+        let lifetime = storability(policy, &rule.forward_headers, stale.status, &headers, SystemTime::now()).ok();
         let entry = Entry::new(
             stale.status,
             headers,
@@ -407,7 +408,13 @@ impl Proxy {
             response.extensions_mut().extend(head.extensions);
             return Ok((response, entry));
         }
-        let lifetime = match storability(policy, &rule.forward_headers, head.status, &head.headers) {
+        let lifetime = match storability(
+            policy,
+            &rule.forward_headers,
+            head.status,
+            &head.headers,
+            SystemTime::now(),
+        ) {
             Ok(lifetime) => lifetime,
             Err(reason) => {
                 tracing::debug!(rule = %rule.name, ?reason, "response not stored");

@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{AGE, CONTENT_LENGTH};
+use http::header::CONTENT_LENGTH;
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
@@ -399,17 +399,13 @@ impl Proxy {
     }
 }
 
-/// Sets `X-Cache`, appends this cache's `Cache-Status` member (RFC 9211
-/// keeps upstream caches' members before ours) and keeps `Age` only on hits.
+/// Sets `X-Cache` and appends this cache's `Cache-Status` member (RFC 9211
+/// keeps upstream caches' members before ours). `Age` is left as it is:
+/// an answer from the cache carries its own, and one from the backend the
+/// backend's (RFC 9111 §5.1: caches downstream need it to judge freshness).
 fn stamp_cache_headers(headers: &mut HeaderMap, status: &CacheStatus) {
     headers.insert(X_CACHE, status.x_cache());
     headers.append(CACHE_STATUS, status.cache_status());
-    if !matches!(
-        status,
-        CacheStatus::Hit { .. } | CacheStatus::Stale { .. } | CacheStatus::Revalidated { .. }
-    ) {
-        headers.remove(AGE);
-    }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -1,0 +1,122 @@
+//! HTTP caching as RFC 9111 has it, one test per section a defect broke:
+//! `Expires`, the received `Age`, repeated directives, freshness from the
+//! origin. Each is named after the section it proves.
+
+use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, ScriptedUpstream};
+
+/// A public cached route `/items/{id}`, with `freshness` as given.
+fn config(freshness: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "items"
+path = "/items/{{id}}"
+methods = ["GET"]
+access = "public"
+cache = {{ ttl = "1h", freshness = "{freshness}" }}
+"#
+    )
+}
+
+/// A backend answering `/items/{id}` with the headers its id names.
+async fn upstream() -> ScriptedUpstream {
+    ScriptedUpstream::start(|req| async move {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let past = httpdate::fmt_http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(600));
+        let headers: Vec<(&str, String)> = match req.uri().path() {
+            "/items/expired" => vec![("date", date), ("expires", past)],
+            "/items/expires-zero" => vec![("date", date), ("expires", "0".into())],
+            "/items/aged" => vec![("cache-control", "max-age=3600".into()), ("age", "7200".into())],
+            "/items/half-aged" => vec![("cache-control", "max-age=3600".into()), ("age", "1800".into())],
+            "/items/twice" => vec![("cache-control", "max-age=0, max-age=3600".into())],
+            "/items/silent" => vec![],
+            "/items/modified" => vec![("date", date), ("last-modified", past)],
+            other => panic!("unexpected {other}"),
+        };
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        json_reply(200, "{}", &pairs)
+    })
+    .await
+}
+
+async fn proxy(upstream: &ScriptedUpstream, freshness: &str) -> ProxyHandle {
+    spawn_proxy(proxy_config(&config(freshness), upstream.addr, None, None)).await
+}
+
+/// X-Cache and Age of two GETs of `path`, one after the other.
+async fn twice(proxy: &ProxyHandle, path: &str) -> [(String, Option<u64>); 2] {
+    let client = reqwest::Client::new();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let response = client.get(format!("{}{path}", proxy.base_url())).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let x_cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+        let age = response
+            .headers()
+            .get("age")
+            .map(|a| a.to_str().unwrap().parse().unwrap());
+        seen.push((x_cache, age));
+    }
+    [seen[0].clone(), seen[1].clone()]
+}
+
+#[tokio::test]
+async fn rfc9111_5_3_an_expires_in_the_past_or_invalid_is_never_served_from_the_cache() {
+    let upstream = upstream().await;
+    for freshness in ["route", "origin"] {
+        let proxy = proxy(&upstream, freshness).await;
+        for path in ["/items/expired", "/items/expires-zero"] {
+            let [first, second] = twice(&proxy, path).await;
+            assert_eq!(
+                (first.0.as_str(), second.0.as_str()),
+                ("MISS", "MISS"),
+                "{freshness} {path}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_4_2_3_the_received_age_is_spent_freshness_and_carried_on() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    let [first, second] = twice(&proxy, "/items/aged").await;
+    assert_eq!(
+        (first.0.as_str(), second.0.as_str()),
+        ("MISS", "MISS"),
+        "older than its max-age"
+    );
+    assert_eq!(first.1, Some(7200), "a miss forwards the backend's Age");
+    let [first, second] = twice(&proxy, "/items/half-aged").await;
+    assert_eq!((first.0.as_str(), first.1), ("MISS", Some(1800)));
+    assert_eq!(second.0, "HIT");
+    assert!(
+        second.1.unwrap() >= 1800,
+        "a hit's Age goes on from the received one: {second:?}"
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_4_2_1_of_two_max_ages_the_first_counts() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    let [first, second] = twice(&proxy, "/items/twice").await;
+    assert_eq!(
+        (first.0.as_str(), second.0.as_str()),
+        ("MISS", "MISS"),
+        "max-age=0 came first"
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_4_2_2_origin_freshness_stores_only_what_says_how_long() {
+    let upstream = upstream().await;
+    let origin = proxy(&upstream, "origin").await;
+    let [_, second] = twice(&origin, "/items/silent").await;
+    assert_eq!(second.0, "MISS", "no explicit or heuristic freshness: not stored");
+    let [_, second] = twice(&origin, "/items/modified").await;
+    assert_eq!(second.0, "HIT", "heuristic freshness from Last-Modified");
+    let route = proxy(&upstream, "route").await;
+    let [_, second] = twice(&route, "/items/silent").await;
+    assert_eq!(second.0, "HIT", "the route's ttl stands in for the backend's silence");
+}
