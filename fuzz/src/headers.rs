@@ -46,6 +46,7 @@ pub fn headers(data: &[u8]) {
         } else {
             Freshness::Origin
         },
+        honour_request_directives: false,
     };
     let (request, response) = parse(rest);
     check_storability(&policy, &response);

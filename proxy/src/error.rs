@@ -39,6 +39,10 @@ pub enum ProxyError {
     /// The upstream's response body failed while being read.
     #[error("upstream response body failed: {0}")]
     UpstreamBody(String),
+    /// `Cache-Control: only-if-cached` and nothing stored to answer with
+    /// (RFC 9111 §5.2.1.7).
+    #[error("only-if-cached and not in the cache")]
+    NotCached,
 }
 
 impl From<RequestBodyError> for ProxyError {
@@ -64,7 +68,9 @@ impl ProxyError {
             ProxyError::Auth(_) | ProxyError::Authz(AuthzError::Unauthenticated) => StatusCode::UNAUTHORIZED,
             ProxyError::Authz(AuthzError::Forbidden) => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) | ProxyError::NotCached => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::Upstream(UpstreamError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
         }
@@ -88,6 +94,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => "upstream timed out",
             ProxyError::Upstream(UpstreamError::Busy) => "upstream busy",
+            ProxyError::NotCached => "not cached",
             ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => "upstream unavailable",
         }
     }

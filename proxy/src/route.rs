@@ -564,6 +564,7 @@ mod tests {
             stale_if_error: Default::default(),
             max_origin_stale: Default::default(),
             freshness: crate::cache::Freshness::Route,
+            honour_request_directives: false,
         };
         let id =
             |path: &str, policy: &CachePolicy| cache_id("users", &Pattern::parse(path).unwrap(), Some(policy), &[]);

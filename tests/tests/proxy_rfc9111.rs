@@ -4,7 +4,8 @@
 
 use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, ScriptedUpstream};
 
-/// A public cached route `/items/{id}`, with `freshness` as given.
+/// A public cached route `/items/{id}`, with `freshness` as given, and the
+/// same under `/asked/{id}` where clients' directives are honoured.
 fn config(freshness: &str) -> String {
     format!(
         r#"
@@ -14,6 +15,13 @@ path = "/items/{{id}}"
 methods = ["GET"]
 access = "public"
 cache = {{ ttl = "1h", freshness = "{freshness}" }}
+
+[[routes]]
+name = "asked"
+path = "/asked/{{id}}"
+methods = ["GET"]
+access = "public"
+cache = {{ ttl = "1h", freshness = "{freshness}", honour_request_directives = true }}
 "#
     )
 }
@@ -31,6 +39,10 @@ async fn upstream() -> ScriptedUpstream {
             "/items/twice" => vec![("cache-control", "max-age=0, max-age=3600".into())],
             "/items/silent" => vec![],
             "/items/modified" => vec![("date", date), ("last-modified", past)],
+            "/asked/old" => vec![("cache-control", "max-age=3600".into()), ("age", "30".into())],
+            path if path.starts_with("/asked/") || path.starts_with("/items/plain") => {
+                vec![("cache-control", "max-age=3600".into())]
+            }
             other => panic!("unexpected {other}"),
         };
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -119,4 +131,61 @@ async fn rfc9111_4_2_2_origin_freshness_stores_only_what_says_how_long() {
     let route = proxy(&upstream, "route").await;
     let [_, second] = twice(&route, "/items/silent").await;
     assert_eq!(second.0, "HIT", "the route's ttl stands in for the backend's silence");
+}
+
+/// X-Cache (or the status, when not 200) of a GET of `path` with a request
+/// `Cache-Control`.
+async fn asking(proxy: &ProxyHandle, path: &str, cache_control: Option<&str>) -> String {
+    let mut request = reqwest::Client::new().get(format!("{}{path}", proxy.base_url()));
+    if let Some(value) = cache_control {
+        request = request.header("cache-control", value);
+    }
+    let response = request.send().await.unwrap();
+    match response.status().as_u16() {
+        200 => response.headers()["x-cache"].to_str().unwrap().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_1_5_the_answer_to_a_no_store_request_is_not_stored() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    assert_eq!(asking(&proxy, "/items/plain-1", Some("no-store")).await, "MISS");
+    assert_eq!(
+        asking(&proxy, "/items/plain-1", None).await,
+        "MISS",
+        "nothing was stored"
+    );
+    assert_eq!(asking(&proxy, "/items/plain-1", None).await, "HIT");
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_1_4_no_cache_and_max_age_are_followed_only_where_the_route_lets_clients_decide() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    for path in ["/items/plain-2", "/asked/a"] {
+        assert_eq!(asking(&proxy, path, None).await, "MISS");
+        assert_eq!(asking(&proxy, path, None).await, "HIT");
+    }
+    // A shared gateway by default: a client cannot force a miss.
+    assert_eq!(asking(&proxy, "/items/plain-2", Some("no-cache")).await, "HIT");
+    assert_eq!(asking(&proxy, "/items/plain-2", Some("max-age=0")).await, "HIT");
+    // Where the route honours them, the entry is not served as it is.
+    assert_eq!(asking(&proxy, "/asked/a", Some("no-cache")).await, "MISS");
+    // An entry 30 s old when it arrived: too old for max-age=10.
+    assert_eq!(asking(&proxy, "/asked/old", None).await, "MISS");
+    assert_eq!(asking(&proxy, "/asked/old", Some("max-age=60")).await, "HIT");
+    assert_eq!(asking(&proxy, "/asked/old", Some("max-age=10")).await, "MISS");
+    assert_eq!(asking(&proxy, "/asked/old", Some("min-fresh=7200")).await, "MISS");
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_1_7_only_if_cached_is_answered_from_the_cache_or_504() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    assert_eq!(asking(&proxy, "/asked/b", Some("only-if-cached")).await, "504");
+    assert_eq!(upstream.hits(), 0, "the backend was not asked");
+    assert_eq!(asking(&proxy, "/asked/b", None).await, "MISS");
+    assert_eq!(asking(&proxy, "/asked/b", Some("only-if-cached")).await, "HIT");
 }

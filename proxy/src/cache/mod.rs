@@ -24,6 +24,7 @@ pub mod memory;
 pub mod policy;
 pub mod purge;
 pub mod redis;
+mod request;
 pub mod settings;
 pub mod status;
 pub mod store;
@@ -32,6 +33,7 @@ pub use self::entry::{Entry, Generations};
 pub use self::key::{CacheKey, KeyParts, RequestKey, ScopeKey};
 pub use self::policy::{storability, storable_headers, CachePolicy, Freshness, Lifetime, NotStorable, Scope};
 pub use self::purge::{Filed, IndexInfo, PurgeRequest, Purged};
+pub use self::request::RequestDirectives;
 pub use self::status::{Bypass, CacheStatus, StaleReason, CACHE_STATUS, X_CACHE};
 pub use self::store::{
     new_generation, CacheStore, Invalidate, Lease, Leases, Lookup, Store, StoreError, StoreHealth, StoreState,

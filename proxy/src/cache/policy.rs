@@ -40,6 +40,9 @@ pub struct CachePolicy {
     pub max_origin_stale: Duration,
     /// What an answer without explicit freshness gets.
     pub freshness: Freshness,
+    /// Whether clients' `no-cache`, `max-age`, `min-fresh` and
+    /// `only-if-cached` are followed (`no-store` always is).
+    pub honour_request_directives: bool,
 }
 
 /// Where the freshness of an answer that states none comes from. Explicit
@@ -345,6 +348,7 @@ mod tests {
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::ZERO,
             freshness: Freshness::Route,
+            honour_request_directives: false,
             max_origin_stale: Duration::from_secs(3600),
         }
     }

@@ -203,6 +203,7 @@ pub struct RawRouteCache {
     #[serde(default, with = "humantime_serde")]
     pub stale_if_error: Option<Duration>,
     pub freshness: Option<String>,
+    pub honour_request_directives: Option<bool>,
 }
 
 impl RawConfig {

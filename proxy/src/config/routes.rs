@@ -245,6 +245,7 @@ fn route_cache(
         stale_if_error: raw.stale_if_error.unwrap_or_default(),
         max_origin_stale: inherited.max_stale,
         freshness,
+        honour_request_directives: raw.honour_request_directives.unwrap_or(false),
     })
 }
 

@@ -3,8 +3,7 @@
 //! and storing what the upstream answered.
 
 use std::sync::Arc;
-use std::time::Duration;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -16,7 +15,7 @@ use crate::cache::entry::now_ms;
 use crate::cache::purge::surrogate_keys;
 use crate::cache::{
     storability, storable_headers, Bypass, CacheKey, CachePolicy, CacheStatus, Entry, Generations, IndexInfo, Lookup,
-    RequestKey, StaleReason,
+    RequestDirectives, RequestKey, StaleReason,
 };
 use crate::coalesce::plan::{Coalescer, LeaseGuard, Miss, MissPlan};
 use crate::coalesce::{Leader, Outcome};
@@ -46,6 +45,9 @@ struct Fetch {
     target: Target,
     claims: Option<Arc<Claims>>,
     vary: Option<Arc<[HeaderName]>>,
+    /// The request said `Cache-Control: no-store`: its answer is not
+    /// stored (RFC 9111 §5.2.1.5).
+    no_store: bool,
 }
 
 impl Proxy {
@@ -74,6 +76,16 @@ impl Proxy {
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (rule, is_head) = (req.rule, req.parts.method == Method::HEAD);
+        let asked = RequestDirectives::parse(&req.parts.headers);
+        // no-store always; the rest where the route lets clients decide.
+        let honoured = if policy.honour_request_directives {
+            asked
+        } else {
+            RequestDirectives {
+                no_store: asked.no_store,
+                ..RequestDirectives::default()
+            }
+        };
         let learned_vary = self.learned_vary.names(rule.cache_id);
         let vary = learned_vary.as_deref().unwrap_or(&policy.vary);
         let request_key = request_key(
@@ -99,13 +111,23 @@ impl Proxy {
                 target: req.target.clone(),
                 claims: req.claims.clone(),
                 vary: learned_vary.clone(),
+                no_store: asked.no_store,
             };
             let mut status = ctx.cache_status;
             return Ok(Box::pin(self.fetch_and_store(&fetch, None, &mut status)).await?.0);
         }
 
         let (generations, stale) = match self.store.lookup(&key, &policy.tags).await {
-            Ok(Lookup::Hit(entry)) => return Ok(serve_hit(entry, is_head, ctx)),
+            Ok(Lookup::Hit(entry)) => {
+                let now = now_ms();
+                let age = Duration::from_secs(entry.age_secs(now));
+                if !honoured.refuses(age, entry.ttl_left(now)) {
+                    return Ok(serve_hit(entry, is_head, ctx));
+                }
+                // Too old for this client, or it asked for revalidation:
+                // fetched with the entry's validators, as if expired.
+                (Some(entry.generations.clone()), Some(entry))
+            }
             Ok(Lookup::Stale(entry)) => {
                 if entry.may_serve_while_revalidating(now_ms()) {
                     self.refresh_in_background(req, policy, key, entry.clone());
@@ -121,6 +143,9 @@ impl Proxy {
                 (None, None)
             }
         };
+        if honoured.only_if_cached {
+            return Err(ProxyError::NotCached);
+        }
         // Misses coalesce only when the store answered: the generations it
         // read are what proves a leader's entry may be served to a waiter.
         // The miss path's futures are boxed (here, and the fetch below):
@@ -160,6 +185,7 @@ impl Proxy {
             target: req.target.clone(),
             claims: req.claims.clone(),
             vary: learned_vary.clone(),
+            no_store: asked.no_store,
         };
         let result = match leader {
             Some(leader) => Box::pin(self.lead(fetch, generations, leader, lease, &mut ctx.cache_status)).await,
@@ -234,6 +260,7 @@ impl Proxy {
                 target,
                 claims,
                 vary,
+                no_store: false,
             };
             let mut status = CacheStatus::Miss { stored: false };
             match proxy
@@ -425,7 +452,7 @@ impl Proxy {
             }
         };
         let max_entry = settings.cache.max_entry_bytes;
-        if content_length(&head.headers).is_some_and(|len| len > max_entry) {
+        if fetch.no_store || content_length(&head.headers).is_some_and(|len| len > max_entry) {
             return Ok((
                 self.streamed(head, upstream_body, is_head, settings.response_timeout),
                 None,
