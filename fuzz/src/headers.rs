@@ -47,6 +47,7 @@ pub fn headers(data: &[u8]) {
             Freshness::Origin
         },
         honour_request_directives: false,
+        targeted_cache_control: None,
     };
     let (request, response) = parse(rest);
     check_storability(&policy, &response);
@@ -77,7 +78,7 @@ fn parse(text: &[u8]) -> (HeaderMap, HeaderMap) {
 fn check_storability(policy: &CachePolicy, response: &HeaderMap) {
     let forwarded = [HeaderName::from_static("accept")];
     let received = std::time::UNIX_EPOCH + Duration::from_millis(NOW_MS);
-    let Ok(lifetime) = storability(policy, &forwarded, StatusCode::OK, response, received) else {
+    let Ok(lifetime) = storability(policy, &forwarded, StatusCode::OK, response, received, false) else {
         return;
     };
     assert!(lifetime.ttl >= Duration::from_secs(1) && lifetime.ttl <= policy.ttl);

@@ -565,6 +565,7 @@ mod tests {
             max_origin_stale: Default::default(),
             freshness: crate::cache::Freshness::Route,
             honour_request_directives: false,
+            targeted_cache_control: None,
         };
         let id =
             |path: &str, policy: &CachePolicy| cache_id("users", &Pattern::parse(path).unwrap(), Some(policy), &[]);

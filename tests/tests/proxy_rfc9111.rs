@@ -22,6 +22,21 @@ path = "/asked/{{id}}"
 methods = ["GET"]
 access = "public"
 cache = {{ ttl = "1h", freshness = "{freshness}", honour_request_directives = true }}
+
+[[routes]]
+name = "shared"
+path = "/shared/{{id}}"
+methods = ["GET"]
+access = "public"
+forward_headers = ["authorization"]
+cache = {{ ttl = "1h", freshness = "{freshness}" }}
+
+[[routes]]
+name = "cdn"
+path = "/cdn/{{id}}"
+methods = ["GET"]
+access = "public"
+cache = {{ ttl = "1h", freshness = "{freshness}", targeted_cache_control = "CDN-Cache-Control" }}
 "#
     )
 }
@@ -39,6 +54,16 @@ async fn upstream() -> ScriptedUpstream {
             "/items/twice" => vec![("cache-control", "max-age=0, max-age=3600".into())],
             "/items/silent" => vec![],
             "/items/modified" => vec![("date", date), ("last-modified", past)],
+            "/cdn/fresh" => vec![
+                ("cache-control", "no-store".into()),
+                ("cdn-cache-control", "max-age=600".into()),
+            ],
+            "/cdn/none" => vec![
+                ("cache-control", "max-age=600".into()),
+                ("cdn-cache-control", "no-store".into()),
+            ],
+            "/shared/own" => vec![("cache-control", "max-age=600".into())],
+            "/shared/public" => vec![("cache-control", "max-age=600, public".into())],
             "/asked/old" => vec![("cache-control", "max-age=3600".into()), ("age", "30".into())],
             path if path.starts_with("/asked/") || path.starts_with("/items/plain") => {
                 vec![("cache-control", "max-age=3600".into())]
@@ -188,4 +213,57 @@ async fn rfc9111_5_2_1_7_only_if_cached_is_answered_from_the_cache_or_504() {
     assert_eq!(upstream.hits(), 0, "the backend was not asked");
     assert_eq!(asking(&proxy, "/asked/b", None).await, "MISS");
     assert_eq!(asking(&proxy, "/asked/b", Some("only-if-cached")).await, "HIT");
+}
+
+#[tokio::test]
+async fn rfc9213_a_field_targeted_at_this_cache_decides_and_stays_here() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "origin").await;
+    let [first, second] = twice(&proxy, "/cdn/fresh").await;
+    assert_eq!(
+        (first.0.as_str(), second.0.as_str()),
+        ("MISS", "HIT"),
+        "CDN-Cache-Control over no-store"
+    );
+    let [_, second] = twice(&proxy, "/cdn/none").await;
+    assert_eq!(second.0, "MISS", "CDN-Cache-Control: no-store over max-age");
+    for path in ["/cdn/fresh", "/cdn/none"] {
+        let response = reqwest::get(format!("{}{path}", proxy.base_url())).await.unwrap();
+        assert!(
+            response.headers().get("cdn-cache-control").is_none(),
+            "{path}: not passed on"
+        );
+        assert!(
+            response.headers().get("cache-control").is_some(),
+            "{path}: Cache-Control is, for others"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_3_5_an_answer_to_credentials_is_shared_only_when_it_says_so() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    let client = reqwest::Client::new();
+    let get = |path: &'static str, credentials: bool| {
+        let mut request = client.get(format!("{}{path}", proxy.base_url()));
+        if credentials {
+            request = request.header("authorization", "Basic dXNlcjpwYXNz");
+        }
+        async move {
+            request.send().await.unwrap().headers()["x-cache"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(get("/shared/own", true).await, "MISS");
+    assert_eq!(
+        get("/shared/own", false).await,
+        "MISS",
+        "the credentialed answer was not stored"
+    );
+    assert_eq!(get("/shared/own", false).await, "HIT", "an anonymous one was");
+    assert_eq!(get("/shared/public", true).await, "MISS");
+    assert_eq!(get("/shared/public", false).await, "HIT", "public: shared");
 }

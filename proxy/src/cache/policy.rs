@@ -43,6 +43,10 @@ pub struct CachePolicy {
     /// Whether clients' `no-cache`, `max-age`, `min-fresh` and
     /// `only-if-cached` are followed (`no-store` always is).
     pub honour_request_directives: bool,
+    /// A field targeted at this cache (RFC 9213, e.g. `CDN-Cache-Control`):
+    /// when an answer carries a valid one, it decides in place of
+    /// `Cache-Control` and `Expires`, and is not passed on.
+    pub targeted_cache_control: Option<HeaderName>,
 }
 
 /// Where the freshness of an answer that states none comes from. Explicit
@@ -89,6 +93,9 @@ pub enum NotStorable {
     VaryStar,
     /// The origin varies on a header that does not reach it.
     VaryUnkeyed,
+    /// The request carried credentials to the backend on a public route and
+    /// the answer did not say it may be shared (RFC 9111 §3.5).
+    Credentialed,
     ZeroTtl,
     /// Nothing says how long it is fresh (`freshness = "origin"`).
     NoFreshness,
@@ -98,13 +105,16 @@ pub enum NotStorable {
 /// long. Pure: depends on nothing but its arguments.
 /// `forwarded` are the request headers that reach the origin besides the
 /// rule's `vary`: an answer may vary on those (they join its key), on
-/// nothing else. `now` is when the answer was received.
+/// nothing else. `now` is when the answer was received. `credentialed`:
+/// the request took `Authorization` or `Cookie` to the backend on a public
+/// route, whose answers are shared only where they say they may be.
 pub fn storability(
     policy: &CachePolicy,
     forwarded: &[HeaderName],
     status: StatusCode,
     headers: &HeaderMap,
     now: SystemTime,
+    credentialed: bool,
 ) -> Result<Lifetime, NotStorable> {
     if !policy.statuses.contains(&status.as_u16()) {
         return Err(NotStorable::Status);
@@ -112,7 +122,14 @@ pub fn storability(
     if headers.contains_key(SET_COOKIE) {
         return Err(NotStorable::SetCookie);
     }
-    let cc = CacheControl::parse(headers);
+    let targeted = policy
+        .targeted_cache_control
+        .as_ref()
+        .and_then(|name| CacheControl::parse_targeted(headers, name));
+    let (cc, expires_counts) = match targeted {
+        Some(cc) => (cc, false),
+        None => (CacheControl::parse(headers), true),
+    };
     if cc.no_store {
         return Err(NotStorable::NoStore);
     }
@@ -123,6 +140,9 @@ pub fn storability(
     }
     if cc.private && policy.scope != Scope::User {
         return Err(NotStorable::Private);
+    }
+    if credentialed && !(cc.public || cc.must_revalidate || cc.s_maxage.is_some()) {
+        return Err(NotStorable::Credentialed);
     }
     for value in headers.get_all(VARY) {
         for name in value
@@ -149,7 +169,10 @@ pub fn storability(
     let initial_age = dates.initial_age();
     // A shared cache reads s-maxage first, then max-age, then Expires
     // (RFC 9111 §4.2.1).
-    let explicit = cc.s_maxage.or(cc.max_age).or_else(|| dates.expires_lifetime());
+    let explicit = cc
+        .s_maxage
+        .or(cc.max_age)
+        .or_else(|| dates.expires_lifetime().filter(|_| expires_counts));
     let ttl = match (explicit, policy.freshness) {
         (Some(lifetime), _) => lifetime.saturating_sub(initial_age).min(policy.ttl),
         (None, Freshness::Route) => policy.ttl,
@@ -246,6 +269,8 @@ struct CacheControl {
     no_store: bool,
     no_cache: bool,
     private: bool,
+    public: bool,
+    must_revalidate: bool,
     max_age: Option<Duration>,
     s_maxage: Option<Duration>,
     stale_while_revalidate: Option<Duration>,
@@ -253,6 +278,51 @@ struct CacheControl {
 }
 
 impl CacheControl {
+    /// A targeted field (RFC 9213): a Structured Fields dictionary; when
+    /// absent or not a valid one, `None` (the field is ignored). Members
+    /// whose values have the wrong type are ignored one by one.
+    fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<CacheControl> {
+        let mut cc = CacheControl::default();
+        let mut any = false;
+        for value in headers.get_all(name) {
+            any = true;
+            for member in value.to_str().ok()?.split(',') {
+                // Parameters (";a=b") say nothing to a cache.
+                let member = member.split(';').next().unwrap_or("").trim();
+                let (key, value) = match member.split_once('=') {
+                    Some((key, value)) => (key, Some(value)),
+                    None => (member, None),
+                };
+                if !is_sf_key(key) || value.is_some_and(|v| !is_sf_bare_item(v)) {
+                    return None;
+                }
+                let integer = value.and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
+                let flag = value.is_none_or(|v| v == "?1");
+                match key {
+                    "no-store" => cc.no_store |= flag,
+                    "no-cache" => cc.no_cache |= flag,
+                    "private" => cc.private |= flag,
+                    "public" => cc.public |= flag,
+                    "must-revalidate" => cc.must_revalidate |= flag,
+                    "max-age" => {
+                        if let Some(age) = integer {
+                            cc.max_age.get_or_insert(age);
+                        }
+                    }
+                    "s-maxage" => {
+                        if let Some(age) = integer {
+                            cc.s_maxage.get_or_insert(age);
+                        }
+                    }
+                    "stale-while-revalidate" => cc.stale_while_revalidate = integer.or(cc.stale_while_revalidate),
+                    "stale-if-error" => cc.stale_if_error = integer.or(cc.stale_if_error),
+                    _ => {}
+                }
+            }
+        }
+        any.then_some(cc)
+    }
+
     fn parse(headers: &HeaderMap) -> CacheControl {
         let mut cc = CacheControl::default();
         for value in headers.get_all(CACHE_CONTROL) {
@@ -273,6 +343,8 @@ impl CacheControl {
                     // fields in theory; treating them as whole-response is safe.
                     "no-cache" => cc.no_cache = true,
                     "private" => cc.private = true,
+                    "public" => cc.public = true,
+                    "must-revalidate" => cc.must_revalidate = true,
                     // A malformed age is treated as 0: do not cache. A
                     // repeated one: the first counts (RFC 9111 §4.2.1).
                     "max-age" => {
@@ -290,6 +362,29 @@ impl CacheControl {
         }
         cc
     }
+}
+
+/// A Structured Fields key (RFC 8941 §3.1.2): lower case.
+fn is_sf_key(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b))
+}
+
+/// A Structured Fields bare item as a cache directive's value: an
+/// integer, a boolean, a quoted string or a token (RFC 8941 §3.3).
+fn is_sf_bare_item(value: &str) -> bool {
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    let integer = !digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit());
+    let string = value.len() >= 2 && value.starts_with('"') && value.ends_with('"');
+    integer || string || value == "?0" || value == "?1" || is_sf_token(value)
+}
+
+/// `( ALPHA / "*" ) *( tchar / ":" / "/" )`.
+fn is_sf_token(value: &str) -> bool {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b);
+    let mut bytes = value.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'*') && bytes.all(tchar)
 }
 
 /// Response headers worth storing: not the proxy's own, not `Age`, which
@@ -349,6 +444,7 @@ mod tests {
             stale_if_error: Duration::ZERO,
             freshness: Freshness::Route,
             honour_request_directives: false,
+            targeted_cache_control: None,
             max_origin_stale: Duration::from_secs(3600),
         }
     }
@@ -376,7 +472,15 @@ mod tests {
     }
 
     fn lifetime(pairs: &[(&str, &str)]) -> Lifetime {
-        storability(&policy(Scope::Shared), &[], StatusCode::OK, &headers(pairs), now()).unwrap()
+        storability(
+            &policy(Scope::Shared),
+            &[],
+            StatusCode::OK,
+            &headers(pairs),
+            now(),
+            false,
+        )
+        .unwrap()
     }
 
     fn verdict(scope: Scope, status: u16, pairs: &[(&str, &str)]) -> Result<Duration, NotStorable> {
@@ -386,6 +490,7 @@ mod tests {
             StatusCode::from_u16(status).unwrap(),
             &headers(pairs),
             now(),
+            false,
         )
         .map(|l| l.ttl)
     }
@@ -402,6 +507,7 @@ mod tests {
             StatusCode::from_u16(status).unwrap(),
             &headers(pairs),
             now(),
+            false,
         )
     }
 
@@ -468,6 +574,79 @@ mod tests {
     }
 
     #[test]
+    fn rfc9213_a_valid_targeted_field_decides_in_place_of_cache_control_and_expires() {
+        let policy = CachePolicy {
+            targeted_cache_control: Some(HeaderName::from_static("cdn-cache-control")),
+            freshness: Freshness::Origin,
+            ..policy(Scope::Shared)
+        };
+        let judge = |pairs: &[(&str, &str)]| {
+            storability(&policy, &[], StatusCode::OK, &headers(pairs), now(), false).map(|l| l.ttl)
+        };
+        let later = http_date(3600);
+        assert_eq!(
+            judge(&[("cdn-cache-control", "max-age=10"), ("cache-control", "max-age=3600")]),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            judge(&[("cdn-cache-control", "max-age=30"), ("cache-control", "no-store")]),
+            Ok(Duration::from_secs(30))
+        );
+        assert_eq!(
+            judge(&[("cdn-cache-control", "no-store"), ("cache-control", "max-age=30")]),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            judge(&[("cdn-cache-control", "private"), ("cache-control", "max-age=30")]),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            judge(&[
+                ("cdn-cache-control", "max-age=0"),
+                ("expires", &later),
+                ("date", &http_date(0))
+            ]),
+            Err(NotStorable::ZeroTtl),
+            "Expires does not count beside a targeted field"
+        );
+        assert_eq!(
+            judge(&[("cdn-cache-control", "max-age=3600"), ("age", "7200")]),
+            Err(NotStorable::ZeroTtl)
+        );
+        for invalid in ["max-age=10000, &&&&&", "Max-Age=30"] {
+            assert_eq!(
+                judge(&[("cdn-cache-control", invalid)]),
+                Err(NotStorable::NoFreshness),
+                "{invalid}: ignored, and Cache-Control says nothing"
+            );
+        }
+        assert_eq!(
+            judge(&[("cdn-cache-control", "max-age=\"30\"")]),
+            Err(NotStorable::NoFreshness),
+            "a string max-age is no max-age"
+        );
+    }
+
+    #[test]
+    fn rfc9111_3_5_a_credentialed_request_is_answered_for_all_only_when_the_answer_says_so() {
+        let judge = |cc: &str| {
+            storability(
+                &policy(Scope::Shared),
+                &[],
+                StatusCode::OK,
+                &headers(&[("cache-control", cc)]),
+                now(),
+                true,
+            )
+            .map(|l| l.ttl)
+        };
+        assert_eq!(judge("max-age=30"), Err(NotStorable::Credentialed));
+        for shareable in ["max-age=30, public", "max-age=30, must-revalidate", "s-maxage=30"] {
+            assert_eq!(judge(shareable), Ok(Duration::from_secs(30)), "{shareable}");
+        }
+    }
+
+    #[test]
     fn rfc9111_4_2_2_origin_freshness_is_heuristic_or_nothing() {
         assert_eq!(origin_verdict(200, &[]), Err(NotStorable::NoFreshness));
         let (date, modified) = (http_date(0), http_date(-200));
@@ -495,6 +674,7 @@ mod tests {
                 StatusCode::OK,
                 &headers(&[("vary", on)]),
                 now(),
+                false,
             )
             .map(|_| ())
         };

@@ -204,6 +204,7 @@ pub struct RawRouteCache {
     pub stale_if_error: Option<Duration>,
     pub freshness: Option<String>,
     pub honour_request_directives: Option<bool>,
+    pub targeted_cache_control: Option<String>,
 }
 
 impl RawConfig {

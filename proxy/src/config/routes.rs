@@ -7,7 +7,7 @@ use http::{HeaderName, Method};
 
 use super::defaults::DEFAULT_CACHE_STATUSES;
 use super::errors::Problems;
-use super::fields::header_names;
+use super::fields::{header_name, header_names};
 use super::raw::{RawRoute, RawRouteCache};
 use crate::route::{self, Pattern, Rule};
 use crate::upstream::IdentitySettings;
@@ -246,6 +246,9 @@ fn route_cache(
         max_origin_stale: inherited.max_stale,
         freshness,
         honour_request_directives: raw.honour_request_directives.unwrap_or(false),
+        targeted_cache_control: raw
+            .targeted_cache_control
+            .map(|name| header_name(p, &format!("{field}.targeted_cache_control"), &name)),
     })
 }
 

@@ -338,7 +338,16 @@ impl Proxy {
         }
         let headers = storable_headers(&headers, &fetch.snap.settings.log.request_id_header);
         let now = now_ms();
-        let lifetime = storability(policy, &rule.forward_headers, stale.status, &headers, SystemTime::now()).ok();
+        let credentialed = is_credentialed(rule, &fetch.headers);
+        let lifetime = storability(
+            policy,
+            &rule.forward_headers,
+            stale.status,
+            &headers,
+            SystemTime::now(),
+            credentialed,
+        )
+        .ok();
         let entry = Entry::new(
             stale.status,
             headers,
@@ -435,12 +444,14 @@ impl Proxy {
             response.extensions_mut().extend(head.extensions);
             return Ok((response, entry));
         }
+        let credentialed = is_credentialed(rule, &fetch.headers);
         let lifetime = match storability(
             policy,
             &rule.forward_headers,
             head.status,
             &head.headers,
             SystemTime::now(),
+            credentialed,
         ) {
             Ok(lifetime) => lifetime,
             Err(reason) => {
@@ -520,6 +531,15 @@ impl Proxy {
         let body = if is_head { body::empty() } else { body::full(bytes) };
         Ok((Response::from_parts(head, body), shareable.then_some(entry)))
     }
+}
+
+/// Whether a request on `rule` took credentials to the backend that the
+/// proxy did not verify: `Authorization` or `Cookie` forwarded on a public
+/// route. (On an authenticated route the verified token and the rule's
+/// scope key the entry.)
+fn is_credentialed(rule: &Rule, forwarded: &HeaderMap) -> bool {
+    rule.access.is_public()
+        && (forwarded.contains_key(http::header::AUTHORIZATION) || forwarded.contains_key(http::header::COOKIE))
 }
 
 /// Whether a fetch's upstream failed (an error, or a 5xx): waiters and the

@@ -144,6 +144,11 @@ impl Proxy {
             // The origin's tags are for caches, not clients.
             response.headers_mut().remove(name);
         }
+        let targeted = ctx.rule.and_then(|r| r.cache.as_ref()?.targeted_cache_control.as_ref());
+        if let Some(name) = targeted {
+            // Addressed to this cache (RFC 9213), which used it.
+            response.headers_mut().remove(name);
+        }
         stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
         // Per response, whatever answered: the backend's echo of another
         // request's id is not this request's.
@@ -248,7 +253,8 @@ impl Proxy {
         let response = if outbound.method == Method::GET || outbound.method == Method::HEAD {
             self.forward(req.snap, outbound, rule.name).await?
         } else {
-            self.write_detached(req.snap, outbound, rule).await?
+            self.write_detached(req.snap, outbound, rule, req.target.path.clone())
+                .await?
         };
         let (mut head, upstream_body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut head.headers);
@@ -258,12 +264,17 @@ impl Proxy {
     /// Forwards a write and invalidates what it may have changed, in a task
     /// of its own: once the request is complete, neither a client hanging
     /// up nor one resetting its stream can cancel the invalidation of a
-    /// write that may have reached the backend.
+    /// write that may have reached the backend. Besides the rule's tags and
+    /// the backend's surrogate keys, the entries of the written path (and
+    /// of the answer's `Location` and `Content-Location`) are removed
+    /// (RFC 9111 §4.4), so a write route without `invalidates` still keeps
+    /// its own URL fresh.
     async fn write_detached(
         &self,
         snap: &Arc<Snapshot>,
         outbound: Outbound,
         rule: &Rule,
+        path: String,
     ) -> Result<Response<Incoming>, ProxyError> {
         let proxy = self
             .me
@@ -280,6 +291,11 @@ impl Proxy {
                     _ => Vec::new(),
                 };
                 proxy.invalidate(&snap, name, &tags, named).await;
+                let mut paths = vec![path];
+                if let Ok(response) = &result {
+                    paths.extend(written_elsewhere(response.headers()));
+                }
+                proxy.invalidate_paths(name, paths).await;
             }
             drop(in_flight);
             result
@@ -358,6 +374,32 @@ impl Proxy {
         Ok(response)
     }
 
+    /// Removes the entries of `paths` (every query, scope and variant),
+    /// after a write to them. Best effort, like surrogate keys: the rule's
+    /// `invalidates` tags are what guarantees a racing read cannot put old
+    /// data back.
+    async fn invalidate_paths(&self, rule: &'static str, paths: Vec<String>) {
+        let purge = PurgeRequest {
+            paths,
+            ..PurgeRequest::default()
+        };
+        // Within the write's own wait: an unreachable store must not hold
+        // the answer for a purge's longer budget (the tags' failure is
+        // what the log reports then).
+        let wait = self.boot.store.invalidation_wait;
+        match tokio::time::timeout(wait, self.store.purge(&purge)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                self.metrics.store_error("invalidate");
+                tracing::debug!(rule, paths = ?purge.paths, error = %err, "invalidating the written paths failed");
+            }
+            Err(_) => {
+                self.metrics.store_error("invalidate");
+                tracing::debug!(rule, paths = ?purge.paths, "invalidating the written paths timed out");
+            }
+        }
+    }
+
     /// Bumps the rule's tags and waits for the store to acknowledge. On
     /// failure the store has recorded them and pauses caching until they
     /// are applied, so the write is still answered. Tags the origin named
@@ -397,6 +439,20 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The paths an answer to a write says it changed besides its target:
+/// `Location` and `Content-Location` (RFC 9111 §4.4), normalised like a
+/// request's; a full URL gives its path (the backend is trusted to name
+/// its own resources).
+fn written_elsewhere(headers: &HeaderMap) -> Vec<String> {
+    [http::header::LOCATION, http::header::CONTENT_LOCATION]
+        .iter()
+        .filter_map(|name| headers.get(name)?.to_str().ok())
+        .filter_map(|value| value.parse::<http::Uri>().ok())
+        .filter_map(|uri| route::normalise(uri.path(), None).ok())
+        .map(|target| target.path)
+        .collect()
 }
 
 /// Sets `X-Cache` and appends this cache's `Cache-Status` member (RFC 9211
