@@ -32,6 +32,19 @@ forward_headers = ["authorization"]
 cache = {{ ttl = "1h", freshness = "{freshness}" }}
 
 [[routes]]
+name = "notes-write"
+path = "/notes/{{id}}"
+methods = ["PUT"]
+access = "public"
+
+[[routes]]
+name = "notes"
+path = "/notes/{{id}}"
+methods = ["GET"]
+access = "public"
+cache = {{ ttl = "1h", freshness = "{freshness}" }}
+
+[[routes]]
 name = "cdn"
 path = "/cdn/{{id}}"
 methods = ["GET"]
@@ -64,6 +77,12 @@ async fn upstream() -> ScriptedUpstream {
             ],
             "/shared/own" => vec![("cache-control", "max-age=600".into())],
             "/shared/public" => vec![("cache-control", "max-age=600, public".into())],
+            path if path.starts_with("/notes/") => {
+                if req.method() == "PUT" {
+                    return json_reply(201, "{}", &[("location", "/notes/2")]);
+                }
+                vec![("cache-control", "max-age=600".into())]
+            }
             "/asked/old" => vec![("cache-control", "max-age=3600".into()), ("age", "30".into())],
             path if path.starts_with("/asked/") || path.starts_with("/items/plain") => {
                 vec![("cache-control", "max-age=3600".into())]
@@ -266,4 +285,25 @@ async fn rfc9111_3_5_an_answer_to_credentials_is_shared_only_when_it_says_so() {
     assert_eq!(get("/shared/own", false).await, "HIT", "an anonymous one was");
     assert_eq!(get("/shared/public", true).await, "MISS");
     assert_eq!(get("/shared/public", false).await, "HIT", "public: shared");
+}
+
+#[tokio::test]
+async fn rfc9111_4_4_a_write_invalidates_its_url_and_the_one_its_answer_names() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    for path in ["/notes/1", "/notes/1?page=2", "/notes/2", "/notes/3"] {
+        assert_eq!(asking(&proxy, path, None).await, "MISS");
+        assert_eq!(asking(&proxy, path, None).await, "HIT");
+    }
+    // No `invalidates` on the write route: its URL alone is the reason.
+    let write = reqwest::Client::new()
+        .put(format!("{}/notes/1", proxy.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 201);
+    assert_eq!(asking(&proxy, "/notes/1", None).await, "MISS", "the written URL");
+    assert_eq!(asking(&proxy, "/notes/1?page=2", None).await, "MISS", "every query of it");
+    assert_eq!(asking(&proxy, "/notes/2", None).await, "MISS", "its Location");
+    assert_eq!(asking(&proxy, "/notes/3", None).await, "HIT", "nothing else");
 }
