@@ -45,7 +45,8 @@ pub struct CachePolicy {
     pub honour_request_directives: bool,
     /// A field targeted at this cache (RFC 9213, e.g. `CDN-Cache-Control`):
     /// when an answer carries a valid one, it decides in place of
-    /// `Cache-Control` and `Expires`, and is not passed on.
+    /// `Cache-Control` and `Expires`. It is passed on: it targets a class
+    /// of caches, and another of the class may sit in front of this one.
     pub targeted_cache_control: Option<HeaderName>,
 }
 

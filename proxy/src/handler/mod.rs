@@ -144,11 +144,6 @@ impl Proxy {
             // The origin's tags are for caches, not clients.
             response.headers_mut().remove(name);
         }
-        let targeted = ctx.rule.and_then(|r| r.cache.as_ref()?.targeted_cache_control.as_ref());
-        if let Some(name) = targeted {
-            // Addressed to this cache (RFC 9213), which used it.
-            response.headers_mut().remove(name);
-        }
         stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
         // Per response, whatever answered: the backend's echo of another
         // request's id is not this request's.
