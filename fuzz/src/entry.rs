@@ -90,7 +90,7 @@ fn use_times(entry: &Entry) {
         let _ = entry.is_fresh(now);
         let _ = entry.may_serve_while_revalidating(now);
         let _ = entry.may_serve_on_error(now);
-        let _ = entry.retention_left(now);
+        let _ = entry.retention_left(now, std::time::Duration::from_secs(60));
         let _ = proxy::cache::purge::softly_expired(entry, now);
     }
 }

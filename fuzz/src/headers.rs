@@ -118,7 +118,7 @@ fn check_storability(policy: &CachePolicy, response: &HeaderMap) {
     assert_eq!(entry.stale_while_revalidate_ms, ms(lifetime.stale_while_revalidate));
     assert_eq!(entry.stale_if_error_ms, ms(lifetime.stale_if_error));
     assert!(entry.is_fresh(NOW_MS));
-    let _ = entry.retention_left(NOW_MS);
+    let _ = entry.retention_left(NOW_MS, Duration::from_secs(60));
     assert_eq!(Entry::decode(entry.encode()).as_ref(), Ok(&entry));
 }
 

@@ -112,7 +112,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
 /// proxy starts, and serves, with Redis down.
 pub fn build_store(store: &StoreSettings, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &store.backend {
-        Backend::Memory { max_bytes } => Arc::new(MemoryStore::new(*max_bytes)),
+        Backend::Memory { max_bytes } => Arc::new(MemoryStore::new(*max_bytes, store.revalidation_retention)),
         Backend::Redis {
             target,
             buckets,

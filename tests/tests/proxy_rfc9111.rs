@@ -309,3 +309,37 @@ async fn rfc9111_4_4_a_write_invalidates_its_url_and_the_one_its_answer_names() 
     assert_eq!(asking(&proxy, "/notes/2", None).await, "MISS", "its Location");
     assert_eq!(asking(&proxy, "/notes/3", None).await, "HIT", "nothing else");
 }
+
+#[tokio::test]
+async fn rfc9111_4_3_an_expired_entry_with_a_validator_is_revalidated_not_fetched_whole() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let conditional = Arc::new(AtomicUsize::new(0));
+    let seen = conditional.clone();
+    // Fresh for one second; an If-None-Match for its ETag gets a 304.
+    let upstream = ScriptedUpstream::start(move |req| {
+        let seen = seen.clone();
+        async move {
+            if req.headers().get("if-none-match").is_some_and(|v| v == "\"v1\"") {
+                seen.fetch_add(1, Ordering::SeqCst);
+                return json_reply(304, "", &[("etag", "\"v1\""), ("cache-control", "max-age=1")]);
+            }
+            json_reply(200, "{}", &[("etag", "\"v1\""), ("cache-control", "max-age=1")])
+        }
+    })
+    .await;
+    let proxy = proxy(&upstream, "route").await;
+    assert_eq!(asking(&proxy, "/items/plain-r", None).await, "MISS");
+    // Past "as long again" (1 s more), within cache.revalidation_retention.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let answer = reqwest::get(format!("{}/items/plain-r", proxy.base_url()))
+        .await
+        .unwrap();
+    let cache_status = answer.headers()["cache-status"].to_str().unwrap().to_owned();
+    assert!(cache_status.contains("fwd-status=304"), "{cache_status}");
+    assert_eq!(
+        conditional.load(Ordering::SeqCst),
+        1,
+        "revalidated with the stored ETag"
+    );
+}

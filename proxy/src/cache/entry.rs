@@ -107,9 +107,11 @@ impl Entry {
     /// it. An entry with the origin's validators is kept past expiry for as
     /// long again, to be revalidated upstream (a 304) rather than fetched
     /// whole.
-    pub fn retention_left(&self, now_ms: u64) -> Duration {
+    pub fn retention_left(&self, now_ms: u64, revalidation: Duration) -> Duration {
         let revalidation = if crate::conditional::has_origin_validator(&self.headers) {
-            self.expires_at_ms.saturating_sub(self.stored_at_ms)
+            self.expires_at_ms
+                .saturating_sub(self.stored_at_ms)
+                .max(millis(revalidation))
         } else {
             0
         };
@@ -338,7 +340,10 @@ mod tests {
         assert!(!e.may_serve_while_revalidating(e.expires_at_ms + 30_000));
         assert!(e.may_serve_on_error(e.expires_at_ms + 30_000));
         assert!(!e.may_serve_on_error(e.expires_at_ms + 300_000));
-        assert_eq!(e.retention_left(e.stored_at_ms), Duration::from_secs(360));
+        assert_eq!(
+            e.retention_left(e.stored_at_ms, Duration::ZERO),
+            Duration::from_secs(360)
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct MemoryStore {
     /// Never locked while calling into `entries`, whose eviction listener
     /// takes it.
     index: Arc<Mutex<Index>>,
+    /// How long past expiry, at least, entries with validators are kept.
+    revalidation: Duration,
 }
 
 /// Keys by path, by segment-aligned prefix and by tag.
@@ -122,12 +124,15 @@ fn index_cost(index: &IndexInfo<'_>) -> u32 {
     u32::try_from(names + index.path.len() + places * PER_PLACE).unwrap_or(u32::MAX)
 }
 
-/// Drops each value once its entry is of no use, fresh or stale.
-struct EntryExpiry;
+/// Drops each value once its entry is of no use, fresh or stale; an entry
+/// with validators is kept at least `revalidation` past expiry.
+struct EntryExpiry {
+    revalidation: Duration,
+}
 
 impl<V: AsRef<Entry>> moka::Expiry<CacheKey, V> for EntryExpiry {
     fn expire_after_create(&self, _key: &CacheKey, value: &V, _now: Instant) -> Option<Duration> {
-        Some(value.as_ref().retention_left(now_ms()))
+        Some(value.as_ref().retention_left(now_ms(), self.revalidation))
     }
 
     /// A replaced value lives as long as the new entry needs, not the old.
@@ -138,27 +143,33 @@ impl<V: AsRef<Entry>> moka::Expiry<CacheKey, V> for EntryExpiry {
         _now: Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.as_ref().retention_left(now_ms()))
+        Some(value.as_ref().retention_left(now_ms(), self.revalidation))
     }
 }
 
 /// A concurrent map of entries bounded by `weigh`, each expiring with its
 /// entry; the memory store and the Redis store's L1 both use it.
-pub(super) fn bounded_entries<V>(max_bytes: u64, weigh: fn(&V) -> u32) -> CacheBuilder<CacheKey, V, Cache<CacheKey, V>>
+pub(super) fn bounded_entries<V>(
+    max_bytes: u64,
+    weigh: fn(&V) -> u32,
+    revalidation: Duration,
+) -> CacheBuilder<CacheKey, V, Cache<CacheKey, V>>
 where
     V: AsRef<Entry> + Clone + Send + Sync + 'static,
 {
     Cache::builder()
         .max_capacity(max_bytes)
         .weigher(move |_key, value: &V| weigh(value))
-        .expire_after(EntryExpiry)
+        .expire_after(EntryExpiry { revalidation })
 }
 
 impl MemoryStore {
-    pub fn new(max_bytes: u64) -> MemoryStore {
+    /// A store of at most `max_bytes`, keeping entries with validators at
+    /// least `revalidation` past expiry.
+    pub fn new(max_bytes: u64, revalidation: Duration) -> MemoryStore {
         let index = Arc::new(Mutex::new(Index::default()));
         let unindex = index.clone();
-        let entries = bounded_entries(max_bytes, Stored::weight)
+        let entries = bounded_entries(max_bytes, Stored::weight, revalidation)
             .eviction_listener(move |key: Arc<CacheKey>, _, cause| {
                 if cause != RemovalCause::Replaced {
                     unindex.lock().expect("index lock").remove(&key);
@@ -169,6 +180,7 @@ impl MemoryStore {
             entries,
             generations: RwLock::new(HashMap::new()),
             index,
+            revalidation,
         }
     }
 
@@ -204,10 +216,10 @@ impl MemoryStore {
 
 /// A hit or a stale hit for an entry whose generations are current;
 /// `None` once it is of no use at all.
-pub(super) fn usable(entry: Arc<Entry>, now_ms: u64) -> Option<Lookup> {
+pub(super) fn usable(entry: Arc<Entry>, now_ms: u64, revalidation: Duration) -> Option<Lookup> {
     if entry.is_fresh(now_ms) {
         Some(Lookup::Hit(entry))
-    } else if !entry.retention_left(now_ms).is_zero() {
+    } else if !entry.retention_left(now_ms, revalidation).is_zero() {
         Some(Lookup::Stale(entry))
     } else {
         None
@@ -219,7 +231,8 @@ impl CacheStore for MemoryStore {
     async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError> {
         if let Some(Stored { entry, .. }) = self.entries.get(key) {
             if self.is_current(&entry.generations, tags) {
-                return Ok(usable(entry, now_ms()).unwrap_or_else(|| Lookup::Miss(self.current_generations(tags))));
+                return Ok(usable(entry, now_ms(), self.revalidation)
+                    .unwrap_or_else(|| Lookup::Miss(self.current_generations(tags))));
             }
         }
         Ok(Lookup::Miss(self.current_generations(tags)))
@@ -339,7 +352,7 @@ mod tests {
 
     /// Stores a fresh entry for each path, tagged with its first segment.
     async fn filled(paths: &[&str]) -> MemoryStore {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20, Duration::ZERO);
         for path in paths {
             let tag = vec![path.split('/').nth(1).unwrap().to_owned()];
             let Lookup::Miss(gens) = store.lookup(&CacheKey::for_test(path), &tag).await.unwrap() else {
@@ -364,7 +377,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_entry_lives_as_long_as_it_needs_and_is_refiled_under_its_new_tags() {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20, Duration::ZERO);
         let key = CacheKey::for_test("/a");
         let Lookup::Miss(gens) = store.lookup(&key, &tags()).await.unwrap() else {
             panic!("cold store hit")
@@ -451,7 +464,7 @@ mod tests {
     #[tokio::test]
     async fn huge_paths_count_their_index_against_the_bound_and_file_few_places() {
         const BOUND: u64 = 256 * 1024;
-        let store = MemoryStore::new(BOUND);
+        let store = MemoryStore::new(BOUND, Duration::ZERO);
         for i in 0..64 {
             let path = format!("/p{i}{}", "/a".repeat(8_000));
             let key = CacheKey::for_test(&path);
@@ -477,7 +490,7 @@ mod tests {
 
     #[tokio::test]
     async fn stores_then_hits_under_current_generations() {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20, Duration::ZERO);
         let Lookup::Miss(gens) = store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap() else {
             panic!("cold store hit")
         };
@@ -497,7 +510,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalidation_hides_entries_recorded_under_old_generations() {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20, Duration::ZERO);
         let Lookup::Miss(before) = store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap() else {
             panic!()
         };
@@ -515,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_entries_are_not_served() {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20, Duration::ZERO);
         let Lookup::Miss(gens) = store.lookup(&CacheKey::for_test("/a"), &tags()).await.unwrap() else {
             panic!()
         };

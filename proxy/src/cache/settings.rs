@@ -16,6 +16,9 @@ pub struct StoreSettings {
     pub operation_timeout: Duration,
     /// How long a write waits for its invalidation to be acknowledged.
     pub invalidation_wait: Duration,
+    /// How long past expiry, at least, an entry with the origin's
+    /// validators is kept to be revalidated rather than fetched whole.
+    pub revalidation_retention: Duration,
     pub breaker_failures: u32,
     pub breaker_open_for: Duration,
     pub key_prefix: String,

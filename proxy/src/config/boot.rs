@@ -64,6 +64,10 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
         ("cache.l1_max_bytes", ba.2 == bb.2),
         ("cache.operation_timeout", ca.operation_timeout == cb.operation_timeout),
         ("cache.invalidation_wait", ca.invalidation_wait == cb.invalidation_wait),
+        (
+            "cache.revalidation_retention",
+            ca.revalidation_retention == cb.revalidation_retention,
+        ),
         ("cache.breaker_failures", ca.breaker_failures == cb.breaker_failures),
         ("cache.breaker_open_for", ca.breaker_open_for == cb.breaker_open_for),
         ("cache.key_prefix", ca.key_prefix == cb.key_prefix),

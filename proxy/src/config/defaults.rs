@@ -71,6 +71,9 @@ pub const DEFAULT_CACHE_OPERATION_TIMEOUT: Duration = Duration::from_millis(50);
 /// acknowledged while Redis is failing, before it is released anyway (and
 /// the invalidation kept for later).
 pub const DEFAULT_INVALIDATION_WAIT: Duration = Duration::from_secs(1);
+/// How long past expiry, at least, an entry with the origin's validators
+/// is kept to be revalidated (a 304) rather than fetched whole.
+pub const DEFAULT_REVALIDATION_RETENTION: Duration = Duration::from_secs(60);
 /// Consecutive failures that open the circuit breaker.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
 /// How long the breaker stays open before one probe is let through.

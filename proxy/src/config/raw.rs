@@ -115,6 +115,8 @@ pub struct RawCache {
     pub operation_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub invalidation_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub revalidation_retention: Option<Duration>,
     pub breaker_failures: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub breaker_open_for: Option<Duration>,

@@ -279,6 +279,7 @@ pub(super) fn store_settings(
             DEFAULT_CACHE_OPERATION_TIMEOUT,
         ),
         invalidation_wait: raw.invalidation_wait.unwrap_or(DEFAULT_INVALIDATION_WAIT),
+        revalidation_retention: raw.revalidation_retention.unwrap_or(DEFAULT_REVALIDATION_RETENTION),
         breaker_failures: at_least_one_u32(
             p,
             "cache.breaker_failures",

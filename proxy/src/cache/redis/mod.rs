@@ -147,6 +147,8 @@ pub struct RedisStore {
     bucket_slots: Vec<u16>,
     operation_timeout: Duration,
     invalidation_wait: Duration,
+    /// How long past expiry, at least, entries with validators are kept.
+    revalidation_retention: Duration,
     /// How long a write waits for a replica to hold its new generations
     /// (`WAIT 1`), where a failover may promote one (Sentinel, cluster).
     replica_wait: Option<Duration>,
@@ -178,7 +180,7 @@ impl RedisStore {
         };
         let l1 = (l1_max_bytes > 0).then(|| {
             let metrics = metrics.clone();
-            bounded_entries(l1_max_bytes, encoded_weight)
+            bounded_entries(l1_max_bytes, encoded_weight, settings.revalidation_retention)
                 .support_invalidation_closures()
                 .eviction_listener(move |_key, _copy, cause| match cause {
                     RemovalCause::Size => metrics.l1_eviction("size"),
@@ -200,6 +202,7 @@ impl RedisStore {
             names,
             operation_timeout: settings.operation_timeout,
             invalidation_wait: settings.invalidation_wait,
+            revalidation_retention: settings.revalidation_retention,
             replica_wait: (!matches!(target, RedisTarget::Node(_))).then_some(settings.operation_timeout / 2),
             breakers: (0..groups)
                 .map(|_| Breaker::new(settings.breaker_failures, settings.breaker_open_for))
@@ -561,7 +564,7 @@ impl RedisStore {
     ) -> Option<Lookup> {
         let same_value = stored_stamp.as_deref() == Some(&copy.stamp[..]);
         if same_value && recorded_under(&copy.entry.generations, tags, &current) {
-            if let Some(found) = usable(copy.entry, now_ms()) {
+            if let Some(found) = usable(copy.entry, now_ms(), self.revalidation_retention) {
                 self.metrics.l1_lookup("hit");
                 return Some(found);
             }
@@ -731,7 +734,7 @@ impl CacheStore for RedisStore {
             // Compared in place: the owned generation list is only built
             // for a miss, which needs it to record in the new entry.
             if recorded_under(&copy.entry.generations, tags, &current) {
-                if let Some(found) = usable(copy.entry.clone(), now_ms()) {
+                if let Some(found) = usable(copy.entry.clone(), now_ms(), self.revalidation_retention) {
                     if let Some(l1) = &self.l1 {
                         l1.insert(*key, copy);
                     }
@@ -743,7 +746,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn store(&self, key: &CacheKey, entry: &Entry, index: &IndexInfo<'_>) -> Result<(), StoreError> {
-        let ttl_ms = entry.retention_left(now_ms()).as_millis() as u64;
+        let ttl_ms = entry.retention_left(now_ms(), self.revalidation_retention).as_millis() as u64;
         if ttl_ms == 0 {
             return Ok(());
         }
@@ -861,7 +864,7 @@ impl CacheStore for RedisStore {
             };
             let now = now_ms();
             let expired = softly_expired(&copy.entry, now);
-            let ttl_ms = expired.retention_left(now).as_millis() as u64;
+            let ttl_ms = expired.retention_left(now, self.revalidation_retention).as_millis() as u64;
             let value = stamped(&expired).1;
             let changed: i64 = self
                 .purge_step(|mut conn| async move {
