@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod operator;
 pub mod problem;
 pub mod purge;
+pub mod range;
 pub mod rbac;
 pub mod redis_layer;
 pub mod route;

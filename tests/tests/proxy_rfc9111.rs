@@ -83,6 +83,9 @@ async fn upstream() -> ScriptedUpstream {
                 }
                 vec![("cache-control", "max-age=600".into())]
             }
+            "/items/digits" => {
+                return json_reply(200, "01234567890", &[("cache-control", "max-age=600")]);
+            }
             "/asked/old" => vec![("cache-control", "max-age=3600".into()), ("age", "30".into())],
             path if path.starts_with("/asked/") || path.starts_with("/items/plain") => {
                 vec![("cache-control", "max-age=3600".into())]
@@ -342,4 +345,49 @@ async fn rfc9111_4_3_an_expired_entry_with_a_validator_is_revalidated_not_fetche
         1,
         "revalidated with the stored ETag"
     );
+}
+
+#[tokio::test]
+async fn rfc9110_14_a_range_of_a_stored_answer_is_a_206_and_nothing_partial_is_stored() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    let client = reqwest::Client::new();
+    let ranged = |range: &'static str| {
+        let request = client
+            .get(format!("{}/items/digits", proxy.base_url()))
+            .header("range", range);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_range = response
+                .headers()
+                .get("content-range")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, content_range, response.text().await.unwrap())
+        }
+    };
+    // The first, a miss, is stored whole and answered in part.
+    assert_eq!(
+        ranged("bytes=0-1").await,
+        (206, Some("bytes 0-1/11".into()), "01".into())
+    );
+    assert_eq!(
+        ranged("bytes=-3").await,
+        (206, Some("bytes 8-10/11".into()), "890".into())
+    );
+    assert_eq!(
+        ranged("bytes=20-").await,
+        (416, Some("bytes */11".into()), String::new())
+    );
+    assert_eq!(ranged("bytes=0-1,4-5").await.0, 200, "several ranges: the whole answer");
+    let whole = reqwest::get(format!("{}/items/digits", proxy.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(whole.headers()["x-cache"], "HIT");
+    assert_eq!(
+        whole.text().await.unwrap(),
+        "01234567890",
+        "the entry is the whole answer"
+    );
+    assert_eq!(upstream.hits(), 1);
 }

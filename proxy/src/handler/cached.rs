@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG};
+use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG, RANGE};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body_util::BodyExt;
 
 use super::{content_length, Admitted, Proxy, RequestCtx};
 use crate::auth::Claims;
@@ -21,6 +22,7 @@ use crate::coalesce::plan::{Coalescer, LeaseGuard, Miss, MissPlan};
 use crate::coalesce::{Leader, Outcome};
 use crate::conditional;
 use crate::error::ProxyError;
+use crate::range;
 use crate::route::{Rule, Target};
 use crate::runtime::Snapshot;
 use crate::upstream::{self, HeaderPolicy, Outbound, ProxyBody, UpstreamError};
@@ -63,6 +65,29 @@ impl Proxy {
         if response.status() == StatusCode::OK && conditional::client_has_it(&req.parts.headers, response.headers()) {
             self.metrics.conditional("not_modified");
             return Ok(conditional::not_modified(response));
+        }
+        let answered_whole = matches!(
+            ctx.cache_status,
+            CacheStatus::Hit { .. }
+                | CacheStatus::Stale { .. }
+                | CacheStatus::Revalidated { .. }
+                | CacheStatus::Miss { stored: true }
+        );
+        if req.parts.headers.contains_key(RANGE)
+            && req.parts.method == Method::GET
+            && response.status() == StatusCode::OK
+            && answered_whole
+        {
+            // The body is the stored one, in memory: collecting it is a
+            // move, not a wait.
+            let (head, whole) = response.into_parts();
+            let bytes = whole
+                .collect()
+                .await
+                .map_err(|err| ProxyError::Internal(format!("stored body: {err}")))?
+                .to_bytes();
+            let asked = range::asked(&req.parts.headers, &head.headers, bytes.len() as u64);
+            return Ok(range::narrow(Response::from_parts(head, body::empty()), bytes, asked));
         }
         Ok(response)
     }
