@@ -157,8 +157,8 @@ fn check_validators(request: &HeaderMap, response: &HeaderMap) {
     let mut revalidation = HeaderMap::new();
     proxy::conditional::add_validators(&mut revalidation, response);
     let mut stored = response.clone();
-    let etag = proxy::conditional::ensure_strong_etag(&mut stored, &Bytes::from_static(b"{}"));
-    assert!(etag.as_bytes().starts_with(b"\""));
+    let etag = proxy::conditional::ensure_etag(&mut stored, &Bytes::from_static(b"{}"));
+    assert!(etag.as_bytes().starts_with(b"\"") || etag.as_bytes().starts_with(b"W/\""));
     assert!(proxy::conditional::client_has_it(
         &HeaderMap::from_iter([(http::header::IF_NONE_MATCH, etag)]),
         &stored

@@ -16,11 +16,12 @@ use crate::upstream::ProxyBody;
 /// are worth sending back to it.
 const COMPUTED_ETAG_PREFIX: &[u8] = b"\"cg-";
 
-/// Gives `headers` a strong `ETag`: the origin's if it sent a strong one,
-/// else one computed from `body` (so equal bodies share it across
-/// instances). Returns the value set.
-pub fn ensure_strong_etag(headers: &mut HeaderMap, body: &Bytes) -> HeaderValue {
-    if let Some(etag) = headers.get(ETAG).filter(|v| is_strong_etag(v)) {
+/// Gives `headers` an `ETag`: the origin's, strong or weak, as it sent it
+/// (clients holding a weak tag match it with the weak comparison, and an
+/// expired entry is revalidated with it); else a strong one computed from
+/// `body` (so equal bodies share it across instances). Returns the value.
+pub fn ensure_etag(headers: &mut HeaderMap, body: &Bytes) -> HeaderValue {
+    if let Some(etag) = headers.get(ETAG).filter(|v| is_etag(v)) {
         return etag.clone();
     }
     let digest = Sha256::digest(body);
@@ -29,12 +30,14 @@ pub fn ensure_strong_etag(headers: &mut HeaderMap, body: &Bytes) -> HeaderValue 
     etag
 }
 
-/// A well-formed strong entity-tag (RFC 9110 §8.8.3): `"…"` with only
-/// visible ASCII other than `"` inside. Anything else an origin sends (junk
-/// after the quotes, obs-text) is replaced by a computed tag: a client
-/// echoing it back in `If-None-Match` could never match it.
-fn is_strong_etag(value: &HeaderValue) -> bool {
-    match value.as_bytes() {
+/// A well-formed entity-tag (RFC 9110 §8.8.3): `"…"`, or `W/"…"` for a
+/// weak one, with only visible ASCII other than `"` inside. Anything else
+/// an origin sends (junk after the quotes, obs-text) is replaced by a
+/// computed tag: a client echoing it back in `If-None-Match` could never
+/// match it.
+fn is_etag(value: &HeaderValue) -> bool {
+    let tag = value.as_bytes().strip_prefix(b"W/").unwrap_or(value.as_bytes());
+    match tag {
         [b'"', inner @ .., b'"'] => inner.iter().all(|&c| c == 0x21 || (0x23..=0x7e).contains(&c)),
         _ => false,
     }
@@ -142,32 +145,29 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_keeps_a_strong_origin_etag_and_otherwise_gets_one_from_its_body() {
+    fn an_entry_keeps_the_origin_etag_strong_or_weak_and_otherwise_gets_one_from_its_body() {
         let body = Bytes::from_static(b"{}");
         let mut origin = headers(&[("etag", "\"v1\"")]);
-        assert_eq!(ensure_strong_etag(&mut origin, &body), "\"v1\"");
-        let mut junk = headers(&[("etag", "\"v1\"junk")]);
-        assert!(ensure_strong_etag(&mut junk, &body)
-            .to_str()
-            .unwrap()
-            .starts_with("\"cg-"));
+        assert_eq!(ensure_etag(&mut origin, &body), "\"v1\"");
         let mut weak = headers(&[("etag", "W/\"v1\"")]);
-        let computed = ensure_strong_etag(&mut weak, &body);
-        assert!(computed.to_str().unwrap().starts_with("\"cg-"));
-        assert!(!has_origin_validator(&weak), "a computed tag is not the origin's");
+        assert_eq!(ensure_etag(&mut weak, &body), "W/\"v1\"", "kept as the origin sent it");
+        assert!(has_origin_validator(&weak));
         let mut revalidate = HeaderMap::new();
         add_validators(&mut revalidate, &weak);
+        assert_eq!(revalidate["if-none-match"], "W/\"v1\"", "revalidated with it");
+        let mut junk = headers(&[("etag", "\"v1\"junk")]);
+        let computed = ensure_etag(&mut junk, &body);
+        assert!(computed.to_str().unwrap().starts_with("\"cg-"));
+        assert!(!has_origin_validator(&junk), "a computed tag is not the origin's");
+        let mut revalidate = HeaderMap::new();
+        add_validators(&mut revalidate, &junk);
         assert!(revalidate.is_empty(), "the origin never issued it");
-        assert!(has_origin_validator(&origin));
         assert_eq!(
             computed,
-            ensure_strong_etag(&mut HeaderMap::new(), &body),
+            ensure_etag(&mut HeaderMap::new(), &body),
             "same body, same tag"
         );
-        assert_ne!(
-            computed,
-            ensure_strong_etag(&mut HeaderMap::new(), &Bytes::from_static(b"[]"))
-        );
+        assert_ne!(computed, ensure_etag(&mut HeaderMap::new(), &Bytes::from_static(b"[]")));
     }
 
     #[test]

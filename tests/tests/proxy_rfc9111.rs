@@ -83,6 +83,12 @@ async fn upstream() -> ScriptedUpstream {
                 }
                 vec![("cache-control", "max-age=600".into())]
             }
+            "/items/weak" => {
+                if req.headers().get("if-none-match").is_some_and(|v| v == "W/\"w1\"") {
+                    return json_reply(304, "", &[("etag", "W/\"w1\""), ("cache-control", "max-age=600")]);
+                }
+                return json_reply(200, "{}", &[("etag", "W/\"w1\""), ("cache-control", "max-age=600")]);
+            }
             "/items/digits" => {
                 return json_reply(200, "01234567890", &[("cache-control", "max-age=600")]);
             }
@@ -390,4 +396,19 @@ async fn rfc9110_14_a_range_of_a_stored_answer_is_a_206_and_nothing_partial_is_s
         "the entry is the whole answer"
     );
     assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn rfc9110_8_8_1_a_weak_origin_etag_is_kept_and_matched_weakly() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    let first = reqwest::get(format!("{}/items/weak", proxy.base_url())).await.unwrap();
+    assert_eq!(first.headers()["etag"], "W/\"w1\"", "not replaced by a computed tag");
+    let again = reqwest::Client::new()
+        .get(format!("{}/items/weak", proxy.base_url()))
+        .header("if-none-match", "W/\"w1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304, "the client holding the weak tag gets a 304");
 }

@@ -531,7 +531,7 @@ impl Proxy {
         };
 
         let mut stored_headers = storable_headers(&head.headers, &settings.log.request_id_header);
-        let etag = conditional::ensure_strong_etag(&mut stored_headers, &bytes);
+        let etag = conditional::ensure_etag(&mut stored_headers, &bytes);
         head.headers.insert(ETAG, etag);
         let now = now_ms();
         let entry = Arc::new(Entry::new(
