@@ -141,8 +141,13 @@ fn check_surrogate_keys(response: &HeaderMap) {
 
 fn check_vary(policy: &CachePolicy, response: &HeaderMap) {
     let learned = LearnedVary::default();
-    if let Some(names) = learned.learn("fuzz", &policy.vary, response) {
+    if let Some(names) = learned.learn("fuzz", "/users", None, &policy.vary, response) {
         assert!(names.starts_with(&policy.vary));
+        assert_eq!(learned.names("fuzz", "/users", None).as_deref(), Some(&names[..]));
+        assert!(
+            learned.names("fuzz", "/other", None).is_none(),
+            "learned for one URL only"
+        );
         assert!(names.len() > policy.vary.len());
         for (i, name) in names.iter().enumerate() {
             assert!(!names[..i].contains(name), "{name} twice");

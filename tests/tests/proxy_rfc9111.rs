@@ -32,6 +32,14 @@ forward_headers = ["authorization"]
 cache = {{ ttl = "1h", freshness = "{freshness}" }}
 
 [[routes]]
+name = "varied"
+path = "/varied/{{id}}"
+methods = ["GET"]
+access = "public"
+forward_headers = ["foo"]
+cache = {{ ttl = "1h", freshness = "{freshness}" }}
+
+[[routes]]
 name = "notes-write"
 path = "/notes/{{id}}"
 methods = ["PUT"]
@@ -83,6 +91,8 @@ async fn upstream() -> ScriptedUpstream {
                 }
                 vec![("cache-control", "max-age=600".into())]
             }
+            "/varied/on-foo" => vec![("cache-control", "max-age=600".into()), ("vary", "Foo".into())],
+            "/varied/plain" => vec![("cache-control", "max-age=600".into())],
             "/items/weak" => {
                 if req.headers().get("if-none-match").is_some_and(|v| v == "W/\"w1\"") {
                     return json_reply(304, "", &[("etag", "W/\"w1\""), ("cache-control", "max-age=600")]);
@@ -411,4 +421,21 @@ async fn rfc9110_8_8_1_a_weak_origin_etag_is_kept_and_matched_weakly() {
         .await
         .unwrap();
     assert_eq!(again.status(), 304, "the client holding the weak tag gets a 304");
+}
+
+#[tokio::test]
+async fn rfc9111_4_1_a_learned_vary_keys_its_own_url_only() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    let client = reqwest::Client::new();
+    let get = |path: &'static str, foo: &'static str| {
+        let request = client.get(format!("{}{path}", proxy.base_url())).header("foo", foo);
+        async move { request.send().await.unwrap().headers()["x-cache"].to_str().unwrap().to_owned() }
+    };
+    assert_eq!(get("/varied/plain", "1").await, "MISS");
+    assert_eq!(get("/varied/plain", "2").await, "HIT", "it does not vary");
+    assert_eq!(get("/varied/on-foo", "1").await, "MISS");
+    assert_eq!(get("/varied/on-foo", "1").await, "HIT");
+    assert_eq!(get("/varied/on-foo", "2").await, "MISS", "another variant of this URL");
+    assert_eq!(get("/varied/plain", "3").await, "HIT", "the other URL keeps its key and its entry");
 }

@@ -111,7 +111,9 @@ impl Proxy {
                 ..RequestDirectives::default()
             }
         };
-        let learned_vary = self.learned_vary.names(rule.cache_id);
+        let learned_vary = self
+            .learned_vary
+            .names(rule.cache_id, &req.target.path, req.target.query.as_deref());
         let vary = learned_vary.as_deref().unwrap_or(&policy.vary);
         let request_key = request_key(
             rule,
@@ -269,7 +271,8 @@ impl Proxy {
             req.snap.clone(),
             req.target.clone(),
             req.claims.clone(),
-            self.learned_vary.names(req.rule.cache_id),
+            self.learned_vary
+                .names(req.rule.cache_id, &req.target.path, req.target.query.as_deref()),
         );
         tokio::spawn(async move {
             let Some((leader, lease)) = proxy.coalescer().lead_refresh(key, snap.settings.cache.lease_ttl).await else {
@@ -498,7 +501,15 @@ impl Proxy {
         // key that includes those headers, and not handed to waiters, whose
         // values may differ.
         let keyed = fetch.vary.as_deref().unwrap_or(&policy.vary);
-        let (key, shareable) = match self.learned_vary.learn(rule.cache_id, keyed, &head.headers) {
+        let target = &fetch.target;
+        let learned = self.learned_vary.learn(
+            rule.cache_id,
+            &target.path,
+            target.query.as_deref(),
+            keyed,
+            &head.headers,
+        );
+        let (key, shareable) = match learned {
             None => (fetch.key, true),
             Some(vary) => (
                 request_key(
