@@ -102,6 +102,7 @@ async fn upstream() -> ScriptedUpstream {
             "/items/digits" => {
                 return json_reply(200, "01234567890", &[("cache-control", "max-age=600")]);
             }
+            "/asked/short" => vec![("cache-control", "max-age=1".into()), ("etag", "\"s1\"".into())],
             "/asked/old" => vec![("cache-control", "max-age=3600".into()), ("age", "30".into())],
             path if path.starts_with("/asked/") || path.starts_with("/items/plain") => {
                 vec![("cache-control", "max-age=3600".into())]
@@ -430,12 +431,38 @@ async fn rfc9111_4_1_a_learned_vary_keys_its_own_url_only() {
     let client = reqwest::Client::new();
     let get = |path: &'static str, foo: &'static str| {
         let request = client.get(format!("{}{path}", proxy.base_url())).header("foo", foo);
-        async move { request.send().await.unwrap().headers()["x-cache"].to_str().unwrap().to_owned() }
+        async move {
+            request.send().await.unwrap().headers()["x-cache"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
     };
     assert_eq!(get("/varied/plain", "1").await, "MISS");
     assert_eq!(get("/varied/plain", "2").await, "HIT", "it does not vary");
     assert_eq!(get("/varied/on-foo", "1").await, "MISS");
     assert_eq!(get("/varied/on-foo", "1").await, "HIT");
     assert_eq!(get("/varied/on-foo", "2").await, "MISS", "another variant of this URL");
-    assert_eq!(get("/varied/plain", "3").await, "HIT", "the other URL keeps its key and its entry");
+    assert_eq!(
+        get("/varied/plain", "3").await,
+        "HIT",
+        "the other URL keeps its key and its entry"
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_1_2_max_stale_accepts_an_expired_entry_where_clients_decide() {
+    let upstream = upstream().await;
+    let proxy = proxy(&upstream, "route").await;
+    assert_eq!(asking(&proxy, "/asked/short", None).await, "MISS");
+    // Expired (max-age=1), still kept to be revalidated.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        asking(&proxy, "/asked/short", Some("max-stale=1")).await,
+        "MISS",
+        "too stale for it"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(asking(&proxy, "/asked/short", Some("max-stale=60")).await, "STALE");
+    assert_eq!(asking(&proxy, "/asked/short", Some("max-stale")).await, "STALE");
 }

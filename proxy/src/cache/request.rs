@@ -20,6 +20,9 @@ pub struct RequestDirectives {
     pub max_age: Option<Duration>,
     /// Serve nothing stored that stays fresh for less (§5.2.1.3).
     pub min_fresh: Option<Duration>,
+    /// Accept a stored answer expired for up to this long (§5.2.1.2;
+    /// without a value, however long).
+    pub max_stale: Option<Duration>,
     /// Answer from the cache or with 504 (§5.2.1.7).
     pub only_if_cached: bool,
 }
@@ -45,6 +48,12 @@ impl RequestDirectives {
                     // max-age asks for nothing older than now.
                     "max-age" => {
                         asked.max_age.get_or_insert(seconds().unwrap_or(Duration::ZERO));
+                    }
+                    "max-stale" => {
+                        asked.max_stale.get_or_insert(match arg {
+                            None => Duration::MAX,
+                            Some(_) => seconds().unwrap_or(Duration::ZERO),
+                        });
                     }
                     "min-fresh" => {
                         if let Some(fresh) = seconds() {
@@ -98,6 +107,11 @@ mod tests {
         assert!(asked.refuses(Duration::from_secs(6), Duration::from_secs(60)));
         assert!(asked.refuses(Duration::from_secs(1), Duration::from_secs(9)));
         assert!(!asked.refuses(Duration::from_secs(1), Duration::from_secs(60)));
+        assert_eq!(
+            parse(&[("cache-control", "max-stale=30")]).max_stale,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse(&[("cache-control", "max-stale")]).max_stale, Some(Duration::MAX));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum Bypass {
 pub enum StaleReason {
     WhileRevalidate,
     IfError,
+    /// The client said it accepts an answer this stale (`max-stale`).
+    MaxStale,
 }
 
 /// How the cache took part in a request; becomes `X-Cache` and
@@ -77,6 +79,7 @@ impl CacheStatus {
                 let detail = match reason {
                     StaleReason::WhileRevalidate => "stale-while-revalidate",
                     StaleReason::IfError => "stale-if-error",
+                    StaleReason::MaxStale => "max-stale",
                 };
                 HeaderValue::from_str(&format!("proxy; hit; ttl=-{}; detail={detail}", expired_for.as_secs()))
                     .expect("ascii")

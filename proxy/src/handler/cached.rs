@@ -160,6 +160,10 @@ impl Proxy {
                     self.refresh_in_background(req, policy, key, entry.clone());
                     return Ok(self.serve_stale(entry, StaleReason::WhileRevalidate, is_head, ctx));
                 }
+                let expired_for = Duration::from_millis(now_ms().saturating_sub(entry.expires_at_ms));
+                if honoured.max_stale.is_some_and(|accepted| expired_for <= accepted) {
+                    return Ok(self.serve_stale(entry, StaleReason::MaxStale, is_head, ctx));
+                }
                 // Kept for stale-if-error; fetched under current generations.
                 (Some(entry.generations.clone()), Some(entry))
             }
@@ -332,6 +336,7 @@ impl Proxy {
         self.metrics.stale(match reason {
             StaleReason::WhileRevalidate => "while_revalidate",
             StaleReason::IfError => "if_error",
+            StaleReason::MaxStale => "max_stale",
         });
         ctx.cache_status = CacheStatus::Stale {
             expired_for: Duration::from_millis(now.saturating_sub(entry.expires_at_ms)),
