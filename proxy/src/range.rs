@@ -52,6 +52,9 @@ pub fn asked(request: &HeaderMap, stored: &HeaderMap, len: u64) -> Asked {
         return Asked::Whole;
     };
     let number = |s: &str| s.trim().parse::<u64>().ok();
+    if !last.trim().is_empty() && number(last).is_none() {
+        return Asked::Whole;
+    }
     match (first.trim().is_empty(), number(first), number(last)) {
         // bytes=-N: the last N bytes.
         (true, _, Some(suffix)) if suffix > 0 => match len {
@@ -137,7 +140,14 @@ mod tests {
 
     #[test]
     fn anything_else_gets_the_whole_answer() {
-        for range in ["bytes=0-1,3-4", "items=0-1", "bytes=5-2", "bytes=x-1", "bytes=-0"] {
+        for range in [
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=5-2",
+            "bytes=x-1",
+            "bytes=-0",
+            "bytes=5-x",
+        ] {
             assert_eq!(ask(range, None, None), Asked::Whole, "{range}");
         }
         assert_eq!(ask("bytes=0-1", Some("\"a\""), Some("\"b\"")), Asked::Whole);

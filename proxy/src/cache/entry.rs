@@ -108,9 +108,14 @@ impl Entry {
     /// long again, to be revalidated upstream (a 304) rather than fetched
     /// whole.
     pub fn retention_left(&self, now_ms: u64, revalidation: Duration) -> Duration {
+        // "As long again" as it was fresh, up to a day (a year-long
+        // max-age must not keep an expired entry a year), and at least
+        // `revalidation`.
+        const LONGEST_AS_LONG_AGAIN_MS: u64 = 24 * 60 * 60 * 1000;
         let revalidation = if crate::conditional::has_origin_validator(&self.headers) {
             self.expires_at_ms
                 .saturating_sub(self.stored_at_ms)
+                .min(LONGEST_AS_LONG_AGAIN_MS)
                 .max(millis(revalidation))
         } else {
             0

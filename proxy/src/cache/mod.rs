@@ -31,7 +31,9 @@ pub mod store;
 
 pub use self::entry::{Entry, Generations};
 pub use self::key::{CacheKey, KeyParts, RequestKey, ScopeKey};
-pub use self::policy::{storability, storable_headers, CachePolicy, Freshness, Lifetime, NotStorable, Scope};
+pub use self::policy::{
+    must_revalidate, storability, storable_headers, CachePolicy, Freshness, Lifetime, NotStorable, Scope,
+};
 pub use self::purge::{Filed, IndexInfo, PurgeRequest, Purged};
 pub use self::request::RequestDirectives;
 pub use self::status::{Bypass, CacheStatus, StaleReason, CACHE_STATUS, X_CACHE};

@@ -185,20 +185,43 @@ pub fn storability(
     if ttl < Duration::from_secs(1) {
         return Err(NotStorable::ZeroTtl);
     }
+    // The age carried on counts within the lifetime granted, never beyond:
+    // one a `route` rule's ttl did not spend is capped at that ttl, so it
+    // cannot stretch how long the entry is kept for revalidation.
+    let initial_age = match explicit {
+        Some(lifetime) => initial_age.min(lifetime),
+        None => initial_age.min(ttl),
+    };
+    // must-revalidate, proxy-revalidate and s-maxage (RFC 9111 §5.2.2.2,
+    // §5.2.2.8, §5.2.2.10): never served stale by a shared cache.
+    let no_stale = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some();
     Ok(Lifetime {
         ttl,
         // Without explicit freshness on a `route` rule the route's TTL
         // counts from now; the answer's age is still reported in `Age`.
         initial_age,
-        stale_while_revalidate: cc
-            .stale_while_revalidate
-            .map_or(policy.stale_while_revalidate, |asked| {
-                asked.min(policy.max_origin_stale)
-            }),
-        stale_if_error: cc
-            .stale_if_error
-            .map_or(policy.stale_if_error, |asked| asked.min(policy.max_origin_stale)),
+        stale_while_revalidate: if no_stale {
+            Duration::ZERO
+        } else {
+            cc.stale_while_revalidate
+                .map_or(policy.stale_while_revalidate, |asked| {
+                    asked.min(policy.max_origin_stale)
+                })
+        },
+        stale_if_error: if no_stale {
+            Duration::ZERO
+        } else {
+            cc.stale_if_error
+                .map_or(policy.stale_if_error, |asked| asked.min(policy.max_origin_stale))
+        },
     })
+}
+
+/// Whether stored `headers` forbid serving the entry stale to a shared
+/// cache's clients (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
+pub fn must_revalidate(headers: &HeaderMap) -> bool {
+    let cc = CacheControl::parse(headers);
+    cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some()
 }
 
 /// The date-valued fields of an answer, read at `now`.
@@ -272,6 +295,7 @@ struct CacheControl {
     private: bool,
     public: bool,
     must_revalidate: bool,
+    proxy_revalidate: bool,
     max_age: Option<Duration>,
     s_maxage: Option<Duration>,
     stale_while_revalidate: Option<Duration>,
@@ -346,6 +370,7 @@ impl CacheControl {
                     "private" => cc.private = true,
                     "public" => cc.public = true,
                     "must-revalidate" => cc.must_revalidate = true,
+                    "proxy-revalidate" => cc.proxy_revalidate = true,
                     // A malformed age is treated as 0: do not cache. A
                     // repeated one: the first counts (RFC 9111 §4.2.1).
                     "max-age" => {
@@ -645,6 +670,33 @@ mod tests {
         for shareable in ["max-age=30, public", "max-age=30, must-revalidate", "s-maxage=30"] {
             assert_eq!(judge(shareable), Ok(Duration::from_secs(30)), "{shareable}");
         }
+    }
+
+    #[test]
+    fn rfc9111_5_2_2_2_must_revalidate_and_s_maxage_answers_are_never_served_stale() {
+        for cc in [
+            "max-age=30, must-revalidate",
+            "max-age=30, proxy-revalidate",
+            "s-maxage=30",
+        ] {
+            let stored = lifetime(&[("cache-control", cc)]);
+            assert_eq!(
+                (stored.stale_while_revalidate, stored.stale_if_error),
+                (Duration::ZERO, Duration::ZERO),
+                "{cc}"
+            );
+            assert!(must_revalidate(&headers(&[("cache-control", cc)])));
+        }
+        assert_eq!(
+            lifetime(&[("cache-control", "max-age=30")]).stale_while_revalidate,
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn an_age_counts_within_the_lifetime_granted() {
+        let routed = lifetime(&[("age", "99999999999")]);
+        assert_eq!(routed.initial_age, Duration::from_secs(60), "capped at the route's ttl");
     }
 
     #[test]

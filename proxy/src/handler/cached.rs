@@ -128,6 +128,9 @@ impl Proxy {
             // Not cached at all: a huge URL must cost the shared store and
             // its index nothing.
             ctx.cache_status = CacheStatus::Bypass(Bypass::KeyTooLarge);
+            if honoured.only_if_cached {
+                return Err(ProxyError::NotCached);
+            }
             let fetch = Fetch {
                 snap: req.snap.clone(),
                 rule: rule.name,
@@ -161,7 +164,9 @@ impl Proxy {
                     return Ok(self.serve_stale(entry, StaleReason::WhileRevalidate, is_head, ctx));
                 }
                 let expired_for = Duration::from_millis(now_ms().saturating_sub(entry.expires_at_ms));
-                if honoured.max_stale.is_some_and(|accepted| expired_for <= accepted) {
+                if honoured.max_stale.is_some_and(|accepted| expired_for <= accepted)
+                    && !crate::cache::must_revalidate(&entry.headers)
+                {
                     return Ok(self.serve_stale(entry, StaleReason::MaxStale, is_head, ctx));
                 }
                 // Kept for stale-if-error; fetched under current generations.
@@ -389,7 +394,9 @@ impl Proxy {
             &lifetime.unwrap_or_default(),
             generations,
         );
-        if lifetime.is_none() {
+        // Not storable any more, or the request said no-store: answered,
+        // and the stored entry left as it was.
+        if lifetime.is_none() || fetch.no_store {
             return (response_from_entry(Arc::new(entry), now, fetch.is_head), None);
         }
         let entry = Arc::new(entry);

@@ -262,8 +262,9 @@ impl Proxy {
     /// write that may have reached the backend. Besides the rule's tags and
     /// the backend's surrogate keys, the entries of the written path (and
     /// of the answer's `Location` and `Content-Location`) are removed
-    /// (RFC 9111 §4.4), so a write route without `invalidates` still keeps
-    /// its own URL fresh.
+    /// (RFC 9111 §4.4), so a write route without `invalidates` still empties
+    /// its own URL: best effort, since a read racing the write may store the
+    /// old answer again, which only the rule's tags prevent.
     async fn write_detached(
         &self,
         snap: &Arc<Snapshot>,
