@@ -356,12 +356,8 @@ impl CacheControl {
                 cc.no_store = true;
                 continue;
             };
-            for directive in value.split(',') {
-                let (name, arg) = match directive.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (directive.trim(), None),
-                };
-                let seconds = || arg.and_then(|a| a.parse::<u64>().ok()).map(Duration::from_secs);
+            for (name, arg) in directives(value) {
+                let seconds = || seconds(arg);
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
                     // `private="field"` and `no-cache="field"` restrict only some
@@ -388,6 +384,20 @@ impl CacheControl {
         }
         cc
     }
+}
+
+/// The `name[=arg]` directives of one `Cache-Control` field value
+/// (request or response), trimmed, quotes taken off the argument.
+pub(super) fn directives(value: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    value.split(',').map(|directive| match directive.split_once('=') {
+        Some((name, arg)) => (name.trim(), Some(arg.trim().trim_matches('"'))),
+        None => (directive.trim(), None),
+    })
+}
+
+/// A directive's argument as whole seconds, if it is one.
+pub(super) fn seconds(arg: Option<&str>) -> Option<Duration> {
+    arg.and_then(|a| a.parse::<u64>().ok()).map(Duration::from_secs)
 }
 
 /// A Structured Fields key (RFC 8941 §3.1.2): lower case.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::header::{CACHE_CONTROL, PRAGMA};
 use http::HeaderMap;
 
+use super::policy::{directives, seconds};
+
 /// The request directives the cache acts on.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RequestDirectives {
@@ -34,12 +36,8 @@ impl RequestDirectives {
         for value in headers.get_all(CACHE_CONTROL) {
             any_cache_control = true;
             let Ok(value) = value.to_str() else { continue };
-            for directive in value.split(',') {
-                let (name, arg) = match directive.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (directive.trim(), None),
-                };
-                let seconds = || arg.and_then(|a| a.parse::<u64>().ok()).map(Duration::from_secs);
+            for (name, arg) in directives(value) {
+                let seconds = || seconds(arg);
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => asked.no_store = true,
                     "no-cache" => asked.no_cache = true,

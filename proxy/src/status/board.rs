@@ -220,21 +220,16 @@ impl<'a> Window<'a> {
     /// `histogram_quantile` does.
     fn quantile_ms(&self, q: f64, bucket: &str, filter: impl Fn(&Point) -> bool + Copy) -> Option<f64> {
         self.seconds?;
+        // The window's counts: the newest sample's less the oldest's (a
+        // histogram's buckets never go away, so the bounds are the same).
         let mut bounds: BTreeMap<OrderedLe, f64> = BTreeMap::new();
-        for point in self.new.iter().filter(|p| p.name == bucket && filter(p)) {
-            let le: f64 = match point.label("le")? {
-                "+Inf" => f64::INFINITY,
-                le => le.parse().ok()?,
-            };
-            *bounds.entry(OrderedLe(le)).or_insert(0.0) += point.value;
-        }
-        for point in self.old.iter().filter(|p| p.name == bucket && filter(p)) {
-            let le: f64 = match point.label("le")? {
-                "+Inf" => f64::INFINITY,
-                le => le.parse().ok()?,
-            };
-            if let Some(count) = bounds.get_mut(&OrderedLe(le)) {
-                *count -= point.value;
+        for (points, sign) in [(self.new, 1.0), (self.old, -1.0)] {
+            for point in points.iter().filter(|p| p.name == bucket && filter(p)) {
+                let le: f64 = match point.label("le")? {
+                    "+Inf" => f64::INFINITY,
+                    le => le.parse().ok()?,
+                };
+                *bounds.entry(OrderedLe(le)).or_insert(0.0) += sign * point.value;
             }
         }
         let buckets: Vec<(f64, f64)> = bounds.into_iter().map(|(le, count)| (le.0, count)).collect();
