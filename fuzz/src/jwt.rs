@@ -215,5 +215,12 @@ fn independent_reading(token: &str, before: u64, after: u64) -> Result<Claims, S
         }
         _ => None,
     };
-    Ok(Claims { subject, roles, jti })
+    // Rounded as the verifier (and jsonwebtoken) round them.
+    Ok(Claims {
+        subject,
+        roles,
+        jti,
+        issued_at: seconds("iat").map(|f| f.round() as u64),
+        expires_at: exp.round() as u64,
+    })
 }

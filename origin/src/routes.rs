@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::password::Passwords;
-use crate::token::Tokens;
+use crate::token::{Claims, Tokens};
 use crate::users::{NewUser, User, UserChanges, UserDoc, UserStore, ROLE_ADMIN, ROLE_USER};
 use crate::validate::{self, BodyLimit, JsonObject, LoginIdentity};
 
@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/register", post(register))
         .route("/login", post(login))
+        .route("/logout", post(logout))
         .route("/users", get(list_users))
         .route("/users/{id}", get(get_user).put(update_user).delete(delete_user))
         .route("/me", get(me))
@@ -66,8 +67,9 @@ async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) 
 // === Caller ===
 
 /// The authenticated user making the request, loaded fresh from MongoDB so
-/// that a role change or deletion takes effect before the token expires.
-pub struct Caller(pub UserDoc);
+/// that a role change or deletion takes effect before the token expires,
+/// and the token they sent.
+pub struct Caller(pub UserDoc, pub Claims);
 
 impl Caller {
     fn is_admin(&self) -> bool {
@@ -94,7 +96,7 @@ impl FromRequestParts<AppState> for Caller {
             .find_by_id(&claims.sub)
             .await?
             .ok_or(ApiError::Unauthorized("invalid or expired token"))?;
-        Ok(Caller(user))
+        Ok(Caller(user, claims))
     }
 }
 
@@ -173,6 +175,34 @@ async fn login(State(state): State<AppState>, JsonObject(body): JsonObject) -> R
     .into_response())
 }
 
+/// Ends the caller's token: the proxy in front records its `jti` as
+/// revoked (the `Revoke-Jti` header, see [`REVOKE_JTI`]), so it stops
+/// working through every instance at once.
+async fn logout(caller: Caller) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let revoked = format!("{}; exp={}", caller.1.jti, caller.1.exp);
+    if let Ok(value) = HeaderValue::from_str(&revoked) {
+        response.headers_mut().insert(REVOKE_JTI, value);
+    }
+    tracing::info!(user_id = %caller.0.id, "logged out");
+    response
+}
+
+/// Response header asking the proxy to revoke every token of a user issued
+/// until now: sent when the user is deleted, their role changes, or their
+/// password or email changes (the README's revocation contract).
+pub const REVOKE_SUBJECT: &str = "revoke-subject";
+/// Response header asking the proxy to revoke one token, by `jti`.
+pub const REVOKE_JTI: &str = "revoke-jti";
+
+/// `response` with a request to revoke `user_id`'s tokens.
+fn revoking_subject(mut response: Response, user_id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(user_id) {
+        response.headers_mut().insert(REVOKE_SUBJECT, value);
+    }
+    response
+}
+
 async fn list_users(
     State(state): State<AppState>,
     _caller: Caller,
@@ -198,7 +228,7 @@ async fn update_user(
     caller: Caller,
     UserId(id): UserId,
     JsonObject(body): JsonObject,
-) -> Result<Json<User>, ApiError> {
+) -> Result<Response, ApiError> {
     let is_self = caller.0.id.to_hex() == id;
     if !is_self && !caller.is_admin() {
         // Checked before the lookup so a user cannot probe which ids exist.
@@ -218,6 +248,11 @@ async fn update_user(
             return Err(ApiError::Reserved("email"));
         }
     }
+    // What makes tokens already issued wrong: a new role, or a new
+    // password or email (the account's credentials changed hands).
+    let revokes_tokens = request.role.as_ref().is_some_and(|r| *r != target.role)
+        || request.password.is_some()
+        || request.email.as_ref().is_some_and(|e| *e != target.email);
     let password_hash = match request.password {
         Some(password) => Some(state.passwords.hash(password).await?),
         None => None,
@@ -229,21 +264,22 @@ async fn update_user(
         password_hash,
     };
     let updated = state.users.update(&id, changes).await?.ok_or(ApiError::NotFound)?;
-    tracing::info!(user_id = %updated.id, by = %caller.0.id, "user updated");
-    Ok(Json(updated))
+    tracing::info!(user_id = %updated.id, by = %caller.0.id, revokes_tokens, "user updated");
+    let response = Json(updated).into_response();
+    Ok(if revokes_tokens {
+        revoking_subject(response, &id)
+    } else {
+        response
+    })
 }
 
-async fn delete_user(
-    State(state): State<AppState>,
-    caller: Caller,
-    UserId(id): UserId,
-) -> Result<StatusCode, ApiError> {
+async fn delete_user(State(state): State<AppState>, caller: Caller, UserId(id): UserId) -> Result<Response, ApiError> {
     caller.require_admin()?;
     if !state.users.delete(&id).await? {
         return Err(ApiError::NotFound);
     }
     tracing::info!(user_id = %id, by = %caller.0.id, "user deleted");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(revoking_subject(StatusCode::NO_CONTENT.into_response(), &id))
 }
 
 async fn me(caller: Caller) -> Response {

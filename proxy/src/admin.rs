@@ -17,6 +17,7 @@ use crate::body;
 use crate::handler::Proxy;
 use crate::operator;
 use crate::purge;
+use crate::revoke;
 use crate::status;
 use crate::upstream::{BoxError, ProxyBody};
 
@@ -28,6 +29,7 @@ where
 {
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/purge") => purge::purge(&proxy, request).await,
+        (&Method::POST, "/revoke") => revoke::revoke(&proxy, request).await,
         (&Method::POST, "/reload") => reload(&proxy, request.headers()).await,
         (&Method::GET, "/config") => active_config(&proxy, request.headers()).await,
         (&Method::GET, "/healthz") => body::json_response(StatusCode::OK, &json!({"status": "ok"})),
@@ -42,7 +44,8 @@ where
         (&Method::GET, "/metrics") => metrics(&proxy, request.headers()),
         (
             _,
-            "/" | "/status" | "/status.json" | "/healthz" | "/readyz" | "/metrics" | "/purge" | "/reload" | "/config",
+            "/" | "/status" | "/status.json" | "/healthz" | "/readyz" | "/metrics" | "/purge" | "/revoke" | "/reload"
+            | "/config",
         ) => body::json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"})),
         _ => body::json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }

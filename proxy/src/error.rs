@@ -11,6 +11,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use crate::auth::AuthError;
 use crate::body::{self, RequestBodyError};
+use crate::guard::headers::RateLimitFields;
 use crate::rbac::AuthzError;
 use crate::route::RouteError;
 use crate::upstream::{ProxyBody, UpstreamError};
@@ -43,6 +44,14 @@ pub enum ProxyError {
     /// (RFC 9111 §5.2.1.7).
     #[error("only-if-cached and not in the cache")]
     NotCached,
+    /// A rate limit refused the request; the fields say which and when to
+    /// come back.
+    #[error("rate limited")]
+    RateLimited(Option<Box<RateLimitFields>>),
+    /// The store cannot say whether the token is revoked, and
+    /// `revocation.when_unavailable = "closed"`.
+    #[error("revocation list unavailable")]
+    RevocationUnavailable,
 }
 
 impl From<RequestBodyError> for ProxyError {
@@ -71,7 +80,10 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) | ProxyError::NotCached => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Upstream(UpstreamError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::Busy) | ProxyError::RevocationUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -89,6 +101,9 @@ impl ProxyError {
             ProxyError::Auth(AuthError::MalformedHeader) => "malformed Authorization header",
             ProxyError::Auth(AuthError::InvalidToken(_) | AuthError::UnknownKid) => "invalid token",
             ProxyError::Auth(AuthError::KeysUnavailable) => "keys unavailable",
+            ProxyError::Auth(AuthError::Revoked) => "token revoked",
+            ProxyError::RateLimited(_) => "rate limited",
+            ProxyError::RevocationUnavailable => "revocation list unavailable",
             ProxyError::Authz(AuthzError::Unauthenticated) => "missing bearer token",
             ProxyError::Authz(AuthzError::Forbidden) => "insufficient role",
             ProxyError::BodyTooLarge => "request body too large",
@@ -110,15 +125,20 @@ impl ProxyError {
             ProxyError::Authz(AuthzError::Unauthenticated) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ProxyError::Auth(AuthError::MalformedHeader | AuthError::InvalidToken(_) | AuthError::UnknownKid) => {
+            ProxyError::Auth(
+                AuthError::MalformedHeader | AuthError::InvalidToken(_) | AuthError::UnknownKid | AuthError::Revoked,
+            ) => {
                 headers.insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
-            ProxyError::Upstream(UpstreamError::Busy) | ProxyError::Auth(AuthError::KeysUnavailable) => {
+            ProxyError::Upstream(UpstreamError::Busy)
+            | ProxyError::Auth(AuthError::KeysUnavailable)
+            | ProxyError::RevocationUnavailable => {
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ProxyError::RateLimited(Some(fields)) => fields.apply(headers),
             _ => {}
         }
         response
@@ -151,6 +171,9 @@ mod tests {
             (UpstreamError::Timeout.into(), 504),
             (UpstreamError::ConnectTimeout.into(), 504),
             (UpstreamError::Busy.into(), 503),
+            (AuthError::Revoked.into(), 401),
+            (ProxyError::RateLimited(None), 429),
+            (ProxyError::RevocationUnavailable, 503),
         ];
         for (err, status) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");

@@ -38,12 +38,14 @@ pub mod auth;
 pub mod body;
 pub mod boot;
 pub mod cache;
+pub mod client_ip;
 pub mod coalesce;
 pub mod concurrency;
 pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod error_chain;
+pub mod guard;
 pub mod handler;
 pub mod invalidate;
 pub mod metrics;
@@ -53,6 +55,7 @@ pub mod purge;
 pub mod range;
 pub mod rbac;
 pub mod redis_layer;
+pub mod revoke;
 pub mod route;
 pub mod runtime;
 pub mod secret;
@@ -149,6 +152,7 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
         me: me.clone(),
         upstream: Upstream::new(&boot.upstream, upstream_tls, &metrics),
         upstream_slots: UpstreamSlots::new(boot.upstream.max_concurrent_requests),
+        guard: guard::Guard::new(metrics.clone()),
         runtime: Runtime::new(snapshot, source, metrics.clone()),
         metrics,
         writes: Arc::default(),

@@ -95,6 +95,30 @@ pub struct Metrics {
     jwks_keys: Family<JwksLabels, Gauge>,
     store: StoreGauges,
     log_lines_dropped: Counter,
+    rate_limited: Family<LimitLabels, Counter>,
+    revoked: Family<RuleLabels, Counter>,
+    revocations: Family<SourceLabels, Counter>,
+    guard_fallbacks: Family<GuardLabels, Counter>,
+}
+
+/// A rate limit: its rule and its key as configured (`subject`,
+/// `header:x-api-key`): bounded by the config, never a key's value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub rule: &'static str,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub check: &'static str,
+    pub outcome: &'static str,
 }
 
 /// The store's state, set every second by the status observer.
@@ -322,7 +346,35 @@ impl Metrics {
             "Log lines (access lines and events) dropped because stdout fell 128k lines behind",
             log_lines_dropped.clone(),
         );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 by a rate limit, by rule and the limit's key",
+            rate_limited.clone(),
+        );
+        let revoked = Family::default();
+        registry.register(
+            "revoked",
+            "Requests refused with 401 because their token was revoked, by rule",
+            revoked.clone(),
+        );
+        let revocations = Family::default();
+        registry.register(
+            "revocations",
+            "Revocations written, by source (admin: POST /revoke; backend: a response header) and outcome",
+            revocations.clone(),
+        );
+        let guard_fallbacks = Family::default();
+        registry.register(
+            "guard_fallback",
+            "Requests whose rate limits or revocation check could not reach the shared store: limits counted per instance, revocation unchecked (open) or refused (closed)",
+            guard_fallbacks.clone(),
+        );
         Metrics {
+            rate_limited,
+            revoked,
+            revocations,
+            guard_fallbacks,
             log_lines_dropped,
             store,
             registry,
@@ -455,6 +507,32 @@ impl Metrics {
 
     pub fn connection_closed(&self, reason: &'static str) {
         self.connections_closed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn rate_limited(&self, rule: &'static str, key: &str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels {
+                rule,
+                key: key.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn revoked(&self, rule: &'static str) {
+        self.revoked.get_or_create(&RuleLabels { rule }).inc();
+    }
+
+    /// `source`: "admin" or "backend"; `outcome`: "applied" or "failed".
+    pub fn revocation_written(&self, source: &'static str, outcome: &'static str) {
+        self.revocations.get_or_create(&SourceLabels { source, outcome }).inc();
+    }
+
+    /// `check`: "limits" or "revocation"; `outcome`: "local", "open" or
+    /// "closed".
+    pub fn guard_fallback(&self, check: &'static str, outcome: &'static str) {
+        self.guard_fallbacks
+            .get_or_create(&GuardLabels { check, outcome })
+            .inc();
     }
 
     pub fn upstream_rejected(&self, rule: &'static str) {

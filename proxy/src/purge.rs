@@ -30,12 +30,9 @@ where
     if let Err(refused) = operator::authorise(&proxy.runtime.load_full(), request.headers()).await {
         return refused.into_response("purging");
     }
-    let bytes = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "purge request body too large");
-        }
-        Err(_) => return error(StatusCode::BAD_REQUEST, "could not read the request body"),
+    let bytes = match read_body(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused,
     };
     let purge = match parse(&bytes) {
         Ok(purge) => purge,
@@ -76,7 +73,23 @@ fn parse(bytes: &[u8]) -> Result<PurgeRequest, String> {
     Ok(purge)
 }
 
-fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+/// An operator request's body, at most `limit` bytes; else the answer
+/// saying why not.
+pub(crate) async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Response<ProxyBody>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))
+        }
+        Err(_) => Err(error(StatusCode::BAD_REQUEST, "could not read the request body")),
+    }
+}
+
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     body::json_response(status, &json!({ "error": message }))
 }
 

@@ -57,6 +57,7 @@ mod tests {
             subject: "u1".into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             jti: None,
+            ..Claims::default()
         }
     }
 

@@ -321,6 +321,19 @@ pub struct Rule {
     /// Requests of this rule at the backend at once; `None`: no limit of
     /// its own.
     pub max_concurrent_requests: Option<usize>,
+    /// Rate limits every request of this rule counts in (its own, or
+    /// `[limits].default`).
+    pub limits: std::sync::Arc<[crate::guard::limits::Limit]>,
+}
+
+impl Rule {
+    /// Whether a limit reads the request body, so limits are counted once
+    /// it has been read rather than before.
+    pub fn limits_read_body(&self) -> bool {
+        self.limits
+            .iter()
+            .any(|l| matches!(l.key, crate::guard::limits::LimitKey::Body(_)))
+    }
 }
 
 /// The name a rule's entries are filed under: its name and a fingerprint
@@ -548,6 +561,7 @@ mod tests {
             forward_headers: vec![],
             allow_encoded_separators: false,
             max_concurrent_requests: None,
+            limits: Vec::new().into(),
         }
     }
 

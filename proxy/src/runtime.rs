@@ -46,6 +46,8 @@ pub struct RuntimeSettings {
     /// is accepted too); `None`: they are open, like `/healthz`.
     pub status_token: Option<Secret>,
     pub log: Arc<LogSettings>,
+    /// Rate limits' fallback and revocation.
+    pub guard: crate::guard::GuardSettings,
     pub tls: ListenerTls,
     /// What TLS to an `https://` backend verifies with and presents.
     pub backend_tls: Option<BackendTlsFiles>,

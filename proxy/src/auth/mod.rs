@@ -33,7 +33,7 @@ pub use self::settings::{JwtSettings, KeySetting, RemoteSettings};
 pub use self::verifier::JwtVerifier;
 
 /// The verified identity of a caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
     /// The token's `sub`: keys `user`-scoped cache entries.
     pub subject: String,
@@ -42,6 +42,12 @@ pub struct Claims {
     /// The token's `jti`, when it has one: names the token in the access
     /// log without the token itself.
     pub jti: Option<String>,
+    /// The token's `iat` (seconds), when it has one: a subject's
+    /// revocation covers tokens issued at or before its time.
+    pub issued_at: Option<u64>,
+    /// The token's `exp` (seconds): how long a revocation of its `jti`
+    /// must be kept.
+    pub expires_at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +69,10 @@ pub enum AuthError {
     /// `jwks_max_stale`): the proxy's problem, not the token's (503).
     #[error("keys unavailable")]
     KeysUnavailable,
+    /// The token was revoked (by its `jti`, or its subject's tokens issued
+    /// until some time).
+    #[error("token revoked")]
+    Revoked,
 }
 
 /// The role claim named by `name`: a top-level claim of exactly that name

@@ -338,8 +338,15 @@ impl JwtVerifier {
         let seconds = |name: &str| claims.get(name).and_then(Value::as_f64).map(|f| f.round() as u64);
         let exp = seconds("exp").unwrap_or(0);
         let nbf = seconds("nbf");
+        let issued_at = seconds("iat");
         Ok(Verified {
-            claims: Arc::new(Claims { subject, roles, jti }),
+            claims: Arc::new(Claims {
+                subject,
+                roles,
+                jti,
+                issued_at,
+                expires_at: exp,
+            }),
             exp,
             nbf,
             losses,

@@ -20,6 +20,9 @@ use super::{
     new_generation, CacheKey, CacheStore, Entry, Filed, Generations, IndexInfo, Invalidate, Leases, Lookup, StoreError,
     StoreHealth, StoreState,
 };
+use crate::guard::local::{LocalLimiter, LocalRevocations};
+use crate::guard::revocation::Revocation;
+use crate::guard::{GuardCheck, Guards, Verdict};
 
 pub struct MemoryStore {
     entries: Cache<CacheKey, Stored>,
@@ -29,6 +32,8 @@ pub struct MemoryStore {
     index: Arc<Mutex<Index>>,
     /// How long past expiry, at least, entries with validators are kept.
     revalidation: Duration,
+    limiter: LocalLimiter,
+    revocations: LocalRevocations,
 }
 
 /// Keys by path, by segment-aligned prefix and by tag.
@@ -181,6 +186,8 @@ impl MemoryStore {
             generations: RwLock::new(HashMap::new()),
             index,
             revalidation,
+            limiter: LocalLimiter::default(),
+            revocations: LocalRevocations::default(),
         }
     }
 
@@ -299,6 +306,31 @@ impl Invalidate for MemoryStore {
 
 /// Nothing to share: every lease is granted, without a token.
 impl Leases for MemoryStore {}
+
+/// Rate limits and revocations in this process: the memory store serves
+/// one instance, so its limits are this instance's.
+#[async_trait]
+impl Guards for MemoryStore {
+    async fn check(&self, check: &GuardCheck) -> Result<Verdict, StoreError> {
+        Ok(Verdict {
+            decisions: check
+                .cells
+                .iter()
+                .map(|cell| self.limiter.decide(&cell.id, cell.cell))
+                .collect(),
+            standing: check
+                .token
+                .as_ref()
+                .map(|claims| self.revocations.standing(claims))
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        self.revocations.revoke(revocation);
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl StoreHealth for MemoryStore {

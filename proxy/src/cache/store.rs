@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use super::purge::{self, Filed, IndexInfo, PurgeRequest, Purged};
 use super::{CacheKey, Entry, Generations};
+use crate::guard::Guards;
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -130,14 +131,14 @@ pub struct StoreState {
 
 /// Everything the proxy asks of its store, as one object.
 #[async_trait]
-pub trait Store: CacheStore + Invalidate + Leases + StoreHealth {
+pub trait Store: CacheStore + Invalidate + Leases + StoreHealth + Guards {
     /// Purges what `request` names (see [`purge::run`]).
     async fn purge(&self, request: &PurgeRequest) -> Result<Purged, StoreError> {
         purge::run(self, request).await
     }
 }
 
-impl<T: CacheStore + Invalidate + Leases + StoreHealth> Store for T {}
+impl<T: CacheStore + Invalidate + Leases + StoreHealth + Guards> Store for T {}
 
 /// The answer to a lease request.
 #[derive(Debug, PartialEq, Eq)]

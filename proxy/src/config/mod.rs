@@ -21,6 +21,7 @@ mod defaults;
 mod errors;
 mod fields;
 mod file;
+mod guard;
 mod jwt;
 mod log;
 mod overrides;
@@ -131,6 +132,7 @@ impl Config {
                 .max_request_body_bytes
                 .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES),
             shutdown_grace: raw.server.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            client_ip: guard::client_ip(&mut p, &raw.server),
         };
 
         let response_timeout = positive(
@@ -164,10 +166,18 @@ impl Config {
             "cache.forward_headers",
             raw.cache.forward_headers.as_deref().unwrap_or_default(),
         );
+        let default_limits = guard::limits(
+            &mut p,
+            "limits.default",
+            raw.limits.default.as_deref().unwrap_or_default(),
+        );
+        let guard = guard::guard_settings(&mut p, &raw.limits, &raw.revocation, &raw.cache);
         let inherited = routes::Inherited {
             default_ttl,
             max_stale: raw.cache.max_stale.unwrap_or(DEFAULT_MAX_STALE),
             forward_headers: &default_forward,
+            limits: &default_limits,
+            identity: &identity,
         };
         let rules = routes::rules(&mut p, raw.routes, &inherited);
         routes::proxy_owned_headers(&mut p, &rules, &identity);
@@ -213,6 +223,7 @@ impl Config {
                 admin_token: admin_token.map(Secret),
                 status_token: status_token.map(Secret),
                 log: Arc::new(log),
+                guard,
                 tls,
                 backend_tls,
             },

@@ -25,6 +25,10 @@ pub struct RawConfig {
     pub identity: RawIdentity,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub revocation: RawRevocation,
     /// TLS on the client listener.
     pub tls: Option<RawTls>,
     /// TLS on the admin listener.
@@ -51,6 +55,8 @@ pub struct RawServer {
     pub max_request_body_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub client_ip_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +131,8 @@ pub struct RawCache {
     #[serde(default, with = "humantime_serde")]
     pub lease_ttl: Option<Duration>,
     pub surrogate_key_header: Option<String>,
+    pub revoke_header: Option<String>,
+    pub revoke_jti_header: Option<String>,
     pub forward_headers: Option<Vec<String>>,
 }
 
@@ -189,6 +197,30 @@ pub struct RawRoute {
     #[serde(default)]
     pub allow_encoded_separators: bool,
     pub max_concurrent_requests: Option<usize>,
+    pub limits: Option<Vec<RawLimit>>,
+}
+
+/// One rate limit: `{ key = "subject", rate = "10/s", burst = 5 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub key: Option<String>,
+    pub rate: Option<String>,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub instances: Option<u32>,
+    pub default: Option<Vec<RawLimit>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevocation {
+    pub check: Option<bool>,
+    pub when_unavailable: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

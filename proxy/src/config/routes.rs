@@ -18,6 +18,9 @@ pub(super) struct Inherited<'a> {
     /// `cache.max_stale`: the cap on the stale windows an origin asks for.
     pub max_stale: Duration,
     pub forward_headers: &'a [HeaderName],
+    /// `[limits].default`, for routes without `limits`.
+    pub limits: &'a std::sync::Arc<[crate::guard::limits::Limit]>,
+    pub identity: &'a IdentitySettings,
 }
 
 /// A route may not forward or vary on a header the proxy sets or drops
@@ -99,6 +102,16 @@ pub(super) fn rules(p: &mut Problems, raw: Vec<RawRoute>, inherited: &Inherited<
             p.add(at("invalidates"), "only write routes (not GET/HEAD) invalidate");
         }
         tag_list(p, &at("invalidates"), &invalidates);
+        let limits = match &route.limits {
+            Some(list) => super::guard::limits(p, &at("limits"), list),
+            None => inherited.limits.clone(),
+        };
+        let limits_at = if route.limits.is_some() {
+            at("limits")
+        } else {
+            "limits.default".to_owned()
+        };
+        super::guard::check_route_limits(p, &limits_at, &limits, access.is_public(), is_read, inherited.identity);
         if let Some(pattern) = pattern {
             rules.push(Rule {
                 cache_id: route::cache_id(&name, &pattern, cache_policy.as_ref(), &forward_headers),
@@ -111,6 +124,7 @@ pub(super) fn rules(p: &mut Problems, raw: Vec<RawRoute>, inherited: &Inherited<
                 forward_headers,
                 allow_encoded_separators: route.allow_encoded_separators,
                 max_concurrent_requests: route.max_concurrent_requests,
+                limits,
             });
         }
     }

@@ -131,6 +131,7 @@ impl Proxy {
             if honoured.only_if_cached {
                 return Err(ProxyError::NotCached);
             }
+            ctx.rate_limit = self.guard_alone(req, None).await?;
             let fetch = Fetch {
                 snap: req.snap.clone(),
                 rule: rule.name,
@@ -147,7 +148,19 @@ impl Proxy {
             return Ok(Box::pin(self.fetch_and_store(&fetch, None, &mut status)).await?.0);
         }
 
-        let (generations, stale) = match self.store.lookup(&key, &policy.tags).await {
+        let check = req.guard_check(&self.guard, None);
+        let lookup = if check.is_empty() {
+            self.store.lookup(&key, &policy.tags).await
+        } else {
+            // One round trip: the entry, and the request's limits and
+            // token standing, settled before anything is served.
+            let (lookup, verdict) = self.store.lookup_checked(&key, &policy.tags, &check).await;
+            ctx.rate_limit = self
+                .guard
+                .settle(rule.name, &rule.limits, &req.snap.settings.guard, &check, verdict)?;
+            lookup
+        };
+        let (generations, stale) = match lookup {
             Ok(Lookup::Hit(entry)) => {
                 let now = now_ms();
                 let age = Duration::from_secs(entry.age_secs(now));

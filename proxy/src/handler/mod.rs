@@ -13,6 +13,7 @@ mod cached;
 
 use self::access::AccessStart;
 
+use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -32,6 +33,10 @@ use crate::cache::{Bypass, CacheStatus, PurgeRequest, Store};
 use crate::coalesce::Flights;
 use crate::concurrency::UpstreamSlots;
 use crate::error::ProxyError;
+use crate::guard::headers::RateLimitFields;
+use crate::guard::limits::Caller;
+use crate::guard::revocation::{describe, Revocation};
+use crate::guard::{Guard, GuardCheck};
 use crate::invalidate::{should_invalidate, WritesInFlight};
 use crate::metrics::{Metrics, NO_RULE};
 use crate::rbac;
@@ -64,6 +69,9 @@ pub struct Proxy {
     pub access_output: AccessOutput,
     /// What the status page shows.
     pub status: Arc<crate::status::Status>,
+    /// Rate limits and revocation: what a request asks of the store, and
+    /// what the answer means.
+    pub guard: Guard,
 }
 
 /// A request that passed steps 1–3: where it goes and who sent it.
@@ -75,8 +83,34 @@ struct Admitted<'a> {
     rule: &'a Rule,
     claims: Option<Arc<Claims>>,
     client: Client,
+    /// The client's address (the peer's, or the one trusted proxies name).
+    client_ip: IpAddr,
     /// Its request id and trace context, for the backend.
     trace: RequestTrace,
+}
+
+impl Admitted<'_> {
+    /// What this request offers its limits' keys.
+    fn caller<'b>(&'b self, body: Option<&'b [u8]>) -> Caller<'b> {
+        Caller {
+            rule: self.rule.name,
+            claims: self.claims.as_deref(),
+            ip: self.client_ip,
+            headers: &self.parts.headers,
+            body,
+        }
+    }
+
+    /// What this request asks of the store: its limits' cells, and its
+    /// token's standing.
+    fn guard_check(&self, guard: &Guard, body: Option<&[u8]>) -> GuardCheck {
+        guard.check_for(
+            &self.rule.limits,
+            &self.snap.settings.guard,
+            &self.caller(body),
+            self.claims.as_ref(),
+        )
+    }
 }
 
 /// What later steps and the outer handler need to know about a request.
@@ -95,6 +129,8 @@ struct RequestCtx<'a> {
     logged: bool,
     /// Whether it is logged whatever its answer.
     sampled: bool,
+    /// The RateLimit fields of its limits, for its answer.
+    rate_limit: Option<RateLimitFields>,
 }
 
 impl Proxy {
@@ -119,6 +155,7 @@ impl Proxy {
             error: None,
             logged: access.is_some(),
             sampled: access.as_ref().is_some_and(AccessStart::sampled),
+            rate_limit: None,
         };
         let result = self.handle_inner(&snap, request, client, trace, &mut ctx).await;
         let mut response = match result {
@@ -143,6 +180,10 @@ impl Proxy {
         if let Some(name) = &snap.settings.cache.surrogate_key_header {
             // The origin's tags are for caches, not clients.
             response.headers_mut().remove(name);
+        }
+        snap.settings.guard.revocation.headers.strip(response.headers_mut());
+        if let Some(fields) = &ctx.rate_limit {
+            fields.apply(response.headers_mut());
         }
         stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
         // Per response, whatever answered: the backend's echo of another
@@ -196,6 +237,7 @@ impl Proxy {
         }
 
         let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+        let client_ip = self.boot.server.client_ip.of(client.peer.ip(), &parts.headers);
         let admitted = Admitted {
             snap,
             parts,
@@ -203,19 +245,46 @@ impl Proxy {
             rule,
             claims,
             client,
+            client_ip,
             trace,
         };
         match &rule.cache {
+            // Its limits and revocation ride the lookup's round trip.
             Some(policy) if is_read => self.cached_read(&admitted, policy, ctx).await,
             _ => {
+                if !rule.limits_read_body() {
+                    ctx.rate_limit = self.guard_alone(&admitted, None).await?;
+                }
                 ctx.cache_status = CacheStatus::Bypass(if is_read { Bypass::Uncacheable } else { Bypass::Method });
                 // Boxed, like the miss path in `cached_answer`: a request
                 // to the backend is worth an allocation, and its future
                 // would otherwise make every hit's future larger, which
                 // each request moves (memcpy) as it starts.
-                Box::pin(self.pass_through(admitted, body, &mut ctx.bytes_in)).await
+                Box::pin(self.pass_through(admitted, body, ctx)).await
             }
         }
+    }
+
+    /// Counts `req` in its limits and checks its token, in a round trip of
+    /// its own (where no lookup carries them); the RateLimit fields for its
+    /// answer, or why it is refused.
+    async fn guard_alone(
+        &self,
+        req: &Admitted<'_>,
+        body: Option<&[u8]>,
+    ) -> Result<Option<RateLimitFields>, ProxyError> {
+        let check = req.guard_check(&self.guard, body);
+        if check.is_empty() {
+            return Ok(None);
+        }
+        let answer = self.store.check(&check).await;
+        self.guard.settle(
+            req.rule.name,
+            &req.rule.limits,
+            &req.snap.settings.guard,
+            &check,
+            answer,
+        )
     }
 
     /// Uncacheable rules and writes: the request body is read whole, then
@@ -225,7 +294,7 @@ impl Proxy {
         &self,
         req: Admitted<'_>,
         body: B,
-        bytes_in: &mut u64,
+        ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError>
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
@@ -235,7 +304,12 @@ impl Proxy {
         let headers = self.upstream_headers(&req, HeaderPolicy::All)?;
         let server = &self.boot.server;
         let bytes = body::read_request_body(body, server.max_request_body_bytes, server.body_read_timeout).await?;
-        *bytes_in = bytes.len() as u64;
+        ctx.bytes_in = bytes.len() as u64;
+        if rule.limits_read_body() {
+            // Bounded by max_request_body_bytes, like every body: read
+            // whole before anything is forwarded anyway.
+            ctx.rate_limit = self.guard_alone(&req, Some(&bytes)).await?;
+        }
         let response_timeout = req.snap.settings.response_timeout;
         let outbound = Outbound {
             response_timeout,
@@ -248,7 +322,7 @@ impl Proxy {
         let response = if outbound.method == Method::GET || outbound.method == Method::HEAD {
             self.forward(req.snap, outbound, rule.name).await?
         } else {
-            self.write_detached(req.snap, outbound, rule, req.target.path.clone())
+            self.write_detached(req.snap, outbound, rule, req.target.path.clone(), req.claims.clone())
                 .await?
         };
         let (mut head, upstream_body) = response.into_parts();
@@ -271,6 +345,7 @@ impl Proxy {
         outbound: Outbound,
         rule: &Rule,
         path: String,
+        caller: Option<Arc<Claims>>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let proxy = self
             .me
@@ -281,6 +356,16 @@ impl Proxy {
         let snap = snap.clone();
         let write = tokio::spawn(async move {
             let result = proxy.forward(&snap, outbound, name).await;
+            if let Ok(response) = &result {
+                // Whatever the status: the backend decides what it revokes.
+                let asked = snap
+                    .settings
+                    .guard
+                    .revocation
+                    .headers
+                    .read(response.headers(), caller.as_deref());
+                proxy.apply_revocations(name, asked).await;
+            }
             if should_invalidate(result.as_ref().map(|r| r.status())) {
                 let named = match (&snap.settings.cache.surrogate_key_header, &result) {
                     (Some(header), Ok(response)) => surrogate_keys(response.headers(), header),
@@ -310,7 +395,7 @@ impl Proxy {
             req.claims.as_deref(),
             &req.snap.settings.identity,
             upstream::Forwarded {
-                peer: req.client.peer.ip(),
+                peer: req.client_ip,
                 proto: req.client.scheme(),
             },
         )
@@ -368,6 +453,25 @@ impl Proxy {
         let status = response.status().as_u16();
         response.extensions_mut().insert(UpstreamSeen { status, elapsed });
         Ok(response)
+    }
+
+    /// Records the revocations a backend's answer asked for before the
+    /// answer is released, so the next request through any instance sees
+    /// them. One the store cannot take within `cache.invalidation_wait` is
+    /// logged as an error: it holds nowhere.
+    async fn apply_revocations(&self, rule: &'static str, revocations: Vec<Revocation>) {
+        for revocation in revocations {
+            match self.store.revoke(&revocation).await {
+                Ok(()) => {
+                    self.metrics.revocation_written("backend", "applied");
+                    tracing::info!(rule, revocation = %describe(&revocation), "revoked, as the backend asked");
+                }
+                Err(err) => {
+                    self.metrics.revocation_written("backend", "failed");
+                    tracing::error!(rule, revocation = %describe(&revocation), error = %err, "a revocation the backend asked for could not be recorded");
+                }
+            }
+        }
     }
 
     /// Removes the entries of `paths` (every query, scope and variant),

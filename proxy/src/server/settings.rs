@@ -23,4 +23,6 @@ pub struct ServerSettings {
     pub max_connection_age: Option<Duration>,
     pub max_request_body_bytes: u64,
     pub shutdown_grace: Duration,
+    /// Who the client is behind trusted load balancers.
+    pub client_ip: crate::client_ip::ClientIp,
 }

@@ -288,6 +288,7 @@ mod tests {
             subject: "u42".into(),
             roles: vec!["user".into(), "editor".into()],
             jti: None,
+            ..Claims::default()
         };
         let h = shape(HeaderPolicy::All, Some(&claims));
         assert_eq!(h["x-auth-subject"], "u42");
@@ -324,6 +325,7 @@ mod tests {
             subject: "u42".into(),
             roles: vec!["user".into()],
             jti: None,
+            ..Claims::default()
         };
         let names: Vec<HeaderName> = SPOOFS.iter().map(|n| HeaderName::from_static(n)).collect();
         let shaped =
@@ -367,6 +369,7 @@ mod tests {
             subject: "a\nb".into(),
             roles: vec![],
             jti: None,
+            ..Claims::default()
         };
         let result = upstream_headers(
             &HeaderMap::new(),

@@ -26,36 +26,73 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::STAMP_LEN;
 use crate::cache::StoreError;
+use crate::guard::gcra::Cell;
 use crate::redis_layer::Lane;
 
 /// Most reads one pipeline carries.
 const MAX_BATCH: usize = 256;
 
-/// What a lookup needs of an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Part {
-    /// The whole stored value.
-    Value,
-    /// Only its stamp: enough to confirm an L1 copy.
-    Stamp,
+/// The GCRA step (see [`crate::guard::gcra::admit`]) for `ARGV[3]`
+/// requests at once in the cell `KEYS[1]` (interval `ARGV[1]` µs, burst
+/// `ARGV[2]`), on Redis's clock; replies "allowed tat now". Formatted with
+/// `%.0f`: a Lua number prints 1.7e15 in exponent form otherwise.
+pub const LIMIT_SCRIPT: &str = r#"local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, burst, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call("GET", KEYS[1]) or now)
+if tat < now then tat = now end
+local k = math.floor((now + burst * interval - tat) / interval)
+if k > n then k = n end
+if k < 0 then k = 0 end
+if k > 0 then
+  tat = tat + k * interval
+  redis.call("SET", KEYS[1], string.format("%.0f", tat), "PX", string.format("%.0f", math.ceil((tat - now) / 1000) + 1))
+end
+return string.format("%.0f %.0f %.0f", k, tat, now)"#;
+
+/// One command a read needs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Command {
+    /// `GET`: a whole value (an entry, a generation).
+    Get(String),
+    /// Only an entry's stamp: enough to confirm an L1 copy.
+    Stamp(String),
+    /// `ZSCORE key member`.
+    Score(String, String),
+    /// `HGET key field`.
+    Field(String, String),
+    /// One request counted in a rate limit's cell. Never shared like the
+    /// reads: the requests of one batch counting in one cell are counted
+    /// by one script call, each told its place among them.
+    Limit { key: String, cell: Cell },
 }
 
-/// One lookup's read: a part of the entry and its tags' generations.
+/// One lookup's or check's commands, all for one lane.
 pub struct Read {
     /// Which pipeline may carry it.
     pub lane: Lane,
     /// Whose breaker its outcome counts in.
     pub group: usize,
-    pub entry_key: String,
-    pub part: Part,
-    pub generation_keys: Vec<String>,
+    pub commands: Vec<Command>,
 }
 
-/// The replies to a read (the entry part, then each generation, in order)
-/// or to a pipeline (one per command); `None` where a key is absent.
-pub type ReadResult = Result<Vec<Option<Bytes>>, StoreError>;
+/// One command's reply to one read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// `None` where a key is absent.
+    pub value: Option<Bytes>,
+    /// For a [`Command::Limit`], this read's place (from 0) among the
+    /// batch's requests counted in its cell; 0 otherwise.
+    pub ordinal: u32,
+}
 
-type Job = (Read, oneshot::Sender<ReadResult>);
+/// The replies to a pipeline (one per command), `None` where a key is
+/// absent.
+pub type ReadResult = Result<Vec<Option<Bytes>>, StoreError>;
+/// The replies to one read, one per command in order.
+pub type ReadReplies = Result<Vec<Reply>, StoreError>;
+
+type Job = (Read, oneshot::Sender<ReadReplies>);
 
 pub struct ReadBatcher {
     queue: mpsc::UnboundedSender<Job>,
@@ -75,7 +112,7 @@ impl ReadBatcher {
         ReadBatcher { queue }
     }
 
-    pub async fn read(&self, read: Read) -> ReadResult {
+    pub async fn read(&self, read: Read) -> ReadReplies {
         let (reply, answer) = oneshot::channel();
         self.queue.send((read, reply)).map_err(|_| StoreError::Unavailable)?;
         answer.await.map_err(|_| StoreError::Unavailable)?
@@ -118,12 +155,17 @@ where
 }
 
 /// Hands each read of one pipeline the replies it needs.
-fn answer(jobs: impl IntoIterator<Item = Job>, slots: Vec<Vec<usize>>, replies: ReadResult) {
+fn answer(jobs: impl IntoIterator<Item = Job>, slots: Vec<Vec<Slot>>, replies: ReadResult) {
     for ((_, reply), slots) in jobs.into_iter().zip(slots) {
         let answer = match &replies {
             Ok(values) => slots
                 .iter()
-                .map(|&slot| values.get(slot).cloned())
+                .map(|slot| {
+                    values.get(slot.reply).map(|value| Reply {
+                        value: value.clone(),
+                        ordinal: slot.ordinal,
+                    })
+                })
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| StoreError::Backend("fewer replies than commands".into())),
             Err(e) => Err(e.clone()),
@@ -133,48 +175,72 @@ fn answer(jobs: impl IntoIterator<Item = Job>, slots: Vec<Vec<usize>>, replies: 
     }
 }
 
-/// One command per distinct key (and part) in a batch, and for each read
-/// the replies it needs.
+/// Where a read finds one of its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    reply: usize,
+    ordinal: u32,
+}
+
+/// One command per distinct read (and one script call per limit cell) in
+/// a batch, and for each read the replies it needs.
 struct Plan {
     pipeline: redis::Pipeline,
-    slots: Vec<Vec<usize>>,
+    slots: Vec<Vec<Slot>>,
 }
 
 impl Plan {
     fn new(batch: &[Job]) -> Plan {
-        let mut pipeline = redis::pipe();
-        let mut commands = HashMap::new();
+        // First which replies each read needs, counting the requests of
+        // each limit cell; then the pipeline, now that the counts are known.
+        let mut planned: Vec<(&Command, u32)> = Vec::new();
+        let mut places: HashMap<&Command, usize> = HashMap::new();
+        let mut cells: HashMap<&str, usize> = HashMap::new();
         let slots = batch
             .iter()
             .map(|(read, _)| {
-                let mut slots = Vec::with_capacity(1 + read.generation_keys.len());
-                slots.push(command(&mut commands, &mut pipeline, read.part, &read.entry_key));
-                for key in &read.generation_keys {
-                    slots.push(command(&mut commands, &mut pipeline, Part::Value, key));
-                }
-                slots
+                read.commands
+                    .iter()
+                    .map(|command| match command {
+                        Command::Limit { key, .. } => {
+                            let reply = *cells.entry(key).or_insert_with(|| {
+                                planned.push((command, 0));
+                                planned.len() - 1
+                            });
+                            let ordinal = planned[reply].1;
+                            planned[reply].1 += 1;
+                            Slot { reply, ordinal }
+                        }
+                        read => {
+                            let reply = *places.entry(read).or_insert_with(|| {
+                                planned.push((read, 0));
+                                planned.len() - 1
+                            });
+                            Slot { reply, ordinal: 0 }
+                        }
+                    })
+                    .collect()
             })
             .collect();
+        let mut pipeline = redis::pipe();
+        for (command, count) in planned {
+            match command {
+                Command::Get(key) => pipeline.cmd("GET").arg(key),
+                Command::Stamp(key) => pipeline.cmd("GETRANGE").arg(key).arg(0).arg(STAMP_LEN - 1),
+                Command::Score(key, member) => pipeline.cmd("ZSCORE").arg(key).arg(member),
+                Command::Field(key, field) => pipeline.cmd("HGET").arg(key).arg(field),
+                Command::Limit { key, cell } => pipeline
+                    .cmd("EVAL")
+                    .arg(LIMIT_SCRIPT)
+                    .arg(1)
+                    .arg(key)
+                    .arg(cell.interval_us)
+                    .arg(cell.burst)
+                    .arg(count),
+            };
+        }
         Plan { pipeline, slots }
     }
-}
-
-/// The reply slot of the command reading `part` of `key`, adding the
-/// command to `pipeline` the first time it is asked for.
-fn command<'a>(
-    commands: &mut HashMap<(Part, &'a str), usize>,
-    pipeline: &mut redis::Pipeline,
-    part: Part,
-    key: &'a str,
-) -> usize {
-    let next = commands.len();
-    *commands.entry((part, key)).or_insert_with(|| {
-        match part {
-            Part::Value => pipeline.cmd("GET").arg(key),
-            Part::Stamp => pipeline.cmd("GETRANGE").arg(key).arg(0).arg(STAMP_LEN - 1),
-        };
-        next
-    })
 }
 
 #[cfg(test)]
@@ -184,14 +250,27 @@ mod tests {
 
     use super::*;
 
+    #[derive(Clone, Copy)]
+    enum Part {
+        Value,
+        Stamp,
+    }
+
     fn read(part: Part, entry_key: &str, generation_keys: &[&str]) -> Read {
+        let entry = match part {
+            Part::Value => Command::Get(entry_key.into()),
+            Part::Stamp => Command::Stamp(entry_key.into()),
+        };
+        let generations = generation_keys.iter().map(|k| Command::Get(k.to_string()));
         Read {
             lane: Lane::Single,
             group: 0,
-            entry_key: entry_key.into(),
-            part,
-            generation_keys: generation_keys.iter().map(|k| k.to_string()).collect(),
+            commands: std::iter::once(entry).chain(generations).collect(),
         }
+    }
+
+    fn values(replies: Vec<Reply>) -> Vec<Option<Bytes>> {
+        replies.into_iter().map(|r| r.value).collect()
     }
 
     #[test]
@@ -210,7 +289,57 @@ mod tests {
         // key are different commands; a key read as an entry or as a
         // generation is the same one.
         assert_eq!(plan.pipeline.len(), 4);
-        assert_eq!(plan.slots, vec![vec![0, 1], vec![0, 1], vec![2, 1, 3], vec![3]]);
+        let replies: Vec<Vec<usize>> = plan
+            .slots
+            .iter()
+            .map(|slots| slots.iter().map(|s| s.reply).collect())
+            .collect();
+        assert_eq!(replies, vec![vec![0, 1], vec![0, 1], vec![2, 1, 3], vec![3]]);
+    }
+
+    #[test]
+    fn requests_counted_in_one_cell_share_one_script_call_each_with_its_place() {
+        let cell = Cell {
+            interval_us: 1000,
+            burst: 5,
+        };
+        let limit = |key: &str| Command::Limit { key: key.into(), cell };
+        let batch: Vec<Job> = [
+            vec![Command::Get("e".into()), limit("c1")],
+            vec![Command::Get("e".into()), limit("c1"), limit("c2")],
+            vec![limit("c1")],
+        ]
+        .into_iter()
+        .map(|commands| {
+            let read = Read {
+                lane: Lane::Single,
+                group: 0,
+                commands,
+            };
+            (read, oneshot::channel().0)
+        })
+        .collect();
+        let plan = Plan::new(&batch);
+        // GET e, EVAL c1 (3 requests), EVAL c2 (1).
+        assert_eq!(plan.pipeline.len(), 3);
+        let c1_count = plan
+            .pipeline
+            .cmd_iter()
+            .nth(1)
+            .unwrap()
+            .args_iter()
+            .last()
+            .map(|a| format!("{a:?}"));
+        assert_eq!(c1_count, Some(format!("{:?}", redis::Arg::Simple(b"3".as_slice()))));
+        let ordinals: Vec<Vec<(usize, u32)>> = plan
+            .slots
+            .iter()
+            .map(|slots| slots.iter().map(|s| (s.reply, s.ordinal)).collect())
+            .collect();
+        assert_eq!(
+            ordinals,
+            vec![vec![(0, 0), (1, 0)], vec![(0, 0), (1, 1), (2, 0)], vec![(1, 2)]]
+        );
     }
 
     /// Answers each command with its position in the pipeline.
@@ -223,7 +352,7 @@ mod tests {
     #[tokio::test]
     async fn each_read_gets_the_replies_of_its_own_keys() {
         let batcher = ReadBatcher::start(numbering);
-        let values = batcher.read(read(Part::Value, "e", &["g1", "g2"])).await.unwrap();
+        let values = values(batcher.read(read(Part::Value, "e", &["g1", "g2"])).await.unwrap());
         let expected: Vec<Option<Bytes>> = ["0", "1", "2"].iter().map(|v| Some(Bytes::from(*v))).collect();
         assert_eq!(values, expected);
     }
@@ -247,10 +376,12 @@ mod tests {
             .map(|i| {
                 let batcher = batcher.clone();
                 tokio::spawn(async move {
-                    let values = batcher
-                        .read(read(Part::Value, &format!("e{}", i % 3), &["g"]))
-                        .await
-                        .unwrap();
+                    let values = values(
+                        batcher
+                            .read(read(Part::Value, &format!("e{}", i % 3), &["g"]))
+                            .await
+                            .unwrap(),
+                    );
                     (i, values)
                 })
             })
@@ -286,7 +417,7 @@ mod tests {
                     let mut r = read(Part::Value, &format!("e{i}"), &["g"]);
                     // Two lanes, four groups: groups 0 and 2 in lane 0.
                     (r.lane, r.group) = (Lane::Slot((i % 2) as u16), i % 4);
-                    (i, batcher.read(r).await.unwrap())
+                    (i, values(batcher.read(r).await.unwrap()))
                 })
             })
             .collect();

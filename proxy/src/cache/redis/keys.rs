@@ -10,6 +10,9 @@
 //! | `<scope>g:<tag>` | a tag's generation (no TTL) |
 //! | `<scope>ip:<path>`, `ix:<prefix>`, `it:<tag>` | the purge index |
 //! | `<scope0>events` | the channel invalidations are announced on |
+//! | `<scope>rl:<hex>` | a rate limit cell's TAT (µs), with a TTL |
+//! | `<scope>rt` | revoked tokens: a sorted set of `jti`s by `exp` (no TTL) |
+//! | `<scope>rs` | revoked subjects: a hash of subject → time (no TTL) |
 //!
 //! **Buckets** (schema version 2). With `cache.redis_buckets = 1` (the
 //! default on one node or a Sentinel group) `<scope>` is `<prefix>`: the
@@ -110,6 +113,22 @@ impl Names {
     /// The purge index's set of `bucket`'s entries recording `tag`.
     pub fn tag_set(&self, bucket: usize, tag: &str) -> String {
         self.name(bucket, "it:", tag)
+    }
+
+    /// A rate limit cell, in the bucket its id falls in.
+    pub fn limit(&self, bucket: usize, id: &str) -> String {
+        self.name(bucket, "rl:", id)
+    }
+
+    /// `bucket`'s copy of the revoked tokens (every bucket holds them all,
+    /// so a hit reads them beside its entry).
+    pub fn revoked_tokens(&self, bucket: usize) -> String {
+        self.name(bucket, "rt", "")
+    }
+
+    /// `bucket`'s copy of the revoked subjects.
+    pub fn revoked_subjects(&self, bucket: usize) -> String {
+        self.name(bucket, "rs", "")
     }
 
     /// The channel invalidations are published on, for other instances'

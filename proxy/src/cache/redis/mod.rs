@@ -58,10 +58,11 @@ use moka::sync::Cache;
 use redis::RedisResult;
 
 mod batch;
+mod guard;
 pub mod keys;
 mod pending;
 
-use self::batch::{Part, Read, ReadBatcher, ReadResult};
+use self::batch::{Command, Read, ReadBatcher, ReadResult, Reply};
 use self::keys::{Names, CLUSTER_BUCKETS};
 use self::pending::Pending;
 use super::breaker::{Breaker, Transition};
@@ -121,6 +122,14 @@ static MARK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
 const PURGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of the stamp in front of every stored entry.
 const STAMP_LEN: usize = 8;
+
+/// What a lookup's read brought back.
+struct EntryRead {
+    /// The entry's value (or only its stamp).
+    entry: Option<Bytes>,
+    /// The current generation of each of its tags, in order.
+    generations: Vec<Option<Bytes>>,
+}
 
 /// An entry as this instance last read or wrote it in Redis.
 #[derive(Clone)]
@@ -502,34 +511,134 @@ impl RedisStore {
         }
     }
 
-    /// Reads `part` of the entry under `key` and its bucket's generations
-    /// of `tags`, in the next batch.
-    async fn read(
+    /// Sends `commands`, each in the bucket it names, in the next batch:
+    /// one read per lane and group, so on one node (and on a cluster,
+    /// wherever the buckets share a node) they ride one pipeline. Replies
+    /// in the commands' order.
+    async fn read(&self, commands: Vec<(usize, Command)>) -> Result<Vec<Reply>, StoreError> {
+        let count = commands.len();
+        let mut reads: Vec<(Read, Vec<usize>)> = Vec::with_capacity(1);
+        for (i, (bucket, command)) in commands.into_iter().enumerate() {
+            let group = self.group_of(bucket);
+            // Not `allows`: the batch's pipeline passes the breaker (and is
+            // the half-open probe); claiming it here too would refuse that
+            // probe.
+            if self.breakers[group].is_open() {
+                return Err(StoreError::Unavailable);
+            }
+            let lane = match self.per_bucket() {
+                true => self.redis.lane(self.bucket_slots[bucket]),
+                false => Lane::Single,
+            };
+            match reads.iter_mut().find(|(r, _)| r.lane == lane && r.group == group) {
+                Some((read, places)) => {
+                    read.commands.push(command);
+                    places.push(i);
+                }
+                None => reads.push((
+                    Read {
+                        lane,
+                        group,
+                        commands: vec![command],
+                    },
+                    vec![i],
+                )),
+            }
+        }
+        if reads.len() == 1 {
+            let (read, _) = reads.pop().expect("one read");
+            return self.reads.read(read).await;
+        }
+        let sent = join_all(
+            reads
+                .into_iter()
+                .map(|(read, places)| async move { self.reads.read(read).await.map(|replies| (places, replies)) }),
+        )
+        .await;
+        let mut ordered: Vec<Option<Reply>> = vec![None; count];
+        for answer in sent {
+            let (places, replies) = answer?;
+            for (place, reply) in places.into_iter().zip(replies) {
+                ordered[place] = Some(reply);
+            }
+        }
+        ordered
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| StoreError::Backend("fewer replies than commands".into()))
+    }
+
+    /// Reads the entry under `key` (only its stamp, with `stamp_only`) and
+    /// its bucket's generations of `tags`, with `extra` commands riding the
+    /// same batch; their replies come back after the entry's.
+    async fn read_entry(
         &self,
-        part: Part,
+        stamp_only: bool,
         key: &CacheKey,
         tags: &[String],
-    ) -> Result<(Option<Bytes>, Vec<Option<Bytes>>), StoreError> {
-        let (group, bucket) = self.place_of(key);
-        // Not `allows`: the batch's pipeline passes the breaker (and is the
-        // half-open probe); claiming it here too would refuse that probe.
-        if self.breakers[group].is_open() {
-            return Err(StoreError::Unavailable);
+        extra: Vec<(usize, Command)>,
+    ) -> Result<(EntryRead, Vec<Reply>), StoreError> {
+        let bucket = self.place_of(key).1;
+        let entry_key = self.names.entry(key);
+        let entry = match stamp_only {
+            true => Command::Stamp(entry_key),
+            false => Command::Get(entry_key),
+        };
+        let mut commands = Vec::with_capacity(1 + tags.len() + extra.len());
+        commands.push((bucket, entry));
+        commands.extend(
+            tags.iter()
+                .map(|t| (bucket, Command::Get(self.names.generation(bucket, t)))),
+        );
+        commands.extend(extra);
+        let mut replies = self.read(commands).await?.into_iter();
+        let entry = replies.next().and_then(|r| r.value);
+        let generations = replies.by_ref().take(tags.len()).map(|r| r.value).collect();
+        Ok((EntryRead { entry, generations }, replies.collect()))
+    }
+
+    /// The lookup of `key` once its first read is in: settled by an L1
+    /// copy, or by the entry read (reading it whole if the first read
+    /// only confirmed a copy that turned out outdated).
+    async fn settle_lookup(
+        &self,
+        key: &CacheKey,
+        tags: &[String],
+        copy: Option<LocalCopy>,
+        first: EntryRead,
+    ) -> Result<Lookup, StoreError> {
+        let (raw_entry, current) = match (copy, &self.l1) {
+            (Some(copy), Some(l1)) => {
+                if let Some(found) = self.check_copy(l1, key, copy, first.entry, first.generations, tags) {
+                    return Ok(found);
+                }
+                let (whole, _) = self.read_entry(false, key, tags, Vec::new()).await?;
+                (whole.entry, whole.generations)
+            }
+            _ => (first.entry, first.generations),
+        };
+        if current.iter().any(Option::is_none) {
+            // A missing generation is a miss, whatever the entry says.
+            return Ok(miss(tags, self.create_generations(key, tags).await?));
         }
-        let lane = match self.per_bucket() {
-            true => self.redis.lane(self.bucket_slots[bucket]),
-            false => Lane::Single,
-        };
-        let read = Read {
-            lane,
-            group,
-            entry_key: self.names.entry(key),
-            part,
-            generation_keys: tags.iter().map(|t| self.names.generation(bucket, t)).collect(),
-        };
-        let mut values = self.reads.read(read).await?;
-        let entry = values.remove(0);
-        Ok((entry, values))
+        if let Some(copy) = raw_entry.and_then(decode_stamped) {
+            // Compared in place: the owned generation list is only built
+            // for a miss, which needs it to record in the new entry.
+            if recorded_under(&copy.entry.generations, tags, &current) {
+                if let Some(found) = usable(copy.entry.clone(), now_ms(), self.revalidation_retention) {
+                    if let Some(l1) = &self.l1 {
+                        l1.insert(*key, copy);
+                    }
+                    return Ok(found);
+                }
+            }
+        }
+        Ok(miss(tags, current))
+    }
+
+    /// This instance's copy of `key`'s entry, if it keeps one.
+    fn l1_copy(&self, key: &CacheKey) -> Option<LocalCopy> {
+        self.l1.as_ref()?.get(key)
     }
 
     /// Creates `key`'s bucket's generations of `tags` that do not exist
@@ -718,31 +827,11 @@ async fn retry_pending(store: Weak<RedisStore>) {
 #[async_trait]
 impl CacheStore for RedisStore {
     async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError> {
-        if let Some((l1, copy)) = self.l1.as_ref().and_then(|l1| Some((l1, l1.get(key)?))) {
-            let (stamp, current) = self.read(Part::Stamp, key, tags).await?;
-            if let Some(found) = self.check_copy(l1, key, copy, stamp, current, tags) {
-                return Ok(found);
-            }
-        }
-        // One round trip: the entry and its tags' generations.
-        let (raw_entry, current) = self.read(Part::Value, key, tags).await?;
-        if current.iter().any(Option::is_none) {
-            // A missing generation is a miss, whatever the entry says.
-            return Ok(miss(tags, self.create_generations(key, tags).await?));
-        }
-        if let Some(copy) = raw_entry.and_then(decode_stamped) {
-            // Compared in place: the owned generation list is only built
-            // for a miss, which needs it to record in the new entry.
-            if recorded_under(&copy.entry.generations, tags, &current) {
-                if let Some(found) = usable(copy.entry.clone(), now_ms(), self.revalidation_retention) {
-                    if let Some(l1) = &self.l1 {
-                        l1.insert(*key, copy);
-                    }
-                    return Ok(found);
-                }
-            }
-        }
-        Ok(miss(tags, current))
+        // One round trip: the entry (or an L1 copy's stamp) and its tags'
+        // generations.
+        let copy = self.l1_copy(key);
+        let (first, _) = self.read_entry(copy.is_some(), key, tags, Vec::new()).await?;
+        self.settle_lookup(key, tags, copy, first).await
     }
 
     async fn store(&self, key: &CacheKey, entry: &Entry, index: &IndexInfo<'_>) -> Result<(), StoreError> {

@@ -1,0 +1,164 @@
+//! `[limits]`, `[[routes]].limits`, `[revocation]`, the revocation headers
+//! of `[cache]`, and `[server]`'s trusted proxies.
+
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use super::errors::Problems;
+use super::fields::header_name;
+use super::raw::{RawCache, RawLimit, RawLimits, RawRevocation, RawServer};
+use crate::client_ip::ClientIp;
+use crate::guard::limits::{Limit, LimitKey, Rate};
+use crate::guard::revocation::RevokeHeaders;
+use crate::guard::{GuardSettings, RevocationSettings, WhenUnavailable};
+use crate::upstream::IdentitySettings;
+
+pub const DEFAULT_REVOKE_HEADER: &str = "revoke-subject";
+pub const DEFAULT_REVOKE_JTI_HEADER: &str = "revoke-jti";
+
+/// A list of limits at `field`; what is wrong with each is reported there.
+pub(super) fn limits(p: &mut Problems, field: &str, raw: &[RawLimit]) -> Arc<[Limit]> {
+    let mut limits = Vec::with_capacity(raw.len());
+    for (i, limit) in raw.iter().enumerate() {
+        let at = |name: &str| format!("{field}[{i}].{name}");
+        let key = match limit.key.as_deref().map(LimitKey::parse) {
+            Some(Ok(key)) => Some(key),
+            Some(Err(why)) => {
+                p.add(at("key"), why);
+                None
+            }
+            None => {
+                p.add(
+                    at("key"),
+                    "is required (subject, ip, role, route, header:<name> or body:<JSON pointer>)",
+                );
+                None
+            }
+        };
+        let rate = match limit.rate.as_deref().map(Rate::parse) {
+            Some(Ok(rate)) => Some(rate),
+            Some(Err(why)) => {
+                p.add(at("rate"), why);
+                None
+            }
+            None => {
+                p.add(at("rate"), "is required, e.g. \"100/s\" or \"1000/min\"");
+                None
+            }
+        };
+        if limit.burst == Some(0) {
+            p.add(at("burst"), "must be at least 1 (requests allowed at once)");
+        }
+        if let (Some(key), Some(rate)) = (key, rate) {
+            limits.push(Limit::new(key, rate, limit.burst));
+        }
+    }
+    limits.into()
+}
+
+/// Whether `limits` can be counted on a route: keys that need a token
+/// need an authenticated route, a body needs a route that reads one, and
+/// a header key must reach the proxy as the client sent it.
+pub(super) fn check_route_limits(
+    p: &mut Problems,
+    field: &str,
+    limits: &[Limit],
+    public: bool,
+    is_read: bool,
+    identity: &IdentitySettings,
+) {
+    for (i, limit) in limits.iter().enumerate() {
+        let at = format!("{field}[{i}].key");
+        match &limit.key {
+            key if key.needs_token() && public => p.add(
+                at,
+                format!("{key} needs a verified token; this route is public (use ip or header:<name>)"),
+            ),
+            LimitKey::Body(_) if is_read => p.add(at, "a body key needs a write route (GET and HEAD carry no body)"),
+            LimitKey::Header(name) if crate::upstream::is_proxy_owned(name, identity) => p.add(
+                at,
+                format!("{name:?} is set or dropped by the proxy; a client could not be counted by it"),
+            ),
+            _ => {}
+        }
+    }
+}
+
+pub(super) fn guard_settings(
+    p: &mut Problems,
+    limits: &RawLimits,
+    revocation: &RawRevocation,
+    cache: &RawCache,
+) -> GuardSettings {
+    if limits.instances == Some(0) {
+        p.add(
+            "limits.instances",
+            "must be at least 1 (the proxy instances sharing the store)",
+        );
+    }
+    let when_unavailable = match revocation.when_unavailable.as_deref() {
+        None | Some("open") => WhenUnavailable::Open,
+        Some("closed") => WhenUnavailable::Closed,
+        Some(other) => {
+            p.add(
+                "revocation.when_unavailable",
+                format!("{other:?} is not \"open\" or \"closed\""),
+            );
+            WhenUnavailable::Open
+        }
+    };
+    GuardSettings {
+        instances: limits.instances.unwrap_or(1).max(1),
+        revocation: RevocationSettings {
+            check: revocation.check.unwrap_or(true),
+            when_unavailable,
+            headers: RevokeHeaders {
+                subject: optional_header(
+                    p,
+                    "cache.revoke_header",
+                    cache.revoke_header.as_deref(),
+                    DEFAULT_REVOKE_HEADER,
+                ),
+                jti: optional_header(
+                    p,
+                    "cache.revoke_jti_header",
+                    cache.revoke_jti_header.as_deref(),
+                    DEFAULT_REVOKE_JTI_HEADER,
+                ),
+            },
+        },
+    }
+}
+
+/// A header name, its default when unset, none when set to "".
+fn optional_header(p: &mut Problems, field: &str, value: Option<&str>, default: &str) -> Option<HeaderName> {
+    match value {
+        Some("") => None,
+        name => Some(header_name(p, field, name.unwrap_or(default))),
+    }
+}
+
+pub(super) fn client_ip(p: &mut Problems, server: &RawServer) -> ClientIp {
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in server.trusted_proxies.iter().flatten().enumerate() {
+        // A bare address is its own /32 or /128.
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net.trunc()),
+            Err(_) => p.add(
+                format!("server.trusted_proxies[{i}]"),
+                format!("{text:?} is not an address or a CIDR network (\"10.0.0.0/8\")"),
+            ),
+        }
+    }
+    ClientIp {
+        trusted_proxies,
+        header: match server.client_ip_header.as_deref() {
+            Some(name) => header_name(p, "server.client_ip_header", name),
+            None => ClientIp::default().header,
+        },
+    }
+}

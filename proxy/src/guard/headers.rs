@@ -1,0 +1,127 @@
+//! The IETF rate-limit fields (draft-ietf-httpapi-ratelimit-headers):
+//! `RateLimit-Policy` names each limit with its quota (`q`, the count) and
+//! window (`w`, seconds); `RateLimit` says what is left of each now (`r`,
+//! requests that may come at once) and when it is whole again (`t`,
+//! seconds). A refused request also gets `Retry-After`.
+
+use std::fmt::Write;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::gcra::Decision;
+use super::limits::Limit;
+
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The fields of one request's limits, ready to be set on its answer.
+#[derive(Debug, Clone)]
+pub struct RateLimitFields {
+    policy: HeaderValue,
+    state: HeaderValue,
+    /// Whole seconds until the request would have been allowed, when it
+    /// was not.
+    pub retry_after: Option<u64>,
+}
+
+impl RateLimitFields {
+    /// The fields for the limits a request counted in, each with the
+    /// decision it made.
+    pub fn new(counted: &[(&Limit, &Decision)]) -> Option<RateLimitFields> {
+        let (mut policy, mut state) = (String::new(), String::new());
+        let mut retry_after = None;
+        for (limit, decision) in counted {
+            let separator = if policy.is_empty() { "" } else { ", " };
+            let name = sf_string(&limit.label);
+            let _ = write!(
+                policy,
+                "{separator}{name};q={};w={}",
+                limit.rate.count,
+                limit.rate.period.as_secs()
+            );
+            let _ = write!(
+                state,
+                "{separator}{name};r={};t={}",
+                decision.remaining,
+                decision.reset_us.div_ceil(1_000_000)
+            );
+            if !decision.allowed {
+                let wait = decision.retry_after_us.div_ceil(1_000_000).max(1);
+                retry_after = Some(retry_after.map_or(wait, |w: u64| w.max(wait)));
+            }
+        }
+        Some(RateLimitFields {
+            policy: HeaderValue::try_from(policy).ok()?,
+            state: HeaderValue::try_from(state).ok()?,
+            retry_after,
+        })
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        headers.insert(RATELIMIT, self.state.clone());
+        if let Some(seconds) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+    }
+}
+
+/// `text` as a structured-field string (RFC 8941 §3.3.3): labels are
+/// printable ASCII already; quotes and backslashes are escaped.
+fn sf_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::limits::{LimitKey, Rate};
+
+    #[test]
+    fn fields_name_every_limit_and_retry_after_the_longest_wait() {
+        let limits = [
+            Limit::new(LimitKey::Subject, Rate::parse("10/s").unwrap(), Some(5)),
+            Limit::new(
+                LimitKey::parse("header:x-api-key").unwrap(),
+                Rate::parse("100/min").unwrap(),
+                None,
+            ),
+        ];
+        let decisions = [
+            Decision {
+                allowed: false,
+                remaining: 0,
+                reset_us: 500_000,
+                retry_after_us: 100_000,
+            },
+            Decision {
+                allowed: false,
+                remaining: 0,
+                reset_us: 60_000_000,
+                retry_after_us: 2_500_000,
+            },
+        ];
+        let counted: Vec<(&Limit, &Decision)> = limits.iter().zip(&decisions).collect();
+        let fields = RateLimitFields::new(&counted).unwrap();
+        let mut headers = HeaderMap::new();
+        fields.apply(&mut headers);
+        assert_eq!(
+            headers["ratelimit-policy"],
+            r#""subject";q=10;w=1, "header:x-api-key";q=100;w=60"#
+        );
+        assert_eq!(
+            headers["ratelimit"],
+            r#""subject";r=0;t=1, "header:x-api-key";r=0;t=60"#
+        );
+        assert_eq!(headers["retry-after"], "3");
+    }
+}
