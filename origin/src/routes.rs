@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::password::Passwords;
-use crate::token::{Claims, Tokens};
+use crate::token::{now_secs, Claims, Tokens};
 use crate::users::{NewUser, User, UserChanges, UserDoc, UserStore, ROLE_ADMIN, ROLE_USER};
 use crate::validate::{self, BodyLimit, JsonObject, LoginIdentity};
 
@@ -166,7 +166,10 @@ async fn login(State(state): State<AppState>, JsonObject(body): JsonObject) -> R
         (true, Some(user)) => user,
         _ => return Err(ApiError::Unauthorized("invalid credentials")),
     };
-    let token = state.tokens.issue(&user.id.to_hex(), &user.role)?;
+    let revoked_before = user.tokens_revoked_before.and_then(|t| u64::try_from(t).ok());
+    let token = state
+        .tokens
+        .issue_after(&user.id.to_hex(), &user.role, revoked_before)?;
     Ok(Json(json!({
         "access_token": token,
         "token_type": "Bearer",
@@ -195,9 +198,11 @@ pub const REVOKE_SUBJECT: &str = "revoke-subject";
 /// Response header asking the proxy to revoke one token, by `jti`.
 pub const REVOKE_JTI: &str = "revoke-jti";
 
-/// `response` with a request to revoke `user_id`'s tokens.
-fn revoking_subject(mut response: Response, user_id: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(user_id) {
+/// `response` with a request to revoke `user_id`'s tokens issued until
+/// `before` (Unix seconds, this origin's clock, which also dates the
+/// tokens it issues).
+fn revoking_subject(mut response: Response, user_id: &str, before: u64) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&format!("{user_id}; before={before}")) {
         response.headers_mut().insert(REVOKE_SUBJECT, value);
     }
     response
@@ -257,19 +262,28 @@ async fn update_user(
         Some(password) => Some(state.passwords.hash(password).await?),
         None => None,
     };
+    // Covers every token issued so far, those dated after an earlier
+    // revocation of this same second included.
+    let revoked_before = match revokes_tokens {
+        true => {
+            let issued_until = target.tokens_revoked_before.and_then(|t| u64::try_from(t + 1).ok());
+            Some(now_secs()?.max(issued_until.unwrap_or(0)))
+        }
+        false => None,
+    };
     let changes = UserChanges {
         username: request.username,
         email: request.email,
         role: request.role,
         password_hash,
+        tokens_revoked_before: revoked_before,
     };
     let updated = state.users.update(&id, changes).await?.ok_or(ApiError::NotFound)?;
     tracing::info!(user_id = %updated.id, by = %caller.0.id, revokes_tokens, "user updated");
     let response = Json(updated).into_response();
-    Ok(if revokes_tokens {
-        revoking_subject(response, &id)
-    } else {
-        response
+    Ok(match revoked_before {
+        Some(before) => revoking_subject(response, &id, before),
+        None => response,
     })
 }
 
@@ -279,7 +293,11 @@ async fn delete_user(State(state): State<AppState>, caller: Caller, UserId(id): 
         return Err(ApiError::NotFound);
     }
     tracing::info!(user_id = %id, by = %caller.0.id, "user deleted");
-    Ok(revoking_subject(StatusCode::NO_CONTENT.into_response(), &id))
+    Ok(revoking_subject(
+        StatusCode::NO_CONTENT.into_response(),
+        &id,
+        now_secs()?,
+    ))
 }
 
 async fn me(caller: Caller) -> Response {

@@ -27,6 +27,14 @@ pub struct Claims {
     pub aud: String,
 }
 
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> Result<u64, ApiError> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(ApiError::internal)?
+        .as_secs())
+}
+
 /// Signs and checks tokens; keys are derived once from the settings.
 #[derive(Clone)]
 pub struct Tokens {
@@ -62,14 +70,18 @@ impl Tokens {
     }
 
     pub fn issue(&self, user_id: &str, role: &str) -> Result<String, ApiError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(ApiError::internal)?
-            .as_secs();
+        self.issue_after(user_id, role, None)
+    }
+
+    /// A token whose `iat` is after `revoked_before` (the user's tokens
+    /// issued until that second were revoked, in whole seconds): a login in
+    /// the second of a password change must not get a token born revoked.
+    pub fn issue_after(&self, user_id: &str, role: &str, revoked_before: Option<u64>) -> Result<String, ApiError> {
+        let now = now_secs()?;
         let claims = Claims {
             sub: user_id.to_owned(),
             role: role.to_owned(),
-            iat: now,
+            iat: revoked_before.map_or(now, |before| now.max(before + 1)),
             exp: now + self.ttl.as_secs(),
             jti: uuid::Uuid::new_v4().to_string(),
             iss: self.issuer.clone(),
@@ -109,6 +121,10 @@ mod tests {
         assert_eq!((claims.sub.as_str(), claims.role.as_str()), ("abc", "user"));
         assert_eq!((claims.iss.as_str(), claims.aud.as_str()), ("origin", "api"));
         assert_eq!(claims.exp - claims.iat, 900);
+        let later = tokens
+            .verify(&tokens.issue_after("abc", "user", Some(claims.iat + 5)).unwrap())
+            .unwrap();
+        assert_eq!(later.iat, claims.iat + 6, "issued after the revocation's second");
         assert!(!claims.jti.is_empty());
     }
 

@@ -47,6 +47,10 @@ pub struct UserDoc {
     pub role: String,
     pub password_hash: String,
     pub created_at: DateTime,
+    /// Tokens issued at or before this second (Unix time) were revoked
+    /// (`Revoke-Subject`); new ones are issued after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_revoked_before: Option<i64>,
 }
 
 /// The form of a username its uniqueness is judged on.
@@ -94,6 +98,8 @@ pub struct UserChanges {
     pub email: Option<String>,
     pub role: Option<String>,
     pub password_hash: Option<String>,
+    /// Records that the user's tokens issued until this second are revoked.
+    pub tokens_revoked_before: Option<u64>,
 }
 
 /// One page of the user list.
@@ -279,6 +285,7 @@ impl UserStore {
             role: new.role.to_owned(),
             password_hash: new.password_hash,
             created_at: DateTime::now(),
+            tokens_revoked_before: None,
         };
         match self.users.insert_one(&doc).await {
             Ok(_) => Ok(doc.into()),
@@ -357,6 +364,9 @@ impl UserStore {
         }
         if let Some(v) = &changes.password_hash {
             set.insert("password_hash", v);
+        }
+        if let Some(v) = changes.tokens_revoked_before {
+            set.insert("tokens_revoked_before", v as i64);
         }
         let options = FindOneAndUpdateOptions::builder()
             .return_document(ReturnDocument::After)

@@ -32,7 +32,7 @@ const SECRET: &str = "cli-test-secret-of-at-least-32-bytes";
 fn the_shipped_config_checks_clean() {
     let (code, stdout, stderr) = check(SHIPPED, &[("JWT_SECRET_KEY", SECRET)]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("valid (8 routes, memory cache)"), "{stdout}");
+    assert!(stdout.contains("valid (9 routes, memory cache)"), "{stdout}");
     let (code, stdout, _) = check(SHIPPED, &[("JWT_SECRET_KEY", SECRET), ("REDIS_HOST", "127.0.0.1")]);
     assert_eq!(code, 0);
     assert!(stdout.contains("redis cache"), "{stdout}");
@@ -45,7 +45,7 @@ fn a_broken_config_exits_2_naming_every_bad_field() {
         .replace("header_read_timeout = \"10s\"", "header_read_timeout = \"0s\"");
     let (code, _, stderr) = check(&broken, &[("JWT_SECRET_KEY", SECRET)]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("routes[6].roles"), "{stderr}");
+    assert!(stderr.contains("routes[7].roles"), "{stderr}");
     assert!(stderr.contains("server.header_read_timeout"), "{stderr}");
 }
 

@@ -411,7 +411,7 @@ async fn prometheus_scrapes_the_admin_listener_and_every_panel_has_data() {
     }
     let groups = prometheus.get("/api/v1/rules", &[]).await.expect("rules listed");
     let rules = groups["groups"][0]["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 11, "{groups}");
+    assert_eq!(rules.len(), 12, "{groups}");
     assert!(rules.iter().all(|r| r["health"] == "ok"), "{groups}");
     stop.store(true, Ordering::Relaxed);
 }

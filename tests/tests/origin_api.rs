@@ -917,3 +917,81 @@ async fn unknown_routes_and_methods_get_json_errors() {
     assert!(!wrong_method.error().is_empty());
     assert_eq!(s.api.get("/healthz", None).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn logout_deletion_and_credential_changes_ask_the_proxy_to_revoke() {
+    let s = stack().await;
+    let admin = s.admin_token().await;
+    let (id, token) = s.api.register_and_login("rex").await;
+    let claims = |token: &str| -> Value {
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+
+    let out = s.api.send(Method::POST, "/logout", Some(&token), None).await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    let own = claims(&token);
+    assert_eq!(
+        out.header("revoke-jti"),
+        Some(format!("{}; exp={}", own["jti"].as_str().unwrap(), own["exp"]).as_str())
+    );
+
+    let path = format!("/users/{id}");
+    let renamed = s
+        .api
+        .send(Method::PUT, &path, Some(&token), Some(json!({"username": "rexy"})))
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK);
+    assert_eq!(renamed.header("revoke-subject"), None, "a new name revokes nothing");
+
+    let before_change = now();
+    let changed = s
+        .api
+        .send(
+            Method::PUT,
+            &path,
+            Some(&token),
+            Some(json!({"password": "rex-new-password"})),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK);
+    let revoked = changed
+        .header("revoke-subject")
+        .expect("a password change revokes")
+        .to_owned();
+    let before: u64 = revoked
+        .strip_prefix(&format!("{id}; before="))
+        .expect("the subject and its time")
+        .parse()
+        .unwrap();
+    assert!(before >= before_change);
+    // The next token is dated after the revocation, even in its second.
+    let next = s.api.token("rex@example.com", "rex-new-password").await;
+    assert!(claims(&next)["iat"].as_u64().unwrap() > before);
+    // A second revocation in that second still covers the token just issued.
+    let demoted = s
+        .api
+        .send(Method::PUT, &path, Some(&admin), Some(json!({"role": "admin"})))
+        .await;
+    let again: u64 = demoted
+        .header("revoke-subject")
+        .unwrap()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(again >= claims(&next)["iat"].as_u64().unwrap());
+
+    let deleted = s.api.send(Method::DELETE, &path, Some(&admin), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(deleted
+        .header("revoke-subject")
+        .unwrap()
+        .starts_with(&format!("{id}; before=")));
+}

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use e2e::token::mint;
+use e2e::wait::eventually;
 use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
 use reqwest::StatusCode;
 
@@ -139,6 +140,17 @@ async fn a_429_says_when_to_come_back_and_what_the_limits_are() {
             .await,
         1
     );
+    // The status page counts them too (sampled every second).
+    eventually("the status page counts the refusal", || async {
+        let status: serde_json::Value = reqwest::get(proxy.admin_url("/status.json"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status["counters"]["rate_limited"]["things"] == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -183,6 +183,10 @@ fn view(status: &Status, runtime: &Runtime, snap: &Snapshot) -> Value {
             "invalidations": counters("proxy_invalidations_total", "operation"),
             "l1_lookups": counters("proxy_l1_lookups_total", "outcome"),
             "connections_closed": counters("proxy_connections_closed_total", "reason"),
+            "rate_limited": counters("proxy_rate_limited_total", "rule"),
+            "revoked": counters("proxy_revoked_total", "rule"),
+            "revocations": counters("proxy_revocations_total", "source"),
+            "guard_fallback": counters("proxy_guard_fallback_total", "check"),
         },
         "upstream": {
             "endpoints": counters("proxy_upstream_endpoint_requests_total", "endpoint"),
