@@ -138,8 +138,10 @@ impl ProxyError {
             | ProxyError::RevocationUnavailable => {
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ProxyError::RateLimited(Some(fields)) => fields.apply(headers),
             _ => {}
+        }
+        if let ProxyError::RateLimited(Some(fields)) = self {
+            fields.apply(response.headers_mut());
         }
         response
     }

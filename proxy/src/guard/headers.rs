@@ -28,7 +28,7 @@ impl RateLimitFields {
     /// The fields for the limits a request counted in, each with the
     /// decision it made.
     pub fn new(counted: &[(&Limit, &Decision)]) -> Option<RateLimitFields> {
-        let (mut policy, mut state) = (String::new(), String::new());
+        let (mut policy, mut state) = (String::with_capacity(48), String::with_capacity(48));
         let mut retry_after = None;
         for (limit, decision) in counted {
             let separator = if policy.is_empty() { "" } else { ", " };
@@ -57,9 +57,9 @@ impl RateLimitFields {
         })
     }
 
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(RATELIMIT_POLICY, self.policy.clone());
-        headers.insert(RATELIMIT, self.state.clone());
+    pub fn apply(self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY, self.policy);
+        headers.insert(RATELIMIT, self.state);
         if let Some(seconds) = self.retry_after {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }

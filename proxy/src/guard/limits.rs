@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 
 use super::gcra::Cell;
+use super::CellId;
 use crate::auth::Claims;
 
 /// What a limit counts requests by.
@@ -161,11 +162,12 @@ pub struct Caller<'a> {
     pub body: Option<&'a [u8]>,
 }
 
-/// The cell a request counts in for one limit (32 hex digits); `None`
+/// The cell a request counts in for one limit (128 bits of a SHA-256);
+/// `None`
 /// when the request has no value for the limit's key (a header or body
 /// field it does not send), which the limit then does not count: an `ip`
 /// limit beside it is what covers such requests.
-pub fn cell_id(limit: &Limit, caller: &Caller<'_>) -> Option<String> {
+pub fn cell_id(limit: &Limit, caller: &Caller<'_>) -> Option<CellId> {
     let mut hash = Sha256::new();
     hash.update(caller.rule.as_bytes());
     hash.update([0]);
@@ -194,7 +196,10 @@ pub fn cell_id(limit: &Limit, caller: &Caller<'_>) -> Option<String> {
         LimitKey::Body(pointer) => hash.update(body_value(caller.body, pointer)?),
         LimitKey::Route => {}
     }
-    Some(hex::encode(&hash.finalize()[..16]))
+    let digest = hash.finalize();
+    let mut id = [0; 16];
+    id.copy_from_slice(&digest[..16]);
+    Some(id)
 }
 
 /// An IPv4 address, or an IPv6 address's /64: one subscriber usually holds

@@ -49,13 +49,15 @@ impl GuardCheck {
     }
 }
 
+/// Names a GCRA cell: a hash of the rule, the limit and the key's value.
+pub type CellId = [u8; 16];
+
 /// One limit's cell for this request.
 #[derive(Debug, Clone)]
 pub struct LimitCell {
     /// Which of the rule's limits it counts for.
     pub limit: usize,
-    /// Names the cell (hex): the rule, the limit and the key's value.
-    pub id: String,
+    pub id: CellId,
     pub cell: Cell,
 }
 

@@ -16,7 +16,6 @@ use crate::access_log::{self, AccessOutput, LogSettings, Logged, Pending, Record
 use crate::cache::CACHE_STATUS;
 use crate::metrics::NO_RULE;
 use crate::runtime::Snapshot;
-use crate::server::Client;
 use crate::trace::RequestTrace;
 use crate::upstream::ProxyBody;
 
@@ -51,7 +50,7 @@ impl AccessStart {
         snap: &Snapshot,
         output: &AccessOutput,
         request: &Request<B>,
-        client: &Client,
+        client_ip: std::net::IpAddr,
         trace: &RequestTrace,
         started: Instant,
     ) -> Option<AccessStart> {
@@ -69,7 +68,7 @@ impl AccessStart {
                 user_agent: request.headers().get(USER_AGENT).cloned(),
                 request_id: trace.id.clone(),
                 trace_id: trace.trace_id().map(str::to_owned),
-                peer: client.peer.ip(),
+                peer: client_ip,
             }),
             output: output.clone(),
         })

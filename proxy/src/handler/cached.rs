@@ -128,10 +128,10 @@ impl Proxy {
             // Not cached at all: a huge URL must cost the shared store and
             // its index nothing.
             ctx.cache_status = CacheStatus::Bypass(Bypass::KeyTooLarge);
+            ctx.rate_limit = self.guard_alone(req, None).await?;
             if honoured.only_if_cached {
                 return Err(ProxyError::NotCached);
             }
-            ctx.rate_limit = self.guard_alone(req, None).await?;
             let fetch = Fetch {
                 snap: req.snap.clone(),
                 rule: rule.name,

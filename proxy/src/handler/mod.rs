@@ -144,7 +144,10 @@ impl Proxy {
         let snap = self.runtime.load();
         let trace = RequestTrace::of(request.headers(), &snap.settings.log.request_id_header);
         let (id_header, request_id) = (trace.header.clone(), trace.id.clone());
-        let access = AccessStart::of(&snap, &self.access_output, &request, &client, &trace, started);
+        // The client behind trusted proxies: what limits count, the access
+        // line and the backend's X-Forwarded-For name.
+        let client_ip = self.boot.server.client_ip.of(client.peer.ip(), request.headers());
+        let access = AccessStart::of(&snap, &self.access_output, &request, client_ip, &trace, started);
         let method = request.method().clone();
         let mut ctx = RequestCtx {
             rule: None,
@@ -157,7 +160,9 @@ impl Proxy {
             sampled: access.as_ref().is_some_and(AccessStart::sampled),
             rate_limit: None,
         };
-        let result = self.handle_inner(&snap, request, client, trace, &mut ctx).await;
+        let result = self
+            .handle_inner(&snap, request, client, client_ip, trace, &mut ctx)
+            .await;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -182,7 +187,7 @@ impl Proxy {
             response.headers_mut().remove(name);
         }
         snap.settings.guard.revocation.headers.strip(response.headers_mut());
-        if let Some(fields) = &ctx.rate_limit {
+        if let Some(fields) = ctx.rate_limit.take() {
             fields.apply(response.headers_mut());
         }
         stamp_cache_headers(response.headers_mut(), &ctx.cache_status);
@@ -207,6 +212,7 @@ impl Proxy {
         snap: &'a Arc<Snapshot>,
         request: Request<B>,
         client: Client,
+        client_ip: IpAddr,
         trace: RequestTrace,
         ctx: &mut RequestCtx<'a>,
     ) -> Result<Response<ProxyBody>, ProxyError>
@@ -237,7 +243,6 @@ impl Proxy {
         }
 
         let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
-        let client_ip = self.boot.server.client_ip.of(client.peer.ip(), &parts.headers);
         let admitted = Admitted {
             snap,
             parts,

@@ -112,7 +112,10 @@ pub async fn serve<H, F>(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(settings.header_read_timeout));
     let limit = Arc::new(Semaphore::new(settings.max_connections));
-    let per_ip = PerIpLimit::new(settings.max_connections_per_ip);
+    let per_ip = PerIpLimit::new(
+        settings.max_connections_per_ip,
+        settings.client_ip.trusted_proxies.clone(),
+    );
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let settings = Arc::new(settings);
     let shared = Shared {

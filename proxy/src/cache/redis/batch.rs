@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -57,10 +58,10 @@ pub enum Command {
     Get(String),
     /// Only an entry's stamp: enough to confirm an L1 copy.
     Stamp(String),
-    /// `ZSCORE key member`.
-    Score(String, String),
+    /// `ZSCORE key member` (the key shared by every request naming it).
+    Score(Arc<str>, String),
     /// `HGET key field`.
-    Field(String, String),
+    Field(Arc<str>, String),
     /// One request counted in a rate limit's cell. Never shared like the
     /// reads: the requests of one batch counting in one cell are counted
     /// by one script call, each told its place among them.
@@ -227,8 +228,8 @@ impl Plan {
             match command {
                 Command::Get(key) => pipeline.cmd("GET").arg(key),
                 Command::Stamp(key) => pipeline.cmd("GETRANGE").arg(key).arg(0).arg(STAMP_LEN - 1),
-                Command::Score(key, member) => pipeline.cmd("ZSCORE").arg(key).arg(member),
-                Command::Field(key, field) => pipeline.cmd("HGET").arg(key).arg(field),
+                Command::Score(key, member) => pipeline.cmd("ZSCORE").arg(&**key).arg(member),
+                Command::Field(key, field) => pipeline.cmd("HGET").arg(&**key).arg(field),
                 Command::Limit { key, cell } => pipeline
                     .cmd("EVAL")
                     .arg(LIMIT_SCRIPT)

@@ -20,7 +20,7 @@ use super::{RedisStore, PENDING_RETRY};
 use crate::cache::{CacheKey, Lookup, StoreError};
 use crate::guard::gcra::{Admitted, Decision};
 use crate::guard::revocation::{now_secs, Revocation, Standing};
-use crate::guard::{GuardCheck, Guards, Verdict};
+use crate::guard::{CellId, GuardCheck, Guards, Verdict};
 
 /// How long past its `exp` a revoked `jti` is kept: more than any leeway
 /// a verifier grants on `exp`.
@@ -33,10 +33,9 @@ if tonumber(ARGV[2]) > kept then redis.call("HSET", KEYS[1], ARGV[1], ARGV[2]) e
 return 1"#;
 
 impl RedisStore {
-    /// The bucket a limit cell lives in (spread by its id's hash).
-    fn cell_bucket(&self, id: &str) -> usize {
-        let head = id.get(..8).and_then(|h| u32::from_str_radix(h, 16).ok()).unwrap_or(0);
-        head as usize % self.names.buckets()
+    /// The bucket a limit cell lives in (spread by its id, a hash).
+    fn cell_bucket(&self, id: &CellId) -> usize {
+        u32::from_le_bytes([id[0], id[1], id[2], id[3]]) as usize % self.names.buckets()
     }
 
     /// `check`'s commands; its revocation reads in `bucket`.
@@ -47,19 +46,17 @@ impl RedisStore {
             commands.push((
                 at,
                 Command::Limit {
-                    key: self.names.limit(at, &cell.id),
+                    key: self.names.limit(at, &hex::encode(cell.id)),
                     cell: cell.cell,
                 },
             ));
         }
         if let Some(claims) = &check.token {
+            let (tokens, subjects) = &self.revocation_names[bucket];
             if let Some(jti) = &claims.jti {
-                commands.push((bucket, Command::Score(self.names.revoked_tokens(bucket), jti.clone())));
+                commands.push((bucket, Command::Score(tokens.clone(), jti.clone())));
             }
-            commands.push((
-                bucket,
-                Command::Field(self.names.revoked_subjects(bucket), claims.subject.clone()),
-            ));
+            commands.push((bucket, Command::Field(subjects.clone(), claims.subject.clone())));
         }
         commands
     }

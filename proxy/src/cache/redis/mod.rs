@@ -152,6 +152,9 @@ pub struct RedisStore {
     reads: ReadBatcher,
     l1: Option<Cache<CacheKey, LocalCopy>>,
     names: Names,
+    /// Each bucket's names of the revoked tokens and subjects, read by
+    /// every authenticated request: built once.
+    revocation_names: Vec<(Arc<str>, Arc<str>)>,
     /// Each bucket's hash slot, where buckets are groups.
     bucket_slots: Vec<u16>,
     operation_timeout: Duration,
@@ -208,6 +211,9 @@ impl RedisStore {
             reads: ReadBatcher::start(pipeline_runner(store.clone())),
             l1,
             bucket_slots: (0..buckets).map(|b| slot_of(&Names::hash_tag(b))).collect(),
+            revocation_names: (0..buckets)
+                .map(|b| (names.revoked_tokens(b).into(), names.revoked_subjects(b).into()))
+                .collect(),
             names,
             operation_timeout: settings.operation_timeout,
             invalidation_wait: settings.invalidation_wait,
@@ -516,20 +522,29 @@ impl RedisStore {
     /// wherever the buckets share a node) they ride one pipeline. Replies
     /// in the commands' order.
     async fn read(&self, commands: Vec<(usize, Command)>) -> Result<Vec<Reply>, StoreError> {
+        if !self.per_bucket() {
+            // One node: one group, one lane, one read.
+            // Not `allows`: the batch's pipeline passes the breaker (and is
+            // the half-open probe); claiming it here too would refuse that
+            // probe.
+            if self.breakers[0].is_open() {
+                return Err(StoreError::Unavailable);
+            }
+            let read = Read {
+                lane: Lane::Single,
+                group: 0,
+                commands: commands.into_iter().map(|(_, command)| command).collect(),
+            };
+            return self.reads.read(read).await;
+        }
         let count = commands.len();
         let mut reads: Vec<(Read, Vec<usize>)> = Vec::with_capacity(1);
         for (i, (bucket, command)) in commands.into_iter().enumerate() {
             let group = self.group_of(bucket);
-            // Not `allows`: the batch's pipeline passes the breaker (and is
-            // the half-open probe); claiming it here too would refuse that
-            // probe.
             if self.breakers[group].is_open() {
                 return Err(StoreError::Unavailable);
             }
-            let lane = match self.per_bucket() {
-                true => self.redis.lane(self.bucket_slots[bucket]),
-                false => Lane::Single,
-            };
+            let lane = self.redis.lane(self.bucket_slots[bucket]);
             match reads.iter_mut().find(|(r, _)| r.lane == lane && r.group == group) {
                 Some((read, places)) => {
                     read.commands.push(command);
