@@ -215,12 +215,12 @@ fn independent_reading(token: &str, before: u64, after: u64) -> Result<Claims, S
         }
         _ => None,
     };
-    // Rounded as the verifier (and jsonwebtoken) round them.
+    // exp rounded as the verifier (and jsonwebtoken) round it; iat down.
     Ok(Claims {
         subject,
         roles,
         jti,
-        issued_at: seconds("iat").map(|f| f.round() as u64),
+        issued_at: seconds("iat").map(|f| f.floor() as u64),
         expires_at: exp.round() as u64,
     })
 }

@@ -198,6 +198,14 @@ pub const REVOKE_SUBJECT: &str = "revoke-subject";
 /// Response header asking the proxy to revoke one token, by `jti`.
 pub const REVOKE_JTI: &str = "revoke-jti";
 
+/// The time of a revocation of `user`'s tokens: now, or later when tokens
+/// were dated after an earlier revocation of this same second, so that it
+/// covers every token issued so far.
+fn revocation_time(user: &UserDoc) -> Result<u64, ApiError> {
+    let issued_until = user.tokens_revoked_before.and_then(|t| u64::try_from(t + 1).ok());
+    Ok(now_secs()?.max(issued_until.unwrap_or(0)))
+}
+
 /// `response` with a request to revoke `user_id`'s tokens issued until
 /// `before` (Unix seconds, this origin's clock, which also dates the
 /// tokens it issues).
@@ -262,13 +270,8 @@ async fn update_user(
         Some(password) => Some(state.passwords.hash(password).await?),
         None => None,
     };
-    // Covers every token issued so far, those dated after an earlier
-    // revocation of this same second included.
     let revoked_before = match revokes_tokens {
-        true => {
-            let issued_until = target.tokens_revoked_before.and_then(|t| u64::try_from(t + 1).ok());
-            Some(now_secs()?.max(issued_until.unwrap_or(0)))
-        }
+        true => Some(revocation_time(&target)?),
         false => None,
     };
     let changes = UserChanges {
@@ -280,23 +283,27 @@ async fn update_user(
     };
     let updated = state.users.update(&id, changes).await?.ok_or(ApiError::NotFound)?;
     tracing::info!(user_id = %updated.id, by = %caller.0.id, revokes_tokens, "user updated");
+    // The id as tokens carry it (lower-case hex), not as the path spelt it.
+    let subject = updated.id.clone();
     let response = Json(updated).into_response();
     Ok(match revoked_before {
-        Some(before) => revoking_subject(response, &id, before),
+        Some(before) => revoking_subject(response, &subject, before),
         None => response,
     })
 }
 
 async fn delete_user(State(state): State<AppState>, caller: Caller, UserId(id): UserId) -> Result<Response, ApiError> {
     caller.require_admin()?;
+    let target = state.users.find_by_id(&id).await?.ok_or(ApiError::NotFound)?;
     if !state.users.delete(&id).await? {
         return Err(ApiError::NotFound);
     }
     tracing::info!(user_id = %id, by = %caller.0.id, "user deleted");
+    let before = revocation_time(&target)?;
     Ok(revoking_subject(
         StatusCode::NO_CONTENT.into_response(),
-        &id,
-        now_secs()?,
+        &target.id.to_hex(),
+        before,
     ))
 }
 

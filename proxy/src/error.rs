@@ -48,6 +48,9 @@ pub enum ProxyError {
     /// come back.
     #[error("rate limited")]
     RateLimited(Option<Box<RateLimitFields>>),
+    /// A header a rate limit counts by was sent more than once.
+    #[error("{0}")]
+    BadHeader(String),
     /// The store cannot say whether the token is revoked, and
     /// `revocation.when_unavailable = "closed"`.
     #[error("revocation list unavailable")]
@@ -67,7 +70,9 @@ impl From<RequestBodyError> for ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Route(RouteError::BadPath(_)) | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Route(RouteError::BadPath(_)) | ProxyError::BadBody(_) | ProxyError::BadHeader(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Route(RouteError::NoRule) => StatusCode::NOT_FOUND,
@@ -94,6 +99,7 @@ impl ProxyError {
             ProxyError::Route(RouteError::BadPath(why)) => why,
             ProxyError::Route(RouteError::NoRule) => "not found",
             ProxyError::BadBody(_) => "malformed request body",
+            ProxyError::BadHeader(_) => "a rate-limited header sent more than once",
             ProxyError::BodyTimeout => "request body not received in time",
             ProxyError::Internal(_) => "internal error",
             ProxyError::Route(RouteError::MethodNotAllowed(_)) => "method not allowed",

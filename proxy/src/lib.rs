@@ -67,7 +67,7 @@ pub mod upstream;
 pub mod vary;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -162,6 +162,17 @@ pub fn build_proxy(prepared: Prepared, reload_from: Option<ConfigFile>) -> anyho
     }))
 }
 
+/// Writes the revocations the store would not take to it once it answers
+/// (every 100 ms, as pending invalidations are), until the proxy stops.
+async fn retry_unrecorded_revocations(proxy: Weak<Proxy>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let Some(proxy) = proxy.upgrade() else { return };
+        proxy.guard.retry_unrecorded(proxy.store.as_ref()).await;
+    }
+}
+
 /// Where a running proxy reloads its settings from, and when.
 pub struct ReloadFrom {
     pub file: ConfigFile,
@@ -195,6 +206,7 @@ pub async fn run(
         tokio::spawn(reload_on_sighup(Arc::downgrade(&proxy)));
     }
     tokio::spawn(status::observe(Arc::downgrade(&proxy.status)));
+    tokio::spawn(retry_unrecorded_revocations(Arc::downgrade(&proxy)));
     if let Some((file, every)) = watch {
         tokio::spawn(reload_on_change(Arc::downgrade(&proxy), file, every));
     }

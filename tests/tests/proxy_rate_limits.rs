@@ -42,6 +42,13 @@ access = "public"
 limits = [{ key = "ip", rate = "1/h", burst = 2 }]
 
 [[routes]]
+name = "keyed"
+path = "/keyed"
+methods = ["GET"]
+access = "public"
+limits = [{ key = "header:x-api-key", rate = "1/h", burst = 1 }, { key = "ip", rate = "1000/s" }]
+
+[[routes]]
 name = "items"
 path = "/items"
 methods = ["GET"]
@@ -300,4 +307,36 @@ async fn with_redis_down_each_instance_counts_its_share_and_answers_no_5xx() {
             .await
             >= 4
     );
+}
+
+#[tokio::test]
+async fn a_key_header_counts_per_value_and_sent_twice_is_refused() {
+    let upstream = upstream().await;
+    let proxy = spawn_proxy(proxy_config(CONFIG, upstream.addr, None, None)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/keyed", proxy.base_url());
+    let with_key = |key: &'static str| client.get(&url).header("x-api-key", key).send();
+    assert_eq!(with_key("a").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(with_key("a").await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        with_key("b").await.unwrap().status(),
+        StatusCode::OK,
+        "another key counts apart"
+    );
+    // Without the header, only the ip limit counts it.
+    assert_eq!(client.get(&url).send().await.unwrap().status(), StatusCode::OK);
+    let hits = upstream.hits();
+    let twice = client
+        .get(&url)
+        .header("x-api-key", "a")
+        .header("x-api-key", "fresh-every-time")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        twice.status(),
+        StatusCode::BAD_REQUEST,
+        "a second value cannot open a new count"
+    );
+    assert_eq!(upstream.hits(), hits);
 }

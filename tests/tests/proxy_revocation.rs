@@ -4,6 +4,7 @@
 
 use e2e::proxy::SHIPPED_CONFIG;
 use e2e::token::{claims, mint, now, sign};
+use e2e::wait::eventually;
 use e2e::{json_reply, proxy_config, spawn_proxy, ApiClient, ProxyHandle, RedisServer, ScriptedUpstream, Stack};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -228,4 +229,46 @@ async fn with_when_unavailable_closed_redis_down_refuses_tokens_but_not_public_r
             .await
             >= 1
     );
+}
+
+#[tokio::test]
+async fn a_revocation_made_while_redis_is_down_holds_here_and_reaches_the_others_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let upstream = ScriptedUpstream::start(|request| async move {
+        match request.method().as_str() {
+            "PUT" => json_reply(200, "{}", &[("revoke-subject", "victim")]),
+            _ => json_reply(200, "{}", &[]),
+        }
+    })
+    .await;
+    let config = || proxy_config(SHIPPED_CONFIG, upstream.addr, Some(redis.url()), None);
+    let (a, b) = (spawn_proxy(config()).await, spawn_proxy(config()).await);
+    let token = mint("victim", "user");
+    let get = |proxy: &ProxyHandle| {
+        let request = reqwest::Client::new()
+            .get(format!("{}/users", proxy.base_url()))
+            .bearer_auth(token.clone());
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(get(&b).await, StatusCode::OK);
+
+    redis.stop();
+    let admin = mint("root", "admin");
+    let written = reqwest::Client::new()
+        .put(format!("{}/users/victim", a.base_url()))
+        .bearer_auth(&admin)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), StatusCode::OK);
+    // Redis is down and revocation fails open by default, but the instance
+    // that was told keeps the revocation itself.
+    assert_eq!(get(&a).await, StatusCode::UNAUTHORIZED);
+
+    redis.restart();
+    eventually("the kept revocation reaches the other instance", || async {
+        get(&b).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
 }

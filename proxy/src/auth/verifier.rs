@@ -338,7 +338,9 @@ impl JwtVerifier {
         let seconds = |name: &str| claims.get(name).and_then(Value::as_f64).map(|f| f.round() as u64);
         let exp = seconds("exp").unwrap_or(0);
         let nbf = seconds("nbf");
-        let issued_at = seconds("iat");
+        // Down, unlike exp: a subject's revocation covers tokens issued at
+        // or before its second, and 1000.5 was issued in second 1000.
+        let issued_at = claims.get("iat").and_then(Value::as_f64).map(|f| f.floor() as u64);
         Ok(Verified {
             claims: Arc::new(Claims {
                 subject,

@@ -38,6 +38,11 @@ pub fn boot_changes(running: &BootSettings, reloaded: &BootSettings) -> Vec<Conf
             sa.max_request_body_bytes == sb.max_request_body_bytes,
         ),
         ("server.shutdown_grace", sa.shutdown_grace == sb.shutdown_grace),
+        (
+            "server.trusted_proxies",
+            sa.client_ip.trusted_proxies == sb.client_ip.trusted_proxies,
+        ),
+        ("server.client_ip_header", sa.client_ip.header == sb.client_ip.header),
         (endpoints_field(ua, ub), ua.endpoints == ub.endpoints),
         ("upstream.balance", ua.balance == ub.balance),
         ("upstream.eject_after", ua.eject_after == ub.eject_after),

@@ -51,7 +51,34 @@ pub(super) fn limits(p: &mut Problems, field: &str, raw: &[RawLimit]) -> Arc<[Li
             p.add(at("burst"), "must be at least 1 (requests allowed at once)");
         }
         if let (Some(key), Some(rate)) = (key, rate) {
-            limits.push(Limit::new(key, rate, limit.burst));
+            if rate.period.as_micros() < u128::from(rate.count) {
+                p.add(at("rate"), "at most 1000000/s: one request per microsecond");
+                continue;
+            }
+            let built = Limit::new(key, rate, limit.burst);
+            // The store's arithmetic is exact to 2^53 µs (Lua numbers).
+            if u128::from(built.cell.burst) * u128::from(built.cell.interval_us) > 1 << 53 {
+                p.add(
+                    at("burst"),
+                    "burst times the interval exceeds 285 years; lower one of them",
+                );
+                continue;
+            }
+            limits.push(built);
+        }
+    }
+    // Several limits on one key (10/s and 1000/h per address) are named
+    // apart by their rates in metrics and the RateLimit fields.
+    for i in 0..limits.len() {
+        let repeated = limits.iter().filter(|l| l.key == limits[i].key).count() > 1;
+        if repeated {
+            let label = format!(
+                "{} {}/{}s",
+                limits[i].key,
+                limits[i].rate.count,
+                limits[i].rate.period.as_secs()
+            );
+            limits[i].label = label.into();
         }
     }
     limits.into()

@@ -28,10 +28,11 @@ pub enum LimitKey {
     Ip,
     /// The token's roles, as a set.
     Role,
-    /// A request header's value (all requests without it share one count).
+    /// A request header's value (a request without it is not counted; one
+    /// sending it twice is refused).
     Header(HeaderName),
     /// A field of a JSON request body, by JSON pointer, compared without
-    /// case (all requests without it share one count).
+    /// case (a request without it is not counted).
     Body(String),
     /// Every request of the route together.
     Route,
@@ -152,6 +153,11 @@ impl Limit {
     }
 }
 
+/// A request sent a header a limit counts by more than once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("more than one {0} header")]
+pub struct RepeatedHeader(pub HeaderName);
+
 /// What a request offers the keys of its limits.
 pub struct Caller<'a> {
     pub rule: &'a str,
@@ -167,12 +173,15 @@ pub struct Caller<'a> {
 /// when the request has no value for the limit's key (a header or body
 /// field it does not send), which the limit then does not count: an `ip`
 /// limit beside it is what covers such requests.
-pub fn cell_id(limit: &Limit, caller: &Caller<'_>) -> Option<CellId> {
+pub fn cell_id(limit: &Limit, caller: &Caller<'_>) -> Result<Option<CellId>, RepeatedHeader> {
     let mut hash = Sha256::new();
     hash.update(caller.rule.as_bytes());
     hash.update([0]);
     hash.update(limit.label.as_bytes());
     hash.update([0]);
+    // Two limits on one key count apart.
+    hash.update(limit.cell.interval_us.to_le_bytes());
+    hash.update(limit.cell.burst.to_le_bytes());
     match &limit.key {
         LimitKey::Subject => hash.update(caller.claims.map_or("", |c| c.subject.as_str())),
         LimitKey::Role => {
@@ -186,20 +195,25 @@ pub fn cell_id(limit: &Limit, caller: &Caller<'_>) -> Option<CellId> {
         }
         LimitKey::Ip => hash.update(network_of(caller.ip).to_string()),
         LimitKey::Header(name) => {
-            let mut values = caller.headers.get_all(name).iter().peekable();
-            values.peek()?;
-            for value in values {
-                hash.update(value.as_bytes());
-                hash.update([0]);
+            let mut values = caller.headers.get_all(name).iter();
+            let Some(value) = values.next() else { return Ok(None) };
+            // A second value would make a new cell per request while the
+            // backend reads one of them: refused, not guessed at.
+            if values.next().is_some() {
+                return Err(RepeatedHeader(name.clone()));
             }
+            hash.update(value.as_bytes());
         }
-        LimitKey::Body(pointer) => hash.update(body_value(caller.body, pointer)?),
+        LimitKey::Body(pointer) => match body_value(caller.body, pointer) {
+            Some(value) => hash.update(value),
+            None => return Ok(None),
+        },
         LimitKey::Route => {}
     }
     let digest = hash.finalize();
     let mut id = [0; 16];
     id.copy_from_slice(&digest[..16]);
-    Some(id)
+    Ok(Some(id))
 }
 
 /// An IPv4 address, or an IPv6 address's /64: one subscriber usually holds
@@ -296,7 +310,7 @@ mod tests {
             Rate::parse("10/min").unwrap(),
             None,
         );
-        let id = |body: &[u8], ip: &str| cell_id(&by_name, &caller(&headers, Some(body), ip));
+        let id = |body: &[u8], ip: &str| cell_id(&by_name, &caller(&headers, Some(body), ip)).unwrap();
         assert_eq!(
             id(br#"{"username":"Alice"}"#, "10.0.0.1"),
             id(br#"{"username":"alice"}"#, "10.0.0.2")
@@ -317,10 +331,23 @@ mod tests {
             Rate::parse("10/min").unwrap(),
             None,
         );
-        assert_eq!(cell_id(&by_key, &caller(&headers, None, "10.0.0.1")), None);
+        assert_eq!(cell_id(&by_key, &caller(&headers, None, "10.0.0.1")), Ok(None));
+        let mut twice = HeaderMap::new();
+        twice.append("x-api-key", "real".parse().unwrap());
+        twice.append("x-api-key", "random".parse().unwrap());
+        assert!(
+            cell_id(&by_key, &caller(&twice, None, "10.0.0.1")).is_err(),
+            "a repeated key is refused"
+        );
+        // Two limits on one key, at different rates, count apart.
+        let hourly = Limit::new(LimitKey::Ip, Rate::parse("1000/h").unwrap(), None);
+        let by_ip_again = Limit::new(LimitKey::Ip, Rate::parse("10/min").unwrap(), Some(3));
+        let single = HeaderMap::new();
+        let id_of = |limit: &Limit| cell_id(limit, &caller(&single, None, "10.0.0.1")).unwrap();
+        assert_ne!(id_of(&hourly), id_of(&by_ip_again));
 
         let by_ip = Limit::new(LimitKey::Ip, Rate::parse("10/min").unwrap(), None);
-        let ip = |addr: &str| cell_id(&by_ip, &caller(&headers, None, addr));
+        let ip = |addr: &str| cell_id(&by_ip, &caller(&headers, None, addr)).unwrap();
         assert_eq!(ip("2001:db8::1"), ip("2001:db8::ffff:1"), "one /64");
         assert_ne!(ip("2001:db8::1"), ip("2001:db8:0:1::1"));
         assert_eq!(ip("::ffff:10.0.0.1"), ip("10.0.0.1"));

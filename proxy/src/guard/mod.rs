@@ -20,17 +20,17 @@ pub mod local;
 pub mod revocation;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use self::gcra::{Cell, Decision};
 use self::headers::RateLimitFields;
-use self::limits::{cell_id, Caller, Limit};
-use self::local::LocalLimiter;
+use self::limits::{cell_id, Caller, Limit, RepeatedHeader};
+use self::local::{LocalLimiter, LocalRevocations};
 use self::revocation::{Revocation, RevokeHeaders, Standing};
 use crate::auth::{AuthError, Claims};
-use crate::cache::{CacheKey, CacheStore, Lookup, StoreError};
+use crate::cache::{CacheKey, CacheStore, Lookup, Store, StoreError};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -129,6 +129,13 @@ pub struct Guard {
     metrics: Arc<Metrics>,
     /// Whether the last check fell back, to log an outage once.
     degraded: AtomicBool,
+    /// Revocations the store did not take (while it was unreachable):
+    /// enforced here, since this instance asked for them ...
+    unrecorded: LocalRevocations,
+    /// ... (none yet: the common case costs one load) ...
+    any_unrecorded: AtomicBool,
+    /// ... and written to the store when it answers again.
+    pending: Mutex<Vec<Revocation>>,
 }
 
 impl Guard {
@@ -137,6 +144,9 @@ impl Guard {
             fallback: LocalLimiter::default(),
             metrics,
             degraded: AtomicBool::new(false),
+            unrecorded: LocalRevocations::default(),
+            any_unrecorded: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
         }
     }
 
@@ -148,20 +158,44 @@ impl Guard {
         settings: &GuardSettings,
         caller: &Caller<'_>,
         claims: Option<&Arc<Claims>>,
-    ) -> GuardCheck {
-        GuardCheck {
-            cells: limits
-                .iter()
-                .enumerate()
-                .filter_map(|(i, limit)| {
-                    Some(LimitCell {
-                        limit: i,
-                        id: cell_id(limit, caller)?,
-                        cell: limit.cell,
-                    })
-                })
-                .collect(),
+    ) -> Result<GuardCheck, RepeatedHeader> {
+        let mut cells = Vec::with_capacity(limits.len());
+        for (i, limit) in limits.iter().enumerate() {
+            if let Some(id) = cell_id(limit, caller)? {
+                cells.push(LimitCell {
+                    limit: i,
+                    id,
+                    cell: limit.cell,
+                });
+            }
+        }
+        Ok(GuardCheck {
+            cells,
             token: claims.filter(|_| settings.revocation.check).cloned(),
+        })
+    }
+
+    /// Keeps a revocation the store would not take: this instance enforces
+    /// it from now on, and [`Guard::retry_unrecorded`] writes it to the
+    /// store once it answers, for every other instance.
+    pub fn remember_unrecorded(&self, revocation: Revocation) {
+        self.unrecorded.revoke(&revocation);
+        self.any_unrecorded.store(true, Ordering::Release);
+        self.pending.lock().expect("pending revocations").push(revocation);
+    }
+
+    /// Writes the revocations kept by [`Guard::remember_unrecorded`] that
+    /// the store now takes; the others stay for the next try.
+    pub async fn retry_unrecorded(&self, store: &dyn Store) {
+        let waiting = std::mem::take(&mut *self.pending.lock().expect("pending revocations"));
+        for revocation in waiting {
+            match store.revoke(&revocation).await {
+                Ok(()) => {
+                    self.metrics.revocation_written("backend", "applied");
+                    tracing::info!(revocation = %revocation::describe(&revocation), "recorded a revocation kept while the store was unreachable");
+                }
+                Err(_) => self.pending.lock().expect("pending revocations").push(revocation),
+            }
         }
     }
 
@@ -186,7 +220,9 @@ impl Guard {
             Err(err) => self.fallback(limits, settings, check, &err)?,
         };
         if let Some(claims) = &check.token {
-            if verdict.standing.revokes(claims) {
+            let unrecorded =
+                self.any_unrecorded.load(Ordering::Acquire) && self.unrecorded.standing(claims).revokes(claims);
+            if unrecorded || verdict.standing.revokes(claims) {
                 self.metrics.revoked(rule);
                 return Err(AuthError::Revoked.into());
             }

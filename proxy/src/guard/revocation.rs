@@ -136,22 +136,17 @@ pub struct RevokeHeaders {
 
 impl RevokeHeaders {
     /// The revocations a backend's answer asks for, `caller` being who sent
-    /// the write. Members are comma-separated, in one header or several;
-    /// a member that cannot be read is skipped and logged.
+    /// the write: one per header line (a subject or `jti` may hold commas
+    /// and semicolons, so only a trailing `; before=<n>` or `; exp=<n>` is
+    /// read as a parameter). A line that is not text is skipped and logged.
     pub fn read(&self, headers: &HeaderMap, caller: Option<&Claims>) -> Vec<Revocation> {
         let mut found = Vec::new();
         for (name, is_subject) in [(&self.subject, true), (&self.jti, false)] {
             let Some(name) = name else { continue };
             for value in headers.get_all(name) {
-                let Ok(value) = value.to_str() else {
-                    tracing::warn!(header = %name, "ignoring a revocation header that is not text");
-                    continue;
-                };
-                for member in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-                    match member_of(member, is_subject, caller) {
-                        Some(revocation) => found.push(revocation),
-                        None => tracing::warn!(header = %name, "ignoring an unreadable revocation member"),
-                    }
+                match value.to_str().ok().and_then(|v| line_of(v, is_subject, caller)) {
+                    Some(revocation) => found.push(revocation),
+                    None => tracing::warn!(header = %name, "ignoring an unreadable revocation header"),
                 }
             }
         }
@@ -166,23 +161,27 @@ impl RevokeHeaders {
     }
 }
 
-/// One member: a name, then optional `; before=N` (subjects) or
+/// One header line: a name, then optionally `; before=N` (subjects) or
 /// `; exp=N` (tokens).
-fn member_of(member: &str, is_subject: bool, caller: Option<&Claims>) -> Option<Revocation> {
-    let mut parts = member.split(';').map(str::trim);
-    let name = parts.next().filter(|n| !n.is_empty())?.to_owned();
-    let mut seconds = None;
-    for parameter in parts {
-        let (key, value) = parameter.split_once('=')?;
-        let wanted = if is_subject { "before" } else { "exp" };
-        if key.trim() != wanted {
-            return None;
-        }
-        seconds = Some(value.trim().parse::<u64>().ok()?);
+fn line_of(line: &str, is_subject: bool, caller: Option<&Claims>) -> Option<Revocation> {
+    let parameter = if is_subject { "before" } else { "exp" };
+    let line = line.trim();
+    let (name, seconds) = match line.rsplit_once(';') {
+        Some((name, tail)) => match tail.trim().strip_prefix(parameter).map(str::trim_start) {
+            Some(value) => match value.strip_prefix('=').map(|v| v.trim().parse::<u64>()) {
+                Some(Ok(seconds)) => (name.trim_end(), Some(seconds)),
+                _ => return None,
+            },
+            None => (line, None),
+        },
+        None => (line, None),
+    };
+    if name.is_empty() {
+        return None;
     }
     if is_subject {
         return Some(Revocation::Subject {
-            subject: name,
+            subject: name.to_owned(),
             before: seconds.unwrap_or_else(now_secs),
         });
     }
@@ -190,10 +189,13 @@ fn member_of(member: &str, is_subject: bool, caller: Option<&Claims>) -> Option<
         return None;
     }
     let expires_at = seconds.unwrap_or_else(|| match caller {
-        Some(claims) if claims.jti.as_deref() == Some(name.as_str()) => claims.expires_at,
+        Some(claims) if claims.jti.as_deref() == Some(name) => claims.expires_at,
         _ => now_secs() + UNKNOWN_EXPIRY_SECS,
     });
-    Some(Revocation::Token { jti: name, expires_at })
+    Some(Revocation::Token {
+        jti: name.to_owned(),
+        expires_at,
+    })
 }
 
 #[cfg(test)]
@@ -256,22 +258,26 @@ mod tests {
     }
 
     #[test]
-    fn response_headers_name_subjects_and_tokens() {
+    fn response_headers_name_one_subject_or_token_per_line() {
         let names = RevokeHeaders {
             subject: Some(HeaderName::from_static("revoke-subject")),
             jti: Some(HeaderName::from_static("revoke-jti")),
         };
         let mut headers = HeaderMap::new();
-        headers.append("revoke-subject", "42, 43; before=7".parse().unwrap());
-        headers.append("revoke-subject", "bad; when=1".parse().unwrap());
-        headers.append("revoke-jti", "j1, j2; exp=9".parse().unwrap());
+        headers.append("revoke-subject", "42".parse().unwrap());
+        headers.append("revoke-subject", "a,b; before=7".parse().unwrap());
+        headers.append("revoke-subject", "43; before=soon".parse().unwrap());
+        headers.append("revoke-jti", "j1".parse().unwrap());
+        headers.append("revoke-jti", "j;2; exp=9".parse().unwrap());
         let found = names.read(&headers, Some(&claims(Some(1))));
-        assert_eq!(found.len(), 4);
+        assert_eq!(found.len(), 4, "{found:?}");
         assert!(matches!(&found[0], Revocation::Subject { subject, .. } if subject == "42"));
+        // Commas and semicolons belong to the name; only the trailing
+        // parameter is read.
         assert_eq!(
             found[1],
             Revocation::Subject {
-                subject: "43".into(),
+                subject: "a,b".into(),
                 before: 7
             }
         );
@@ -286,7 +292,7 @@ mod tests {
         assert_eq!(
             found[3],
             Revocation::Token {
-                jti: "j2".into(),
+                jti: "j;2".into(),
                 expires_at: 9
             }
         );

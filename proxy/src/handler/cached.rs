@@ -148,7 +148,7 @@ impl Proxy {
             return Ok(Box::pin(self.fetch_and_store(&fetch, None, &mut status)).await?.0);
         }
 
-        let check = req.guard_check(&self.guard, None);
+        let check = req.guard_check(&self.guard, None)?;
         let lookup = if check.is_empty() {
             self.store.lookup(&key, &policy.tags).await
         } else {

@@ -103,13 +103,15 @@ impl Admitted<'_> {
 
     /// What this request asks of the store: its limits' cells, and its
     /// token's standing.
-    fn guard_check(&self, guard: &Guard, body: Option<&[u8]>) -> GuardCheck {
-        guard.check_for(
-            &self.rule.limits,
-            &self.snap.settings.guard,
-            &self.caller(body),
-            self.claims.as_ref(),
-        )
+    fn guard_check(&self, guard: &Guard, body: Option<&[u8]>) -> Result<GuardCheck, ProxyError> {
+        guard
+            .check_for(
+                &self.rule.limits,
+                &self.snap.settings.guard,
+                &self.caller(body),
+                self.claims.as_ref(),
+            )
+            .map_err(|repeated| ProxyError::BadHeader(repeated.to_string()))
     }
 }
 
@@ -278,7 +280,7 @@ impl Proxy {
         req: &Admitted<'_>,
         body: Option<&[u8]>,
     ) -> Result<Option<RateLimitFields>, ProxyError> {
-        let check = req.guard_check(&self.guard, body);
+        let check = req.guard_check(&self.guard, body)?;
         if check.is_empty() {
             return Ok(None);
         }
@@ -463,7 +465,9 @@ impl Proxy {
     /// Records the revocations a backend's answer asked for before the
     /// answer is released, so the next request through any instance sees
     /// them. One the store cannot take within `cache.invalidation_wait` is
-    /// logged as an error: it holds nowhere.
+    /// enforced by this instance and retried until the store takes it
+    /// (logged as an error: other instances let the token through until
+    /// then).
     async fn apply_revocations(&self, rule: &'static str, revocations: Vec<Revocation>) {
         for revocation in revocations {
             match self.store.revoke(&revocation).await {
@@ -473,7 +477,8 @@ impl Proxy {
                 }
                 Err(err) => {
                     self.metrics.revocation_written("backend", "failed");
-                    tracing::error!(rule, revocation = %describe(&revocation), error = %err, "a revocation the backend asked for could not be recorded");
+                    tracing::error!(rule, revocation = %describe(&revocation), error = %err, "a revocation the backend asked for could not be recorded: this instance enforces it and retries; others do not see it until then");
+                    self.guard.remember_unrecorded(revocation);
                 }
             }
         }

@@ -36,7 +36,10 @@ const MAX_BATCH: usize = 256;
 /// The GCRA step (see [`crate::guard::gcra::admit`]) for `ARGV[3]`
 /// requests at once in the cell `KEYS[1]` (interval `ARGV[1]` µs, burst
 /// `ARGV[2]`), on Redis's clock; replies "allowed tat now". Formatted with
-/// `%.0f`: a Lua number prints 1.7e15 in exponent form otherwise.
+/// `%.0f`: a Lua number prints 1.7e15 in exponent form otherwise. The write
+/// is a `pcall`: a Redis out of memory (`noeviction`) refuses it, and the
+/// script must still answer, or its error would fail the whole pipeline
+/// (every lookup in the batch); the requests are then allowed uncounted.
 pub const LIMIT_SCRIPT: &str = r#"local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, burst, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -47,7 +50,7 @@ if k > n then k = n end
 if k < 0 then k = 0 end
 if k > 0 then
   tat = tat + k * interval
-  redis.call("SET", KEYS[1], string.format("%.0f", tat), "PX", string.format("%.0f", math.ceil((tat - now) / 1000) + 1))
+  redis.pcall("SET", KEYS[1], string.format("%.0f", tat), "PX", string.format("%.0f", math.ceil((tat - now) / 1000) + 1))
 end
 return string.format("%.0f %.0f %.0f", k, tat, now)"#;
 

@@ -73,8 +73,9 @@ impl RedisStore {
 }
 
 /// The verdict in the replies to [`RedisStore::guard_commands`].
-fn verdict(check: &GuardCheck, replies: &[Reply]) -> Result<Verdict, StoreError> {
+fn verdict(check: &GuardCheck, replies: Vec<Result<Reply, StoreError>>) -> Result<Verdict, StoreError> {
     let garbled = || StoreError::Backend("unexpected rate limit or revocation reply".into());
+    let replies: Vec<Reply> = replies.into_iter().collect::<Result<_, _>>()?;
     let mut replies = replies.iter();
     let mut decisions = Vec::with_capacity(check.cells.len());
     for cell in &check.cells {
@@ -114,8 +115,7 @@ fn verdict(check: &GuardCheck, replies: &[Reply]) -> Result<Verdict, StoreError>
 impl Guards for RedisStore {
     async fn check(&self, check: &GuardCheck) -> Result<Verdict, StoreError> {
         let commands = self.guard_commands(check, self.subject_bucket(check));
-        let replies = self.read(commands).await?;
-        verdict(check, &replies)
+        verdict(check, self.read(commands).await)
     }
 
     async fn lookup_checked(
@@ -126,13 +126,13 @@ impl Guards for RedisStore {
     ) -> (Result<Lookup, StoreError>, Result<Verdict, StoreError>) {
         let copy = self.l1_copy(key);
         let extra = self.guard_commands(check, self.place_of(key).1);
-        match self.read_entry(copy.is_some(), key, tags, extra).await {
-            Ok((first, guard_replies)) => {
-                let verdict = verdict(check, &guard_replies);
-                (self.settle_lookup(key, tags, copy, first).await, verdict)
-            }
-            Err(err) => (Err(err.clone()), Err(err)),
-        }
+        let (first, guard_replies) = self.read_entry(copy.is_some(), key, tags, extra).await;
+        let verdict = verdict(check, guard_replies);
+        let lookup = match first {
+            Ok(first) => self.settle_lookup(key, tags, copy, first).await,
+            Err(err) => Err(err),
+        };
+        (lookup, verdict)
     }
 
     async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
@@ -147,7 +147,9 @@ impl Guards for RedisStore {
                     match revocation {
                         Revocation::Token { jti, expires_at } => {
                             let set = self.names.revoked_tokens(bucket);
-                            pipe.cmd("ZADD").arg(&set).arg(*expires_at).arg(jti).ignore();
+                            // GT: a revocation asked again with an earlier
+                            // exp never shortens the one kept.
+                            pipe.cmd("ZADD").arg(&set).arg("GT").arg(*expires_at).arg(jti).ignore();
                             let forgotten = now_secs().saturating_sub(KEPT_PAST_EXPIRY.as_secs());
                             pipe.cmd("ZREMRANGEBYSCORE")
                                 .arg(&set)

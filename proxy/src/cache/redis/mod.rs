@@ -519,30 +519,36 @@ impl RedisStore {
 
     /// Sends `commands`, each in the bucket it names, in the next batch:
     /// one read per lane and group, so on one node (and on a cluster,
-    /// wherever the buckets share a node) they ride one pipeline. Replies
-    /// in the commands' order.
-    async fn read(&self, commands: Vec<(usize, Command)>) -> Result<Vec<Reply>, StoreError> {
+    /// wherever the buckets share a node) they ride one pipeline. Each
+    /// command's reply, in order: on a cluster, a read that fails (its
+    /// node down, its bucket's breaker open) fails only its own commands,
+    /// so a lookup does not fail with a rate limit counted elsewhere.
+    async fn read(&self, commands: Vec<(usize, Command)>) -> Vec<Result<Reply, StoreError>> {
+        let count = commands.len();
         if !self.per_bucket() {
             // One node: one group, one lane, one read.
             // Not `allows`: the batch's pipeline passes the breaker (and is
             // the half-open probe); claiming it here too would refuse that
             // probe.
             if self.breakers[0].is_open() {
-                return Err(StoreError::Unavailable);
+                return vec![Err(StoreError::Unavailable); count];
             }
             let read = Read {
                 lane: Lane::Single,
                 group: 0,
                 commands: commands.into_iter().map(|(_, command)| command).collect(),
             };
-            return self.reads.read(read).await;
+            return match self.reads.read(read).await {
+                Ok(replies) => replies.into_iter().map(Ok).collect(),
+                Err(err) => vec![Err(err); count],
+            };
         }
-        let count = commands.len();
+        let mut ordered: Vec<Result<Reply, StoreError>> = vec![Err(StoreError::Unavailable); count];
         let mut reads: Vec<(Read, Vec<usize>)> = Vec::with_capacity(1);
         for (i, (bucket, command)) in commands.into_iter().enumerate() {
             let group = self.group_of(bucket);
             if self.breakers[group].is_open() {
-                return Err(StoreError::Unavailable);
+                continue;
             }
             let lane = self.redis.lane(self.bucket_slots[bucket]);
             match reads.iter_mut().find(|(r, _)| r.lane == lane && r.group == group) {
@@ -560,39 +566,40 @@ impl RedisStore {
                 )),
             }
         }
-        if reads.len() == 1 {
-            let (read, _) = reads.pop().expect("one read");
-            return self.reads.read(read).await;
-        }
         let sent = join_all(
             reads
                 .into_iter()
-                .map(|(read, places)| async move { self.reads.read(read).await.map(|replies| (places, replies)) }),
+                .map(|(read, places)| async move { (places, self.reads.read(read).await) }),
         )
         .await;
-        let mut ordered: Vec<Option<Reply>> = vec![None; count];
-        for answer in sent {
-            let (places, replies) = answer?;
-            for (place, reply) in places.into_iter().zip(replies) {
-                ordered[place] = Some(reply);
+        for (places, answer) in sent {
+            match answer {
+                Ok(replies) => {
+                    for (place, reply) in places.into_iter().zip(replies) {
+                        ordered[place] = Ok(reply);
+                    }
+                }
+                Err(err) => {
+                    for place in places {
+                        ordered[place] = Err(err.clone());
+                    }
+                }
             }
         }
         ordered
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| StoreError::Backend("fewer replies than commands".into()))
     }
 
     /// Reads the entry under `key` (only its stamp, with `stamp_only`) and
     /// its bucket's generations of `tags`, with `extra` commands riding the
-    /// same batch; their replies come back after the entry's.
+    /// same batch: the entry's part, or why it failed, and each extra
+    /// command's reply.
     async fn read_entry(
         &self,
         stamp_only: bool,
         key: &CacheKey,
         tags: &[String],
         extra: Vec<(usize, Command)>,
-    ) -> Result<(EntryRead, Vec<Reply>), StoreError> {
+    ) -> (Result<EntryRead, StoreError>, Vec<Result<Reply, StoreError>>) {
         let bucket = self.place_of(key).1;
         let entry_key = self.names.entry(key);
         let entry = match stamp_only {
@@ -606,10 +613,17 @@ impl RedisStore {
                 .map(|t| (bucket, Command::Get(self.names.generation(bucket, t)))),
         );
         commands.extend(extra);
-        let mut replies = self.read(commands).await?.into_iter();
-        let entry = replies.next().and_then(|r| r.value);
-        let generations = replies.by_ref().take(tags.len()).map(|r| r.value).collect();
-        Ok((EntryRead { entry, generations }, replies.collect()))
+        let mut replies = self.read(commands).await.into_iter();
+        let own: Result<Vec<Reply>, StoreError> = replies.by_ref().take(1 + tags.len()).collect();
+        let read = own.map(|own| {
+            let mut own = own.into_iter();
+            let entry = own.next().and_then(|r| r.value);
+            EntryRead {
+                entry,
+                generations: own.map(|r| r.value).collect(),
+            }
+        });
+        (read, replies.collect())
     }
 
     /// The lookup of `key` once its first read is in: settled by an L1
@@ -627,7 +641,7 @@ impl RedisStore {
                 if let Some(found) = self.check_copy(l1, key, copy, first.entry, first.generations, tags) {
                     return Ok(found);
                 }
-                let (whole, _) = self.read_entry(false, key, tags, Vec::new()).await?;
+                let whole = self.read_entry(false, key, tags, Vec::new()).await.0?;
                 (whole.entry, whole.generations)
             }
             _ => (first.entry, first.generations),
@@ -845,7 +859,7 @@ impl CacheStore for RedisStore {
         // One round trip: the entry (or an L1 copy's stamp) and its tags'
         // generations.
         let copy = self.l1_copy(key);
-        let (first, _) = self.read_entry(copy.is_some(), key, tags, Vec::new()).await?;
+        let first = self.read_entry(copy.is_some(), key, tags, Vec::new()).await.0?;
         self.settle_lookup(key, tags, copy, first).await
     }
 
