@@ -78,31 +78,39 @@ pub(super) fn limits(p: &mut Problems, field: &str, raw: &[RawLimit]) -> Arc<[Li
                 limits[i].rate.count,
                 limits[i].rate.period.as_secs()
             );
-            limits[i].label = label.into();
+            limits[i] = limits[i].clone().named(&label);
         }
     }
     limits.into()
 }
 
-/// Whether `limits` can be counted on a route: keys that need a token
-/// need an authenticated route, a body needs a route that reads one, and
-/// a header key must reach the proxy as the client sent it.
+/// Whether the limits `raw` (at `field`) can be counted on route `route`:
+/// keys that need a token need an authenticated route, a body needs a
+/// route that reads one, and a header key must reach the proxy as the
+/// client sent it. Keys that do not parse were reported already.
 pub(super) fn check_route_limits(
     p: &mut Problems,
     field: &str,
-    limits: &[Limit],
+    raw: &[RawLimit],
+    route: &str,
     public: bool,
     is_read: bool,
     identity: &IdentitySettings,
 ) {
-    for (i, limit) in limits.iter().enumerate() {
+    for (i, limit) in raw.iter().enumerate() {
+        let Some(Ok(key)) = limit.key.as_deref().map(LimitKey::parse) else {
+            continue;
+        };
         let at = format!("{field}[{i}].key");
-        match &limit.key {
+        match &key {
             key if key.needs_token() && public => p.add(
                 at,
-                format!("{key} needs a verified token; this route is public (use ip or header:<name>)"),
+                format!("{key} needs a verified token; route {route:?} is public (use ip or header:<name>)"),
             ),
-            LimitKey::Body(_) if is_read => p.add(at, "a body key needs a write route (GET and HEAD carry no body)"),
+            LimitKey::Body(_) if is_read => p.add(
+                at,
+                format!("a body key needs a write route; route {route:?} is GET/HEAD only"),
+            ),
             LimitKey::Header(name) if crate::upstream::is_proxy_owned(name, identity) => p.add(
                 at,
                 format!("{name:?} is set or dropped by the proxy; a client could not be counted by it"),

@@ -177,6 +177,7 @@ impl Config {
             max_stale: raw.cache.max_stale.unwrap_or(DEFAULT_MAX_STALE),
             forward_headers: &default_forward,
             limits: &default_limits,
+            raw_limits: raw.limits.default.as_deref().unwrap_or_default(),
             identity: &identity,
         };
         let rules = routes::rules(&mut p, raw.routes, &inherited);

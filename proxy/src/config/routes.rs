@@ -18,8 +18,10 @@ pub(super) struct Inherited<'a> {
     /// `cache.max_stale`: the cap on the stale windows an origin asks for.
     pub max_stale: Duration,
     pub forward_headers: &'a [HeaderName],
-    /// `[limits].default`, for routes without `limits`.
+    /// `[limits].default`, for routes without `limits`, as built and as
+    /// written (for the route's checks to name).
     pub limits: &'a std::sync::Arc<[crate::guard::limits::Limit]>,
+    pub raw_limits: &'a [super::raw::RawLimit],
     pub identity: &'a IdentitySettings,
 }
 
@@ -106,12 +108,19 @@ pub(super) fn rules(p: &mut Problems, raw: Vec<RawRoute>, inherited: &Inherited<
             Some(list) => super::guard::limits(p, &at("limits"), list),
             None => inherited.limits.clone(),
         };
-        let limits_at = if route.limits.is_some() {
-            at("limits")
-        } else {
-            "limits.default".to_owned()
+        let (limits_at, raw_limits) = match &route.limits {
+            Some(list) => (at("limits"), list.as_slice()),
+            None => ("limits.default".to_owned(), inherited.raw_limits),
         };
-        super::guard::check_route_limits(p, &limits_at, &limits, access.is_public(), is_read, inherited.identity);
+        super::guard::check_route_limits(
+            p,
+            &limits_at,
+            raw_limits,
+            &name,
+            access.is_public(),
+            is_read,
+            inherited.identity,
+        );
         if let Some(pattern) = pattern {
             rules.push(Rule {
                 cache_id: route::cache_id(&name, &pattern, cache_policy.as_ref(), &forward_headers),

@@ -717,3 +717,85 @@ fn statuses_206_and_304_cannot_be_stored() {
         );
     }
 }
+
+#[test]
+fn limits_are_checked_named_and_inherited() {
+    let routes = r#"
+[server]
+trusted_proxies = ["10.0.0.0/8", "192.168.1.1"]
+
+[limits]
+default = [{ key = "ip", rate = "100/s" }]
+
+[[routes]]
+name = "open"
+path = "/open"
+methods = ["GET"]
+access = "public"
+
+[[routes]]
+name = "twice"
+path = "/twice"
+methods = ["POST"]
+access = "authenticated"
+limits = [
+  { key = "ip", rate = "10/s" },
+  { key = "ip", rate = "1000/h", burst = 50 },
+  { key = "body:/username", rate = "10/min" },
+]
+"#;
+    let overrides = Overrides {
+        jwt_secret: Some(SECRET.into()),
+        ..Overrides::default()
+    };
+    let text = format!("{routes}\n[upstream]\nurl = \"http://127.0.0.1:5000\"\n");
+    let cfg = Config::load(&text, overrides, Path::new(".")).unwrap();
+    let open = cfg.runtime.routes.by_name("open").unwrap();
+    assert_eq!(open.limits.len(), 1, "a route without limits takes the default");
+    let twice = cfg.runtime.routes.by_name("twice").unwrap();
+    let labels: Vec<&str> = twice.limits.iter().map(|l| &*l.label).collect();
+    assert_eq!(labels, ["ip 10/1s", "ip 1000/3600s", "body:/username"]);
+    assert!(twice.limits_read_body());
+    assert_eq!(cfg.boot.server.client_ip.trusted_proxies.len(), 2);
+
+    let bad = r#"
+[server]
+trusted_proxies = ["not-a-network"]
+
+[limits]
+instances = 0
+
+[revocation]
+when_unavailable = "maybe"
+
+[[routes]]
+name = "public"
+path = "/p"
+methods = ["GET"]
+access = "public"
+limits = [
+  { key = "subject", rate = "10/s" },
+  { key = "ip", rate = "2000000/s" },
+  { key = "ip", rate = "1/d", burst = 4000000000 },
+  { key = "user", rate = "10/s" },
+  { key = "route", rate = "ten a second" },
+  { key = "route", rate = "1/s", burst = 0 },
+  { key = "body:/name", rate = "1/s" },
+]
+"#;
+    let errors = fields(load(bad).unwrap_err());
+    for field in [
+        "server.trusted_proxies[0]",
+        "limits.instances",
+        "revocation.when_unavailable",
+        "routes[0].limits[0].key",
+        "routes[0].limits[1].rate",
+        "routes[0].limits[2].burst",
+        "routes[0].limits[3].key",
+        "routes[0].limits[4].rate",
+        "routes[0].limits[5].burst",
+        "routes[0].limits[6].key",
+    ] {
+        assert!(errors.iter().any(|e| e == field), "{field} not reported: {errors:?}");
+    }
+}

@@ -4,8 +4,6 @@
 //! requests that may come at once) and when it is whole again (`t`,
 //! seconds). A refused request also gets `Retry-After`.
 
-use std::fmt::Write;
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::gcra::Decision;
@@ -28,23 +26,19 @@ impl RateLimitFields {
     /// The fields for the limits a request counted in, each with the
     /// decision it made.
     pub fn new(counted: &[(&Limit, &Decision)]) -> Option<RateLimitFields> {
-        let (mut policy, mut state) = (String::with_capacity(48), String::with_capacity(48));
+        let (mut policy, mut state) = (String::with_capacity(64), String::with_capacity(64));
         let mut retry_after = None;
+        let mut numbers = itoa::Buffer::new();
         for (limit, decision) in counted {
-            let separator = if policy.is_empty() { "" } else { ", " };
-            let name = sf_string(&limit.label);
-            let _ = write!(
-                policy,
-                "{separator}{name};q={};w={}",
-                limit.rate.count,
-                limit.rate.period.as_secs()
-            );
-            let _ = write!(
-                state,
-                "{separator}{name};r={};t={}",
-                decision.remaining,
-                decision.reset_us.div_ceil(1_000_000)
-            );
+            if !policy.is_empty() {
+                policy.push_str(", ");
+                state.push_str(", ");
+            }
+            policy.push_str(&limit.policy_item);
+            state.push_str(&limit.state_item);
+            state.push_str(numbers.format(decision.remaining));
+            state.push_str(";t=");
+            state.push_str(numbers.format(decision.reset_us.div_ceil(1_000_000)));
             if !decision.allowed {
                 let wait = decision.retry_after_us.div_ceil(1_000_000).max(1);
                 retry_after = Some(retry_after.map_or(wait, |w: u64| w.max(wait)));
@@ -64,21 +58,6 @@ impl RateLimitFields {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
     }
-}
-
-/// `text` as a structured-field string (RFC 8941 §3.3.3): labels are
-/// printable ASCII already; quotes and backslashes are escaped.
-fn sf_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -122,8 +122,14 @@ pub struct Limit {
     pub key: LimitKey,
     pub rate: Rate,
     pub cell: Cell,
-    /// Its name in metrics and the RateLimit headers: the key, as written.
+    /// Its name in metrics and the RateLimit headers: the key, as written
+    /// (with its rate, where a route limits one key twice).
     pub label: Arc<str>,
+    /// Its item of `RateLimit-Policy` (`"subject";q=10;w=1`), and the
+    /// start of its item of `RateLimit` (`"subject";r=`): the same on
+    /// every answer, so built once.
+    pub policy_item: Arc<str>,
+    pub state_item: Arc<str>,
 }
 
 impl Limit {
@@ -131,15 +137,28 @@ impl Limit {
     /// "1000/min" allows a thousand at once, then one every 60 ms).
     pub fn new(key: LimitKey, rate: Rate, burst: Option<u32>) -> Limit {
         let interval_us = (rate.period.as_micros() as u64 / u64::from(rate.count)).max(1);
+        let label = key.to_string();
         Limit {
-            label: key.to_string().into(),
             key,
             rate,
             cell: Cell {
                 interval_us,
                 burst: burst.unwrap_or(rate.count).max(1),
             },
+            label: "".into(),
+            policy_item: "".into(),
+            state_item: "".into(),
         }
+        .named(&label)
+    }
+
+    /// This limit under the name `label`.
+    pub fn named(mut self, label: &str) -> Limit {
+        let name = sf_string(label);
+        self.policy_item = format!("{name};q={};w={}", self.rate.count, self.rate.period.as_secs()).into();
+        self.state_item = format!("{name};r=").into();
+        self.label = label.into();
+        self
     }
 
     /// This limit with its rate and burst divided among `instances`: what
@@ -151,6 +170,21 @@ impl Limit {
             burst: (self.cell.burst / instances).max(1),
         }
     }
+}
+
+/// `text` as a structured-field string (RFC 8941 §3.3.3): labels are
+/// printable ASCII already; quotes and backslashes are escaped.
+fn sf_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// A request sent a header a limit counts by more than once.

@@ -2,6 +2,8 @@
 //! revocations, and every store's fallback limiter while Redis is away.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,13 +34,33 @@ pub fn now_us() -> u64 {
 /// on every request, and a cache's bookkeeping per write (moka's) cost more
 /// than the arithmetic (a fifth of a memory-store hit).
 pub struct LocalLimiter {
-    shards: Vec<Mutex<HashMap<CellId, u64>>>,
+    shards: Vec<Mutex<HashMap<CellId, u64, BuildHasherDefault<DigestHasher>>>>,
+}
+
+/// Hashes a cell id by its first eight bytes: it is a SHA-256 digest
+/// already, so hashing it again (SipHash) would only cost time.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, byte) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*byte) << (8 * i);
+        }
+    }
+
+    // The array's length, written before its bytes: the same for every id.
+    fn write_usize(&mut self, _: usize) {}
 }
 
 impl Default for LocalLimiter {
     fn default() -> Self {
         LocalLimiter {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
         }
     }
 }
@@ -69,10 +91,14 @@ pub struct LocalRevocations {
     tokens: RwLock<HashMap<String, u64>>,
     /// Subject → tokens issued at or before this are revoked.
     subjects: RwLock<HashMap<String, u64>>,
+    /// Whether any revocation was ever kept: until then a check takes no
+    /// lock.
+    any: AtomicBool,
 }
 
 impl LocalRevocations {
     pub fn revoke(&self, revocation: &Revocation) {
+        self.any.store(true, Ordering::Release);
         match revocation {
             Revocation::Token { jti, expires_at } => {
                 let mut tokens = self.tokens.write().expect("revocations lock");
@@ -92,6 +118,9 @@ impl LocalRevocations {
     }
 
     pub fn standing(&self, claims: &Claims) -> Standing {
+        if !self.any.load(Ordering::Acquire) {
+            return Standing::default();
+        }
         let token_revoked = claims
             .jti
             .as_ref()

@@ -130,11 +130,9 @@ pub struct Guard {
     /// Whether the last check fell back, to log an outage once.
     degraded: AtomicBool,
     /// Revocations the store did not take (while it was unreachable):
-    /// enforced here, since this instance asked for them ...
+    /// enforced here, since this instance asked for them, and written to
+    /// the store when it answers again.
     unrecorded: LocalRevocations,
-    /// ... (none yet: the common case costs one load) ...
-    any_unrecorded: AtomicBool,
-    /// ... and written to the store when it answers again.
     pending: Mutex<Vec<Revocation>>,
 }
 
@@ -145,7 +143,6 @@ impl Guard {
             metrics,
             degraded: AtomicBool::new(false),
             unrecorded: LocalRevocations::default(),
-            any_unrecorded: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
         }
     }
@@ -180,7 +177,6 @@ impl Guard {
     /// store once it answers, for every other instance.
     pub fn remember_unrecorded(&self, revocation: Revocation) {
         self.unrecorded.revoke(&revocation);
-        self.any_unrecorded.store(true, Ordering::Release);
         self.pending.lock().expect("pending revocations").push(revocation);
     }
 
@@ -220,9 +216,7 @@ impl Guard {
             Err(err) => self.fallback(limits, settings, check, &err)?,
         };
         if let Some(claims) = &check.token {
-            let unrecorded =
-                self.any_unrecorded.load(Ordering::Acquire) && self.unrecorded.standing(claims).revokes(claims);
-            if unrecorded || verdict.standing.revokes(claims) {
+            if verdict.standing.revokes(claims) || self.unrecorded.standing(claims).revokes(claims) {
                 self.metrics.revoked(rule);
                 return Err(AuthError::Revoked.into());
             }
