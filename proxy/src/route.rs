@@ -323,7 +323,7 @@ pub struct Rule {
     pub max_concurrent_requests: Option<usize>,
     /// Rate limits every request of this rule counts in (its own, or
     /// `[limits].default`).
-    pub limits: std::sync::Arc<[crate::guard::limits::Limit]>,
+    pub limits: crate::guard::limits::Limits,
 }
 
 impl Rule {
@@ -561,7 +561,7 @@ mod tests {
             forward_headers: vec![],
             allow_encoded_separators: false,
             max_concurrent_requests: None,
-            limits: Vec::new().into(),
+            limits: Default::default(),
         }
     }
 

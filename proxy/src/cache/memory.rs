@@ -236,13 +236,7 @@ pub(super) fn usable(entry: Arc<Entry>, now_ms: u64, revalidation: Duration) -> 
 #[async_trait]
 impl CacheStore for MemoryStore {
     async fn lookup(&self, key: &CacheKey, tags: &[String]) -> Result<Lookup, StoreError> {
-        if let Some(Stored { entry, .. }) = self.entries.get(key) {
-            if self.is_current(&entry.generations, tags) {
-                return Ok(usable(entry, now_ms(), self.revalidation)
-                    .unwrap_or_else(|| Lookup::Miss(self.current_generations(tags))));
-            }
-        }
-        Ok(Lookup::Miss(self.current_generations(tags)))
+        Ok(self.lookup_now(key, tags))
     }
 
     async fn store(&self, key: &CacheKey, entry: &Entry, index: &IndexInfo<'_>) -> Result<(), StoreError> {
@@ -312,7 +306,39 @@ impl Leases for MemoryStore {}
 #[async_trait]
 impl Guards for MemoryStore {
     async fn check(&self, check: &GuardCheck) -> Result<Verdict, StoreError> {
-        Ok(Verdict {
+        Ok(self.check_now(check))
+    }
+
+    // Both at once, without the futures the trait's default awaits: a hit
+    // of this store does no I/O.
+    async fn lookup_checked(
+        &self,
+        key: &CacheKey,
+        tags: &[String],
+        check: &GuardCheck,
+    ) -> (Result<Lookup, StoreError>, Result<Verdict, StoreError>) {
+        (Ok(self.lookup_now(key, tags)), Ok(self.check_now(check)))
+    }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        self.revocations.revoke(revocation);
+        Ok(())
+    }
+}
+
+impl MemoryStore {
+    fn lookup_now(&self, key: &CacheKey, tags: &[String]) -> Lookup {
+        if let Some(Stored { entry, .. }) = self.entries.get(key) {
+            if self.is_current(&entry.generations, tags) {
+                return usable(entry, now_ms(), self.revalidation)
+                    .unwrap_or_else(|| Lookup::Miss(self.current_generations(tags)));
+            }
+        }
+        Lookup::Miss(self.current_generations(tags))
+    }
+
+    fn check_now(&self, check: &GuardCheck) -> Verdict {
+        Verdict {
             decisions: check
                 .cells
                 .iter()
@@ -323,12 +349,7 @@ impl Guards for MemoryStore {
                 .as_ref()
                 .map(|claims| self.revocations.standing(claims))
                 .unwrap_or_default(),
-        })
-    }
-
-    async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
-        self.revocations.revoke(revocation);
-        Ok(())
+        }
     }
 }
 

@@ -1,15 +1,13 @@
 //! `[limits]`, `[[routes]].limits`, `[revocation]`, the revocation headers
 //! of `[cache]`, and `[server]`'s trusted proxies.
 
-use std::sync::Arc;
-
 use http::HeaderName;
 
 use super::errors::Problems;
 use super::fields::header_name;
 use super::raw::{RawCache, RawLimit, RawLimits, RawRevocation, RawServer};
 use crate::client_ip::ClientIp;
-use crate::guard::limits::{Limit, LimitKey, Rate};
+use crate::guard::limits::{Limit, LimitKey, Limits, Rate};
 use crate::guard::revocation::RevokeHeaders;
 use crate::guard::{GuardSettings, RevocationSettings, WhenUnavailable};
 use crate::upstream::IdentitySettings;
@@ -18,7 +16,7 @@ pub const DEFAULT_REVOKE_HEADER: &str = "revoke-subject";
 pub const DEFAULT_REVOKE_JTI_HEADER: &str = "revoke-jti";
 
 /// A list of limits at `field`; what is wrong with each is reported there.
-pub(super) fn limits(p: &mut Problems, field: &str, raw: &[RawLimit]) -> Arc<[Limit]> {
+pub(super) fn limits(p: &mut Problems, field: &str, raw: &[RawLimit]) -> Limits {
     let mut limits = Vec::with_capacity(raw.len());
     for (i, limit) in raw.iter().enumerate() {
         let at = |name: &str| format!("{field}[{i}].{name}");
@@ -81,7 +79,7 @@ pub(super) fn limits(p: &mut Problems, field: &str, raw: &[RawLimit]) -> Arc<[Li
             limits[i] = limits[i].clone().named(&label);
         }
     }
-    limits.into()
+    Limits::new(limits)
 }
 
 /// Whether the limits `raw` (at `field`) can be counted on route `route`:

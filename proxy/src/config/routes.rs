@@ -20,7 +20,7 @@ pub(super) struct Inherited<'a> {
     pub forward_headers: &'a [HeaderName],
     /// `[limits].default`, for routes without `limits`, as built and as
     /// written (for the route's checks to name).
-    pub limits: &'a std::sync::Arc<[crate::guard::limits::Limit]>,
+    pub limits: &'a crate::guard::limits::Limits,
     pub raw_limits: &'a [super::raw::RawLimit],
     pub identity: &'a IdentitySettings,
 }

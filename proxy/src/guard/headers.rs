@@ -24,17 +24,22 @@ pub struct RateLimitFields {
 
 impl RateLimitFields {
     /// The fields for the limits a request counted in, each with the
-    /// decision it made.
-    pub fn new(counted: &[(&Limit, &Decision)]) -> Option<RateLimitFields> {
-        let (mut policy, mut state) = (String::with_capacity(64), String::with_capacity(64));
+    /// decision it made; `full_policy`, the policy value of them all when
+    /// it counted in every limit of its rule.
+    pub fn new(counted: &[(&Limit, &Decision)], full_policy: Option<&HeaderValue>) -> Option<RateLimitFields> {
+        let (mut policy, mut state) = (String::new(), String::with_capacity(64));
         let mut retry_after = None;
         let mut numbers = itoa::Buffer::new();
         for (limit, decision) in counted {
-            if !policy.is_empty() {
-                policy.push_str(", ");
+            if !state.is_empty() {
                 state.push_str(", ");
+                if full_policy.is_none() {
+                    policy.push_str(", ");
+                }
             }
-            policy.push_str(&limit.policy_item);
+            if full_policy.is_none() {
+                policy.push_str(&limit.policy_item);
+            }
             state.push_str(&limit.state_item);
             state.push_str(numbers.format(decision.remaining));
             state.push_str(";t=");
@@ -45,7 +50,10 @@ impl RateLimitFields {
             }
         }
         Some(RateLimitFields {
-            policy: HeaderValue::try_from(policy).ok()?,
+            policy: match full_policy {
+                Some(all) => all.clone(),
+                None => HeaderValue::try_from(policy).ok()?,
+            },
             state: HeaderValue::try_from(state).ok()?,
             retry_after,
         })
@@ -90,7 +98,7 @@ mod tests {
             },
         ];
         let counted: Vec<(&Limit, &Decision)> = limits.iter().zip(&decisions).collect();
-        let fields = RateLimitFields::new(&counted).unwrap();
+        let fields = RateLimitFields::new(&counted, None).unwrap();
         let mut headers = HeaderMap::new();
         fields.apply(&mut headers);
         assert_eq!(

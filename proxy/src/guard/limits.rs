@@ -192,6 +192,40 @@ fn sf_string(text: &str) -> String {
 #[error("more than one {0} header")]
 pub struct RepeatedHeader(pub HeaderName);
 
+/// A rule's limits, with the `RateLimit-Policy` value of them all, which
+/// every answer counting in each of them carries: built once.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    list: Arc<[Limit]>,
+    policy: Option<http::HeaderValue>,
+}
+
+impl Limits {
+    pub fn new(list: Vec<Limit>) -> Limits {
+        let items: Vec<&str> = list.iter().map(|l| &*l.policy_item).collect();
+        let policy = (!list.is_empty())
+            .then(|| http::HeaderValue::try_from(items.join(", ")).ok())
+            .flatten();
+        Limits {
+            list: list.into(),
+            policy,
+        }
+    }
+
+    /// `RateLimit-Policy` when a request counted in every limit.
+    pub fn policy(&self) -> Option<&http::HeaderValue> {
+        self.policy.as_ref()
+    }
+}
+
+impl std::ops::Deref for Limits {
+    type Target = [Limit];
+
+    fn deref(&self) -> &[Limit] {
+        &self.list
+    }
+}
+
 /// What a request offers the keys of its limits.
 pub struct Caller<'a> {
     pub rule: &'a str,

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 
 use self::gcra::{Cell, Decision};
 use self::headers::RateLimitFields;
-use self::limits::{cell_id, Caller, Limit, RepeatedHeader};
+use self::limits::{cell_id, Caller, Limit, Limits, RepeatedHeader};
 use self::local::{LocalLimiter, LocalRevocations};
 use self::revocation::{Revocation, RevokeHeaders, Standing};
 use crate::auth::{AuthError, Claims};
@@ -201,7 +201,7 @@ impl Guard {
     pub fn settle(
         &self,
         rule: &'static str,
-        limits: &[Limit],
+        limits: &Limits,
         settings: &GuardSettings,
         check: &GuardCheck,
         answer: Result<Verdict, StoreError>,
@@ -230,7 +230,8 @@ impl Guard {
             .zip(&verdict.decisions)
             .map(|(cell, decision)| (&limits[cell.limit], decision))
             .collect();
-        let fields = RateLimitFields::new(&counted);
+        let every_limit = (check.cells.len() == limits.len()).then(|| limits.policy()).flatten();
+        let fields = RateLimitFields::new(&counted, every_limit);
         for (limit, decision) in &counted {
             if !decision.allowed {
                 self.metrics.rate_limited(rule, &limit.label);
