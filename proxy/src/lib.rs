@@ -16,6 +16,9 @@
 //! - [`route`]: path normalisation and rule matching.
 //! - [`auth`]: bearer extraction and JWT verification.
 //! - [`rbac`]: rule access against claims.
+//! - [`guard`]: rate limits and token revocation, checked in the round
+//!   trip of the cache lookup; [`client_ip`]: the client behind trusted
+//!   proxies.
 //! - [`cache`]: what the request path decides (key, storability policy,
 //!   status headers), the store traits and the Redis and memory stores.
 //! - [`coalesce`]: concurrent misses for one key fetch once, here and
@@ -28,7 +31,8 @@
 //! - [`vary`]: headers the origin varies on, learned per rule.
 //! - [`invalidate`]: which write outcomes invalidate.
 //! - [`admin`]: health, readiness, metrics, reload and config listener;
-//!   [`purge`]: `POST /purge`; [`operator`]: who may use them.
+//!   [`purge`]: `POST /purge`; [`revoke`]: `POST /revoke`; [`operator`]:
+//!   who may use them.
 //! - [`tls`]: certificates and rustls configurations, both sides.
 //! - [`metrics`], [`error`], [`error_chain`], [`problem`], [`body`], [`secret`]: support.
 
