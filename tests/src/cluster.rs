@@ -140,11 +140,16 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout)
         );
         let deadline = Instant::now() + FORMING_LIMIT;
+        let all_known = format!("cluster_known_nodes:{NODES}");
         for port in &self.ports {
             // Polls a condition with a deadline: the nodes gossip until
-            // each agrees every slot is served, and each replica has
-            // synced (one that never did cannot take over).
-            while !(self.info(*port).contains("cluster_state:ok") && redis_replication_ready(*port)) {
+            // each agrees every slot is served and knows every other node
+            // (a node can say "ok" before the last MEET reached it), and
+            // each replica has synced (one that never did cannot take over).
+            while !(self.info(*port).contains("cluster_state:ok")
+                && self.info(*port).contains(&all_known)
+                && redis_replication_ready(*port))
+            {
                 assert!(
                     Instant::now() < deadline,
                     "the cluster did not form: {}",
