@@ -326,16 +326,6 @@ pub struct Rule {
     pub limits: crate::guard::limits::Limits,
 }
 
-impl Rule {
-    /// Whether a limit reads the request body, so limits are counted once
-    /// it has been read rather than before.
-    pub fn limits_read_body(&self) -> bool {
-        self.limits
-            .iter()
-            .any(|l| matches!(l.key, crate::guard::limits::LimitKey::Body(_)))
-    }
-}
-
 /// The name a rule's entries are filed under: its name and a fingerprint
 /// of everything that decides which request an entry answers, what the
 /// origin was asked, and what invalidates it (path pattern, scope, `vary`,

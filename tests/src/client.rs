@@ -123,6 +123,15 @@ async fn read(resp: reqwest::Response) -> ApiResponse {
     ApiResponse { status, headers, body }
 }
 
+/// A client connecting from `local`, e.g. `127.0.0.2`: another loopback
+/// address is another client as far as a server can tell.
+pub fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(local.parse::<std::net::IpAddr>().expect("an IP address"))
+        .build()
+        .expect("a client")
+}
+
 /// A response read off a raw socket.
 #[derive(Debug)]
 pub struct RawResponse {

@@ -38,7 +38,7 @@ pub mod token;
 pub mod upstream;
 pub mod wait;
 
-pub use crate::client::{raw_http, ApiClient, RawResponse};
+pub use crate::client::{client_from, raw_http, ApiClient, RawResponse};
 pub use crate::origin::{spawn_origin, spawn_origin_with, OriginHandle, StoppedOrigin};
 pub use crate::proxy::{
     endpoints_proxy_config, proxy_config, proxy_config_file, proxy_config_with, redis_prefix, shared_key,

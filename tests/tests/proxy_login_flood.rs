@@ -3,22 +3,12 @@
 //! costs the origin a handful of bcrypt checks, and other users still log
 //! in meanwhile.
 
-use std::net::IpAddr;
 use std::time::Instant;
 
-use e2e::Stack;
+use e2e::{client_from, Stack};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
-
-/// A client connecting from `local` (another loopback address is another
-/// client as far as the proxy can tell).
-fn client_from(local: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(local.parse::<IpAddr>().unwrap())
-        .build()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn two_hundred_guesses_at_one_account_reach_the_origin_a_few_times_while_others_log_in() {

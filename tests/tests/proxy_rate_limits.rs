@@ -2,12 +2,11 @@
 //! round trip a cache hit already takes, by the client the trusted
 //! proxies name, and per instance while Redis is away.
 
-use std::net::IpAddr;
 use std::time::Instant;
 
 use e2e::token::mint;
 use e2e::wait::eventually;
-use e2e::{json_reply, proxy_config, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
+use e2e::{client_from, json_reply, proxy_config, spawn_proxy, ProxyHandle, RedisServer, ScriptedUpstream};
 use reqwest::StatusCode;
 
 /// An uncached authenticated route limited per subject (10/s, burst 5),
@@ -182,14 +181,6 @@ async fn cache_hits_are_limited_in_the_lookups_one_round_trip() {
     let refused = get(&proxy, "/cached", &token).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "a hit is limited too");
     assert_eq!(upstream.hits(), 1);
-}
-
-/// A client connecting from `local`.
-fn client_from(local: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(local.parse::<IpAddr>().unwrap())
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -127,6 +127,11 @@ async fn a_demotion_ends_the_old_tokens_admin_access() {
     assert_eq!(api_b.get("/me", Some(&token)).await.status, StatusCode::OK);
 }
 
+/// The status of `GET /users` through `proxy` with `token`.
+async fn users_status(proxy: &ProxyHandle, token: &str) -> StatusCode {
+    ApiClient::new(proxy.base_url()).get("/users", Some(token)).await.status
+}
+
 /// `POST /revoke` on `proxy`'s admin listener.
 async fn revoke(proxy: &ProxyHandle, token: Option<&str>, body: Value) -> (u16, Value) {
     let mut request = reqwest::Client::new().post(proxy.admin_url("/revoke")).json(&body);
@@ -146,13 +151,7 @@ async fn post_revoke_is_authorised_as_purge_and_holds_across_instances() {
     let mut victim = claims("victim", "user", 600);
     victim["jti"] = json!("token-1");
     let victim = sign(&victim, e2e::origin::TEST_JWT_SECRET.as_bytes());
-    let get = |proxy: &ProxyHandle, token: &str| {
-        let request = reqwest::Client::new()
-            .get(format!("{}/users", proxy.base_url()))
-            .bearer_auth(token.to_owned());
-        async move { request.send().await.unwrap().status() }
-    };
-    assert_eq!(get(&b, &victim).await, StatusCode::OK);
+    assert_eq!(users_status(&b, &victim).await, StatusCode::OK);
 
     let by_jti = json!({"jti": "token-1", "exp": now() + 600});
     let user = mint("someone", "user");
@@ -161,7 +160,7 @@ async fn post_revoke_is_authorised_as_purge_and_holds_across_instances() {
         assert_eq!(got, status, "{token:?}: {answer}");
     }
     assert_eq!(
-        get(&b, &victim).await,
+        users_status(&b, &victim).await,
         StatusCode::OK,
         "a refused revocation revoked nothing"
     );
@@ -173,17 +172,17 @@ async fn post_revoke_is_authorised_as_purge_and_holds_across_instances() {
     let (status, answer) = revoke(&a, Some(&root), by_jti).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["revoked"]["jti"], "token-1");
-    assert_eq!(get(&b, &victim).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(users_status(&b, &victim).await, StatusCode::UNAUTHORIZED);
 
     // A subject's tokens issued until now (the default `before`).
     let other = mint("other", "user");
-    assert_eq!(get(&b, &other).await, StatusCode::OK);
+    assert_eq!(users_status(&b, &other).await, StatusCode::OK);
     assert_eq!(revoke(&a, Some(&root), json!({"subject": "other"})).await.0, 200);
-    assert_eq!(get(&b, &other).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(users_status(&b, &other).await, StatusCode::UNAUTHORIZED);
     // ... but not those issued after `before`.
     let (status, _) = revoke(&a, Some(&root), json!({"subject": "later", "before": now() - 60})).await;
     assert_eq!(status, 200);
-    assert_eq!(get(&b, &mint("later", "user")).await, StatusCode::OK);
+    assert_eq!(users_status(&b, &mint("later", "user")).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -191,13 +190,12 @@ async fn revocations_hold_in_the_memory_store_too() {
     let upstream = ScriptedUpstream::start(|_| async { json_reply(200, "{}", &[]) }).await;
     let proxy = spawn_proxy(proxy_config(SHIPPED_CONFIG, upstream.addr, None, None)).await;
     let token = mint("mem", "user");
-    let url = format!("{}/users", proxy.base_url());
-    let get = || reqwest::Client::new().get(&url).bearer_auth(&token).send();
-    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(get().await.unwrap().headers()["x-cache"], "HIT");
+    let api = ApiClient::new(proxy.base_url());
+    assert_eq!(api.get("/users", Some(&token)).await.status, StatusCode::OK);
+    assert_eq!(api.get("/users", Some(&token)).await.header("x-cache"), Some("HIT"));
     let (status, _) = revoke(&proxy, Some(&mint("root", "admin")), json!({"subject": "mem"})).await;
     assert_eq!(status, 200);
-    assert_eq!(get().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(users_status(&proxy, &token).await, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -244,13 +242,7 @@ async fn a_revocation_made_while_redis_is_down_holds_here_and_reaches_the_others
     let config = || proxy_config(SHIPPED_CONFIG, upstream.addr, Some(redis.url()), None);
     let (a, b) = (spawn_proxy(config()).await, spawn_proxy(config()).await);
     let token = mint("victim", "user");
-    let get = |proxy: &ProxyHandle| {
-        let request = reqwest::Client::new()
-            .get(format!("{}/users", proxy.base_url()))
-            .bearer_auth(token.clone());
-        async move { request.send().await.unwrap().status() }
-    };
-    assert_eq!(get(&b).await, StatusCode::OK);
+    assert_eq!(users_status(&b, &token).await, StatusCode::OK);
 
     redis.stop();
     let admin = mint("root", "admin");
@@ -264,11 +256,11 @@ async fn a_revocation_made_while_redis_is_down_holds_here_and_reaches_the_others
     assert_eq!(written.status(), StatusCode::OK);
     // Redis is down and revocation fails open by default, but the instance
     // that was told keeps the revocation itself.
-    assert_eq!(get(&a).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(users_status(&a, &token).await, StatusCode::UNAUTHORIZED);
 
     redis.restart();
     eventually("the kept revocation reaches the other instance", || async {
-        get(&b).await == StatusCode::UNAUTHORIZED
+        users_status(&b, &token).await == StatusCode::UNAUTHORIZED
     })
     .await;
 }

@@ -52,3 +52,12 @@ pub(super) fn header_names(p: &mut Problems, field: &str, values: &[String]) -> 
         .map(|(i, v)| header_name(p, &format!("{field}[{i}]"), v))
         .collect()
 }
+
+/// A header name at `field`: `default` when unset, none when set to ""
+/// (how a header the proxy reads from the backend is turned off).
+pub(super) fn optional_header(p: &mut Problems, field: &str, value: Option<&str>, default: &str) -> Option<HeaderName> {
+    match value {
+        Some("") => None,
+        name => Some(header_name(p, field, name.unwrap_or(default))),
+    }
+}

@@ -1,10 +1,8 @@
 //! `[limits]`, `[[routes]].limits`, `[revocation]`, the revocation headers
 //! of `[cache]`, and `[server]`'s trusted proxies.
 
-use http::HeaderName;
-
 use super::errors::Problems;
-use super::fields::header_name;
+use super::fields::{header_name, optional_header};
 use super::raw::{RawCache, RawLimit, RawLimits, RawRevocation, RawServer};
 use crate::client_ip::ClientIp;
 use crate::guard::limits::{Limit, LimitKey, Limits, Rate};
@@ -161,14 +159,6 @@ pub(super) fn guard_settings(
                 ),
             },
         },
-    }
-}
-
-/// A header name, its default when unset, none when set to "".
-fn optional_header(p: &mut Problems, field: &str, value: Option<&str>, default: &str) -> Option<HeaderName> {
-    match value {
-        Some("") => None,
-        name => Some(header_name(p, field, name.unwrap_or(default))),
     }
 }
 

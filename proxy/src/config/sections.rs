@@ -6,7 +6,7 @@ use http::Uri;
 
 use super::defaults::*;
 use super::errors::Problems;
-use super::fields::{at_least_one_u32, header_name, positive};
+use super::fields::{at_least_one_u32, optional_header, positive};
 use super::raw::{RawCache, RawUpstream};
 use super::tls::certificate_files;
 use crate::cache::settings::{Backend, CacheLimits, StoreSettings};
@@ -321,13 +321,11 @@ pub(super) fn cache_limits(p: &mut Problems, raw: &RawCache) -> CacheLimits {
         max_entry_bytes: raw.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES),
         max_key_bytes: raw.max_key_bytes.unwrap_or(DEFAULT_MAX_KEY_BYTES),
         lease_ttl: positive(p, "cache.lease_ttl", raw.lease_ttl, DEFAULT_LEASE_TTL),
-        surrogate_key_header: match raw.surrogate_key_header.as_deref() {
-            Some("") => None,
-            name => Some(header_name(
-                p,
-                "cache.surrogate_key_header",
-                name.unwrap_or(DEFAULT_SURROGATE_KEY_HEADER),
-            )),
-        },
+        surrogate_key_header: optional_header(
+            p,
+            "cache.surrogate_key_header",
+            raw.surrogate_key_header.as_deref(),
+            DEFAULT_SURROGATE_KEY_HEADER,
+        ),
     }
 }

@@ -755,7 +755,7 @@ limits = [
     let twice = cfg.runtime.routes.by_name("twice").unwrap();
     let labels: Vec<&str> = twice.limits.iter().map(|l| &*l.label).collect();
     assert_eq!(labels, ["ip 10/1s", "ip 1000/3600s", "body:/username"]);
-    assert!(twice.limits_read_body());
+    assert!(twice.limits.read_body());
     assert_eq!(cfg.boot.server.client_ip.trusted_proxies.len(), 2);
 
     let bad = r#"

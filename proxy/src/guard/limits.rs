@@ -198,6 +198,8 @@ pub struct RepeatedHeader(pub HeaderName);
 pub struct Limits {
     list: Arc<[Limit]>,
     policy: Option<http::HeaderValue>,
+    /// Whether one of them counts by a field of the body.
+    reads_body: bool,
 }
 
 impl Limits {
@@ -207,9 +209,16 @@ impl Limits {
             .then(|| http::HeaderValue::try_from(items.join(", ")).ok())
             .flatten();
         Limits {
+            reads_body: list.iter().any(|l| matches!(l.key, LimitKey::Body(_))),
             list: list.into(),
             policy,
         }
+    }
+
+    /// Whether a limit reads the request body, so they are counted once
+    /// it has been read rather than before.
+    pub fn read_body(&self) -> bool {
+        self.reads_body
     }
 
     /// `RateLimit-Policy` when a request counted in every limit.

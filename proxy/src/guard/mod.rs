@@ -82,9 +82,7 @@ pub trait Guards: CacheStore {
         key: &CacheKey,
         tags: &[String],
         check: &GuardCheck,
-    ) -> (Result<Lookup, StoreError>, Result<Verdict, StoreError>) {
-        (self.lookup(key, tags).await, self.check(check).await)
-    }
+    ) -> (Result<Lookup, StoreError>, Result<Verdict, StoreError>);
 
     /// Records `revocation` where every instance reads it.
     async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError>;

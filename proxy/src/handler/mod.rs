@@ -259,7 +259,7 @@ impl Proxy {
             // Its limits and revocation ride the lookup's round trip.
             Some(policy) if is_read => self.cached_read(&admitted, policy, ctx).await,
             _ => {
-                if !rule.limits_read_body() {
+                if !rule.limits.read_body() {
                     ctx.rate_limit = self.guard_alone(&admitted, None).await?;
                 }
                 ctx.cache_status = CacheStatus::Bypass(if is_read { Bypass::Uncacheable } else { Bypass::Method });
@@ -312,7 +312,7 @@ impl Proxy {
         let server = &self.boot.server;
         let bytes = body::read_request_body(body, server.max_request_body_bytes, server.body_read_timeout).await?;
         ctx.bytes_in = bytes.len() as u64;
-        if rule.limits_read_body() {
+        if rule.limits.read_body() {
             // Bounded by max_request_body_bytes, like every body: read
             // whole before anything is forwarded anyway.
             ctx.rate_limit = self.guard_alone(&req, Some(&bytes)).await?;

@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::future::join_all;
 
 use super::batch::{Command, Reply};
-use super::{RedisStore, PENDING_RETRY};
+use super::RedisStore;
 use crate::cache::{CacheKey, Lookup, StoreError};
 use crate::guard::gcra::{Admitted, Decision};
 use crate::guard::revocation::{now_secs, Revocation, Standing};
@@ -59,6 +58,37 @@ impl RedisStore {
             commands.push((bucket, Command::Field(subjects.clone(), claims.subject.clone())));
         }
         commands
+    }
+
+    /// Writes `revocation` to each bucket of `group`.
+    fn revocation_pipeline(&self, group: usize, revocation: &Revocation) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for bucket in self.buckets_of(group) {
+            match revocation {
+                Revocation::Token { jti, expires_at } => {
+                    let set = self.names.revoked_tokens(bucket);
+                    // GT: a revocation asked again with an earlier exp
+                    // never shortens the one kept.
+                    pipe.cmd("ZADD").arg(&set).arg("GT").arg(*expires_at).arg(jti).ignore();
+                    let forgotten = now_secs().saturating_sub(KEPT_PAST_EXPIRY.as_secs());
+                    pipe.cmd("ZREMRANGEBYSCORE")
+                        .arg(&set)
+                        .arg("-inf")
+                        .arg(format!("({forgotten}"))
+                        .ignore();
+                }
+                Revocation::Subject { subject, before } => {
+                    pipe.cmd("EVAL")
+                        .arg(SUBJECT_SCRIPT)
+                        .arg(1)
+                        .arg(self.names.revoked_subjects(bucket))
+                        .arg(subject)
+                        .arg(*before)
+                        .ignore();
+                }
+            }
+        }
+        pipe
     }
 
     /// A bucket for revocation reads that ride no entry's: the subject's.
@@ -136,58 +166,12 @@ impl Guards for RedisStore {
     }
 
     async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
-        // Like an invalidation: every group, retried until
-        // `invalidation_wait` runs out; not behind the breaker.
-        let give_up_at = tokio::time::Instant::now() + self.invalidation_wait;
-        let mut left: Vec<usize> = self.groups().collect();
-        loop {
-            let attempts = std::mem::take(&mut left).into_iter().map(|group| async move {
-                let mut pipe = redis::pipe();
-                for bucket in self.buckets_of(group) {
-                    match revocation {
-                        Revocation::Token { jti, expires_at } => {
-                            let set = self.names.revoked_tokens(bucket);
-                            // GT: a revocation asked again with an earlier
-                            // exp never shortens the one kept.
-                            pipe.cmd("ZADD").arg(&set).arg("GT").arg(*expires_at).arg(jti).ignore();
-                            let forgotten = now_secs().saturating_sub(KEPT_PAST_EXPIRY.as_secs());
-                            pipe.cmd("ZREMRANGEBYSCORE")
-                                .arg(&set)
-                                .arg("-inf")
-                                .arg(format!("({forgotten}"))
-                                .ignore();
-                        }
-                        Revocation::Subject { subject, before } => {
-                            pipe.cmd("EVAL")
-                                .arg(SUBJECT_SCRIPT)
-                                .arg(1)
-                                .arg(self.names.revoked_subjects(bucket))
-                                .arg(subject)
-                                .arg(*before)
-                                .ignore();
-                        }
-                    }
-                }
-                let result = self
-                    .attempt(group, |mut conn| async move { pipe.query_async::<()>(&mut conn).await })
-                    .await;
-                (group, result)
-            });
-            let mut last_error = None;
-            for (group, result) in join_all(attempts).await {
-                if let Err(err) = result {
-                    left.push(group);
-                    last_error = Some(err);
-                }
-            }
-            let Some(err) = last_error else {
-                self.confirm_replicated().await;
-                return Ok(());
-            };
-            if tokio::time::Instant::now() + PENDING_RETRY >= give_up_at {
-                return Err(err);
-            }
-            tokio::time::sleep(PENDING_RETRY).await;
-        }
+        // Like an invalidation: in every group's buckets.
+        self.on_every_group(|group| {
+            let pipe = self.revocation_pipeline(group, revocation);
+            self.attempt(group, |mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+        })
+        .await
+        .map_err(|(err, _)| err)
     }
 }

@@ -234,6 +234,45 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// Runs `op` on every group at once, and again on those it failed on
+    /// every [`PENDING_RETRY`] until `invalidation_wait` runs out: how a
+    /// write (an invalidation, a revocation) reaches Redis, not behind the
+    /// breaker, since a write is worth a few tries even while reads skip
+    /// the cache. Waits for a replica after each round that applied
+    /// something. Giving up: the last error and the groups still failing.
+    async fn on_every_group<F, Fut>(&self, op: F) -> Result<(), (StoreError, Vec<usize>)>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        let give_up_at = tokio::time::Instant::now() + self.invalidation_wait;
+        let mut left: Vec<usize> = self.groups().collect();
+        loop {
+            let attempts = std::mem::take(&mut left).into_iter().map(|group| {
+                let attempt = op(group);
+                async move { (group, attempt.await) }
+            });
+            let (mut last_error, mut any_applied) = (None, false);
+            for (group, result) in join_all(attempts).await {
+                match result {
+                    Ok(()) => any_applied = true,
+                    Err(err) => {
+                        left.push(group);
+                        last_error = Some(err);
+                    }
+                }
+            }
+            if any_applied {
+                self.confirm_replicated().await;
+            }
+            let Some(err) = last_error else { return Ok(()) };
+            if tokio::time::Instant::now() + PENDING_RETRY >= give_up_at {
+                return Err((err, left));
+            }
+            tokio::time::sleep(PENDING_RETRY).await;
+        }
+    }
+
     /// Whether each bucket is a group of its own (a cluster: one pipeline
     /// may not cross hash slots) rather than all in one.
     fn per_bucket(&self) -> bool {
@@ -1007,43 +1046,18 @@ impl Invalidate for RedisStore {
         if tags.is_empty() {
             return Ok(());
         }
-        // Not behind the breaker: a write is worth a few tries even while
-        // reads skip the cache. Every group at once; those that fail are
-        // tried again until `invalidation_wait` runs out.
-        let give_up_at = tokio::time::Instant::now() + self.invalidation_wait;
-        let mut left: Vec<usize> = self.groups().collect();
-        loop {
-            let attempts = std::mem::take(&mut left).into_iter().map(|group| async move {
-                let result = self
-                    .attempt(group, |conn| async move { self.bump(conn, group, tags).await })
-                    .await;
-                (group, result)
-            });
-            let (mut last_error, mut any_applied) = (None, false);
-            for (group, result) in join_all(attempts).await {
-                match result {
-                    Ok(()) => any_applied = true,
-                    Err(err) => {
-                        left.push(group);
-                        last_error = Some(err);
-                    }
-                }
+        let bumped = self
+            .on_every_group(|group| self.attempt(group, move |conn| async move { self.bump(conn, group, tags).await }))
+            .await;
+        bumped.map_err(|(err, left)| {
+            // Whether or not Redis applied them, assume not: this instance
+            // serves nothing from these groups until a bump of these tags
+            // there is acknowledged.
+            for group in left {
+                self.pending.remember(group, tags);
             }
-            if any_applied {
-                self.confirm_replicated().await;
-            }
-            let Some(err) = last_error else { return Ok(()) };
-            if tokio::time::Instant::now() + PENDING_RETRY >= give_up_at {
-                // Whether or not Redis applied them, assume not: this
-                // instance serves nothing from these groups until a bump
-                // of these tags there is acknowledged.
-                for &group in &left {
-                    self.pending.remember(group, tags);
-                }
-                return Err(err);
-            }
-            tokio::time::sleep(PENDING_RETRY).await;
-        }
+            err
+        })
     }
 }
 
