@@ -22,6 +22,18 @@ stop_children() {
   done
 }
 
+# stop_child PID: TERM (KILL after 5 s) to one server `start` started, reaped
+# and dropped from CHILDREN, so its pid is never signalled again.
+stop_child() {
+  local pid=$1 kept=() p
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${CHILDREN[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+  CHILDREN=("${kept[@]}")
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start NAME CMD...: runs CMD in the background, logging to $WORK/NAME.log;
@@ -99,19 +111,39 @@ prime() {
   case "$status" in HIT) ;; *) die "$t does not serve GET /users from its cache (X-Cache: ${status:-none}); see $WORK" ;; esac
 }
 
-# measure NAME PORT|URL PID...: primes the target, then wrk on its GET /users
-# for DURATION s. Leaves RPS, REQUESTS, NON2XX, CPU_US (CPU µs of the PIDs
-# per request), TARGET_TICKS (their clock ticks) and WRK_TICKS (wrk's); dies
-# when wrk saw socket errors or non-2xx answers.
+# pss_kib PID...: proportional set size of the processes, KiB: memory
+# shared between them (nginx's and HAProxy's cache zones) counted once.
+pss_kib() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/smaps_rollup" ] || continue
+    total=$((total + $(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup")))
+  done
+  echo $total
+}
+
+# measure NAME PORT|URL PID...: wrk for DURATION s on the target. Without
+# WRK_PLAN: primes it, then loads its GET /users with TOKEN. With WRK_PLAN
+# (a plan file, see benches/plan.lua): the plan's requests, with the
+# headers in WRK_HEADERS (an array of `name: value`), no priming. Leaves
+# RPS, REQUESTS, NON2XX, CPU_US (CPU µs of the PIDs per request),
+# TARGET_TICKS (their clock ticks) and WRK_TICKS (wrk's); dies when wrk saw
+# socket errors or non-2xx answers.
 measure() {
   local t=$1 target=$2; shift 2
-  local before after out url
-  url="$(target_url "$target")/users"
-  prime "$t" "$target"
+  local before after out url load=()
+  if [ -n "${WRK_PLAN:-}" ]; then
+    local h
+    for h in "${WRK_HEADERS[@]}"; do load+=(-H "$h"); done
+    load+=(-s benches/plan.lua "$(target_url "$target")" -- "$WRK_PLAN" "$THREADS")
+  else
+    prime "$t" "$target"
+    load=(-H "authorization: Bearer $TOKEN" "$(target_url "$target")/users")
+  fi
   before=$(cpu_ticks "$@")
   # The subshell's reaped children are wrk alone: its cutime + cstime. A
   # failing wrk is the subshell's status, as `set -e` expects.
-  out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" -H "authorization: Bearer $TOKEN" "$url" &&
+  out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" "${load[@]}" &&
     awk '{print "wrk-ticks", $16 + $17}' "/proc/$BASHPID/stat")
   after=$(cpu_ticks "$@")
   TARGET_TICKS=$((after - before))

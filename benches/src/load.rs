@@ -43,6 +43,9 @@ pub struct LoadSpec {
     pub rate: Option<u64>,
     /// `Some`: every connection does a TLS handshake first.
     pub tls: Option<Tls>,
+    /// `Some(n)`: send requests 0 to n - 1 once each, then stop; the run
+    /// lasts as long as they take (`duration` is not used).
+    pub limit: Option<u64>,
 }
 
 /// TLS for [`LoadSpec::tls`]: the client configuration and the name the
@@ -133,14 +136,20 @@ pub async fn run(spec: &LoadSpec, plan: Plan) -> anyhow::Result<LoadResult> {
     tokio::time::sleep(spec.warmup).await;
     shared.measuring.store(true, Ordering::SeqCst);
     let measured_from = Instant::now();
-    tokio::time::sleep(spec.duration).await;
-    shared.stop.store(true, Ordering::SeqCst);
+    if spec.limit.is_none() {
+        tokio::time::sleep(spec.duration).await;
+        shared.stop.store(true, Ordering::SeqCst);
+    }
+    let mut finished = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        finished.push(task.await??);
+    }
+    // With a limit, the run lasts until the last request is answered.
     let seconds = measured_from.elapsed().as_secs_f64();
 
     let mut histogram = new_histogram();
     let (mut errors, mut classes) = (0, [0u64; 4]);
-    for task in tasks {
-        let stats = task.await??;
+    for stats in finished {
         histogram.add(&stats.histogram)?;
         errors += stats.errors;
         for (total, n) in classes.iter_mut().zip(stats.classes) {
@@ -210,10 +219,14 @@ async fn connection(
         errors: 0,
         classes: [0; 4],
     };
+    let host = http::HeaderValue::from_str(&spec.addr.to_string())?;
     let mut sender = connect(&spec).await?;
     let mut previous_done = start;
     while !shared.stop.load(Ordering::Relaxed) {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        if spec.limit.is_some_and(|limit| i >= limit) {
+            break;
+        }
         let scheduled = match spec.rate {
             Some(rate) => {
                 let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate.max(1));
@@ -234,9 +247,9 @@ async fn connection(
         *request.method_mut() = planned.method;
         *request.uri_mut() = planned.path.parse()?;
         *request.headers_mut() = planned.headers;
-        request
-            .headers_mut()
-            .insert(http::header::HOST, http::HeaderValue::from_static("bench"));
+        // The address, as curl and wrk send it: caches that key on the
+        // host (HAProxy's) see the same key whichever client asks.
+        request.headers_mut().insert(http::header::HOST, host.clone());
         let exchange = async {
             sender.ready().await?;
             let response = sender.send_request(request).await?;

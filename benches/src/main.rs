@@ -70,6 +70,14 @@ enum Command {
         #[arg(long, env = "JWT_SECRET_KEY")]
         secret: String,
     },
+    /// Print one token per subject (`bench-subject-00000` on), role `user`,
+    /// valid for a day: the many-token scenarios of benches/peers.
+    Mint {
+        #[arg(long)]
+        subjects: usize,
+        #[arg(long, env = "JWT_SECRET_KEY")]
+        secret: String,
+    },
     /// One load against one address (used by benches/peers).
     Run {
         #[command(flatten)]
@@ -86,6 +94,15 @@ enum Command {
         /// Open loop at this rate (requests/s); closed loop when absent.
         #[arg(long)]
         rate: Option<u64>,
+        /// Requests from this file instead of `--path`: one per line, the
+        /// path, then optional tab-separated `name: value` headers (added
+        /// to `--header`s). Request i is line i modulo the line count.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// With `--plan`: send each line once, then stop (closed loop, no
+        /// warm-up; used to fill a cache with a known set of keys).
+        #[arg(long, requires = "plan")]
+        once: bool,
         /// Connect with TLS, trusting only the PEM certificates in this file
         /// (which must name the address's IP): TLS 1.3,
         /// TLS_AES_128_GCM_SHA256, X25519, ALPN http/1.1.
@@ -114,13 +131,28 @@ fn main() -> anyhow::Result<()> {
                 path,
                 headers,
                 rate,
+                plan,
+                once,
                 tls_ca,
             } => {
                 let tls = match tls_ca {
                     Some(ca) => Some(Tls::pinned(&ca, addr.ip().into())?),
                     None => None,
                 };
-                single(load, addr, path, headers, rate, tls).await
+                let requests = match plan {
+                    Some(file) => read_plan(&file, &headers)?,
+                    None => vec![planned(path, parse_headers(&headers, HeaderMap::new())?)],
+                };
+                single(load, addr, requests, rate, once, tls).await
+            }
+            Command::Mint { subjects, secret } => {
+                for i in 0..subjects {
+                    println!(
+                        "{}",
+                        scenarios::mint_token_with(&format!("bench-subject-{i:05}"), "user", &secret)
+                    );
+                }
+                Ok(())
             }
             Command::Seed {
                 mongo_uri,
@@ -160,6 +192,7 @@ async fn suite(
             duration: args.duration,
             rate: None,
             tls: None,
+            limit: None,
         };
         eprintln!("{} against {} ...", scenario.name, scenario.target.name());
         // Warm up in a run of its own, so the upstream count covers only
@@ -215,39 +248,68 @@ async fn suite(
     Ok(())
 }
 
-async fn single(
-    args: LoadArgs,
-    addr: std::net::SocketAddr,
-    path: String,
-    headers: Vec<String>,
-    rate: Option<u64>,
-    tls: Option<Tls>,
-) -> anyhow::Result<()> {
-    let mut map = HeaderMap::new();
-    for h in &headers {
+/// `name: value` headers added to `map`.
+fn parse_headers<S: AsRef<str>>(headers: &[S], mut map: HeaderMap) -> anyhow::Result<HeaderMap> {
+    for h in headers {
+        let h = h.as_ref();
         let (name, value) = h
             .split_once(':')
-            .ok_or_else(|| anyhow::anyhow!("--header {h:?} is not `name: value`"))?;
+            .ok_or_else(|| anyhow::anyhow!("header {h:?} is not `name: value`"))?;
         map.append(
             HeaderName::from_bytes(name.trim().as_bytes())?,
             HeaderValue::from_str(value.trim())?,
         );
     }
-    let planned = Planned {
+    Ok(map)
+}
+
+fn planned(path: String, headers: HeaderMap) -> Planned {
+    Planned {
         method: Method::GET,
         path,
-        headers: map,
+        headers,
         body: Bytes::new(),
-    };
+    }
+}
+
+/// A `--plan` file's requests, each with the command line's headers too.
+fn read_plan(file: &std::path::Path, headers: &[String]) -> anyhow::Result<Vec<Planned>> {
+    let common = parse_headers(headers, HeaderMap::new())?;
+    let text = std::fs::read_to_string(file)?;
+    let requests = text
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let mut fields = line.split('\t');
+            let path = fields.next().unwrap_or_default().to_owned();
+            Ok(planned(
+                path,
+                parse_headers(&fields.collect::<Vec<_>>(), common.clone())?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!requests.is_empty(), "{} has no request", file.display());
+    Ok(requests)
+}
+
+async fn single(
+    args: LoadArgs,
+    addr: std::net::SocketAddr,
+    requests: Vec<Planned>,
+    rate: Option<u64>,
+    once: bool,
+    tls: Option<Tls>,
+) -> anyhow::Result<()> {
     let spec = LoadSpec {
         addr,
         connections: args.connections,
-        warmup: args.warmup,
+        warmup: if once { Duration::ZERO } else { args.warmup },
         duration: args.duration,
         rate,
         tls,
+        limit: once.then_some(requests.len() as u64),
     };
-    let result = load::run(&spec, Arc::new(move |_| planned.clone())).await?;
+    let result = load::run(&spec, Arc::new(move |i| requests[i as usize % requests.len()].clone())).await?;
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }

@@ -18,6 +18,7 @@ async fn every_scenario_runs_cleanly_and_hits_stay_off_the_upstream() {
                 duration: Duration::from_millis(300),
                 rate,
                 tls: None,
+                limit: None,
             };
             // Warm the cache in a run of its own, so the count below covers
             // only the measured run.
@@ -50,4 +51,17 @@ async fn every_scenario_runs_cleanly_and_hits_stay_off_the_upstream() {
             }
         }
     }
+    // A limited run sends each of its requests once, then stops.
+    let scenario = &scenarios::all(&stack, 10)[0];
+    let once = LoadSpec {
+        addr: stack.addr(scenario.target),
+        connections: 4,
+        warmup: Duration::ZERO,
+        duration: Duration::ZERO,
+        rate: None,
+        tls: None,
+        limit: Some(25),
+    };
+    let result = load::run(&once, scenario.plan.clone()).await.unwrap();
+    assert_eq!(result.requests + result.errors, 25, "a limit of 25 sent {result:?}");
 }
