@@ -134,6 +134,26 @@ impl Entry {
         2 + 1 + 2 + 8 + 8 + 8 + 8 + 2 + gens + 2 + headers + 4 + self.body.len()
     }
 
+    /// A copy for a store in this process that shares no buffer with the
+    /// response it came from. The body and header values of an answer
+    /// just received are slices of hyper's read buffer (8 KiB and up):
+    /// kept for hours, a 1 KiB entry would hold the whole buffer, ten
+    /// times its weight, unseen by `memory_max_bytes`.
+    pub fn detached(&self) -> Entry {
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("copied from a valid value");
+            copy.set_sensitive(value.is_sensitive());
+            headers.append(name.clone(), copy);
+        }
+        Entry {
+            headers,
+            body: Bytes::copy_from_slice(&self.body),
+            generations: self.generations.clone(),
+            ..*self
+        }
+    }
+
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.encoded_len());
         self.encode_into(&mut out);
@@ -263,6 +283,23 @@ fn take_str16(buf: &mut Bytes) -> Result<String, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detached_copy_shares_no_buffer_with_the_response() {
+        // As hyper hands them over: body and values slices of one buffer.
+        let buffer = Bytes::from(vec![b'x'; 8192]);
+        let mut entry = sample();
+        entry.body = buffer.slice(..1024);
+        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(2000..2010)).unwrap();
+        secret.set_sensitive(true);
+        entry.headers.insert("x-from-buffer", secret);
+        let copy = entry.detached();
+        assert_eq!(copy, entry);
+        assert!(copy.headers["x-from-buffer"].is_sensitive());
+        let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
+        assert!(!within(copy.body.as_ptr()), "the body still points into the buffer");
+        assert!(!within(copy.headers["x-from-buffer"].as_bytes().as_ptr()));
+    }
 
     fn sample() -> Entry {
         let mut headers = HeaderMap::new();

@@ -244,7 +244,7 @@ impl CacheStore for MemoryStore {
         // listener then unindexes it.
         self.index.lock().expect("index lock").add(*key, index);
         let stored = Stored {
-            entry: Arc::new(entry.clone()),
+            entry: Arc::new(entry.detached()),
             index_bytes: index_cost(index),
         };
         self.entries.insert(*key, stored);

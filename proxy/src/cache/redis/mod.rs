@@ -940,7 +940,7 @@ impl CacheStore for RedisStore {
         })
         .await?;
         if let Some(l1) = &self.l1 {
-            let entry = Arc::new(entry.clone());
+            let entry = Arc::new(entry.detached());
             l1.insert(*key, LocalCopy { stamp, entry });
         }
         Ok(())
