@@ -36,59 +36,124 @@ pub struct MemoryStore {
     revocations: LocalRevocations,
 }
 
-/// Keys by path, by segment-aligned prefix and by tag.
+/// Keys by path, by segment-aligned prefix and by tag. Built to cost
+/// little per entry: each path's own place holds its one key inline until
+/// a second variant comes, and an entry is filed under its ancestors only
+/// (a purge by prefix reads the prefix's own path too; the root's is every
+/// indexed key).
 #[derive(Default)]
 struct Index {
     /// Each indexed entry's path and tags, to unindex it when it goes.
-    places: HashMap<CacheKey, (String, Vec<String>)>,
-    by_path: HashMap<String, HashSet<CacheKey>>,
-    by_prefix: HashMap<String, HashSet<CacheKey>>,
-    by_tag: HashMap<String, HashSet<CacheKey>>,
+    places: HashMap<CacheKey, Filing>,
+    by_path: HashMap<Box<str>, Keys>,
+    by_prefix: HashMap<Box<str>, Keys>,
+    by_tag: HashMap<Box<str>, Keys>,
+}
+
+struct Filing {
+    path: Box<str>,
+    tags: Box<[Box<str>]>,
+}
+
+/// The keys filed at one place.
+enum Keys {
+    One(CacheKey),
+    Many(HashSet<CacheKey>),
+}
+
+impl Keys {
+    fn insert(&mut self, key: CacheKey) {
+        match self {
+            Keys::One(one) if *one == key => {}
+            Keys::One(one) => *self = Keys::Many(HashSet::from([*one, key])),
+            Keys::Many(keys) => {
+                keys.insert(key);
+            }
+        }
+    }
+
+    /// Removes `key`; whether the place is left empty.
+    fn remove(&mut self, key: &CacheKey) -> bool {
+        match self {
+            Keys::One(one) => one == key,
+            Keys::Many(keys) => {
+                keys.remove(key);
+                keys.is_empty()
+            }
+        }
+    }
+
+    fn copied(&self) -> Vec<CacheKey> {
+        match self {
+            Keys::One(one) => vec![*one],
+            Keys::Many(keys) => keys.iter().copied().collect(),
+        }
+    }
+}
+
+/// The places above `path` it is filed under: its ancestors to the depth
+/// cap, not the root, not itself.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    prefixes_of(path).filter(move |place| *place != path && *place != "/")
 }
 
 impl Index {
     fn add(&mut self, key: CacheKey, index: &IndexInfo<'_>) {
         match self.places.get(&key) {
-            Some((path, tags)) if path == index.path && tags[..] == index.tags[..] => return,
+            Some(filing)
+                if *filing.path == *index.path
+                    && filing
+                        .tags
+                        .iter()
+                        .map(|t| &**t)
+                        .eq(index.tags.iter().map(String::as_str)) =>
+            {
+                return
+            }
             // Filed differently (the origin now names other tags): refile.
             Some(_) => self.remove(&key),
             None => {}
         }
-        self.by_path.entry(index.path.to_owned()).or_default().insert(key);
-        for prefix in prefixes_of(index.path) {
-            self.by_prefix.entry(prefix.to_owned()).or_default().insert(key);
+        let file = |map: &mut HashMap<Box<str>, Keys>, place: &str| match map.get_mut(place) {
+            Some(keys) => keys.insert(key),
+            None => {
+                map.insert(place.into(), Keys::One(key));
+            }
+        };
+        file(&mut self.by_path, index.path);
+        for prefix in ancestors(index.path) {
+            file(&mut self.by_prefix, prefix);
         }
         for tag in index.tags {
-            self.by_tag.entry(tag.clone()).or_default().insert(key);
+            file(&mut self.by_tag, tag);
         }
-        self.places.insert(key, (index.path.to_owned(), index.tags.to_vec()));
+        let filing = Filing {
+            path: index.path.into(),
+            tags: index.tags.iter().map(|t| t.as_str().into()).collect(),
+        };
+        self.places.insert(key, filing);
     }
 
     fn remove(&mut self, key: &CacheKey) {
-        let Some((path, tags)) = self.places.remove(key) else {
+        let Some(filing) = self.places.remove(key) else {
             return;
         };
-        let unlink = |map: &mut HashMap<String, HashSet<CacheKey>>, name: &str| {
-            if let Some(keys) = map.get_mut(name) {
-                keys.remove(key);
-                if keys.is_empty() {
-                    map.remove(name);
-                }
+        let unlink = |map: &mut HashMap<Box<str>, Keys>, place: &str| {
+            if map.get_mut(place).is_some_and(|keys| keys.remove(key)) {
+                map.remove(place);
             }
         };
-        unlink(&mut self.by_path, &path);
-        for prefix in prefixes_of(&path) {
+        unlink(&mut self.by_path, &filing.path);
+        for prefix in ancestors(&filing.path) {
             unlink(&mut self.by_prefix, prefix);
         }
-        for tag in &tags {
+        for tag in &filing.tags {
             unlink(&mut self.by_tag, tag);
         }
     }
 
-    fn keys(map: &HashMap<String, HashSet<CacheKey>>, name: &str) -> Vec<CacheKey> {
-        map.get(name)
-            .map(|keys| keys.iter().copied().collect())
-            .unwrap_or_default()
+    fn keys(map: &HashMap<Box<str>, Keys>, name: &str) -> Vec<CacheKey> {
+        map.get(name).map(Keys::copied).unwrap_or_default()
     }
 }
 
@@ -112,21 +177,33 @@ impl Stored {
     }
 }
 
-/// An entry's weight in a bounded map: its encoded size.
+/// An entry's weight in a bounded map: what holding it costs the heap.
+/// Its encoded size, plus what the decoded form adds to it (each header's
+/// slot in its `HeaderMap`, the shared buffers' headers, the `Entry` and
+/// its `Arc`) and the map's own node for it (moka's entry, deques and
+/// timer wheel), so `memory_max_bytes` bounds what entries really take.
+/// The figures are measured: tests/entry_weight.rs counts what 1 KB
+/// entries hold and fails if their weight falls short of it (or passes
+/// it by more than 30 %). The allocator's own overhead comes on top.
 pub(super) fn encoded_weight<V: AsRef<Entry>>(value: &V) -> u32 {
-    u32::try_from(value.as_ref().encoded_len()).unwrap_or(u32::MAX)
+    const PER_HEADER: usize = 104;
+    const PER_ENTRY: usize = 600;
+    let entry = value.as_ref();
+    let weight = entry.encoded_len() + entry.headers.len() * PER_HEADER + PER_ENTRY;
+    u32::try_from(weight).unwrap_or(u32::MAX)
 }
 
 /// Bytes filing an entry at `index` adds to the in-memory index: each
 /// place's name (shared places are counted for every entry: an upper
-/// bound), the entry's own record of its places, and the sets' slots.
+/// bound), the entry's own record of its places, and the maps' slots.
 fn index_cost(index: &IndexInfo<'_>) -> u32 {
-    const PER_PLACE: usize = 64;
-    let places = 1 + prefixes_of(index.path).count() + index.tags.len();
-    let names: usize = index.path.len()
-        + prefixes_of(index.path).map(str::len).sum::<usize>()
+    const PER_PLACE: usize = 80;
+    // Its record, its path's place, its ancestors' and its tags'.
+    let places = 2 + ancestors(index.path).count() + index.tags.len();
+    let names: usize = 2 * index.path.len()
+        + ancestors(index.path).map(str::len).sum::<usize>()
         + 2 * index.tags.iter().map(String::len).sum::<usize>();
-    u32::try_from(names + index.path.len() + places * PER_PLACE).unwrap_or(u32::MAX)
+    u32::try_from(names + places * PER_PLACE).unwrap_or(u32::MAX)
 }
 
 /// Drops each value once its entry is of no use, fresh or stale; an entry
@@ -255,11 +332,16 @@ impl CacheStore for MemoryStore {
         let index = self.index.lock().expect("index lock");
         Ok(match place {
             Filed::Path(path) => Index::keys(&index.by_path, path),
+            Filed::Prefix("/") => index.places.keys().copied().collect(),
             Filed::Prefix(prefix) => {
                 let (place, filter) = place_of_prefix(prefix);
+                // Entries below the place; then its own, or, past the
+                // depth cap, those below the prefix itself.
                 let mut keys = Index::keys(&index.by_prefix, place);
                 if filter {
-                    keys.retain(|key| index.places.get(key).is_some_and(|(path, _)| is_under(path, prefix)));
+                    keys.retain(|key| index.places.get(key).is_some_and(|f| is_under(&f.path, prefix)));
+                } else {
+                    keys.extend(Index::keys(&index.by_path, prefix));
                 }
                 keys
             }
@@ -498,6 +580,12 @@ mod tests {
         .await;
         assert_eq!(by_tag.0.tags, 1);
         assert_eq!(by_tag.1, ["hit", "hit", "hit", "hit", "miss"]);
+        let everything = purge(PurgeRequest {
+            prefixes: vec!["/".into()],
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(everything.1, ["miss"; 5]);
         let soft = purge(PurgeRequest {
             prefixes: vec!["/users".into()],
             soft: true,
