@@ -17,7 +17,7 @@ stop_children() {
   for pid in "${CHILDREN[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${CHILDREN[@]}"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+    ! kill -0 "$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
 }
@@ -28,7 +28,7 @@ stop_child() {
   local pid=$1 kept=() p
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
+  ! kill -0 "$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   for p in "${CHILDREN[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
   CHILDREN=("${kept[@]}")
@@ -126,7 +126,8 @@ pss_kib() {
 # WRK_PLAN: primes it, then loads its GET /users with TOKEN. With WRK_PLAN
 # (a plan file, see benches/plan.lua): the plan's requests, with the
 # headers in WRK_HEADERS (an array of `name: value`), no priming. Leaves
-# RPS, REQUESTS, NON2XX, CPU_US (CPU µs of the PIDs per request),
+# RPS, REQUESTS, NON2XX, PLAN_WRAPPED (1 if a wrk thread went past the
+# plan's end), CPU_US (CPU µs of the PIDs per request),
 # TARGET_TICKS (their clock ticks) and WRK_TICKS (wrk's); dies when wrk saw
 # socket errors or non-2xx answers.
 measure() {
@@ -151,6 +152,8 @@ measure() {
   REQUESTS=$(echo "$out" | awk '/requests in/ {print $1}')
   RPS=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   NON2XX=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  PLAN_WRAPPED=0
+  ! grep -q '^plan-wrapped' <<<"$out" || PLAN_WRAPPED=1
   if echo "$out" | grep -q "Socket errors" || [ -n "$NON2XX" ]; then
     die "$t: wrk saw errors or non-2xx answers: $(echo "$out" | grep -E 'Socket errors|Non-2xx')"
   fi

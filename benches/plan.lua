@@ -2,18 +2,19 @@
 -- file `loadgen run --plan` reads): one per line, the path, then optional
 -- tab-separated `name: value` headers (wrk's own -H headers are added to
 -- every request). Thread k of n sends lines k, k + n, k + 2n…, so no two
--- threads send the same line until the plan wraps around.
+-- threads send the same line until the plan wraps around; a run in which
+-- one did prints `plan-wrapped`.
 --   wrk ... -s benches/plan.lua <url> -- <plan file> <threads>
 --
 -- init does no more than read the lines: wrk starts each thread as soon as
 -- its init is done and its clock once every init is, so a slow init
 -- would let the first thread's extra requests count. A request is
 -- formatted when first sent and kept.
-local next_index = 0
+local threads = {}
 
 function setup(thread)
-  thread:set("index", next_index)
-  next_index = next_index + 1
+  thread:set("index", #threads)
+  threads[#threads + 1] = thread
 end
 
 function init(args)
@@ -41,6 +42,7 @@ local function format(line)
 end
 
 function request()
+  if position >= #lines then wrapped = true end
   local i = position % #lines + 1
   position = position + stride
   local r = formatted[i]
@@ -49,4 +51,15 @@ function request()
     formatted[i] = r
   end
   return r
+end
+
+-- A thread that went past the end of the plan repeated its first
+-- requests: said on a line of its own, for benches/peers to act on.
+function done()
+  for _, thread in ipairs(threads) do
+    if thread:get("wrapped") then
+      print("plan-wrapped")
+      return
+    end
+  end
 end

@@ -136,16 +136,18 @@ pub async fn run(spec: &LoadSpec, plan: Plan) -> anyhow::Result<LoadResult> {
     tokio::time::sleep(spec.warmup).await;
     shared.measuring.store(true, Ordering::SeqCst);
     let measured_from = Instant::now();
+    let mut seconds = None;
     if spec.limit.is_none() {
         tokio::time::sleep(spec.duration).await;
         shared.stop.store(true, Ordering::SeqCst);
+        seconds = Some(measured_from.elapsed().as_secs_f64());
     }
     let mut finished = Vec::with_capacity(tasks.len());
     for task in tasks {
         finished.push(task.await??);
     }
     // With a limit, the run lasts until the last request is answered.
-    let seconds = measured_from.elapsed().as_secs_f64();
+    let seconds = seconds.unwrap_or_else(|| measured_from.elapsed().as_secs_f64());
 
     let mut histogram = new_histogram();
     let (mut errors, mut classes) = (0, [0u64; 4]);

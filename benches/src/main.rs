@@ -7,9 +7,8 @@ use std::time::Duration;
 use benches::load::{self, LoadSpec, Planned, Tls};
 use benches::report::{self, Row};
 use benches::scenarios::{self, BenchStack};
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 #[derive(Parser)]
 #[command(about = "Load generator for the proxy: closed-loop throughput, open-loop latency")]
@@ -141,7 +140,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 let requests = match plan {
                     Some(file) => read_plan(&file, &headers)?,
-                    None => vec![planned(path, parse_headers(&headers, HeaderMap::new())?)],
+                    None => vec![scenarios::get(path, parse_headers(&headers, HeaderMap::new())?)],
                 };
                 single(load, addr, requests, rate, once, tls).await
             }
@@ -263,15 +262,6 @@ fn parse_headers<S: AsRef<str>>(headers: &[S], mut map: HeaderMap) -> anyhow::Re
     Ok(map)
 }
 
-fn planned(path: String, headers: HeaderMap) -> Planned {
-    Planned {
-        method: Method::GET,
-        path,
-        headers,
-        body: Bytes::new(),
-    }
-}
-
 /// A `--plan` file's requests, each with the command line's headers too.
 fn read_plan(file: &std::path::Path, headers: &[String]) -> anyhow::Result<Vec<Planned>> {
     let common = parse_headers(headers, HeaderMap::new())?;
@@ -282,7 +272,7 @@ fn read_plan(file: &std::path::Path, headers: &[String]) -> anyhow::Result<Vec<P
         .map(|line| {
             let mut fields = line.split('\t');
             let path = fields.next().unwrap_or_default().to_owned();
-            Ok(planned(
+            Ok(scenarios::get(
                 path,
                 parse_headers(&fields.collect::<Vec<_>>(), common.clone())?,
             ))

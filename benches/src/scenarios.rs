@@ -148,7 +148,8 @@ fn bearer(token: &str) -> HeaderMap {
     h
 }
 
-fn get(path: String, headers: HeaderMap) -> Planned {
+/// A GET of `path` with `headers`.
+pub fn get(path: String, headers: HeaderMap) -> Planned {
     Planned {
         method: Method::GET,
         path,

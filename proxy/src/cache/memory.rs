@@ -3,8 +3,9 @@
 //! The default when no Redis is configured. Entries live in a moka cache
 //! (a well-kept concurrent cache with size-aware eviction and per-entry
 //! expiry); tag generations in a map beside it, and the purge index in
-//! another. Each entry weighs its encoded size plus what it costs the
-//! index, so the index counts against `memory_max_bytes` too. Never fails.
+//! another. Each entry weighs what it holds on the heap: its encoded size,
+//! its decoded form's and the map's overhead, and what it costs the index,
+//! so `memory_max_bytes` bounds all of it. Never fails.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};

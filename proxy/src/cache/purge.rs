@@ -10,7 +10,10 @@
 //! its exact path's place, `INDEXED_PREFIX_DEPTH + 2` prefix places and one
 //! place per tag, of linear bytes, found in linear time. A purge by a
 //! deeper prefix reads its ancestor at the cap, whose places also record
-//! each entry's path, and keeps the entries under the prefix. A hard purge removes entries (or, for tags and `all`,
+//! each entry's path, and keeps the entries under the prefix. (The memory
+//! store files the same places more cheaply: an entry under its
+//! ancestors only, a prefix's own path read from the path places, the
+//! root's from its record of every entry.) A hard purge removes entries (or, for tags and `all`,
 //! replaces generations, which is exact and O(1)); a soft purge marks the
 //! entries it finds expired, so they are served only as stale answers
 //! (while a refresh runs, or on upstream errors) until replaced.
