@@ -125,7 +125,9 @@ pub async fn run(spec: &LoadSpec, plan: Plan) -> anyhow::Result<LoadResult> {
     let shared = Arc::new(Shared {
         next: AtomicU64::new(0),
         stop: AtomicBool::new(false),
-        measuring: AtomicBool::new(false),
+        // Without a warm-up every request counts, from the first: the
+        // connections start sending before this task sets the flag.
+        measuring: AtomicBool::new(spec.warmup.is_zero()),
     });
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(spec.connections);
