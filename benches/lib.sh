@@ -53,15 +53,19 @@ wait_port() {
   done
 }
 
-# cpu_ticks PID...: user+system clock ticks of the processes and their children threads.
-cpu_ticks() {
-  local total=0 pid
+# proc_sum FILE AWK PID...: the sum over the PIDs still running of what
+# the awk program prints from /proc/PID/FILE.
+proc_sum() {
+  local file=$1 program=$2 total=0 pid; shift 2
   for pid in "$@"; do
-    [ -r "/proc/$pid/stat" ] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    [ -r "/proc/$pid/$file" ] || continue
+    total=$((total + $(awk "$program" "/proc/$pid/$file")))
   done
   echo $total
 }
+
+# cpu_ticks PID...: user+system clock ticks of the processes and their children threads.
+cpu_ticks() { proc_sum stat '{print $14 + $15}' "$@"; }
 
 # Every pid of a target: its main process, its children, plus extras.
 target_pids() {
@@ -113,14 +117,7 @@ prime() {
 
 # pss_kib PID...: proportional set size of the processes, KiB: memory
 # shared between them (nginx's and HAProxy's cache zones) counted once.
-pss_kib() {
-  local total=0 pid
-  for pid in "$@"; do
-    [ -r "/proc/$pid/smaps_rollup" ] || continue
-    total=$((total + $(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup")))
-  done
-  echo $total
-}
+pss_kib() { proc_sum smaps_rollup '/^Pss:/ {print $2}' "$@"; }
 
 # measure NAME PORT|URL PID...: wrk for DURATION s on the target. Without
 # WRK_PLAN: primes it, then loads its GET /users with TOKEN. With WRK_PLAN
