@@ -109,7 +109,13 @@ fn check_storability(policy: &CachePolicy, response: &HeaderMap) {
         vec![("users".into(), "0123456789abcdef".into())],
     );
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    assert_eq!(entry.stored_at_ms, NOW_MS);
+    // An answer that arrives with an `Age` was stored that long before now
+    // (RFC 9111 §4.2.3), so its age keeps counting from there.
+    assert_eq!(
+        entry.stored_at_ms,
+        NOW_MS.saturating_sub(ms(lifetime.initial_age)),
+        "the entry's age is not the one it arrived with"
+    );
     assert_eq!(
         entry.expires_at_ms,
         NOW_MS.saturating_add(ms(lifetime.ttl)),
