@@ -67,11 +67,18 @@ impl ProgramFlags {
             }
             e2e::process::find_binary("ferretdb", "FERRETDB_BIN", &extra, e2e::servers::FERRETDB_INSTALL_HINT)
         });
+        // Absolute, because the servers run in folders of their own and a
+        // relative program path would be looked up from there (a bare name
+        // is left to the PATH search).
+        let absolute = |path: PathBuf| match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => std::path::absolute(&path).unwrap_or(path),
+            _ => path,
+        };
         let programs = Programs {
-            proxy: self.proxy_bin.unwrap_or_else(|| here.join("proxy")),
-            origin: self.origin_bin.unwrap_or_else(|| here.join("origin")),
-            redis,
-            ferretdb,
+            proxy: absolute(self.proxy_bin.unwrap_or_else(|| here.join("proxy"))),
+            origin: absolute(self.origin_bin.unwrap_or_else(|| here.join("origin"))),
+            redis: absolute(redis),
+            ferretdb: absolute(ferretdb),
         };
         for (name, path) in [("proxy", &programs.proxy), ("origin", &programs.origin)] {
             anyhow::ensure!(

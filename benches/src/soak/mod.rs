@@ -210,11 +210,14 @@ pub async fn run(
             ),
         ),
     ]);
+    // The workload goes first: its client's kept-alive connections close with
+    // it, so a proxy's shutdown is not held for the `shutdown_grace` it gives
+    // idle clients, and a slow stop means the proxy itself was slow.
+    let workload = Arc::into_inner(workload).context("every request task has ended")?;
+    let tally = workload.into_tally();
     let stack = Arc::into_inner(stack).context("every task using the stack has ended")?;
     let slow_to_stop = stack.stop().await.into_iter().map(str::to_owned).collect();
 
-    let workload = Arc::into_inner(workload).context("every request task has ended")?;
-    let tally = workload.tally.into_inner().expect("tally lock");
     let timeline = timeline.lock().expect("timeline lock");
     let inputs = Inputs {
         started_at,

@@ -469,6 +469,9 @@ pub struct Stack {
 impl Stack {
     /// Starts every process; logs go to `out/logs/`.
     pub async fn start(binaries: &Binaries, redis: &RedisSettings, out: &Path) -> anyhow::Result<Stack> {
+        // Absolute, because redis-server moves into its `--dir` before it
+        // opens its `--logfile`: a relative log path would not exist there.
+        let out = &std::path::absolute(out).with_context(|| format!("resolving {}", out.display()))?;
         let logs = out.join("logs");
         let redis_dir = out.join("redis");
         for dir in [&logs, &redis_dir] {
