@@ -52,6 +52,7 @@ pub mod error_chain;
 pub mod guard;
 pub mod handler;
 pub mod invalidate;
+pub mod log_writer;
 pub mod metrics;
 pub mod operator;
 pub mod problem;

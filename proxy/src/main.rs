@@ -1,7 +1,6 @@
 //! `proxy` binary: CLI, `.env`, config loading, listeners, logging.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use proxy::access_log::{AccessFormat, AccessOutput, AccessSink};
+use proxy::access_log::{AccessFormat, AccessOutput};
 use proxy::config::{ConfigErrors, ConfigFile, Overrides};
+use proxy::log_writer::LogWriter;
 use proxy::server::{bind_shared, queued_connections_migrate};
 use proxy::ReloadFrom;
-use tracing_appender::non_blocking::NonBlocking;
 
 /// JWT-aware caching reverse proxy.
 ///
@@ -110,22 +109,19 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
-    // One writer thread for every log line, access lines included: a
-    // request never waits on stdout's write(2), and lines never interleave.
-    // The thread drains what has queued and then flushes, so the buffer
-    // turns a burst of lines into one write instead of one per line (stdout
-    // alone flushes at every newline). Lossy: when the writer falls 128k
-    // lines behind (stdout stalled: a full pipe, a throttled journal), lines
-    // are dropped and counted (proxy_log_lines_dropped_total) rather than
-    // stalling every request on the runtime's threads.
-    let (writer, flushed_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+    // One writer thread for every log line, access lines included (see
+    // proxy::log_writer): a request never waits on stdout.
+    let (writer, written_at_exit) = match LogWriter::start(std::io::stdout()) {
+        Ok(started) => started,
+        Err(err) => {
+            eprintln!("starting the log writer thread: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_logging(writer.clone(), json);
     let mut prepared = prepared;
     prepared.access = AccessOutput {
-        sink: Arc::new(LogWriter(writer)),
+        sink: Arc::new(writer),
         format: if json { AccessFormat::Json } else { AccessFormat::Text },
     };
     let reload_from = ReloadFrom {
@@ -143,7 +139,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    drop(flushed_at_exit);
+    drop(written_at_exit);
     code
 }
 
@@ -152,7 +148,7 @@ async fn load(file: &ConfigFile) -> Result<proxy::Prepared, ConfigErrors> {
     proxy::prepare(file.load()?).await
 }
 
-fn init_logging(writer: NonBlocking, json: bool) {
+fn init_logging(writer: LogWriter, json: bool) {
     // The redis client logs each reconnection attempt during an outage or a
     // failover; the proxy says the same once per episode, with the error.
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOG").unwrap_or_else(|_| "info,redis=off".into());
@@ -166,20 +162,6 @@ fn init_logging(writer: NonBlocking, json: bool) {
         builder.json().init();
     } else {
         builder.init();
-    }
-}
-
-/// Access lines into the log writer thread.
-struct LogWriter(NonBlocking);
-
-impl AccessSink for LogWriter {
-    fn write_line(&self, line: &[u8]) {
-        // Fails only once the writer thread is gone, at exit.
-        let _ = self.0.clone().write_all(line);
-    }
-
-    fn dropped_lines(&self) -> u64 {
-        self.0.error_counter().dropped_lines() as u64
     }
 }
 

@@ -343,7 +343,7 @@ impl Metrics {
         let log_lines_dropped = Counter::default();
         registry.register(
             "log_lines_dropped",
-            "Log lines (access lines and events) dropped because stdout fell 128k lines behind",
+            "Log lines (access lines and events) dropped because stdout fell 16 MiB of lines behind",
             log_lines_dropped.clone(),
         );
         let rate_limited = Family::default();
