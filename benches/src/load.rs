@@ -1,6 +1,7 @@
-//! The load engine: keep-alive HTTP/1.1 connections, plain or over TLS,
-//! driven closed-loop (as fast as each connection can go) or open-loop (a
-//! fixed request rate).
+//! The load engine: keep-alive HTTP/1.1 connections, plain or over TLS
+//! (or bare Redis `PING`s, the floor a Redis-backed hit is measured
+//! against), driven closed-loop (as fast as each connection can go) or
+//! open-loop (a fixed request rate).
 //!
 //! Open-loop latency is measured from when each request was *scheduled*
 //! whenever the server made it late — its connection was still busy with
@@ -20,6 +21,7 @@ use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One request to send.
 #[derive(Clone)]
@@ -46,6 +48,19 @@ pub struct LoadSpec {
     /// `Some(n)`: send requests 0 to n - 1 once each, then stop; the run
     /// lasts as long as they take (`duration` is not used).
     pub limit: Option<u64>,
+    pub protocol: Protocol,
+}
+
+/// What each connection speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, the plan's requests.
+    #[default]
+    Http,
+    /// RESP `PING`, answered `+PONG` (counted as a 2xx; the plan is not
+    /// used): one bare round trip to a Redis server on the same open-loop
+    /// schedule, the floor under any cache hit confirmed in Redis.
+    RedisPing,
 }
 
 /// TLS for [`LoadSpec::tls`]: the client configuration and the name the
@@ -191,17 +206,62 @@ struct ConnectionStats {
     classes: [u64; 4],
 }
 
-async fn connect(spec: &LoadSpec) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(spec.addr).await?;
-    stream.set_nodelay(true)?;
-    let Some(tls) = &spec.tls else {
-        return handshake(stream).await;
-    };
-    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-    handshake(connector.connect(tls.server_name.clone(), stream).await?).await
+/// One connection to the target, in its protocol.
+enum Client {
+    Http(http1::SendRequest<Full<Bytes>>),
+    Redis(tokio::net::TcpStream),
 }
 
-async fn handshake<S>(stream: S) -> anyhow::Result<http1::SendRequest<Full<Bytes>>>
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+const PONG: &[u8] = b"+PONG\r\n";
+
+impl Client {
+    async fn connect(spec: &LoadSpec) -> anyhow::Result<Client> {
+        let stream = tokio::net::TcpStream::connect(spec.addr).await?;
+        stream.set_nodelay(true)?;
+        if spec.protocol == Protocol::RedisPing {
+            return Ok(Client::Redis(stream));
+        }
+        let Some(tls) = &spec.tls else {
+            return handshake(stream).await;
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        handshake(connector.connect(tls.server_name.clone(), stream).await?).await
+    }
+
+    /// Sends `planned` (a `PING` to Redis) and reads the whole answer;
+    /// returns its status (200 for `+PONG`).
+    async fn exchange(&mut self, planned: Planned, host: &http::HeaderValue) -> anyhow::Result<u16> {
+        let sender = match self {
+            Client::Http(sender) => sender,
+            Client::Redis(stream) => {
+                stream.write_all(PING).await?;
+                let mut answer = [0u8; PONG.len()];
+                stream.read_exact(&mut answer).await?;
+                anyhow::ensure!(
+                    answer == PONG,
+                    "Redis answered {:?} to PING",
+                    String::from_utf8_lossy(&answer)
+                );
+                return Ok(200);
+            }
+        };
+        let mut request = Request::new(Full::new(planned.body));
+        *request.method_mut() = planned.method;
+        *request.uri_mut() = planned.path.parse()?;
+        *request.headers_mut() = planned.headers;
+        // The address, as curl and wrk send it: caches that key on the
+        // host (HAProxy's) see the same key whichever client asks.
+        request.headers_mut().insert(http::header::HOST, host.clone());
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await?;
+        Ok(status)
+    }
+}
+
+async fn handshake<S>(stream: S) -> anyhow::Result<Client>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -209,7 +269,7 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(sender)
+    Ok(Client::Http(sender))
 }
 
 async fn connection(
@@ -224,7 +284,7 @@ async fn connection(
         classes: [0; 4],
     };
     let host = http::HeaderValue::from_str(&spec.addr.to_string())?;
-    let mut sender = connect(&spec).await?;
+    let mut client = Client::connect(&spec).await?;
     let mut previous_done = start;
     while !shared.stop.load(Ordering::Relaxed) {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
@@ -246,21 +306,7 @@ async fn connection(
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
-        let planned = plan(i);
-        let mut request = Request::new(Full::new(planned.body));
-        *request.method_mut() = planned.method;
-        *request.uri_mut() = planned.path.parse()?;
-        *request.headers_mut() = planned.headers;
-        // The address, as curl and wrk send it: caches that key on the
-        // host (HAProxy's) see the same key whichever client asks.
-        request.headers_mut().insert(http::header::HOST, host.clone());
-        let exchange = async {
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let status = response.status().as_u16();
-            response.into_body().collect().await?;
-            anyhow::Ok(status)
-        };
+        let exchange = client.exchange(plan(i), &host);
         let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(outcome) => outcome,
             Err(_) => Err(anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}")),
@@ -280,7 +326,7 @@ async fn connection(
                     stats.errors += 1;
                 }
                 // The connection is unusable after an error; open a new one.
-                sender = connect(&spec).await?;
+                client = Client::connect(&spec).await?;
             }
         }
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use benches::load::{self, LoadSpec, Planned, Tls};
+use benches::load::{self, LoadSpec, Planned, Protocol, Tls};
 use benches::report::{self, Row};
 use benches::scenarios::{self, BenchStack};
 use clap::{Parser, Subcommand};
@@ -107,6 +107,11 @@ enum Command {
         /// TLS_AES_128_GCM_SHA256, X25519, ALPN http/1.1.
         #[arg(long)]
         tls_ca: Option<PathBuf>,
+        /// The address is a Redis server: send it `PING`s (on the same
+        /// schedule; `--path`, `--plan` and `--header` are not used) and
+        /// count each `+PONG` as a 2xx. The floor of a Redis-backed hit.
+        #[arg(long, conflicts_with_all = ["tls_ca", "once"])]
+        redis_ping: bool,
     },
 }
 
@@ -133,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 plan,
                 once,
                 tls_ca,
+                redis_ping,
             } => {
                 let tls = match tls_ca {
                     Some(ca) => Some(Tls::pinned(&ca, addr.ip().into())?),
@@ -142,7 +148,12 @@ fn main() -> anyhow::Result<()> {
                     Some(file) => read_plan(&file, &headers)?,
                     None => vec![scenarios::get(path, parse_headers(&headers, HeaderMap::new())?)],
                 };
-                single(load, addr, requests, rate, once, tls).await
+                let protocol = if redis_ping {
+                    Protocol::RedisPing
+                } else {
+                    Protocol::Http
+                };
+                single(load, addr, requests, rate, once, tls, protocol).await
             }
             Command::Mint { subjects, secret } => {
                 for i in 0..subjects {
@@ -192,6 +203,7 @@ async fn suite(
             rate: None,
             tls: None,
             limit: None,
+            protocol: Protocol::Http,
         };
         eprintln!("{} against {} ...", scenario.name, scenario.target.name());
         // Warm up in a run of its own, so the upstream count covers only
@@ -289,6 +301,7 @@ async fn single(
     rate: Option<u64>,
     once: bool,
     tls: Option<Tls>,
+    protocol: Protocol,
 ) -> anyhow::Result<()> {
     let spec = LoadSpec {
         addr,
@@ -298,6 +311,7 @@ async fn single(
         rate,
         tls,
         limit: once.then_some(requests.len() as u64),
+        protocol,
     };
     let result = load::run(&spec, Arc::new(move |i| requests[i as usize % requests.len()].clone())).await?;
     println!("{}", serde_json::to_string(&result)?);

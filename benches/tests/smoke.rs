@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use benches::load::{self, LoadSpec};
+use benches::load::{self, LoadSpec, Protocol};
 use benches::scenarios::{self, BenchStack, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,6 +19,7 @@ async fn every_scenario_runs_cleanly_and_hits_stay_off_the_upstream() {
                 rate,
                 tls: None,
                 limit: None,
+                protocol: Protocol::Http,
             };
             // Warm the cache in a run of its own, so the count below covers
             // only the measured run.
@@ -61,7 +62,34 @@ async fn every_scenario_runs_cleanly_and_hits_stay_off_the_upstream() {
         rate: None,
         tls: None,
         limit: Some(25),
+        protocol: Protocol::Http,
     };
     let result = load::run(&once, scenario.plan.clone()).await.unwrap();
     assert_eq!(result.requests + result.errors, 25, "a limit of 25 sent {result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_ping_runs_count_each_pong_and_fail_on_anything_else() {
+    let redis = e2e::RedisServer::start();
+    let ping = |addr| LoadSpec {
+        addr,
+        connections: 1,
+        warmup: Duration::ZERO,
+        duration: Duration::from_millis(300),
+        rate: Some(200),
+        tls: None,
+        limit: None,
+        protocol: Protocol::RedisPing,
+    };
+    // A PING run sends no request of its plan.
+    let plan: load::Plan = std::sync::Arc::new(|_| scenarios::get("/".into(), http::HeaderMap::new()));
+    let result = load::run(&ping(redis.addr()), plan.clone()).await.unwrap();
+    assert!(result.requests > 0, "no PING answered: {result:?}");
+    assert_eq!(result.errors, 0, "{result:?}");
+    assert_eq!(result.status_classes[1..].iter().sum::<u64>(), 0, "{result:?}");
+    // An HTTP server does not answer +PONG: every exchange is an error.
+    let http = e2e::ScriptedUpstream::start(|_req| async { e2e::json_reply(200, "{}", &[]) }).await;
+    let result = load::run(&ping(http.addr), plan).await.unwrap();
+    assert_eq!(result.requests, 0, "an HTTP answer counted as a PONG: {result:?}");
+    assert!(result.errors > 0, "{result:?}");
 }
