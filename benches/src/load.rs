@@ -52,10 +52,9 @@ pub struct LoadSpec {
 }
 
 /// What each connection speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     /// HTTP/1.1, the plan's requests.
-    #[default]
     Http,
     /// RESP `PING`, answered `+PONG` (counted as a 2xx; the plan is not
     /// used): one bare round trip to a Redis server on the same open-loop
@@ -232,33 +231,42 @@ impl Client {
     /// Sends `planned` (a `PING` to Redis) and reads the whole answer;
     /// returns its status (200 for `+PONG`).
     async fn exchange(&mut self, planned: Planned, host: &http::HeaderValue) -> anyhow::Result<u16> {
-        let sender = match self {
-            Client::Http(sender) => sender,
-            Client::Redis(stream) => {
-                stream.write_all(PING).await?;
-                let mut answer = [0u8; PONG.len()];
-                stream.read_exact(&mut answer).await?;
-                anyhow::ensure!(
-                    answer == PONG,
-                    "Redis answered {:?} to PING",
-                    String::from_utf8_lossy(&answer)
-                );
-                return Ok(200);
-            }
-        };
-        let mut request = Request::new(Full::new(planned.body));
-        *request.method_mut() = planned.method;
-        *request.uri_mut() = planned.path.parse()?;
-        *request.headers_mut() = planned.headers;
-        // The address, as curl and wrk send it: caches that key on the
-        // host (HAProxy's) see the same key whichever client asks.
-        request.headers_mut().insert(http::header::HOST, host.clone());
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        response.into_body().collect().await?;
-        Ok(status)
+        match self {
+            Client::Http(sender) => request(sender, planned, host).await,
+            Client::Redis(stream) => ping(stream).await,
+        }
     }
+}
+
+async fn request(
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    planned: Planned,
+    host: &http::HeaderValue,
+) -> anyhow::Result<u16> {
+    let mut request = Request::new(Full::new(planned.body));
+    *request.method_mut() = planned.method;
+    *request.uri_mut() = planned.path.parse()?;
+    *request.headers_mut() = planned.headers;
+    // The address, as curl and wrk send it: caches that key on the
+    // host (HAProxy's) see the same key whichever client asks.
+    request.headers_mut().insert(http::header::HOST, host.clone());
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    response.into_body().collect().await?;
+    Ok(status)
+}
+
+async fn ping(stream: &mut tokio::net::TcpStream) -> anyhow::Result<u16> {
+    stream.write_all(PING).await?;
+    let mut answer = [0u8; PONG.len()];
+    stream.read_exact(&mut answer).await?;
+    anyhow::ensure!(
+        answer == PONG,
+        "Redis answered {:?} to PING",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(200)
 }
 
 async fn handshake<S>(stream: S) -> anyhow::Result<Client>

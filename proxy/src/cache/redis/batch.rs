@@ -144,7 +144,7 @@ where
 {
     let mut in_flight = FuturesUnordered::new();
     let mut reads_in_flight = 0;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Vec::new();
     loop {
         let room = in_flight.is_empty() || (in_flight.len() < MAX_IN_FLIGHT && reads_in_flight < LIGHT_LOAD_READS);
         tokio::select! {
@@ -156,7 +156,9 @@ where
                     break;
                 }
                 reads_in_flight += taken;
-                in_flight.push(send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)), &execute));
+                // Taken, not copied: the next batch grows from empty, as
+                // small as a lone read at light load.
+                in_flight.push(send(std::mem::take(&mut batch), &execute));
             }
         }
     }
@@ -480,29 +482,52 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_second_batch_is_sent_while_the_first_awaits_its_answer_but_not_a_third() {
-        // Each pipeline says it was sent, then waits for a permit to answer.
-        let (sent, mut sends) = mpsc::unbounded_channel::<()>();
+    /// A batcher whose pipelines each report their length when sent, then
+    /// wait for a permit to answer; the reports, and the permits.
+    fn gated_batcher() -> (
+        Arc<ReadBatcher>,
+        mpsc::UnboundedReceiver<usize>,
+        Arc<tokio::sync::Semaphore>,
+    ) {
+        let (sent, sends) = mpsc::unbounded_channel();
         let permits = Arc::new(tokio::sync::Semaphore::new(0));
         let gate = permits.clone();
-        let batcher = Arc::new(ReadBatcher::start(move |_, _, pipeline: redis::Pipeline| {
-            let _ = sent.send(());
+        let batcher = ReadBatcher::start(move |_, _, pipeline: redis::Pipeline| {
+            let _ = sent.send(pipeline.len());
             let gate = gate.clone();
             async move {
                 gate.acquire().await.expect("gate open").forget();
                 Ok(vec![None; pipeline.len()])
             }
-        }));
+        });
+        (Arc::new(batcher), sends, permits)
+    }
+
+    /// The next pipeline's report; `None` if none is sent (paused time
+    /// runs the timeout out once every task is idle).
+    async fn next_send(sends: &mut mpsc::UnboundedReceiver<usize>) -> Option<usize> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), sends.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn spawn_read(batcher: &Arc<ReadBatcher>, i: usize) -> tokio::task::JoinHandle<ReadReplies> {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { batcher.read(read(Part::Value, &format!("e{i}"), &[])).await })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_batch_is_sent_while_the_first_awaits_its_answer_but_not_a_third() {
+        let (batcher, mut sends, permits) = gated_batcher();
         let mut reads = Vec::new();
         for i in 0..3 {
-            let batcher = batcher.clone();
-            reads.push(tokio::spawn(async move {
-                batcher.read(read(Part::Value, &format!("e{i}"), &[])).await
-            }));
+            reads.push(spawn_read(&batcher, i));
             if i < 2 {
-                let sent = tokio::time::timeout(std::time::Duration::from_secs(5), sends.recv()).await;
-                assert!(sent.is_ok(), "batch {i} was not sent with {i} unanswered");
+                assert!(
+                    next_send(&mut sends).await.is_some(),
+                    "batch {i} was not sent with {i} unanswered"
+                );
             }
         }
         // Paused time moves on only once every task is idle: by then the
@@ -510,8 +535,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         assert!(sends.try_recv().is_err(), "a third batch left with two unanswered");
         permits.add_permits(1);
-        sends
-            .recv()
+        next_send(&mut sends)
             .await
             .expect("the third batch is sent once one is answered");
         permits.add_permits(2);
@@ -522,36 +546,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn under_load_the_next_batch_waits_for_the_one_in_flight() {
-        let (sent, mut sends) = mpsc::unbounded_channel::<usize>();
-        let permits = Arc::new(tokio::sync::Semaphore::new(0));
-        let gate = permits.clone();
-        let batcher = Arc::new(ReadBatcher::start(move |_, _, pipeline: redis::Pipeline| {
-            let _ = sent.send(pipeline.len());
-            let gate = gate.clone();
-            async move {
-                gate.acquire().await.expect("gate open").forget();
-                Ok(vec![None; pipeline.len()])
-            }
-        }));
-        let read_of = |i: usize| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { batcher.read(read(Part::Value, &format!("e{i}"), &[])).await })
-        };
+        let (batcher, mut sends, permits) = gated_batcher();
         // Queued before the batcher runs: one batch of LIGHT_LOAD_READS.
-        let mut reads: Vec<_> = (0..LIGHT_LOAD_READS).map(read_of).collect();
-        let first = tokio::time::timeout(std::time::Duration::from_secs(5), sends.recv()).await;
+        let mut reads: Vec<_> = (0..LIGHT_LOAD_READS).map(|i| spawn_read(&batcher, i)).collect();
         assert_eq!(
-            first.ok().flatten(),
+            next_send(&mut sends).await,
             Some(LIGHT_LOAD_READS),
             "the queued reads left as one batch"
         );
-        reads.push(read_of(LIGHT_LOAD_READS));
+        reads.push(spawn_read(&batcher, LIGHT_LOAD_READS));
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         assert!(sends.try_recv().is_err(), "a second batch left beside a full one");
         permits.add_permits(1);
-        let next = tokio::time::timeout(std::time::Duration::from_secs(5), sends.recv()).await;
         assert_eq!(
-            next.ok().flatten(),
+            next_send(&mut sends).await,
             Some(1),
             "the next read left once the batch was answered"
         );
