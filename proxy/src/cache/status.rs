@@ -1,12 +1,16 @@
 //! How the cache took part in a request, as the client is told it:
 //! `X-Cache` and `Cache-Status` (RFC 9211).
 
+use std::io::Write;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The longest hit member: `proxy; hit; ttl=` and a u64's 20 digits.
+const HIT_VALUE_MAX: usize = 36;
 
 /// Why a request did not use the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +77,13 @@ impl CacheStatus {
     pub fn cache_status(&self) -> HeaderValue {
         match self {
             CacheStatus::Hit { ttl_left } => {
-                HeaderValue::from_str(&format!("proxy; hit; ttl={}", ttl_left.as_secs())).expect("ascii")
+                // Every hit makes one: written in place, not in a `String`
+                // that the header value would then copy.
+                let mut value = [0u8; HIT_VALUE_MAX];
+                let mut unwritten = &mut value[..];
+                write!(unwritten, "proxy; hit; ttl={}", ttl_left.as_secs()).expect("a u64 fits");
+                let len = HIT_VALUE_MAX - unwritten.len();
+                HeaderValue::from_bytes(&value[..len]).expect("ascii")
             }
             CacheStatus::Stale { expired_for, reason } => {
                 let detail = match reason {
@@ -127,6 +137,13 @@ mod tests {
             }
             .cache_status(),
             "proxy; hit; ttl=42"
+        );
+        assert_eq!(
+            CacheStatus::Hit {
+                ttl_left: Duration::from_secs(u64::MAX)
+            }
+            .cache_status(),
+            "proxy; hit; ttl=18446744073709551615"
         );
         assert_eq!(
             CacheStatus::Miss { stored: true }.cache_status(),
