@@ -57,10 +57,7 @@ pub fn normalise(path: &str, query: Option<&str>) -> Result<Target, RouteError> 
         return Err(RouteError::BadPath("path must start with '/'"));
     }
     let decoded = decode_unreserved(path)?;
-    let has_ambiguous_chars = {
-        let upper = decoded.to_ascii_uppercase();
-        ["%2F", "%5C", "%00", "%3B"].iter().any(|e| upper.contains(e)) || decoded.contains(['\\', ';'])
-    };
+    let has_ambiguous_chars = has_ambiguous_chars(&decoded);
     let path = resolve_segments(&decoded);
     let query = match query {
         Some(q) if !q.is_empty() => sort_query(q)?,
@@ -138,28 +135,40 @@ fn push_escape(out: &mut String, b: u8) {
 /// repeated slashes. `..` never climbs above the root. A trailing slash is
 /// kept: `/a/` and `/a` are different resources to many back ends.
 fn resolve_segments(path: &str) -> String {
-    let mut stack: Vec<&str> = Vec::new();
+    // Written straight into the result (every request's path goes through
+    // here): `..` takes back the last segment written.
+    let mut out = String::with_capacity(path.len());
     let mut trailing_slash = false;
     for segment in path.split('/').skip(1) {
         trailing_slash = false;
         match segment {
             "" | "." => trailing_slash = true,
             ".." => {
-                stack.pop();
+                out.truncate(out.rfind('/').unwrap_or(0));
                 trailing_slash = true;
             }
-            s => stack.push(s),
+            s => {
+                out.push('/');
+                out.push_str(s);
+            }
         }
-    }
-    let mut out = String::with_capacity(path.len());
-    for segment in &stack {
-        out.push('/');
-        out.push_str(segment);
     }
     if out.is_empty() || trailing_slash {
         out.push('/');
     }
     out
+}
+
+/// Whether a decoded path holds a separator in disguise (`%2F`, `%5C`,
+/// `%3B`), a NUL (`%00`), `\` or `;`: read without copying the path, as
+/// every request's is.
+fn has_ambiguous_chars(decoded: &str) -> bool {
+    const ESCAPES: [&[u8; 2]; 4] = [b"2F", b"5C", b"00", b"3B"];
+    decoded.contains(['\\', ';'])
+        || decoded
+            .as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && ESCAPES.iter().any(|e| w[1..].eq_ignore_ascii_case(&e[..])))
 }
 
 /// Sorts `name=value` pairs by name, stably, so repeated names keep their
