@@ -164,7 +164,15 @@ impl CacheKey {
 
     /// Lower-case hex, as used in store keys.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.with_hex(str::to_owned)
+    }
+
+    /// Calls `f` with the key's lower-case hex, written on the stack: for
+    /// names built around it, with no `String` of its own.
+    pub fn with_hex<T>(&self, f: impl FnOnce(&str) -> T) -> T {
+        let mut digits = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut digits).expect("two digits a byte");
+        f(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
     }
 
     /// Which of `count` buckets the key falls in: its first eight bytes

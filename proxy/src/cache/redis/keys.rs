@@ -37,7 +37,12 @@
 //! the bucketed names exist only where it could not (a cluster, where its
 //! multi-key commands fail), so no deployment mixes the two.
 
+use std::fmt::Write;
+
 use super::CacheKey;
+
+/// The longest bucket tag a name carries: `{b`, a usize's 20 digits, `}:`.
+const BUCKET_TAG_MAX: usize = 24;
 
 /// Version 2: version 1's names, and hash-tagged buckets on a cluster.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -79,19 +84,24 @@ impl Names {
     }
 
     fn name(&self, bucket: usize, kind: &str, rest: &str) -> String {
-        if self.buckets == 1 {
-            format!("{}{kind}{rest}", self.prefix)
-        } else {
-            format!("{}{{{}}}:{kind}{rest}", self.prefix, Names::hash_tag(bucket))
+        // Sized once: a lookup builds several names, and `format!` grew
+        // each from empty, one reallocation a piece.
+        let mut name = String::with_capacity(self.prefix.len() + BUCKET_TAG_MAX + kind.len() + rest.len());
+        name.push_str(&self.prefix);
+        if self.buckets > 1 {
+            write!(name, "{{{}}}:", Names::hash_tag(bucket)).expect("writing to a String");
         }
+        name.push_str(kind);
+        name.push_str(rest);
+        name
     }
 
     pub fn entry(&self, key: &CacheKey) -> String {
-        self.name(self.bucket_of(key), "e:", &key.to_hex())
+        key.with_hex(|hex| self.name(self.bucket_of(key), "e:", hex))
     }
 
     pub fn lease(&self, key: &CacheKey) -> String {
-        self.name(self.bucket_of(key), "l:", &key.to_hex())
+        key.with_hex(|hex| self.name(self.bucket_of(key), "l:", hex))
     }
 
     /// `bucket`'s copy of `tag`'s generation.
