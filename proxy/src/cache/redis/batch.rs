@@ -240,8 +240,11 @@ impl Plan {
     fn new(batch: &[Job]) -> Plan {
         // First which replies each read needs, counting the requests of
         // each limit cell; then the pipeline, now that the counts are known.
-        let mut planned: Vec<(&Command, u32)> = Vec::new();
-        let mut places: HashMap<&Command, usize> = HashMap::new();
+        // Sized for every command distinct: grown from empty, they
+        // reallocated (and rehashed) as each batch filled them.
+        let commands = batch.iter().map(|(read, _)| read.commands.len()).sum();
+        let mut planned: Vec<(&Command, u32)> = Vec::with_capacity(commands);
+        let mut places: HashMap<&Command, usize> = HashMap::with_capacity(commands);
         let mut cells: HashMap<&str, usize> = HashMap::new();
         let slots = batch
             .iter()
@@ -269,25 +272,45 @@ impl Plan {
                     .collect()
             })
             .collect();
-        let mut pipeline = redis::pipe();
+        let mut pipeline = redis::Pipeline::with_capacity(planned.len());
         for (command, count) in planned {
-            match command {
-                Command::Get(key) => pipeline.cmd("GET").arg(key),
-                Command::Stamp(key) => pipeline.cmd("GETRANGE").arg(key).arg(0).arg(STAMP_LEN - 1),
-                Command::Score(key, member) => pipeline.cmd("ZSCORE").arg(&**key).arg(member),
-                Command::Field(key, field) => pipeline.cmd("HGET").arg(&**key).arg(field),
-                Command::Limit { key, cell } => pipeline
-                    .cmd("EVAL")
+            let cmd = match command {
+                Command::Get(key) => sized("GET", 1, key.len()).arg(key).take(),
+                Command::Stamp(key) => sized("GETRANGE", 3, key.len() + 2 * NUMBER_BYTES)
+                    .arg(key)
+                    .arg(0)
+                    .arg(STAMP_LEN - 1)
+                    .take(),
+                Command::Score(key, member) => sized("ZSCORE", 2, key.len() + member.len())
+                    .arg(&**key)
+                    .arg(member)
+                    .take(),
+                Command::Field(key, field) => sized("HGET", 2, key.len() + field.len()).arg(&**key).arg(field).take(),
+                Command::Limit { key, cell } => sized("EVAL", 6, LIMIT_SCRIPT.len() + key.len() + 4 * NUMBER_BYTES)
                     .arg(LIMIT_SCRIPT)
                     .arg(1)
                     .arg(key)
                     .arg(cell.interval_us)
                     .arg(cell.burst)
-                    .arg(count),
+                    .arg(count)
+                    .take(),
             };
+            pipeline.add_command(cmd);
         }
         Plan { pipeline, slots }
     }
+}
+
+/// Room for one number argument: a u64's 20 digits.
+const NUMBER_BYTES: usize = 20;
+
+/// The command `name`, with room for `args` more arguments of `bytes` in
+/// all: every batch builds its commands anew, and one grown from empty
+/// reallocated its buffers once or twice per argument.
+fn sized(name: &str, args: usize, bytes: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(1 + args, name.len() + bytes);
+    cmd.arg(name);
+    cmd
 }
 
 #[cfg(test)]
