@@ -20,6 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderName, Method, Version};
 
+use crate::auth::Claims;
+
 pub use body::Logged;
 pub use redact::{SubjectHasher, DEFAULT_REDACTED_PARAMETERS};
 
@@ -150,24 +152,35 @@ pub struct Record {
     pub cache_detail: http::HeaderValue,
     pub upstream: Option<UpstreamSeen>,
     pub bytes_in: u64,
-    pub subject: Option<Subject>,
-    pub jti: Option<String>,
+    /// The token's claims (its subject and `jti` are logged), shared
+    /// with the request rather than copied.
+    pub claims: Option<Arc<Claims>>,
+    /// A keyed hash of the subject, logged in its place
+    /// (`log.hash_subjects`).
+    pub subject_hash: Option<String>,
     pub user_agent: Option<http::HeaderValue>,
     /// Why the proxy refused or failed the request, in its own words.
     pub error: Option<String>,
-}
-
-/// The subject as logged.
-#[derive(Debug)]
-pub enum Subject {
-    Plain(String),
-    Hashed(String),
 }
 
 /// A record waiting for its response's end, and where its line goes.
 pub struct Pending {
     pub record: Record,
     pub output: AccessOutput,
+}
+
+impl Record {
+    /// The subject as logged: its hash where subjects are hashed.
+    fn subject(&self) -> Option<&str> {
+        match &self.subject_hash {
+            Some(hash) => Some(hash),
+            None => self.claims.as_ref().map(|claims| claims.subject.as_str()),
+        }
+    }
+
+    fn jti(&self) -> Option<&str> {
+        self.claims.as_ref()?.jti.as_deref()
+    }
 }
 
 impl Pending {

@@ -12,9 +12,10 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 
 use super::RequestCtx;
-use crate::access_log::{self, AccessOutput, LogSettings, Logged, Pending, Record, Sampling, Subject, UpstreamSeen};
+use crate::access_log::{self, AccessOutput, LogSettings, Logged, Pending, Record, Sampling, UpstreamSeen};
 use crate::cache::CACHE_STATUS;
 use crate::metrics::NO_RULE;
+use crate::route::Target;
 use crate::runtime::Snapshot;
 use crate::trace::RequestTrace;
 use crate::upstream::ProxyBody;
@@ -91,16 +92,18 @@ impl AccessStart {
             return response;
         }
         let log = &start.log;
-        let path = match &ctx.target {
+        let path = match ctx.target {
+            // Taken as it is: only a query has values to redact.
+            Some(Target { path, query: None, .. }) => path,
             Some(target) => {
                 access_log::redact::path_and_query(&target.path, target.query.as_deref(), &log.redact_query)
             }
             None => start.raw_path(),
         };
-        let subject = ctx.claims.as_ref().map(|claims| match &log.hash_subjects {
-            Some(hasher) => Subject::Hashed(hasher.hash(&claims.subject)),
-            None => Subject::Plain(claims.subject.clone()),
-        });
+        let subject_hash = match (&ctx.claims, &log.hash_subjects) {
+            (Some(claims), Some(hasher)) => Some(hasher.hash(&claims.subject)),
+            _ => None,
+        };
         let record = Record {
             rule: ctx.rule.map_or(NO_RULE, |r| r.name),
             status: status.as_u16(),
@@ -115,8 +118,8 @@ impl AccessStart {
                 .unwrap_or_else(|| ctx.cache_status.cache_status()),
             upstream: response.extensions().get::<UpstreamSeen>().copied(),
             bytes_in: ctx.bytes_in,
-            subject,
-            jti: ctx.claims.as_ref().and_then(|claims| claims.jti.clone()),
+            claims: ctx.claims,
+            subject_hash,
             error: ctx.error,
             ..start.record(path)
         };
@@ -153,8 +156,8 @@ impl Started {
             cache_detail: HeaderValue::from_static("-"),
             upstream: None,
             bytes_in: 0,
-            subject: None,
-            jti: None,
+            claims: None,
+            subject_hash: None,
             user_agent: self.user_agent,
             error: Some("the client went away before the response".into()),
         }
