@@ -33,11 +33,13 @@ pub const REDACTED: &str = "REDACTED";
 /// percent-decoding (`Tok%65n`), ASCII case-insensitively, without an
 /// array suffix (`token[]`, `password[0]`), and with ` `, `.` and `[` read
 /// as `_` (PHP reads `api.key` and `api+key` as `api_key`). Either
-/// reading matching the list redacts the value.
-pub fn path_and_query(path: &str, query: Option<&str>, redacted: &[String]) -> String {
-    let mut out = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
-    out.push_str(path);
+/// reading matching the list redacts the value. The query is written
+/// onto `path`'s own buffer: a normalised path handed over whole is not
+/// copied.
+pub fn path_and_query(path: impl Into<String>, query: Option<&str>, redacted: &[String]) -> String {
+    let mut out = path.into();
     let Some(query) = query else { return out };
+    out.reserve(query.len() + 1);
     out.push('?');
     let mut rest = query;
     loop {

@@ -93,10 +93,8 @@ impl AccessStart {
         }
         let log = &start.log;
         let path = match ctx.target {
-            // Taken as it is: only a query has values to redact.
-            Some(Target { path, query: None, .. }) => path,
-            Some(target) => {
-                access_log::redact::path_and_query(&target.path, target.query.as_deref(), &log.redact_query)
+            Some(Target { path, query, .. }) => {
+                access_log::redact::path_and_query(path, query.as_deref(), &log.redact_query)
             }
             None => start.raw_path(),
         };
