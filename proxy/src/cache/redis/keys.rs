@@ -44,6 +44,16 @@ use super::CacheKey;
 /// The longest bucket tag a name carries: `{b`, a usize's 20 digits, `}:`.
 const BUCKET_TAG_MAX: usize = 24;
 
+/// A bucket's hash tag text, written where it is needed: into a name
+/// without a `String` of its own.
+struct HashTag(usize);
+
+impl std::fmt::Display for HashTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "b{}", self.0)
+    }
+}
+
 /// Version 2: version 1's names, and hash-tagged buckets on a cluster.
 pub const SCHEMA_VERSION: u32 = 2;
 
@@ -80,7 +90,7 @@ impl Names {
     /// What Redis Cluster hashes of `bucket`'s names: the text of their
     /// hash tag.
     pub fn hash_tag(bucket: usize) -> String {
-        format!("b{bucket}")
+        HashTag(bucket).to_string()
     }
 
     fn name(&self, bucket: usize, kind: &str, rest: &str) -> String {
@@ -89,7 +99,7 @@ impl Names {
         let mut name = String::with_capacity(self.prefix.len() + BUCKET_TAG_MAX + kind.len() + rest.len());
         name.push_str(&self.prefix);
         if self.buckets > 1 {
-            write!(name, "{{{}}}:", Names::hash_tag(bucket)).expect("writing to a String");
+            write!(name, "{{{}}}:", HashTag(bucket)).expect("writing to a String");
         }
         name.push_str(kind);
         name.push_str(rest);
