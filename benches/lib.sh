@@ -67,6 +67,17 @@ proc_sum() {
 # cpu_ticks PID...: user+system clock ticks of the processes and their children threads.
 cpu_ticks() { proc_sum stat '{print $14 + $15}' "$@"; }
 
+# context_switches PID...: voluntary and involuntary context switches so
+# far of every thread of the processes still running.
+context_switches() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -d "/proc/$pid/task" ] || continue
+    total=$((total + $(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}')))
+  done
+  echo $total
+}
+
 # Every pid of a target: its main process, its children, plus extras.
 target_pids() {
   local main=$1; shift

@@ -38,6 +38,9 @@ for rows in scenarios.values():
             summary = {q: med([x[q] for x in of]) for q in ("p50_us", "p99_us", "p999_us")}
             summary["p99_us_min"] = min(x["p99_us"] for x in of)
             summary["p99_us_max"] = max(x["p99_us"] for x in of)
+            # The target's own context switches per request (not a floor's).
+            if all("context_switches_per_request" in x for x in of):
+                summary["context_switches_per_request"] = med([x["context_switches_per_request"] for x in of])
             r[key.replace("latency_runs_", "latency_")] = summary
 
 
@@ -117,16 +120,17 @@ def verdict(value, goal):
 report = {"runs": int(runs), "duration_s": int(duration), "connections": int(conns), "scenarios": {}}
 for scenario, rows in scenarios.items():
     print("\n== %s (medians of %s rounds; p99 spread across rounds in brackets)" % (scenario, runs))
-    print("%-24s %10s %11s %8s %8s %8s %19s %9s" % ("target", "req/s", "CPU µs/req", "p50@1", "p99@1",
-                                                  "p50@%s" % conns, "p99@%s [min–max]" % conns, "p999@%s" % conns))
+    print("%-24s %10s %11s %8s %8s %8s %19s %9s %8s" % ("target", "req/s", "CPU µs/req", "p50@1", "p99@1",
+                                                      "p50@%s" % conns, "p99@%s [min–max]" % conns, "p999@%s" % conns,
+                                                      "csw/r@1"))
     for t, r in rows.items():
         if "rps" not in r:
             print("%-24s %10s %11s %8.0f %8.0f" % (t, "-", "-", r["latency_1"]["p50_us"], r["latency_1"]["p99_us"]))
             continue
         l1, ln = r["latency_1"], r["latency_" + conns]
-        print("%-24s %10.0f %11.1f %8.0f %8.0f %8.0f %7.0f [%4.0f–%4.0f] %9.0f" % (
+        print("%-24s %10.0f %11.1f %8.0f %8.0f %8.0f %7.0f [%4.0f–%4.0f] %9.0f %8.2f" % (
             t, med(r["rps"]), med(r["cpu_us"]), l1["p50_us"], l1["p99_us"], ln["p50_us"], ln["p99_us"],
-            ln["p99_us_min"], ln["p99_us_max"], ln["p999_us"]))
+            ln["p99_us_min"], ln["p99_us_max"], ln["p999_us"], l1.get("context_switches_per_request", float("nan"))))
     checks = checks_of(scenario, rows)
     for name, value, goal in checks:
         print("  %-66s %8.2f   %-8s %s" % (name, value, goal if goal != "report" else "", verdict(value, goal)))
