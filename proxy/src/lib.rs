@@ -245,10 +245,7 @@ pub async fn run(
         listener_tls(&proxy, |tls| tls.clients.as_ref()),
         move |req, client| {
             let proxy = client_proxy.clone();
-            // Boxed once here: a request's future holds every step's state
-            // (about 4 KB), and the layers above it (the connection's
-            // service, hyper's dispatcher) would each move it by value.
-            Box::pin(async move { proxy.handle(req, client).await })
+            async move { proxy.handle(req, client).await }
         },
         stopped(stop_rx),
     )

@@ -267,9 +267,12 @@ where
             if !http1 {
                 activity.saw_http2();
             }
-            let handle = handle.clone();
+            // Boxed once here: a request's future holds every step's state
+            // (about 4 KB for the proxy's handler), which this service's
+            // future and hyper's dispatcher would each move by value.
+            let handling = Box::pin(handle(req, client));
             async move {
-                let mut response = handle(req, client).await;
+                let mut response = handling.await;
                 if http1 && in_flight.connection_closing() {
                     // hyper closes the connection once this response is
                     // written; the client opens its next one elsewhere.
