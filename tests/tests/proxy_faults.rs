@@ -371,3 +371,147 @@ async fn an_upstream_stalling_mid_body_is_504_when_buffered_and_cut_when_streame
         .expect("a stalled body hung the stream");
     assert!(body.is_err(), "a truncated body must not look complete");
 }
+
+// Hits read on the proxy's own Redis connections (the ones its request
+// tasks write and read themselves, see `redis_layer::direct`).
+
+const PATHS_CONFIG: &str = r#"
+[[routes]]
+name = "a"
+path = "/a"
+methods = ["GET"]
+access = "public"
+cache = {}
+
+[[routes]]
+name = "b"
+path = "/b"
+methods = ["GET"]
+access = "public"
+cache = {}
+
+[cache]
+l1_max_bytes = 0
+"#;
+
+/// An upstream answering each path with that path.
+async fn path_upstream() -> ScriptedUpstream {
+    ScriptedUpstream::start(|req| async move { json_reply(200, &json!({ "path": req.uri().path() }).to_string(), &[]) })
+        .await
+}
+
+impl Probe {
+    async fn path(&self, path: &str) -> (String, String) {
+        let (status, x_cache, body) = self.send(Method::GET, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        (x_cache, body["path"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+/// A connection to `redis` as the test's own client, authenticated with
+/// `password` if given.
+async fn admin_connection(redis: &RedisServer, password: Option<&str>) -> redis::aio::MultiplexedConnection {
+    let url = match password {
+        Some(password) => format!("redis://:{password}@{}/0", redis.addr()),
+        None => redis.url(),
+    };
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis reachable")
+}
+
+/// Waits until `redis` lists at least `count` ordinary clients in `db`
+/// besides the test's own: the proxy's connections, made in the background.
+async fn until_clients_in_db(conn: &mut redis::aio::MultiplexedConnection, db: u32, count: usize) {
+    let deadline = tokio::time::Instant::now() + RECOVERY_LIMIT;
+    loop {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(conn).await.unwrap();
+        let me: i64 = redis::cmd("CLIENT").arg("ID").query_async(conn).await.unwrap();
+        let clients = list
+            .lines()
+            .filter(|line| line.contains(&format!(" db={db} ")) && line.contains(" flags=N "))
+            .filter(|line| !line.starts_with(&format!("id={me} ")))
+            .count();
+        if clients >= count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{clients} clients in db {db}: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn own_connections_authenticate_and_select_the_urls_database() {
+    let upstream = path_upstream().await;
+    let redis = RedisServer::start();
+    let mut admin = admin_connection(&redis, None).await;
+    let password = "direct-test-password";
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(password)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let mut admin = admin_connection(&redis, Some(password)).await;
+    let url = format!("redis://:{password}@{}/5", redis.addr());
+    let proxy = spawn_proxy(proxy_config(PATHS_CONFIG, upstream.addr, Some(url), None)).await;
+    let p = Probe {
+        client: reqwest::Client::new(),
+        proxy,
+    };
+    assert_eq!(p.path("/a").await, ("MISS".into(), "/a".into()));
+    // The client's connection and one of the proxy's own, both
+    // authenticated (a connection refused by AUTH is dropped, never
+    // counted) and in database 5.
+    until_clients_in_db(&mut admin, 5, 2).await;
+    for _ in 0..5 {
+        assert_eq!(p.path("/a").await, ("HIT".into(), "/a".into()));
+    }
+    let in_db_0: i64 = redis::cmd("DBSIZE").query_async(&mut admin).await.unwrap();
+    assert_eq!(in_db_0, 0, "nothing stored in database 0");
+}
+
+#[tokio::test]
+async fn a_read_given_up_on_never_leaves_its_connection_answering_the_next() {
+    let upstream = path_upstream().await;
+    let redis = RedisServer::start();
+    let mut admin = admin_connection(&redis, None).await;
+    let proxy = spawn_proxy(proxy_config(PATHS_CONFIG, upstream.addr, Some(redis.url()), None)).await;
+    let p = Probe {
+        client: reqwest::Client::new(),
+        proxy,
+    };
+    for path in ["/a", "/b"] {
+        assert_eq!(p.path(path).await.1, path);
+    }
+    until_clients_in_db(&mut admin, 0, 2).await;
+    assert_eq!(p.path("/a").await, ("HIT".into(), "/a".into()));
+    assert_eq!(p.path("/b").await, ("HIT".into(), "/b".into()));
+
+    // /a's read is sent, then given up on (50 ms) while Redis answers
+    // nothing; its replies arrive once Redis resumes. A connection reused
+    // with them unread would hand /a's entry to the next read.
+    redis.pause();
+    assert_eq!(p.path("/a").await, ("BYPASS".into(), "/a".into()));
+    redis.resume();
+    let deadline = tokio::time::Instant::now() + RECOVERY_LIMIT;
+    loop {
+        let (x_cache, path) = p.path("/b").await;
+        assert_eq!(path, "/b", "/b answered with another's entry ({x_cache})");
+        if x_cache == "HIT" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/b never a hit again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(p.path("/b").await, ("HIT".into(), "/b".into()));
+        assert_eq!(p.path("/a").await, ("HIT".into(), "/a".into()));
+    }
+}

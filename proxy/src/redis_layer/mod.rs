@@ -25,11 +25,13 @@ use redis::{Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc;
 
 mod cluster;
+mod direct;
 mod lanes;
 mod sentinel;
 pub mod target;
 
 use self::cluster::ClusterLink;
+use self::direct::{DirectPool, Lease};
 pub use self::lanes::{slot_of, Lane};
 use self::sentinel::SentinelLink;
 pub use self::target::{RedisTarget, SentinelTarget};
@@ -46,8 +48,9 @@ pub struct RedisHandle {
 
 #[derive(Clone)]
 enum Link {
-    /// The node's connection, and its client for subscriptions.
-    Node(ConnectionManager, Arc<redis::Client>),
+    /// The node's connection, its client for subscriptions, and the
+    /// batching task's direct connections (where the node has them).
+    Node(ConnectionManager, Arc<redis::Client>, Option<Arc<DirectPool>>),
     Sentinel(Arc<SentinelLink>),
     Cluster(Arc<ClusterLink>),
 }
@@ -58,9 +61,11 @@ impl RedisHandle {
         let link = match target {
             RedisTarget::Node(url) => {
                 let client = redis::Client::open(url.0.as_str())?;
+                let direct = DirectPool::new(client.get_connection_info());
                 Link::Node(
                     ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?,
                     Arc::new(client),
+                    direct,
                 )
             }
             RedisTarget::Sentinel(sentinel) => Link::Sentinel(SentinelLink::start(sentinel)?),
@@ -106,8 +111,30 @@ impl RedisHandle {
                 let replies = Value::Array(replies).extract_error()?;
                 Ok(redis::from_redis_value(replies)?)
             }
+            (Lane::Single, Link::Node(_, _, Some(direct))) => match direct.take() {
+                Some(lease) => self.send_on(lease, pipeline).await,
+                None => pipeline.query_async(&mut self).await,
+            },
             _ => pipeline.query_async(&mut self).await,
         }
+    }
+
+    /// A connection to the node that the caller writes and reads in its
+    /// own task ([`direct`]); `None` where there is none idle, or none at
+    /// all (a Sentinel group, a cluster, TLS).
+    pub fn direct_lease(&self) -> Option<Lease> {
+        match &self.link {
+            Link::Node(_, _, Some(direct)) => direct.take(),
+            _ => None,
+        }
+    }
+
+    /// Sends `pipeline` on `lease`'s connection; its replies, a server
+    /// error in any of them failing the whole.
+    pub async fn send_on<T: redis::FromRedisValue>(self, lease: Lease, pipeline: Pipeline) -> RedisResult<T> {
+        let replies = lease.send(&pipeline.get_packed_pipeline(), pipeline.len()).await?;
+        let replies = Value::Array(replies).extract_error()?;
+        Ok(redis::from_redis_value(replies)?)
     }
 
     /// Whether pipelines and scripts must keep to one hash slot.
@@ -141,7 +168,9 @@ impl RedisHandle {
         while keep_going() {
             let followed = match &self.link {
                 Link::Cluster(link) => follow_sharded(link, channel, &keep_going, &on_message).await,
-                Link::Node(_, client) => follow_plain(Client::clone(client), channel, &keep_going, &on_message).await,
+                Link::Node(_, client, _) => {
+                    follow_plain(Client::clone(client), channel, &keep_going, &on_message).await
+                }
                 Link::Sentinel(link) => match link.primary_client().await {
                     Ok(client) => follow_plain(client, channel, &keep_going, &on_message).await,
                     Err(e) => Err(e),
@@ -225,7 +254,7 @@ async fn follow_sharded(
 impl ConnectionLike for RedisHandle {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.link {
-            Link::Node(conn, _) => conn.req_packed_command(cmd),
+            Link::Node(conn, ..) => conn.req_packed_command(cmd),
             Link::Cluster(link) => {
                 let mut conn = link.current();
                 Box::pin(async move { conn.req_packed_command(cmd).await })
@@ -247,7 +276,7 @@ impl ConnectionLike for RedisHandle {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.link {
-            Link::Node(conn, _) => conn.req_packed_commands(cmd, offset, count),
+            Link::Node(conn, ..) => conn.req_packed_commands(cmd, offset, count),
             Link::Cluster(link) => {
                 let mut conn = link.current();
                 Box::pin(async move { conn.req_packed_commands(cmd, offset, count).await })
@@ -264,7 +293,7 @@ impl ConnectionLike for RedisHandle {
 
     fn get_db(&self) -> i64 {
         match &self.link {
-            Link::Node(conn, _) => conn.get_db(),
+            Link::Node(conn, ..) => conn.get_db(),
             Link::Cluster(link) => link.current().get_db(),
             Link::Sentinel(link) => link.db(),
         }

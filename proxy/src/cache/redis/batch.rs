@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -114,6 +115,8 @@ type Job = (Read, oneshot::Sender<ReadReplies>);
 
 pub struct ReadBatcher {
     queue: mpsc::UnboundedSender<Job>,
+    /// Reads queued, in flight, or sent alone and not yet answered.
+    outstanding: Arc<AtomicUsize>,
 }
 
 impl ReadBatcher {
@@ -126,18 +129,64 @@ impl ReadBatcher {
         Fut: Future<Output = ReadResult> + Send + 'static,
     {
         let (queue, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(run(jobs, execute));
-        ReadBatcher { queue }
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(jobs, execute, outstanding.clone()));
+        ReadBatcher { queue, outstanding }
     }
 
     pub async fn read(&self, read: Read) -> ReadReplies {
         let (reply, answer) = oneshot::channel();
-        self.queue.send((read, reply)).map_err(|_| StoreError::Unavailable)?;
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        if self.queue.send((read, reply)).is_err() {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::Unavailable);
+        }
         answer.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// Whether no read is queued or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire) == 0
+    }
+
+    /// Sends `read` from the caller's own task, through `execute`, if no
+    /// other read is queued or in flight (there is then nothing to batch
+    /// it with, and the hand-offs to the batching task and back are all
+    /// a lone read would gain from it); `None` otherwise, and the read
+    /// goes through [`ReadBatcher::read`].
+    pub async fn read_alone<Fut>(
+        &self,
+        read: &Read,
+        execute: impl FnOnce(Lane, Vec<usize>, redis::Pipeline) -> Fut,
+    ) -> Option<ReadReplies>
+    where
+        Fut: Future<Output = ReadResult>,
+    {
+        if self
+            .outstanding
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return None;
+        }
+        let _answered = Answered(&self.outstanding);
+        let plan = Plan::new([read]);
+        let replies = execute(read.lane.clone(), vec![read.group], plan.pipeline).await;
+        plan.slots.first().map(|slots| replies_of(slots, &replies))
     }
 }
 
-async fn run<F, Fut>(mut jobs: mpsc::UnboundedReceiver<Job>, execute: F)
+/// Counts a read sent alone as answered when its future ends, answered
+/// or dropped.
+struct Answered<'a>(&'a AtomicUsize);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn run<F, Fut>(mut jobs: mpsc::UnboundedReceiver<Job>, execute: F, outstanding: Arc<AtomicUsize>)
 where
     F: Fn(Lane, Vec<usize>, redis::Pipeline) -> Fut,
     Fut: Future<Output = ReadResult>,
@@ -150,7 +199,10 @@ where
         tokio::select! {
             // Answers first: a batch done makes room for the next.
             biased;
-            Some(answered) = in_flight.next(), if !in_flight.is_empty() => reads_in_flight -= answered,
+            Some(answered) = in_flight.next(), if !in_flight.is_empty() => {
+                reads_in_flight -= answered;
+                outstanding.fetch_sub(answered, Ordering::AcqRel);
+            }
             taken = jobs.recv_many(&mut batch, MAX_BATCH), if room => {
                 if taken == 0 {
                     break;
@@ -180,7 +232,7 @@ where
     {
         // One node, or one bucket: the common case, sent as it is.
         let (lane, group) = (first.lane.clone(), first.group);
-        let plan = Plan::new(&batch);
+        let plan = Plan::new(batch.iter().map(|(read, _)| read));
         let replies = execute(lane, vec![group], plan.pipeline).await;
         answer(batch.drain(..), plan.slots, replies);
         return reads;
@@ -190,7 +242,7 @@ where
         lanes.entry(job.0.lane.clone()).or_default().push(job);
     }
     let sends = lanes.into_iter().map(|(lane, jobs)| {
-        let plan = Plan::new(&jobs);
+        let plan = Plan::new(jobs.iter().map(|(read, _)| read));
         let mut groups: Vec<usize> = jobs.iter().map(|(read, _)| read.group).collect();
         groups.sort_unstable();
         groups.dedup();
@@ -204,21 +256,25 @@ where
 /// Hands each read of one pipeline the replies it needs.
 fn answer(jobs: impl IntoIterator<Item = Job>, slots: Vec<Vec<Slot>>, replies: ReadResult) {
     for ((_, reply), slots) in jobs.into_iter().zip(slots) {
-        let answer = match &replies {
-            Ok(values) => slots
-                .iter()
-                .map(|slot| {
-                    values.get(slot.reply).map(|value| Reply {
-                        value: value.clone(),
-                        ordinal: slot.ordinal,
-                    })
-                })
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| StoreError::Backend("fewer replies than commands".into())),
-            Err(e) => Err(e.clone()),
-        };
         // The requester may have gone (client disconnected): nothing to do.
-        let _ = reply.send(answer);
+        let _ = reply.send(replies_of(&slots, &replies));
+    }
+}
+
+/// The replies one read needs, at its `slots` of the pipeline's.
+fn replies_of(slots: &[Slot], replies: &ReadResult) -> ReadReplies {
+    match replies {
+        Ok(values) => slots
+            .iter()
+            .map(|slot| {
+                values.get(slot.reply).map(|value| Reply {
+                    value: value.clone(),
+                    ordinal: slot.ordinal,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| StoreError::Backend("fewer replies than commands".into())),
+        Err(e) => Err(e.clone()),
     }
 }
 
@@ -237,18 +293,18 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(batch: &[Job]) -> Plan {
+    fn new<'a>(reads: impl IntoIterator<Item = &'a Read, IntoIter: Clone>) -> Plan {
+        let reads = reads.into_iter();
         // First which replies each read needs, counting the requests of
         // each limit cell; then the pipeline, now that the counts are known.
         // Sized for every command distinct: grown from empty, they
         // reallocated (and rehashed) as each batch filled them.
-        let commands = batch.iter().map(|(read, _)| read.commands.len()).sum();
+        let commands = reads.clone().map(|read| read.commands.len()).sum();
         let mut planned: Vec<(&Command, u32)> = Vec::with_capacity(commands);
         let mut places: HashMap<&Command, usize> = HashMap::with_capacity(commands);
         let mut cells: HashMap<&str, usize> = HashMap::new();
-        let slots = batch
-            .iter()
-            .map(|(read, _)| {
+        let slots = reads
+            .map(|read| {
                 read.commands
                     .iter()
                     .map(|command| match command {
@@ -354,7 +410,7 @@ mod tests {
         .into_iter()
         .map(|r| (r, oneshot::channel().0))
         .collect();
-        let plan = Plan::new(&batch);
+        let plan = Plan::new(batch.iter().map(|(read, _)| read));
         // GET e1, GET g1, GETRANGE e1, GET g2: a stamp and a value of one
         // key are different commands; a key read as an entry or as a
         // generation is the same one.
@@ -389,7 +445,7 @@ mod tests {
             (read, oneshot::channel().0)
         })
         .collect();
-        let plan = Plan::new(&batch);
+        let plan = Plan::new(batch.iter().map(|(read, _)| read));
         // GET e, EVAL c1 (3 requests), EVAL c2 (1).
         assert_eq!(plan.pipeline.len(), 3);
         let c1_count = plan
@@ -503,6 +559,32 @@ mod tests {
             );
             assert_eq!(values[0], values[1], "one pipeline answered read {i}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_goes_alone_only_while_no_other_is_queued_or_in_flight() {
+        let (batcher, mut sends, permits) = gated_batcher();
+        let alone = |i: usize| {
+            let batcher = batcher.clone();
+            async move {
+                let own = read(Part::Value, &format!("a{i}"), &["g"]);
+                batcher.read_alone(&own, numbering).await
+            }
+        };
+        let replies = alone(0).await.expect("nothing outstanding: sent alone");
+        assert_eq!(values(replies.unwrap()), vec![Some("0".into()), Some("1".into())]);
+
+        let queued = spawn_read(&batcher, 1);
+        assert_eq!(next_send(&mut sends).await, Some(1));
+        assert!(!batcher.is_idle());
+        assert!(alone(2).await.is_none(), "sent alone beside a batch in flight");
+        permits.add_permits(1);
+        assert_eq!(values(queued.await.unwrap().unwrap()), vec![None]);
+        // Counted down once its batch is answered (paused time moves on
+        // only once the batcher is idle).
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(batcher.is_idle());
+        assert!(alone(3).await.is_some(), "the batcher's answered read still counted");
     }
 
     /// A batcher whose pipelines each report their length when sent, then

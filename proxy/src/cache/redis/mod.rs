@@ -390,6 +390,28 @@ impl RedisStore {
     /// [`attempt`](Self::attempt) for an operation touching the buckets of
     /// several groups (a lane's pipeline of reads): each group's pending
     /// invalidations first, the outcome in each group's breaker.
+    /// Sends one pipeline of reads (by `send`, on this store's handle),
+    /// counted as a round trip and under the breakers of `groups`.
+    async fn send_reads<Fut>(
+        &self,
+        lane: &Lane,
+        groups: Vec<usize>,
+        send: impl FnOnce(RedisHandle) -> Fut,
+    ) -> ReadResult
+    where
+        Fut: Future<Output = RedisResult<Vec<Option<Bytes>>>>,
+    {
+        self.metrics.read_round_trip();
+        // On one node the pipeline is the breaker's half-open probe
+        // (`guarded`); on a cluster, reads were refused up front while
+        // their group's breaker was open, and a half-open group is probed
+        // by the lane's one pipeline.
+        if *lane == Lane::Single && !self.breakers[0].allows() {
+            return Err(StoreError::Unavailable);
+        }
+        self.attempt_on(&groups, send).await
+    }
+
     async fn attempt_on<T, F, Fut>(&self, groups: &[usize], op: F) -> Result<T, StoreError>
     where
         F: FnOnce(RedisHandle) -> Fut,
@@ -577,7 +599,23 @@ impl RedisStore {
                 group: 0,
                 commands: commands.into_iter().map(|(_, command)| command).collect(),
             };
-            return match self.reads.read(read).await {
+            // Nothing to batch it with: sent from this task, on a
+            // connection it writes and reads itself, where there is one.
+            let alone = match self.reads.is_idle().then(|| self.redis.direct_lease()).flatten() {
+                Some(lease) => {
+                    let send = |lane, groups, pipeline| async move {
+                        self.send_reads(&lane, groups, |conn| conn.send_on(lease, pipeline))
+                            .await
+                    };
+                    self.reads.read_alone(&read, send).await
+                }
+                None => None,
+            };
+            let answer = match alone {
+                Some(answer) => answer,
+                None => self.reads.read(read).await,
+            };
+            return match answer {
                 Ok(replies) => replies.into_iter().map(Ok).collect(),
                 Err(err) => vec![Err(err); count],
             };
@@ -775,17 +813,7 @@ fn pipeline_runner(
         let store = store.clone();
         Box::pin(async move {
             let store = store.upgrade().ok_or(StoreError::Unavailable)?;
-            store.metrics.read_round_trip();
-            // On one node the batch's pipeline is the breaker's half-open
-            // probe (`guarded`); on a cluster, reads were refused up front
-            // while their group's breaker was open, and a half-open group
-            // is probed by the lane's one pipeline.
-            if lane == Lane::Single && !store.breakers[0].allows() {
-                return Err(StoreError::Unavailable);
-            }
-            store
-                .attempt_on(&groups, |conn| async move { conn.send(&lane, pipeline).await })
-                .await
+            store.send_reads(&lane, groups, |conn| conn.send(&lane, pipeline)).await
         })
     }
 }
