@@ -49,7 +49,8 @@ pub struct RedisHandle {
 #[derive(Clone)]
 enum Link {
     /// The node's connection, its client for subscriptions, and the
-    /// batching task's direct connections (where the node has them).
+    /// connections reads are written and read on by the task sending them
+    /// ([`direct`]; where the node has them).
     Node(ConnectionManager, Arc<redis::Client>, Option<Arc<DirectPool>>),
     Sentinel(Arc<SentinelLink>),
     Cluster(Arc<ClusterLink>),

@@ -387,9 +387,6 @@ impl RedisStore {
         self.attempt_on(&[group], op).await
     }
 
-    /// [`attempt`](Self::attempt) for an operation touching the buckets of
-    /// several groups (a lane's pipeline of reads): each group's pending
-    /// invalidations first, the outcome in each group's breaker.
     /// Sends one pipeline of reads (by `send`, on this store's handle),
     /// counted as a round trip and under the breakers of `groups`.
     async fn send_reads<Fut>(
@@ -412,6 +409,9 @@ impl RedisStore {
         self.attempt_on(&groups, send).await
     }
 
+    /// [`attempt`](Self::attempt) for an operation touching the buckets of
+    /// several groups (a lane's pipeline of reads): each group's pending
+    /// invalidations first, the outcome in each group's breaker.
     async fn attempt_on<T, F, Fut>(&self, groups: &[usize], op: F) -> Result<T, StoreError>
     where
         F: FnOnce(RedisHandle) -> Fut,
